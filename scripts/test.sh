@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the test suite on the CPU; sets up .venv first. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CUDA_VISIBLE_DEVICES="" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
