@@ -93,7 +93,6 @@ def synthesize(
     rate_wpm: int = DEFAULT_RATE_WPM,
     backend: str = "espeak",
     pitch: int | None = None,
-    sample_rate: int | None = None,
 ) -> Speech:
     """Speak ``text`` and return the waveform with per-word start/end times.
 
@@ -102,8 +101,9 @@ def synthesize(
     rate_wpm: words per minute (eSpeak NG: 80–450). gTTS knows only normal and slow speech:
         below 120 wpm it asks for slow speech.
     pitch: eSpeak NG base pitch 0–100 (50 = the voice's own); ignored by gTTS.
-    sample_rate: resample the result to this rate (``None`` keeps the engine's: 22,050 Hz for
-        eSpeak NG, 24,000 Hz for gTTS). Word times are unaffected.
+
+    The audio comes at the engine's rate (22,050 Hz for eSpeak NG, 24,000 Hz for gTTS);
+    ``pipeline.audio.resample`` brings it to 16 kHz without moving the word times.
     """
     if backend not in BACKENDS:
         raise TTSError(f"unknown TTS backend {backend!r}; choose one of {BACKENDS}")
@@ -114,9 +114,6 @@ def synthesize(
         speech = _espeak().speak(text, voice, int(rate_wpm), pitch)
     else:
         speech = _gtts_speak(text, voice, int(rate_wpm))
-    if sample_rate is not None and sample_rate != speech.sample_rate:
-        speech.audio = resample(speech.audio, speech.sample_rate, sample_rate)
-        speech.sample_rate = sample_rate
     return speech
 
 
@@ -139,26 +136,6 @@ def espeak_voices() -> list[str]:
 
     variants = os.path.join(espeakng_loader.get_data_path(), "voices", "!v")
     return sorted(os.listdir(variants)) if os.path.isdir(variants) else []
-
-
-def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling of a short mono clip via the FFT.
-
-    Exact for a periodic signal; utterances start and end in silence, so the wrap-around that the
-    FFT implies costs nothing here. Meant for clips of seconds, not hours.
-    """
-    audio = np.asarray(audio, dtype=np.float64)
-    n = audio.shape[0]
-    m = int(round(n * new_rate / orig_rate))
-    if n == 0 or m == 0:
-        return np.zeros(m, dtype=np.float32)
-    spectrum = np.fft.rfft(audio)
-    keep = m // 2 + 1
-    if keep <= spectrum.shape[0]:
-        spectrum = spectrum[:keep]
-    else:
-        spectrum = np.concatenate([spectrum, np.zeros(keep - spectrum.shape[0], dtype=spectrum.dtype)])
-    return (np.fft.irfft(spectrum, m) * (m / n)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
