@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from PIL import Image
 
+from pipeline import audio as audio_io
 from pipeline import format as fmt
 
 MASK_SIZE = 224  # the metric's resolution: 224 x 224 centre crop (reference §5)
@@ -71,53 +71,23 @@ class Clip:
     valid: int  # real (not padded) samples at the start
 
 
-def decode_audio_file(path: Path) -> tuple[np.ndarray, int]:
-    """Any audio file -> (float32 [samples, channels], sample rate).
-
-    soundfile reads WAV/FLAC/OGG (and MP3 with libsndfile >= 1.1); anything else goes through the
-    ffmpeg binary of the ``imageio-ffmpeg`` wheel.
-    """
-    path = Path(path)
+def standardize_clip(audio: np.ndarray, sample_rate: int, where: str = "audio") -> Clip:
+    """Any audio ([samples] or [channels, samples], any rate) -> a standardized clip, through the
+    project's one definition of a usable clip (``pipeline.audio.standardize``)."""
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        return audio, int(sr)
-    except Exception:  # noqa: BLE001 - fall back to ffmpeg for whatever libsndfile refuses
-        pass
-    import subprocess
-
-    from imageio_ffmpeg import get_ffmpeg_exe
-
-    cmd = [get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(fmt.SAMPLE_RATE), "pipe:1"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise DatasetError(f"cannot decode audio file {path}: "
-                           f"{proc.stderr.decode(errors='replace').strip() or 'no samples'}")
-    return np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, 1).copy(), fmt.SAMPLE_RATE
+        clip, seconds = audio_io.standardize(audio, sample_rate)
+    except audio_io.BadAudio as exc:
+        raise DatasetError(f"{where}: {exc}") from exc
+    return Clip(clip, int(min(fmt.CLIP_SAMPLES, round(seconds * fmt.SAMPLE_RATE))))
 
 
-def standardize_clip(audio: np.ndarray, sample_rate: int, clip_samples: int = fmt.CLIP_SAMPLES) -> Clip:
-    """Resample to 16 kHz mono and trim or zero-pad to the clip length, keeping the valid count."""
-    a = np.asarray(audio, dtype=np.float32)
-    if a.ndim == 2:
-        a = a.mean(axis=1)
-    if sample_rate != fmt.SAMPLE_RATE and a.size:
-        import torch
-        import torchaudio.functional as AF
-
-        a = AF.resample(torch.from_numpy(a), int(sample_rate), fmt.SAMPLE_RATE).numpy()
-    a = np.nan_to_num(a.astype(np.float32))
-    valid = min(a.shape[0], clip_samples)
-    out = np.zeros(clip_samples, dtype=np.float32)
-    out[:valid] = a[:valid]
-    return Clip(out, int(valid))
-
-
-def load_clip(path: Path, clip_samples: int = fmt.CLIP_SAMPLES) -> Clip:
-    audio, sr = decode_audio_file(path)
-    if audio.shape[0] == 0:
-        raise DatasetError(f"audio file {path} holds no samples")
-    return standardize_clip(audio, sr, clip_samples)
+def load_clip(path: Path) -> Clip:
+    """Decode any audio file (libsndfile, else ffmpeg) and standardize it; errors name the file."""
+    try:
+        audio, sr = audio_io.read(path)
+    except audio_io.BadAudio as exc:
+        raise DatasetError(str(exc)) from exc
+    return standardize_clip(audio, sr, str(path))
 
 
 def open_image(path: Path) -> Image.Image:
@@ -284,8 +254,10 @@ def _summarize_annotation_json(path: Path, stems: set[str]) -> dict:
             "stems_missing_from_tree": sorted(like_stems - stems)[:50]}
 
 
-def read_is3(root: Path, require_speech: bool = False, strict: bool = False) -> IS3Dataset:
-    """Read an IS3 tree by file stems. Extended IS3 is recognized by ``speech_prompts.json``."""
+def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
+             read_speech: bool = True) -> IS3Dataset:
+    """Read an IS3 tree by file stems. Extended IS3 is recognized by ``speech_prompts.json``;
+    ``read_speech=False`` reads the published IS3 files only (the Extended-IS3 builder does)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"IS3 root {root} does not exist")
@@ -294,7 +266,7 @@ def read_is3(root: Path, require_speech: bool = False, strict: bool = False) -> 
     mask_dir = _find_dir(root, IS3_MASK_DIRS, "mask")
     prompts_path = root / SPEECH_PROMPTS_FILE
     speech_dir = root / SPEECH_DIR
-    extended = prompts_path.is_file()
+    extended = read_speech and prompts_path.is_file()
     if require_speech and not extended:
         raise DatasetError(f"{root} is plain IS3: {SPEECH_PROMPTS_FILE} is missing; build Extended IS3 "
                            f"with `prep extend-is3 {root}`")

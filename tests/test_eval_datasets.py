@@ -161,7 +161,7 @@ def test_retrieval_set_errors(tmp_path):
 
 def test_standardize_clip_trims_long_audio():
     long = np.ones((fmt.CLIP_SAMPLES + 500, 2), np.float32) * 0.5
-    clip = D.standardize_clip(long, fmt.SAMPLE_RATE)
+    clip = D.standardize_clip(long.T, fmt.SAMPLE_RATE)
     assert clip.valid == fmt.CLIP_SAMPLES and clip.audio.shape == (fmt.CLIP_SAMPLES,)
 
 
