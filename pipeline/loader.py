@@ -116,7 +116,8 @@ def list_shards(spec: str) -> list[Shard]:
             found = []
             for p in paths:
                 if not os.path.isfile(p):
-                    raise FileNotFoundError(f"shard {p!r} does not exist (from {spec!r})")
+                    raise FileNotFoundError(f"shard {p!r} does not exist (from {spec!r}): build shards with "
+                                            "`prep shards ...` or fix the path")
                 stats = p[: -len(".tar")] + "_stats.json" if p.endswith(".tar") else None
                 if stats and os.path.exists(stats):
                     found.append(Shard(p, int(json.loads(Path(stats).read_text())["written"])))

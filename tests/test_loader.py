@@ -1,0 +1,198 @@
+"""The streaming loader on shards written by the real `prep` shard builder."""
+
+import io
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.loader import LoaderConfig, TrainLoader, list_shards, plan_finite_epoch, Shard
+from pipeline.mixing import MixConfig, active_rms
+from pipeline.shards import Media, build_shards
+
+SR = 16_000
+
+
+def _load(item: dict) -> Media:
+    """Generated media: a tone (speech stand-in) or noise (sound) with a random real duration."""
+    rng = np.random.default_rng(item["seed"])
+    n = int(item["seconds"] * SR)
+    t = np.arange(n) / SR
+    if item["type"] == "speech":
+        audio = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+    else:
+        audio = rng.uniform(0.05, 2.0) * rng.standard_normal(n)  # loud enough to clip sometimes
+    image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    return Media(audio=audio.astype(np.float32), sample_rate=SR, image=image,
+                 meta={"source": "test", "source_id": f"{item['type']}-{item['seed']}",
+                       "audio_type": item["type"], "clip_start": 0.0, "clip_end": item["seconds"]})
+
+
+def _key(item: dict) -> str:
+    return f"{item['type']}_{item['seed']}"
+
+
+def _build(out, kind, n, shard_size, seed0=0):
+    rng = np.random.default_rng(seed0)
+    items = [{"type": kind, "seed": seed0 + i, "seconds": float(rng.uniform(0.6, 3.0))} for i in range(n)]
+    build_shards(items, _load, out, key=_key, shard_size=shard_size, workers=0, progress=False)
+    return [_key(it) for it in items]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    speech_keys = _build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
+    _build(root / "sound", "sound", 20, 5, seed0=1000)
+    return root, speech_keys
+
+
+def _cfg(root, **kw):
+    base = dict(speech=str(root / "speech"), sound=str(root / "sound"), batch_size=4, num_workers=0,
+                image_size=32, clip_samples=3 * SR, shuffle_buffer=8, seed=0)
+    base.update(kw)
+    return LoaderConfig(**base)
+
+
+def _keys(loader):
+    # a batch is empty ({}) when skipped samples made a finite stream run out early
+    return [b.get("speech_key", []) for b in loader]
+
+
+def test_batch_contents_and_mixing_invariants(shards):
+    root, _ = shards
+    cfg = _cfg(root, epoch_samples=24, mix=MixConfig(level_db=(-12.0, 0.0)))  # loud: the peak guard acts
+    batches = list(TrainLoader(cfg))
+    assert len(batches) == 6
+    b = batches[0]
+    assert b["speech_image"].shape == (4, 3, 32, 32) and b["speech_image"].dtype == torch.uint8
+    assert b["mix_audio"].shape == (4, 3 * SR) and b["mix_audio"].dtype == torch.float32
+    clipped = 0
+    for b in batches:
+        torch.testing.assert_close(b["speech_audio"] + b["sound_audio"], b["mix_audio"], atol=1e-5, rtol=0)
+        assert b["mix_audio"].abs().max() <= 0.99 + 1e-6
+        assert torch.equal(b["mix_mask"], b["speech_mask"] | b["sound_mask"])
+        for i in range(len(b["speech_key"])):
+            sp_valid, so_valid = int(b["speech_mask"][i].sum()), int(b["sound_mask"][i].sum())
+            assert not b["speech_audio"][i, sp_valid:].any() and not b["sound_audio"][i, so_valid:].any()
+            realized = 20 * np.log10(active_rms(b["speech_audio"][i].numpy(), sp_valid)
+                                     / active_rms(b["sound_audio"][i].numpy(), so_valid))
+            assert abs(realized - float(b["snr_db"][i])) < 0.1
+            assert -5 <= float(b["snr_db"][i]) <= 5
+        clipped += int((b["clip_scale"] < 1).sum())
+    assert clipped > 0, "some loud items must exercise the peak guard"
+
+
+def test_same_seed_same_batches_other_seed_other_batches(shards):
+    root, _ = shards
+    a = list(TrainLoader(_cfg(root, epoch_samples=16, num_workers=2)))
+    b = list(TrainLoader(_cfg(root, epoch_samples=16, num_workers=2)))
+    c = list(TrainLoader(_cfg(root, epoch_samples=16, num_workers=2, seed=1)))
+    assert [x["speech_key"] for x in a] == [x["speech_key"] for x in b]
+    for x, y in zip(a, b):
+        for name in ("mix_audio", "speech_image", "sound_image", "snr_db"):
+            assert torch.equal(x[name], y[name])
+    assert [x["speech_key"] for x in a] != [x["speech_key"] for x in c]
+
+
+def test_workers_and_ranks_never_repeat_draws(shards):
+    root, _ = shards
+    per_stream = []
+    for rank in range(2):
+        for batch in TrainLoader(_cfg(root, epoch_samples=32, num_workers=2), rank=rank, world_size=2):
+            per_stream.append(tuple(batch["snr_db"].tolist()))
+    assert len(set(per_stream)) == len(per_stream)
+
+
+def test_two_ranks_two_workers_finite_epoch_sees_each_speech_sample_once(shards):
+    root, speech_keys = shards
+    for epoch in range(2):
+        counts, seen = [], Counter()
+        for rank in range(2):
+            loader = TrainLoader(_cfg(root, resampled=False, num_workers=2), rank=rank, world_size=2)
+            loader.set_epoch(epoch)
+            batches = _keys(loader)
+            counts.append(len(batches))
+            assert len(batches) == len(loader)
+            seen.update(k for keys in batches for k in keys)
+        assert counts[0] == counts[1], "unequal batch counts would hang the gathered loss"
+        assert sorted(seen) == sorted(speech_keys) and max(seen.values()) == 1
+
+
+def test_finite_plan_is_balanced_and_checked():
+    shards = [Shard(f"s{i}.tar", n) for i, n in enumerate([10, 10, 10, 7, 3])]
+    assignment, sizes = plan_finite_epoch(shards, 2, 4, seed=0, epoch=0)
+    assert sorted(s.path for slot in assignment for s in slot) == sorted(s.path for s in shards)
+    assert len(sizes[0]) == len(sizes[1])
+    assert [sum(x) for x in sizes] == [sum(s.samples for s in slot) for slot in assignment]
+    assert all(max(x) - min(x) <= 1 for x in sizes)
+    with pytest.raises(ValueError, match="ranks × workers"):
+        plan_finite_epoch(shards, 6, 4, seed=0, epoch=0)
+
+
+def test_resume_mid_epoch_continues_the_same_stream(shards):
+    root, _ = shards
+    for workers in (0, 2):
+        loader = TrainLoader(_cfg(root, epoch_samples=28, num_workers=workers))
+        full = list(loader.iterate())
+        for skip in (1, 3, 4):
+            rest = list(loader.iterate(skip=skip))
+            assert [b["speech_key"] for b in rest] == [b["speech_key"] for b in full[skip:]]
+            assert all(torch.equal(x["mix_audio"], y["mix_audio"]) for x, y in zip(rest, full[skip:]))
+
+
+def _rewrite_tar(path, corrupt_key):
+    members = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            data = tar.extractfile(info).read()
+            if info.name == f"{corrupt_key}.flac":
+                data = b"not a flac file" * 10
+            members.append((info.name, data))
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_member_and_truncated_tar_are_skipped_and_counted(shards, tmp_path, caplog, workers):
+    import shutil
+
+    root, speech_keys = shards
+    speech = tmp_path / "speech"
+    shutil.copytree(root / "speech", speech)
+    shards_ = list_shards(str(speech))
+    _rewrite_tar(shards_[0].path, speech_keys[0])  # one corrupt member
+    with open(shards_[1].path, "r+b") as f:  # a truncated shard: cut in the middle of a member
+        f.truncate(f.seek(0, 2) // 2 + 100)
+    cfg = _cfg(root, speech=str(speech), resampled=False, num_workers=workers, log_interval_s=0.0)
+    loader = TrainLoader(cfg)
+    batches = _keys(loader)
+    assert len(batches) == len(loader), "skips must not change the batch count (peers would hang)"
+    seen = [k for keys in batches for k in keys]
+    skipped = loader.skipped
+    assert skipped, "skips must be counted"
+    assert any("undecodable" in r for r in skipped)
+    lost = len(speech_keys) - len(seen)
+    assert lost >= 2 and speech_keys[0] not in seen
+    assert len(set(seen)) == len(seen)
+    if workers == 0:  # worker processes log to their own stderr
+        assert any("skipped" in rec.message and ".tar" in rec.message for rec in caplog.records)
+
+
+def test_uncommitted_shards_are_ignored(shards, tmp_path):
+    import shutil
+
+    root, _ = shards
+    speech = tmp_path / "speech"
+    shutil.copytree(root / "speech", speech)
+    stats = sorted(speech.glob("*_stats.json"))
+    stats[-1].unlink()  # the last shard lost its commit marker
+    assert len(list_shards(str(speech))) == len(stats) - 1
+    with pytest.raises(FileNotFoundError, match="prep shards"):
+        list_shards(str(tmp_path / "nothing-here"))
