@@ -1,0 +1,112 @@
+"""Audio: read any file, then standardize to the shard format (16 kHz mono, exactly 10 s).
+
+``standardize`` is the one place that decides what a usable clip is; the shard builder, the
+generated-world builder and the evaluation readers all call it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from pipeline import ffmpeg
+from pipeline.format import CLIP_SAMPLES, CLIP_SECONDS, MIN_DURATION_S, SAMPLE_RATE
+
+# libsndfile reads these sample-exactly (frame-accurate seek, no codec delay), so they skip the
+# ffmpeg process; everything else (mp3, m4a, video containers, ...) goes through ffmpeg.
+SOUNDFILE_EXTS = {".wav", ".flac"}
+# Extra input samples kept past the 10 s mark so the resampling filter has real context at the
+# clip's end instead of an artificial edge.
+_RESAMPLE_CONTEXT = 64
+
+
+class BadAudio(ValueError):
+    """Unusable audio; the message starts with a reason kind (``audio_too_short: ...``)."""
+
+
+def read(path: str | os.PathLike, *, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
+    """Audio of ``[start, end)`` seconds of a file as float32 ``[channels, samples]`` and its rate.
+
+    Raises BadAudio (``audio_decode: ...``) naming the file when neither libsndfile nor ffmpeg can
+    decode it.
+    """
+    if end is not None and end <= start:
+        raise BadAudio(f"audio_range: end {end} <= start {start} for {path}")
+    if Path(path).suffix.lower() in SOUNDFILE_EXTS:
+        try:
+            return _read_soundfile(path, start, end)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            pass  # e.g. a .wav holding a codec libsndfile lacks: ffmpeg may still manage
+    try:
+        return ffmpeg.decode_audio(path, start=start, duration=None if end is None else end - start)
+    except ffmpeg.FFmpegError as exc:
+        raise BadAudio(f"audio_decode: cannot decode {path}: {exc}") from exc
+
+
+def _read_soundfile(path, start: float, end: float | None) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(str(path)) as f:
+        sr = f.samplerate
+        first = int(round(start * sr))
+        if first >= f.frames:  # the range starts after the file ends: nothing to read
+            return np.zeros((f.channels, 0), np.float32), sr
+        if first:
+            f.seek(first)
+        frames = -1 if end is None else int(round(end * sr)) - first
+        data = f.read(frames, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(data.T), sr
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """``[samples]`` or ``[channels, samples]`` -> ``[samples]`` (channel mean)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        return audio
+    if audio.ndim == 2:
+        return audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
+    raise BadAudio(f"audio_shape: expected [samples] or [channels, samples], got shape {audio.shape}")
+
+
+def resample(audio: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited (windowed sinc) resampling of a mono float32 signal."""
+    if sample_rate == target:
+        return audio
+    # Imported here: torch costs ~1 s to import, and `prep --help` or readers of 16 kHz files
+    # never need it.
+    import torch
+    import torchaudio.functional as AF
+
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), int(sample_rate), int(target)).numpy()
+
+
+def fit_length(audio: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
+    """Trim or zero-pad a mono signal to exactly ``length`` samples."""
+    if audio.shape[0] >= length:
+        return np.ascontiguousarray(audio[:length], dtype=np.float32)
+    out = np.zeros(length, dtype=np.float32)
+    out[: audio.shape[0]] = audio
+    return out
+
+
+def standardize(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Any audio -> (float32 [CLIP_SAMPLES] 16 kHz mono clip, real unpadded duration in seconds).
+
+    Rejects (BadAudio) empty audio, NaN/inf samples and audio shorter than MIN_DURATION_S.
+    Longer audio keeps its first CLIP_SECONDS.
+    """
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise BadAudio(f"audio_rate: invalid sample rate {sample_rate!r}")
+    mono = to_mono(audio)
+    if mono.shape[0] == 0:
+        raise BadAudio("audio_empty: no samples")
+    if not np.isfinite(mono).all():
+        raise BadAudio("audio_nan: holds NaN or inf samples")
+    seconds = mono.shape[0] / sample_rate
+    if seconds < MIN_DURATION_S:
+        raise BadAudio(f"audio_too_short: {seconds:.3f} s < {MIN_DURATION_S} s")
+    keep = min(mono.shape[0], math.ceil(CLIP_SECONDS * sample_rate) + _RESAMPLE_CONTEXT)
+    clip = fit_length(resample(mono[:keep], int(sample_rate)))
+    return clip, round(min(seconds, CLIP_SECONDS), 6)
