@@ -148,9 +148,13 @@ def encode_sample(key: str, audio: np.ndarray, image: Image.Image, meta: dict) -
 # decode
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-    """FLAC bytes -> float32 mono array; raises FormatError on a wrong rate or channel count."""
-    audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+def decode_audio(data: bytes, frames: int = -1) -> np.ndarray:
+    """FLAC bytes -> float32 mono array; raises FormatError on a wrong rate or channel count.
+
+    ``frames``: decode only the first N samples (a loader that uses 3 s of each clip need not
+    decode all 10).
+    """
+    audio, sr = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=True)
     if sr != SAMPLE_RATE:
         raise FormatError(f"audio sample rate {sr}, expected {SAMPLE_RATE}")
     if audio.shape[1] != 1:

@@ -215,7 +215,8 @@ def shard_urls(shards: list[Shard]) -> Iterator[dict]:
         yield {"url": s.path}
 
 
-def decode_samples(src, skip: SkipCounter, role: str, draft_size: int | None = None) -> Iterator[dict]:
+def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CLIP_SAMPLES,
+                   draft_size: int | None = None) -> Iterator[dict]:
     """Raw tar samples -> {key, audio (float32), valid, image (PIL), meta}; bad ones counted.
 
     ``draft_size``: let the JPEG decoder downscale by 2/4/8 while staying >= this size (evaluation
@@ -229,7 +230,7 @@ def decode_samples(src, skip: SkipCounter, role: str, draft_size: int | None = N
             continue
         try:
             meta = fmt.decode_meta(raw[fmt.META_EXT])
-            audio = fmt.decode_audio(raw[fmt.AUDIO_EXT])
+            audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples)
             image = Image.open(io.BytesIO(raw[fmt.IMAGE_EXT]))
             if draft_size and min(image.size) >= 2 * draft_size:
                 image.draft("RGB", (draft_size, draft_size))
@@ -237,8 +238,8 @@ def decode_samples(src, skip: SkipCounter, role: str, draft_size: int | None = N
         except Exception as exn:  # noqa: BLE001 - any decode failure is a counted skip
             skip(f"{role}: undecodable ({type(exn).__name__}: {str(exn)[:80]})", shard, key)
             continue
-        if audio.shape[0] != fmt.CLIP_SAMPLES or not np.isfinite(audio).all():
-            skip(f"{role}: audio not a finite {fmt.CLIP_SECONDS:g} s clip", shard, key)
+        if audio.shape[0] != clip_samples or not np.isfinite(audio).all():
+            skip(f"{role}: audio shorter than {clip_samples} samples or not finite", shard, key)
             continue
         try:
             valid = fmt.valid_samples(meta)
@@ -393,8 +394,8 @@ class MixedStream(torch.utils.data.IterableDataset):
                 next(sound_raw)
                 index += 1
         draft = None if cfg.train else cfg.image_size
-        speech = decode_samples(speech_raw, skip, "speech", draft)
-        sound = decode_samples(sound_raw, skip, "sound", draft)
+        speech = decode_samples(speech_raw, skip, "speech", cfg.clip_samples, draft)
+        sound = decode_samples(sound_raw, skip, "sound", cfg.clip_samples, draft)
         augment = _Augmenter(cfg, _seed(*base, "augment"))
         for size in sizes[skipped:]:
             items = []

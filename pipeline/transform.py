@@ -112,7 +112,7 @@ def color_jitter_matrix(rng: np.random.Generator, cfg: AugmentConfig, mean_rgb: 
 
 
 def apply_color_matrix(image: Image.Image, A: np.ndarray, b: np.ndarray) -> Image.Image:
-    if np.allclose(A, np.eye(3)) and not b.any():
+    if not b.any() and (A == np.eye(3)).all():
         return image
     return image.convert("RGB", tuple(float(v) for v in np.hstack([A, b[:, None]]).ravel()))
 
@@ -125,7 +125,7 @@ def train_image(image: Image.Image, size: int, rng: np.random.Generator,
     image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
     if rng.random() < cfg.flip_prob:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    mean_rgb = np.array(ImageStat.Stat(image).mean)
+    mean_rgb = np.array(ImageStat.Stat(image.reduce(4)).mean)  # the mean grey of a 4x smaller copy is plenty
     return apply_color_matrix(image, *color_jitter_matrix(rng, cfg, mean_rgb))
 
 

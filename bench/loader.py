@@ -1,0 +1,137 @@
+"""Loader throughput against the decode-only ceiling of the same shards.
+
+    python bench/loader.py [--speech 400 --sound 200 --batch-size 16 --out /tmp/bench-loader]
+
+Builds realistic shards with the real shard builder (speech-like 6-10 s clips, 10 s sounds,
+smooth 298x224 photos-like JPEGs of ~20 KB), then prints:
+
+* the decode-only ceiling: one process reads the shards and decodes, per training item, two images
+  and two clips (nothing else);
+* the full loader (pairing, augmentation, mixing, batching, inter-process transfer) with 1 and 2
+  workers, in items/s and as a ratio of the ceiling;
+* peak RSS per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image, ImageDraw, ImageFilter
+
+from pipeline import format as fmt
+from pipeline.loader import LoaderConfig, TrainLoader, list_shards
+from pipeline.shards import Media, build_shards
+
+SR = 16_000
+
+
+def _photo(rng: np.random.Generator) -> Image.Image:
+    w, h = 298, 224
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([a * x + b * y + c for a, b, c in rng.uniform(-120, 120, (3, 3)) + [0, 0, 128]], -1)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, w - 20), rng.integers(0, h - 20)
+        x1, y1 = x0 + rng.integers(10, 120), y0 + rng.integers(10, 120)
+        draw.rectangle((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _speechlike(rng, seconds):
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    f0 = rng.uniform(90, 220) * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / SR) / k for k in range(1, 8))
+    syllables = (np.sin(2 * np.pi * rng.uniform(3, 5) * t) > -0.2).astype(np.float32)
+    return (0.1 * voiced * syllables + 0.003 * rng.standard_normal(n)).astype(np.float32)
+
+
+def load_item(item: dict) -> Media:
+    rng = np.random.default_rng(item["seed"])
+    if item["type"] == "speech":
+        audio = _speechlike(rng, rng.uniform(6, 10))
+    else:
+        n = 10 * SR
+        audio = (0.1 * rng.standard_normal(n) * np.abs(np.sin(np.arange(n) / SR * rng.uniform(0.5, 4)))).astype(np.float32)
+    return Media(audio=audio, sample_rate=SR, image=_photo(rng),
+                 meta={"source": "bench", "source_id": str(item["seed"]), "audio_type": item["type"],
+                       "clip_start": 0.0, "clip_end": len(audio) / SR})
+
+
+def item_key(item: dict) -> str:
+    return f"{item['type']}_{item['seed']}"
+
+
+def decode_ceiling(speech: str, sound: str, items: int) -> float:
+    """Read + decode two images and two clips per item, nothing else, in this process."""
+    def samples(spec):
+        urls = [{"url": s.path} for s in list_shards(spec)]
+        return wds.tarfile_to_samples()(iter(urls))
+
+    sounds = itertools.cycle(list(samples(sound)))  # raw bytes; decoding is what is timed
+    start = time.perf_counter()
+    n = 0
+    for sp in samples(speech):
+        so = next(sounds)
+        for s in (sp, so):
+            fmt.decode_audio(s["flac"])
+            img = Image.open(io.BytesIO(s["jpg"]))
+            img.load()
+        n += 1
+        if n == items:
+            break
+    return n / (time.perf_counter() - start)
+
+
+def loader_rate(cfg: LoaderConfig) -> tuple[float, dict]:
+    loader = TrainLoader(cfg)
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    start = time.perf_counter()
+    n = 0
+    for batch in it:
+        n += len(batch["speech_key"])
+    return n / (time.perf_counter() - start), dict(loader.peak_rss_mb)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--speech", type=int, default=400)
+    ap.add_argument("--sound", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--clip-seconds", type=float, default=10.0)
+    ap.add_argument("--out", default="/tmp/bench-loader")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    for kind, n, seed0 in (("speech", args.speech, 0), ("sound", args.sound, 10**6)):
+        items = [{"type": kind, "seed": seed0 + i} for i in range(n)]
+        build_shards(items, load_item, out / kind, key=item_key, shard_size=100, workers=2, progress=False)
+    speech, sound = str(out / "speech"), str(out / "sound")
+    sizes = {k: sum(p.stat().st_size for p in (out / k).glob("*.tar")) / 1e6 for k in ("speech", "sound")}
+    print(f"shards: {args.speech} speech ({sizes['speech']:.0f} MB), {args.sound} sound ({sizes['sound']:.0f} MB)")
+
+    ceiling = decode_ceiling(speech, sound, args.speech)
+    print(f"decode-only ceiling (1 process): {ceiling:8.1f} items/s")
+    for workers in (1, 2):
+        cfg = LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
+                           image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
+                           epoch_samples=args.speech, shuffle_buffer=200)
+        rate, rss = loader_rate(cfg)
+        rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
+        print(f"full loader, {workers} worker(s):   {rate:8.1f} items/s  = {rate / ceiling:.2f} x ceiling "
+              f"({rate / workers / ceiling:.2f} per worker); peak RSS per worker MB: {rss_txt}")
+
+
+if __name__ == "__main__":
+    main()
