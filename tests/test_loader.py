@@ -7,46 +7,19 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.loader import LoaderConfig, TrainLoader, list_shards, plan_finite_epoch, Shard
 from pipeline.mixing import MixConfig, active_rms
-from pipeline.shards import Media, build_shards
+from tests import shardgen
 
 SR = 16_000
-
-
-def _load(item: dict) -> Media:
-    """Generated media: a tone (speech stand-in) or noise (sound) with a random real duration."""
-    rng = np.random.default_rng(item["seed"])
-    n = int(item["seconds"] * SR)
-    t = np.arange(n) / SR
-    if item["type"] == "speech":
-        audio = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (np.sin(2 * np.pi * 2 * t) > 0)
-    else:
-        audio = rng.uniform(0.05, 2.0) * rng.standard_normal(n)  # loud enough to clip sometimes
-    image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    return Media(audio=audio.astype(np.float32), sample_rate=SR, image=image,
-                 meta={"source": "test", "source_id": f"{item['type']}-{item['seed']}",
-                       "audio_type": item["type"], "clip_start": 0.0, "clip_end": item["seconds"]})
-
-
-def _key(item: dict) -> str:
-    return f"{item['type']}_{item['seed']}"
-
-
-def _build(out, kind, n, shard_size, seed0=0):
-    rng = np.random.default_rng(seed0)
-    items = [{"type": kind, "seed": seed0 + i, "seconds": float(rng.uniform(0.6, 3.0))} for i in range(n)]
-    build_shards(items, _load, out, key=_key, shard_size=shard_size, workers=0, progress=False)
-    return [_key(it) for it in items]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    speech_keys = _build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
-    _build(root / "sound", "sound", 20, 5, seed0=1000)
+    speech_keys = shardgen.build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
+    shardgen.build(root / "sound", "sound", 20, 5, seed0=1000)
     return root, speech_keys
 
 
