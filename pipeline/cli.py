@@ -5,10 +5,19 @@ Each concern registers its own commands here, so this file stays a table of cont
 
 import typer
 
+from pipeline import audioset, places, shards
+from pipeline import inspect as inspect_shards
+
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and repair WebDataset shards.")
 shards_app = typer.Typer(no_args_is_help=True, help="Turn a corpus into shards.")
 app.add_typer(shards_app, name="shards")
+
+shards_app.command("places")(places.command)
+shards_app.command("audioset")(audioset.command)
+app.command("retry")(shards.retry_command)
+app.command("inspect")(inspect_shards.command)
 app.command("extend-is3")(__import__("evaluation.extend_is3", fromlist=["_"]).extend_is3_command)
+app.add_typer(__import__("pipeline.synthetic.cli", fromlist=["_"]).synthetic_app, name="synthetic")
 
 if __name__ == "__main__":
     app()

@@ -870,6 +870,12 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only t
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 
 
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error (plain text: greppable in batch logs) and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
 def print_summary(summary: BuildSummary) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -891,7 +897,7 @@ def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, 
     try:
         part_tuple = parse_part(part)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--part") from exc
+        raise fail(str(exc)) from exc
     if limit is not None:
         items = items[:limit]
     try:
@@ -899,8 +905,7 @@ def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, 
             items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress
         )
     except ValueError as exc:  # e.g. a resume over shards built from other input
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     print_summary(summary)
     return summary
 
@@ -917,5 +922,5 @@ def retry_command(
     try:
         summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="OUT_DIR") from exc
+        raise fail(str(exc)) from exc
     print_summary(summary)

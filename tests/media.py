@@ -75,7 +75,8 @@ def dominant_frequency(signal: np.ndarray, sr: int) -> float:
     spectrum = np.abs(np.fft.rfft(signal * window))
     k = int(np.argmax(spectrum[1:-1])) + 1
     a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
-    offset = 0.5 * (a - c) / (a - 2 * b + c)
+    curvature = a - 2 * b + c
+    offset = 0.5 * (a - c) / curvature if curvature else 0.0
     return (k + offset) * sr / len(signal)
 
 
@@ -124,13 +125,15 @@ def write_video(
     sr: int = 44_100,
     *,
     seconds: float | None = None,
+    first_second: int = 0,
     size: tuple[int, int] = (96, 64),
     fps: int = 5,
     video_codec: Sequence[str] = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"),
     audio_codec: Sequence[str] = ("-c:a", "aac", "-b:a", "96k"),
 ) -> Path:
-    """A video whose frames during source second k are ``colour_for_second(k)``, with ``audio``
-    (mono or [channels, samples]) as its soundtrack; encoded by the bundled ffmpeg."""
+    """A video whose frames during second k are ``colour_for_second(first_second + k)``, with
+    ``audio`` (mono or [channels, samples]) as its soundtrack; encoded by the bundled ffmpeg.
+    ``first_second`` > 0 makes it a cut clip of a longer source."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if seconds is None:
@@ -139,7 +142,7 @@ def write_video(
     w, h = size
     raw = np.empty((frames, h, w, 3), np.uint8)
     for i in range(frames):
-        raw[i] = colour_for_second(int(i / fps))
+        raw[i] = colour_for_second(first_second + int(i / fps))
     with tempfile.TemporaryDirectory() as tmp:
         video_in = Path(tmp) / "frames.rgb"
         video_in.write_bytes(raw.tobytes())
@@ -267,14 +270,14 @@ def audioset_csvs(root: str | Path, segments: Sequence[tuple], labels: dict[str,
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with byte-range support, as real media hosts serve them. Paths under
-    ``/ratelimited/`` answer 429, as YouTube does when it throttles."""
+    """Static files with byte-range support, as real media hosts serve them. Paths containing
+    ``ratelimited`` answer 429, as YouTube does when it throttles."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        if self.path.startswith("/ratelimited/"):
+        if "ratelimited" in self.path:
             self.send_error(429, "Too Many Requests")
             return
         path = Path(self.translate_path(self.path))

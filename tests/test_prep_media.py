@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import media
+from tests import media
 from pipeline import audio, ffmpeg, image
 from pipeline.format import CLIP_SAMPLES, IMAGE_SHORT_SIDE, SAMPLE_RATE
 
