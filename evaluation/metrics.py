@@ -108,15 +108,22 @@ def class_pooled_segmentation(heatmaps: np.ndarray, masks: np.ndarray, classes) 
     """
     heatmaps = np.asarray(heatmaps)
     masks = np.asarray(masks).astype(bool)
-    classes = np.asarray([str(c) for c in classes])
-    if heatmaps.shape != masks.shape or heatmaps.shape[0] != classes.shape[0]:
-        raise ValueError(f"heatmaps {heatmaps.shape}, masks {masks.shape} and {classes.shape[0]} "
+    if heatmaps.shape != masks.shape or heatmaps.shape[0] != len(classes):
+        raise ValueError(f"heatmaps {heatmaps.shape}, masks {masks.shape} and {len(classes)} "
                          "class labels must agree")
+    return pooled_segmentation_by_class(classes, lambda idx: (heatmaps[idx], masks[idx]))
+
+
+def pooled_segmentation_by_class(classes, fetch) -> SegmentationResult:
+    """``class_pooled_segmentation`` with the items of one class fetched at a time:
+    ``fetch(indices) -> (heatmaps, masks)``, so a large set never sits upsampled in memory."""
+    classes = np.asarray([str(c) for c in classes])
     per_class: dict[str, dict[str, float]] = {}
     skipped = []
     for c in sorted(set(classes.tolist())):
         idx = np.flatnonzero(classes == c)
-        s, t = heatmaps[idx], masks[idx]
+        s, t = fetch(idx)
+        t = np.asarray(t).astype(bool)
         if not t.any():
             skipped.append(c)
             continue
@@ -229,18 +236,27 @@ def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[str, dict[int, float]
     """R@k in both directions from ``scores[audio, image]`` with the pairs on the diagonal.
 
     ``I->A``: share of images whose paired audio is among the k highest-scoring audio clips for
-    that image; ``A->I`` the converse. The rank of the true item is the number of items scoring
-    strictly higher, so ties are resolved in the true item's favour.
+    that image; ``A->I`` the converse. Ties are broken at random *in expectation*: with g items
+    scoring strictly higher and t others tying with the true item, the hit counts
+    ``clip(k - g, 0, t + 1) / (t + 1)``. (Real-valued scores rarely tie; a constant score matrix
+    gets chance level k / N instead of a perfect or a zero score.)
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"the score matrix must be square (paired audio and images), got {s.shape}")
     diag = np.diag(s)
-    rank_i2a = (s > diag[None, :]).sum(axis=0)  # per image: audio clips scoring above its pair
-    rank_a2i = (s > diag[:, None]).sum(axis=1)  # per audio clip: images scoring above its pair
+    # per image (column): audio clips scoring above / tying with its own clip; converse per row
+    above_i2a = (s > diag[None, :]).sum(axis=0)
+    ties_i2a = (s == diag[None, :]).sum(axis=0) - 1
+    above_a2i = (s > diag[:, None]).sum(axis=1)
+    ties_a2i = (s == diag[:, None]).sum(axis=1) - 1
+
+    def hit(k, above, ties):
+        return float(np.mean(np.clip(k - above, 0, ties + 1) / (ties + 1)))
+
     return {
-        "I->A": {int(k): float(np.mean(rank_i2a < k)) for k in ks},
-        "A->I": {int(k): float(np.mean(rank_a2i < k)) for k in ks},
+        "I->A": {int(k): hit(k, above_i2a, ties_i2a) for k in ks},
+        "A->I": {int(k): hit(k, above_a2i, ties_a2i) for k in ks},
     }
 
 

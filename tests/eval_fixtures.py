@@ -33,10 +33,6 @@ def _tone(seconds: float, rate: int, freq: float, channels: int = 1) -> np.ndarr
     return np.stack([wave] * channels, axis=1) if channels > 1 else wave
 
 
-def _image(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
 def is3_stems() -> list[str]:
     stems = []
     for a, b, ident, targets in IS3_IMAGES:
@@ -45,11 +41,23 @@ def is3_stems() -> list[str]:
     return stems
 
 
+# what the oracle model of eval_stub.py reads back: object colours and tones
+IS3_SOUND_HZ = (300.0, 500.0)  # sound of the left / right object
+IS3_SPEECH_HZ = (180.0, 220.0)  # "speech" naming the left / right object
+ADE_BASE_HZ = 700.0  # ADE prompts: 700, 750, 800 Hz
+RETRIEVAL_BASE_HZ = {"speech": 2000.0, "sound": 4000.0}  # pair i: base + 20 i Hz
+
+
+def _noisy(rng: np.random.Generator, h: int, w: int, rgb) -> np.ndarray:
+    base = np.broadcast_to(np.asarray(rgb, np.int16), (h, w, 3))
+    return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
 def make_is3_tree(root: Path, extended: bool = True, audio_dir: str = "audio_wav", size: int = 48,
                   seed: int = 0) -> Path:
     """IS3 (and, with ``extended``, the spoken prompts) for the images in ``IS3_IMAGES``.
 
-    The two objects of an image occupy its left and right halves; masks are JPEGs.
+    The two objects of an image occupy its left (red) and right (blue) halves; masks are JPEGs.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -58,7 +66,10 @@ def make_is3_tree(root: Path, extended: bool = True, audio_dir: str = "audio_wav
     items = {}
     for a, b, ident, targets in IS3_IMAGES:
         prefix = "_".join(x for x in (a, b, ident) if x)
-        picture = _image(rng, size, size)
+        pixels = _noisy(rng, size, size, (128, 128, 128))
+        pixels[:, : size // 2] = _noisy(rng, size, size // 2, (220, 30, 30))
+        pixels[:, size // 2 :] = _noisy(rng, size, size - size // 2, (30, 30, 220))
+        picture = Image.fromarray(pixels)
         for side, target in enumerate(targets):
             stem = f"{prefix}_{target}"
             picture.save(root / "images" / f"{stem}.jpg")  # one copy per annotation, as published
@@ -66,9 +77,9 @@ def make_is3_tree(root: Path, extended: bool = True, audio_dir: str = "audio_wav
             mask[:, side * size // 2 : (side + 1) * size // 2] = 255
             Image.fromarray(mask).save(root / "gt_segmentation" / f"{stem}.jpg", quality=90)
             # sound at 22,050 Hz stereo, shorter than a clip: the reader must standardize it
-            sf.write(root / audio_dir / f"{stem}.wav", _tone(2.0, 22050, 300 + 200 * side, 2), 22050)
+            sf.write(root / audio_dir / f"{stem}.wav", _tone(2.0, 22050, IS3_SOUND_HZ[side], 2), 22050)
             if extended:
-                sf.write(root / "speech_wav" / f"{stem}.wav", _tone(0.8, 16000, 180 + 40 * side), 16000)
+                sf.write(root / "speech_wav" / f"{stem}.wav", _tone(0.8, 16000, IS3_SPEECH_HZ[side]), 16000)
                 items[stem] = {"class": target, "phrase": target, "words": [
                     {"word": target, "start": 0.1, "end": 0.7}], "object_span": [0.1, 0.7]}
     if extended:
@@ -101,13 +112,15 @@ def make_ade_tree(parent: Path, kind: str, seed: int = 0) -> Path:
     for i, (class_id, name) in enumerate(ADE_CLASSES[kind]):
         loc = f"validation/ADE_val_{i:08d}.jpg"
         w, h = 64 + 16 * i, 48  # not square: the mask must follow the image's resize + crop
-        _image(rng, w, h).save(root / "frames" / loc)
+        pixels = _noisy(rng, h, w, (128, 128, 128))
+        pixels[:, w // 3 : 2 * w // 3] = _noisy(rng, h, 2 * w // 3 - w // 3, (30, 220, 30))  # the object
+        Image.fromarray(pixels).save(root / "frames" / loc, quality=95)
         classes = np.full((h, w), 5, np.int64)
         classes[:, w // 3 : 2 * w // 3] = class_id
         Image.fromarray(encode_ade_classes(classes)).save(root / "annotations" / loc.replace(".jpg", "_seg.png"))
         audio_name = f"prompt_{i}.wav"
         rate = 16000 if kind == "speech" else 44100
-        sf.write(root / "audio" / audio_name, _tone(3.0, rate, 200 + 50 * i), rate)
+        sf.write(root / "audio" / audio_name, _tone(3.0, rate, ADE_BASE_HZ + 50 * i), rate)
         rows.append({"image_location": loc, col: f"some/where/{audio_name}", "ade_class_id": class_id,
                      "ade_class_name": name, "timing": json.dumps([1.0, 1.5]) if kind == "speech" else ""})
     rows.append({"image_location": "validation/ADE_val_00000000.jpg", col: "x/prompt_0.wav",
@@ -121,14 +134,13 @@ def make_ade_tree(parent: Path, kind: str, seed: int = 0) -> Path:
     return root
 
 
-def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 4, unfinished: bool = True,
-                          seed: int = 0) -> list[str]:
+def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 4,
+                          unfinished: bool = True) -> list[str]:
     """Committed shards of ``n`` samples (plus one unfinished shard), as ``prep`` writes them.
 
-    Returns the keys in shard order. Sample ``i`` has a tone at 200 + 20 i Hz and an image whose
-    red level is 10 i, so tests can tell pairs apart.
+    Returns the keys in shard order. Sample ``i`` has a tone at ``RETRIEVAL_BASE_HZ[type] + 20 i``
+    Hz and a plain image of red level 10 i, so tests (and the oracle model) can tell pairs apart.
     """
-    rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = []
@@ -139,8 +151,8 @@ def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 
                 key = f"{audio_type}_{i:04d}"
                 audio = np.zeros(fmt.CLIP_SAMPLES, np.float32)
                 dur = 2.0 + (i % 5)
-                audio[: int(dur * fmt.SAMPLE_RATE)] = _tone(dur, fmt.SAMPLE_RATE, 200 + 20 * i)
-                img = np.asarray(_image(rng, 300, fmt.IMAGE_SHORT_SIDE)).copy()
+                audio[: int(dur * fmt.SAMPLE_RATE)] = _tone(dur, fmt.SAMPLE_RATE, RETRIEVAL_BASE_HZ[audio_type] + 20 * i)
+                img = np.full((fmt.IMAGE_SHORT_SIDE, 300, 3), 128, np.uint8)
                 img[..., 0] = (10 * i) % 256
                 meta = {"source": "test", "source_id": key, "audio_type": audio_type, "clip_start": 0.0,
                         "clip_end": dur, "duration": dur, "orig_sample_rate": 16000, "orig_channels": 1}

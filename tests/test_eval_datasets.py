@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from eval_fixtures import (ADE_CLASSES, encode_ade_classes, is3_stems, make_ade_tree, make_is3_tree,
+from tests.eval_fixtures import (ADE_CLASSES, encode_ade_classes, is3_stems, make_ade_tree, make_is3_tree,
                            make_retrieval_shards)
 from evaluation import datasets as D
 from pipeline import format as fmt

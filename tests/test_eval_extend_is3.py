@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from eval_fixtures import is3_stems, make_is3_tree
+from tests.eval_fixtures import is3_stems, make_is3_tree
 from evaluation import datasets as D
 from evaluation import extend_is3 as X
 from pipeline import format as fmt

@@ -192,6 +192,17 @@ def test_recall_directions_are_not_swapped():
     assert inverted["I->A"][1] == 0.0 and inverted["I->A"][6] == 0.0 and inverted["I->A"][7] == 1.0
 
 
+def test_recall_ties_count_at_chance():
+    n = 8
+    r = M.recall_at_k(np.zeros((n, n)), ks=(1, 4, 8))
+    assert r["I->A"] == {1: pytest.approx(1 / 8), 4: pytest.approx(4 / 8), 8: pytest.approx(1.0)}
+    # image 0 ties its own audio with one other clip, above all the rest: a coin flip at k = 1
+    s = np.eye(3)
+    s[1, 0] = 1.0
+    r = M.recall_at_k(s, ks=(1, 2))
+    assert r["I->A"][1] == pytest.approx((0.5 + 1 + 1) / 3) and r["I->A"][2] == pytest.approx(1.0)
+
+
 def test_recall_rejects_non_square():
     with pytest.raises(ValueError, match="square"):
         M.recall_at_k(np.zeros((3, 4)))

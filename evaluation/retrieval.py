@@ -1,0 +1,161 @@
+"""Retrieval experiments: Tables 3, 5, 6, 7 and DenseAV's Pred.Dis / Act.Dis.
+
+Sets: 1,000 pairs of PlacesAudio val (speech) and of AudioSet eval (sound), read from ``prep``
+shards. Every image and clip is encoded once; per-head score matrices ``[K, N, N]`` come from
+``ModelRunner.score_matrices`` (block by block). "Total" is the sum of the heads' scores (DenseAV,
+paper §4.3.3), a head row uses that head's score. Mixed variants (Table 5, right half of Table 6)
+add an off-screen clip of the other audio type to every query, drawn deterministically from the
+other set by ``pipeline.mixing.OffscreenMixer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from evaluation import metrics as M
+from evaluation.datasets import RetrievalSet
+from evaluation.progress import progress_bar
+from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
+from pipeline.mixing import OffscreenMixer
+
+SET_TYPES = {"places": "speech", "audioset": "sound"}
+KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalSession:
+    """Caches features and score matrices of one model over the retrieval sets, so the tables that
+    share them (3, 5, 6, Pred.Dis) compute each once."""
+
+    runner: ModelRunner
+    sets: dict[str, RetrievalSet]
+    seed: int = 0
+    offscreen_snr_db: float = 0.0
+    progress: bool = True
+    workers: int = 4  # threads decoding images and audio ahead of the model
+    _images: dict = field(default_factory=dict)
+    _scores: dict = field(default_factory=dict)
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.sets]
+        if missing:
+            flags = ", ".join(f"--{n}" for n in missing)
+            raise ValueError(f"this experiment needs the {', '.join(missing)} retrieval set(s): pass {flags}")
+
+    def _image_features(self, name: str) -> torch.Tensor:
+        if name not in self._images:
+            rset = self.sets[name]
+            feats = []
+            with progress_bar(len(rset.items), f"encoding {name} images", self.progress) as advance:
+                for idx, images in loaded_batches(len(rset.items), self.runner.batch_size,
+                                                  lambda i: rset.items[i].image(), self.workers):
+                    feats.append(self.runner.encode_images(images).cpu())
+                    advance(len(idx))
+            self._images[name] = torch.cat(feats)
+        return self._images[name]
+
+    def _mixer(self, name: str) -> OffscreenMixer:
+        other = "audioset" if name == "places" else "places"
+        self.require(other)
+        items = self.sets[other].items
+        return OffscreenMixer(ClipSource(lambda i: items[i].clip(), len(items)), target_type=SET_TYPES[name], seed=self.seed,
+                              snr_db=self.offscreen_snr_db)
+
+    def scores(self, name: str, mixed: bool = False) -> np.ndarray:
+        """Per-head score matrices ``[K, N audio, N images]`` of one set, clean or mixed."""
+        self.require(name)
+        key = (name, mixed)
+        if key in self._scores:
+            return self._scores[key]
+        rset = self.sets[name]
+        v = self._image_features(name)
+        mixer = self._mixer(name) if mixed else None
+        feats, masks = [], []
+        label = f"encoding {name} audio" + (" (+ off-screen)" if mixed else "")
+        def load(i):
+            clip = rset.items[i].clip()
+            return with_offscreen(mixer, i, clip) if mixer is not None else clip
+
+        with progress_bar(len(rset.items), label, self.progress) as advance:
+            for idx, clips in loaded_batches(len(rset.items), self.runner.batch_size, load, self.workers):
+                a, m = self.runner.encode_audio(clips)
+                feats.append(a.cpu())
+                masks.append(m.cpu())
+                advance(len(idx))
+        a, m = torch.cat(feats), torch.cat(masks)
+        with progress_bar(a.shape[0], f"scoring {name}" + (" mixed" if mixed else ""), self.progress) as advance:
+            self._scores[key] = self.runner.score_matrices(a, m, v, progress=advance)
+        return self._scores[key]
+
+    def head_names(self) -> list[str]:
+        names = [f"head_{k}" for k in range(self.runner.num_heads)]
+        names[self.runner.sound_head] = "sound_head"
+        names[self.runner.speech_head] = "speech_head"
+        return names
+
+    def recalls(self, name: str, mixed: bool = False) -> dict:
+        """R@1/5/10 both directions for ``total`` (sum over heads) and every head."""
+        s = self.scores(name, mixed)
+        out = {"total": M.recall_at_k(s.sum(0), KS)}
+        for k, head in enumerate(self.head_names()):
+            out[head] = M.recall_at_k(s[k], KS)
+        return out
+
+    def counts(self) -> dict:
+        out = {}
+        for name, rset in self.sets.items():
+            out[f"{name}_pairs"] = len(rset.items)
+            out[f"{name}_available"] = rset.available
+            out[f"{name}_unfinished_shards"] = len(rset.skipped_shards)
+        return out
+
+    def settings(self, mixed: bool) -> dict:
+        s = {"pairs_seed": next(iter(self.sets.values())).seed if self.sets else None, "ks": list(KS),
+             "total": "sum of the heads' scores"}
+        if mixed:
+            s |= {"offscreen_snr_db": self.offscreen_snr_db, "offscreen_seed": self.seed,
+                  "offscreen_source": "the other retrieval set"}
+        return s
+
+
+def run_table3(session: RetrievalSession, mixed: bool = False) -> dict:
+    """Table 3 (clean) or Table 5 (``mixed``): whatever sets are given."""
+    if not session.sets:
+        raise ValueError("give at least one retrieval set (--places, --audioset)")
+    if mixed:
+        session.require("places", "audioset")
+    results = {name: session.recalls(name, mixed) for name in session.sets}
+    return {"results": results, "counts": session.counts(), "settings": session.settings(mixed)}
+
+
+def disentanglement(session: RetrievalSession) -> dict:
+    """Pred.Dis / Act.Dis from the matched pairs' per-head scores (DenseAV: Places = speech,
+    AudioSet = sound)."""
+    session.require("places", "audioset")
+    if session.runner.num_heads != 2:
+        raise ValueError(f"Pred.Dis / Act.Dis are defined for two heads, the model has {session.runner.num_heads}")
+    speech = np.stack([np.diag(m) for m in session.scores("places")], axis=1)
+    sound = np.stack([np.diag(m) for m in session.scores("audioset")], axis=1)
+    return M.disentanglement(speech, sound)
+
+
+def run_table6(session: RetrievalSession) -> dict:
+    """Retrieval with the opposite head (Places: sound head, AudioSet: speech head), clean and
+    mixed, plus Pred.Dis / Act.Dis."""
+    session.require("places", "audioset")
+    results = {}
+    for cond, mixed in (("clean", False), ("mixed", True)):
+        results[cond] = {"places": {"sound_head": session.recalls("places", mixed)["sound_head"]},
+                         "audioset": {"speech_head": session.recalls("audioset", mixed)["speech_head"]}}
+    results["disentanglement"] = disentanglement(session)
+    return {"results": results, "counts": session.counts(), "settings": session.settings(True)}
+
+
+def table7_row(session: RetrievalSession, label: str) -> dict:
+    """One model's row of Table 7: the sound head's retrieval on AudioSet and on Places."""
+    session.require("places", "audioset")
+    return {"label": label, "audioset_sound_head": session.recalls("audioset")["sound_head"],
+            "places_sound_head": session.recalls("places")["sound_head"]}
