@@ -413,7 +413,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             logs = {f"loss/{k}": float(v) for k, v in parts.items()}
-            logs.update({"lr": lr, "temperature": float(model.logit_scale()),
+            logs.update({"lr": lr, "temperature": float(model.logit_scale().detach()),
                          "grad_norm": float(grad_norm), "items_per_s": items_since / max(now - last_log, 1e-9),
                          "time/data_s": timer["data"], "time/compute_s": timer["compute"],
                          "bad_steps_total": state["bad_steps_total"],
