@@ -1,0 +1,187 @@
+"""Benchmark: the B x B score matrix + InfoNCE, forward and backward, blocked vs naive einsum.
+
+    .venv/bin/python bench/similarity.py                                  # float32 on the CPU
+    .venv/bin/python bench/similarity.py --device cuda --dtype bfloat16   # on a GPU, under autocast
+
+Each measurement runs in a fresh process so peak memory is its own: on the CPU the rise of the
+process's maximum resident set over its size just before the first step, on CUDA
+``max_memory_allocated`` over the allocation before the first step. Time is the median over
+``--repeats`` forward+backward steps after one warm-up step. Both implementations run in the same
+invocation with the same inputs and are compared by ratio; a value check (scores and gradients of
+both on the same inputs) is printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.loss import info_nce  # noqa: E402
+from model.similarity import batch_scores, naive_batch_scores  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def make_inputs(args, batch: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    side = int(round(args.hw**0.5))
+    if side * side != args.hw:
+        raise SystemExit(f"--hw must be a square number, got {args.hw}")
+    a = torch.randn(batch, args.channels, args.heads, 1, args.frames, generator=gen)
+    v = torch.randn(batch, args.channels, args.heads, side, side, generator=gen)
+    lengths = torch.randint(args.frames // 2, args.frames + 1, (batch,), generator=gen)
+    mask = torch.arange(args.frames).unsqueeze(0) < lengths.unsqueeze(1)
+    # Features arrive in the run's dtype: under autocast the aligners' convolutions emit bf16/fp16.
+    dtype = DTYPES[args.dtype]
+    a = a.to(args.device, dtype).requires_grad_()
+    v = v.to(args.device, dtype).requires_grad_()
+    return a, mask.to(args.device), v
+
+
+def autocast(args):
+    low = args.dtype in ("bfloat16", "float16")
+    return torch.autocast(args.device.split(":")[0], dtype=DTYPES[args.dtype], enabled=low)
+
+
+def step(impl: str, a, mask, v, args) -> None:
+    with autocast(args):
+        if impl == "naive":
+            scores = naive_batch_scores(a, mask, v)
+        else:
+            scores = batch_scores(a, mask, v, chunk=args.chunk)
+        loss = info_nce(scores, torch.tensor(10.0, device=a.device))
+    loss.backward()
+    a.grad = v.grad = None
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def worker(args) -> None:
+    torch.manual_seed(0)
+    a, mask, v = make_inputs(args, args.batch)
+    cuda = args.device.startswith("cuda")
+    # Load the matmul kernels before the baseline so their one-off buffers do not count.
+    with autocast(args):
+        (a[:1].flatten()[:8] @ v[:1].flatten()[:8]).item()
+    sync(args.device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+    times = []
+    for i in range(args.repeats + 1):
+        sync(args.device)
+        start = time.perf_counter()
+        step(args.worker, a, mask, v, args)
+        sync(args.device)
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"time_s": statistics.median(times), "peak_bytes": max(peak, 0)}))
+
+
+def measure(args, impl: str, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--batch", str(batch)]
+    for name in ("device", "dtype", "channels", "heads", "frames", "hw", "repeats"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    if args.chunk:
+        cmd += ["--chunk", str(args.chunk)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def value_check(args) -> str:
+    batch = min(args.batch_sizes)
+    a, mask, v = make_inputs(args, batch, seed=1)
+    g = torch.randn(batch, batch, generator=torch.Generator().manual_seed(2)).to(args.device)
+    results = []
+    for fn in (naive_batch_scores, batch_scores):
+        with autocast(args):
+            s = fn(a, mask, v)
+        (s.float() * g).sum().backward()
+        results.append((s.detach().float(), a.grad.float(), v.grad.float()))
+        a.grad = v.grad = None
+    diffs = [(x - y).abs().max().item() / max(x.abs().max().item(), 1e-30) for x, y in zip(*results)]
+    return f"value check at B={batch}: max relative difference scores {diffs[0]:.1e}, grad a {diffs[1]:.1e}, grad v {diffs[2]:.1e}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--channels", type=int, default=192, help="C per head")
+    parser.add_argument("--heads", type=int, default=2, help="K")
+    parser.add_argument("--frames", type=int, default=56, help="T")
+    parser.add_argument("--hw", type=int, default=196, help="h*w image cells (a square)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=None, help="block size in volume elements (default: library's)")
+    parser.add_argument("--max-naive-gb", type=float, default=8.0, help="skip naive runs whose volume would need more")
+    parser.add_argument("--worker", choices=["naive", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(
+        f"B x B score matrix (S_M) + InfoNCE, forward+backward; K={args.heads} C={args.channels} "
+        f"T={args.frames} h*w={args.hw}; {args.dtype} on {args.device} ({device_name}); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(value_check(args))
+    header = f"{'B':>5} {'naive s':>9} {'ours s':>9} {'time ratio':>11} {'naive MB':>10} {'ours MB':>9} {'mem ratio':>10}"
+    print(header)
+    print("-" * len(header))
+    itemsize = torch.tensor([], dtype=DTYPES[args.dtype]).element_size()
+    for batch in args.batch_sizes:
+        volume_gb = batch * batch * args.heads * args.frames * args.hw * itemsize / 1e9
+        ours = measure(args, "ours", batch)
+        if 3 * volume_gb > args.max_naive_gb:
+            naive = {"error": f"skipped (~{3 * volume_gb:.1f} GB > --max-naive-gb)"}
+        else:
+            naive = measure(args, "naive", batch)
+        for name, res in (("naive", naive), ("ours", ours)):
+            if "error" in res:
+                print(f"{batch:>5} {name}: {res['error']}")
+        if "error" in ours:
+            continue
+        o_t, o_m = ours["time_s"], ours["peak_bytes"] / 2**20
+        if "error" in naive:
+            print(f"{batch:>5} {'-':>9} {o_t:>9.3f} {'-':>11} {'-':>10} {o_m:>9.1f} {'-':>10}")
+            continue
+        n_t, n_m = naive["time_s"], naive["peak_bytes"] / 2**20
+        print(
+            f"{batch:>5} {n_t:>9.3f} {o_t:>9.3f} {o_t / n_t:>11.2f} {n_m:>10.1f} {o_m:>9.1f} {o_m / max(n_m, 1e-9):>10.3f}"
+        )
+    print("ratios are ours / naive: below 1 is better")
+
+
+if __name__ == "__main__":
+    main()

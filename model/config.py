@@ -1,0 +1,223 @@
+"""``ModelConfig``: every choice that shapes the network, in one JSON-serializable dataclass.
+
+Two presets:
+
+* ``paper``: DINO ViT-S/8 + HuBERT Large (Libri-Light), C = 192 channels per head, K = 2 heads,
+  LoRA rank 8 on the ViT attention projections, DenseAV's aligners. ``pretrained=True`` loads the
+  weights with ``from_pretrained``; ``pretrained=False`` builds the same architecture with random
+  weights from the configs below (benchmarks, shape checks; no download).
+* ``tiny``: the same structure with a few-MB random backbone (112 px images, 2-layer ViT and HuBERT),
+  fast enough on a 2-core CPU for the tests and the built-in demo.
+
+A checkpoint stores this config with the exact backbone configs filled in, so loading it rebuilds the
+architecture without any download (see ``model.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# The architecture of the default hub ids, so ``pretrained=False`` builds the paper's network from
+# configs alone. Values follow the published configs of facebook/dino-vits8 and
+# facebook/hubert-large-ll60k.
+DINO_VITS8 = dict(
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    intermediate_size=1536,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    layer_norm_eps=1e-12,
+    image_size=224,
+    patch_size=8,
+    num_channels=3,
+    qkv_bias=True,
+)
+HUBERT_LARGE = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    hidden_act="gelu",
+    hidden_dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.1,
+    layer_norm_eps=1e-5,
+    feat_extract_norm="layer",
+    feat_extract_activation="gelu",
+    do_stable_layer_norm=True,
+    conv_dim=[512] * 7,
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_bias=True,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    mask_time_prob=0.05,
+)
+TINY_VIT = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    layer_norm_eps=1e-6,
+    image_size=112,
+    patch_size=8,
+    num_channels=3,
+    qkv_bias=True,
+)
+TINY_HUBERT = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    hidden_act="gelu",
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    layer_norm_eps=1e-5,
+    feat_extract_norm="layer",
+    feat_extract_activation="gelu",
+    do_stable_layer_norm=True,
+    # Same strides as HuBERT (320-sample hop, 50 Hz frames), narrow channels.
+    conv_dim=[16] * 7,
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_bias=True,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    mask_time_prob=0.0,
+)
+
+STAGES = ("warmup", "full")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "paper"
+    # Backbones. pretrained=True: architecture and weights from the hub ids (image_backbone and
+    # audio_backbone are then unused). pretrained=False: random weights, architecture from
+    # image_backbone / audio_backbone, keyword arguments of transformers' ViTConfig / HubertConfig.
+    # The audio_* overrides further down apply in both cases.
+    pretrained: bool = True
+    image_model_id: str = "facebook/dino-vits8"
+    audio_model_id: str = "facebook/hubert-large-ll60k"
+    image_backbone: dict[str, Any] = field(default_factory=lambda: dict(DINO_VITS8))
+    audio_backbone: dict[str, Any] = field(default_factory=lambda: dict(HUBERT_LARGE))
+    image_size: int = 224  # input resolution the loader should produce
+    # Shared feature space: C channels per head, K heads.
+    code_dim: int = 192
+    num_heads: int = 2
+    sound_head: int = 0
+    speech_head: int = 1
+    # LoRA on the image backbone's attention projections (DenseAV: alpha 32, dropout 0.1).
+    lora_rank: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None  # None: the q/k/v projections found in the module tree
+    # Aligners (DenseAV): channel-norm + 1x1 conv for images; channel-norm + stride-w convs along
+    # time for audio, then an optional self-attention block with a learned CLS token.
+    norm_eps: float = 1e-4
+    audio_pool: list[int] = field(default_factory=lambda: [3, 3])
+    audio_self_attention: bool = True
+    audio_attention_heads: int = 6
+    # DenseAV average-pools the aligned image features 2x2 while training (28x28 -> 14x14 at 224 px
+    # with patch 8) to cut the cost of the B x B score matrix; evaluation keeps full resolution.
+    image_train_pool: int = 2
+    # Audio input handling.
+    normalize_waveform: bool = True  # zero mean / unit variance over the valid samples, as HuBERT's extractor
+    frame_valid_fraction: float = 0.5  # a frame is valid when at least this share of its samples is
+    # Overrides applied to the audio backbone config. LayerDrop leaves layers without gradient,
+    # which DistributedDataParallel rejects; SpecAugment is off as in DenseAV's recipe.
+    audio_layerdrop: float = 0.0
+    audio_spec_augment: bool = False
+    audio_layer_norm_eps: float | None = 1e-4  # DenseAV raises HuBERT's eps for half precision
+    gradient_checkpointing: bool = False
+    # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init).
+    logit_scale_init: float = 1.0
+    logit_scale_min: float = 0.01
+    logit_scale_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
+        if self.code_dim < 1:
+            raise ValueError(f"code_dim must be >= 1, got {self.code_dim}")
+        for name in ("sound_head", "speech_head"):
+            head = getattr(self, name)
+            if not 0 <= head < self.num_heads:
+                raise ValueError(f"{name}={head} is outside 0..{self.num_heads - 1}")
+        if self.num_heads > 1 and self.sound_head == self.speech_head:
+            raise ValueError("sound_head and speech_head must differ when there are several heads")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if not self.audio_pool or any(w < 1 for w in self.audio_pool):
+            raise ValueError(f"audio_pool must be a non-empty list of widths >= 1, got {self.audio_pool}")
+        if self.audio_self_attention and (self.code_dim * self.num_heads) % self.audio_attention_heads:
+            raise ValueError(
+                f"audio_attention_heads={self.audio_attention_heads} must divide "
+                f"code_dim * num_heads = {self.code_dim * self.num_heads}"
+            )
+        if self.image_train_pool < 1:
+            raise ValueError(f"image_train_pool must be >= 1, got {self.image_train_pool}")
+        if not 0.0 < self.frame_valid_fraction <= 1.0:
+            raise ValueError(f"frame_valid_fraction must be in (0, 1], got {self.frame_valid_fraction}")
+        if not 0.0 < self.logit_scale_min <= self.logit_scale_init <= self.logit_scale_max:
+            raise ValueError("need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max")
+        # JSON has lists, not tuples: normalize so a round trip compares equal.
+        self.audio_pool = [int(w) for w in self.audio_pool]
+        if self.lora_targets is not None:
+            self.lora_targets = [str(t) for t in self.lora_targets]
+
+    @property
+    def channels(self) -> int:
+        """Aligner output channels, C * K."""
+        return self.code_dim * self.num_heads
+
+    # ------------------------------------------------------------------ presets and serialization
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name == "paper":
+            base: dict[str, Any] = {}
+        elif name == "tiny":
+            base = dict(
+                name="tiny",
+                pretrained=False,
+                image_backbone=dict(TINY_VIT),
+                audio_backbone=dict(TINY_HUBERT),
+                image_size=112,
+                code_dim=32,
+                audio_attention_heads=4,
+                image_train_pool=1,
+                lora_dropout=0.0,  # deterministic steps: the tests overfit one batch
+            )
+        else:
+            raise ValueError(f"unknown model preset {name!r}; known: 'paper', 'tiny'")
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,154 @@
+"""The mix-and-separate objective (paper Eqs. 1, 7, 9, 11) plus DenseAV's regularizers.
+
+Everything here takes already-encoded features, so the trainer can gather them across processes
+(with gradient) and compute the loss over the global batch. ``mix_separate_loss`` takes the dict
+that ``AVModel.forward`` returns:
+
+=========================== ======================== =============================================
+key                         shape                    meaning
+=========================== ======================== =============================================
+``sound_audio``             ``[B, C, K, F, T]``      clean sound clip features (a^A)
+``speech_audio``            ``[B, C, K, F, T]``      clean speech clip features (a^P)
+``mix_audio``               ``[B, C, K, F, T]``      mixture features (a^m); only for L_dis
+``sound_mask`` etc.         bool ``[B, T]``          valid frames of each audio
+``sound_image``             ``[B, C, K, h, w]``      image paired with the sound (v^A)
+``speech_image``            ``[B, C, K, h, w]``      image paired with the speech (v^P)
+``sound_splice`` (opt.)     bool ``[B, T]``          frames replaced by negative-audio splicing
+``sound_image_foreign`` (o) float ``[B, h, w]``      foreign share of each cell of a mosaic image
+=========================== ======================== =============================================
+(``speech_*`` likewise.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from . import regularizers as reg
+from .similarity import batch_scores, pair_volume
+
+
+@dataclass
+class LossWeights:
+    correspondence: float = 1.0  # L_cor (Eq. 7)
+    disentanglement: float = 1.0  # L_dis (Eq. 9); 0 in the warm-up, which trains with L_cor only
+    regularizers: reg.RegularizerWeights = field(default_factory=reg.RegularizerWeights)
+
+
+def info_nce(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over in-batch negatives (Eq. 1): row i's positive is column i.
+
+    The mean of the audio->image and image->audio cross-entropies of ``logit_scale * scores``.
+    (The paper writes sums over i; the mean keeps the scale independent of the batch size.)
+    """
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be a square [B, B] matrix, got {tuple(scores.shape)}")
+    logits = logit_scale * scores.to(torch.promote_types(scores.dtype, torch.float32))
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def _get(feats: dict, key: str) -> torch.Tensor:
+    if key not in feats:
+        raise KeyError(f"the objective needs {key!r} in the feature dict (have {sorted(feats)})")
+    return feats[key]
+
+
+def _pair_regularizers(
+    a: torch.Tensor,
+    frame_mask: torch.Tensor,
+    v: torch.Tensor,
+    splice_frames: torch.Tensor | None,
+    foreign: torch.Tensor | None,
+    weights: reg.RegularizerWeights,
+    generator: torch.Generator | None,
+) -> dict[str, torch.Tensor]:
+    """The regularizers of one set of matched (clip, image) pairs, by name."""
+    out: dict[str, torch.Tensor] = {}
+    if weights.nonneg:
+        out["nonneg"] = reg.nonnegativity(a, v, generator)
+    if weights.silence:
+        out["silence"] = reg.silence(a, frame_mask, v, generator)
+    needs_volume = weights.tv or weights.specialization or (weights.splice and splice_frames is not None) or (
+        weights.mixup and foreign is not None
+    )
+    if needs_volume:
+        volume = pair_volume(a, v, frame_mask).float()  # squares and sums in float32 under autocast
+        if weights.splice and splice_frames is not None:
+            out["splice"] = reg.splice(volume, frame_mask, splice_frames)
+        if weights.tv:
+            out["tv"] = reg.temporal_smoothness(volume, frame_mask)
+        if weights.specialization:
+            out["specialization"] = reg.head_specialization(volume, frame_mask)
+        if weights.mixup and foreign is not None:
+            out["mixup"] = reg.image_mixup(volume, frame_mask, foreign)
+    return out
+
+
+def mix_separate_loss(
+    feats: dict,
+    logit_scale: torch.Tensor,
+    weights: LossWeights | None = None,
+    *,
+    sound_head: int = 0,
+    speech_head: int = 1,
+    logit_scale_init: float = 1.0,
+    generator: torch.Generator | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_total = L_cor + L_dis + weighted regularizers; returns ``(total, terms)``.
+
+    ``terms`` holds detached scalars: ``cor/sound``, ``cor/speech``, ``cor``, ``dis/sound``,
+    ``dis/speech``, ``dis``, ``reg/<name>`` for each regularizer computed, and ``total``. Terms
+    with weight 0 are neither computed nor reported. Regularizers act on the two clean
+    correspondence pair sets (sound clip <-> its image, speech clip <-> its image), as DenseAV's did
+    on its clean pairs, and are the mean over the two.
+    """
+    weights = weights or LossWeights()
+    rw = weights.regularizers
+    terms: dict[str, torch.Tensor] = {}
+    total = logit_scale.new_zeros(())
+
+    if weights.correspondence:
+        cor = []
+        for kind in ("sound", "speech"):
+            scores = batch_scores(_get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"), _get(feats, f"{kind}_image"), None, chunk)
+            cor.append(info_nce(scores, logit_scale))
+            terms[f"cor/{kind}"] = cor[-1]
+        terms["cor"] = cor[0] + cor[1]
+        total = total + weights.correspondence * terms["cor"]
+
+    if weights.disentanglement:
+        mix, mix_mask = _get(feats, "mix_audio"), _get(feats, "mix_mask")
+        dis = []
+        for kind, head in (("sound", sound_head), ("speech", speech_head)):
+            scores = batch_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk)
+            dis.append(info_nce(scores, logit_scale))
+            terms[f"dis/{kind}"] = dis[-1]
+        terms["dis"] = dis[0] + dis[1]
+        total = total + weights.disentanglement * terms["dis"]
+
+    per_pair = [
+        _pair_regularizers(
+            _get(feats, f"{kind}_audio"),
+            _get(feats, f"{kind}_mask"),
+            _get(feats, f"{kind}_image"),
+            feats.get(f"{kind}_splice"),
+            feats.get(f"{kind}_image_foreign"),
+            rw,
+            generator,
+        )
+        for kind in ("sound", "speech")
+    ]
+    for name in dict.fromkeys([*per_pair[0], *per_pair[1]]):  # union, in order
+        value = torch.stack([pair[name] for pair in per_pair if name in pair]).mean()
+        terms[f"reg/{name}"] = value
+        total = total + getattr(rw, name) * value
+    if rw.temperature:
+        terms["reg/temperature"] = reg.temperature_floor(logit_scale, logit_scale_init)
+        total = total + rw.temperature * terms["reg/temperature"]
+
+    terms["total"] = total
+    return total, {name: value.detach() for name, value in terms.items()}
