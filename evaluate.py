@@ -73,12 +73,13 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _write(common: Common, name: str, body: dict, data: dict, started: float) -> None:
+def _write(common: Common, name: str, body: dict, data: dict, started: float, heatmaps: bool = True) -> None:
     from evaluation import report
 
     _, loaded = common.model()
     skipped = body.pop("skipped", [])
-    section = {"label": common.name, "model": loaded.description, "normalization": common.normalization,
+    normalization = common.normalization if heatmaps else "n/a (retrieval uses raw scores)"
+    section = {"label": common.name, "model": loaded.description, "normalization": normalization,
                "data": {k: str(v) for k, v in data.items() if v is not None}, "seconds": round(time.time() - started, 1),
                "skipped_total": len(skipped), "skipped": skipped[:200], **body}
     report.write_section(common.out, name, section)
@@ -172,7 +173,7 @@ def _retrieval(common: Common, table: str, session, data: dict, ablations: list[
         body = R.run_table6(session)
     else:
         body = _table7(common, session, data, ablations or [])
-    _write(common, table, body, data, started)
+    _write(common, table, body, data, started, heatmaps=False)
 
 
 def _table7(common: Common, session, data: dict, ablations: list[str]) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 from pipeline import audio as audio_io
@@ -88,6 +89,21 @@ def load_clip(path: Path) -> Clip:
     except audio_io.BadAudio as exc:
         raise DatasetError(str(exc)) from exc
     return standardize_clip(audio, sr, str(path))
+
+
+def probe_audio(path: Path) -> str | None:
+    """Why an audio file cannot be used (unreadable header, shorter than ``MIN_DURATION_S``), or
+    None. Only WAV/FLAC headers are read (cheap); other formats are checked when decoded."""
+    if Path(path).suffix.lower() not in (".wav", ".flac"):
+        return None
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is a reason to skip
+        return f"unreadable audio {Path(path).name} ({exc})"
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds < fmt.MIN_DURATION_S:
+        return f"audio {Path(path).name} is {seconds:.2f} s, shorter than {fmt.MIN_DURATION_S} s"
+    return None
 
 
 def open_image(path: Path) -> Image.Image:
@@ -307,6 +323,10 @@ def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
         if missing:
             skipped.append(Skipped(stem, "missing " + ", ".join(missing)))
             continue
+        bad = probe_audio(audio_by_stem[stem]) or (probe_audio(speech_path) if extended else None)
+        if bad:
+            skipped.append(Skipped(stem, bad))
+            continue
         annotations.append(IS3Annotation(stem, parsed[0], parsed[1], image_path, audio_by_stem[stem],
                                          mask_by_stem[stem], speech_path, speech))
     _report(skipped, strict, root)
@@ -396,6 +416,10 @@ def read_ade20k_prompted(root: Path, kind: str, strict: bool = False) -> Prompte
         missing = [str(p.relative_to(root)) for p in (image_path, annotation_path, audio_path) if not p.is_file()]
         if missing:
             skipped.append(Skipped(f"row {i}", "missing " + ", ".join(missing)))
+            continue
+        bad = probe_audio(audio_path)
+        if bad:
+            skipped.append(Skipped(f"row {i}", bad))
             continue
         timing = _parse_timing(row.get("timing", ""), f"{csv_path} row {i}") if kind == "speech" else None
         if kind == "speech" and timing is None:

@@ -60,6 +60,19 @@ def test_is3_accepts_readme_spelling_and_counts_missing_files(tmp_path):
         D.read_is3(root, require_speech=True)
 
 
+def test_is3_unusable_audio_is_a_counted_skip(tmp_path):
+    import soundfile as sf
+
+    root = make_is3_tree(tmp_path / "is3")
+    sf.write(root / "audio_wav" / "acousticguitar_dog_7514_dog.wav", np.zeros(3000, np.float32), 16000)
+    (root / "speech_wav" / "gibbon_drum_drum.wav").write_bytes(b"garbage")
+    ds = D.read_is3(root)
+    reasons = {s.item: s.reason for s in ds.skipped}
+    assert "shorter than 0.5 s" in reasons["acousticguitar_dog_7514_dog"]
+    assert reasons["gibbon_drum_drum"].startswith("unreadable audio gibbon_drum_drum.wav")
+    assert len(ds.annotations) == 4
+
+
 def test_is3_cross_pairs_skip_incomplete_images(tmp_path):
     root = make_is3_tree(tmp_path / "is3")
     (root / "speech_wav" / "gibbon_drum_gibbon.wav").unlink()
