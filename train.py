@@ -419,7 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                          "bad_steps_total": state["bad_steps_total"],
                          "data/skipped_samples": sum(loader.skipped.values())})
             accelerator.log(logs, step=step)
-            bar.set_postfix(loss=f"{float(total):.3f}", stage=stage, lr=f"{lr:.1e}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}", stage=stage, lr=f"{lr:.1e}")
             last_log, items_since, timer = now, 0, Counter()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save_training_state(out, step, state, model, optimizer, accelerator, cfg.keep_checkpoints)
@@ -439,17 +439,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     return state
 
 
-def _validate(model, cfg: TrainConfig, accelerator: Accelerator, step: int):
-    """Retrieval R@k on held-out shards (main process only; others wait)."""
+def _validate(model, cfg: TrainConfig, accelerator: Accelerator, step: int) -> dict:
+    """Retrieval R@k on held-out shard sets (main process only; the others wait)."""
+    logs = {}
     if accelerator.is_main_process:
-        from evaluation.retrieval import retrieval_recalls
+        from evaluation.datasets import read_retrieval_set
+        from evaluation.retrieval import RetrievalSession
+        from evaluation.runner import ModelRunner
 
-        model.eval()
-        results = retrieval_recalls(model, speech=cfg.val.speech, sound=cfg.val.sound, pairs=cfg.val.pairs,
-                                    device=accelerator.device)
-        model.train()
-        accelerator.log({f"val/{k}": v for k, v in results.items()}, step=step)
+        sets = {name: read_retrieval_set(Path(path), n=cfg.val.pairs)
+                for name, path in (("places", cfg.val.speech), ("audioset", cfg.val.sound)) if path}
+        was_training = model.training
+        session = RetrievalSession(ModelRunner(model, accelerator.device), sets, progress=False, workers=2)
+        for name in sets:
+            for head, directions in session.recalls(name).items():
+                for direction, at_k in directions.items():
+                    for k, value in at_k.items():
+                        logs[f"val/{name}/{head}/{direction}@{k}"] = value
+        model.train(was_training)
+        accelerator.log(logs, step=step)
+        accelerator.print(f"step {step} validation: " + ", ".join(
+            f"{k.removeprefix('val/')}={v:.3f}" for k, v in logs.items() if k.endswith("total/A->I@10") or k.endswith("total/I->A@10")))
     accelerator.wait_for_everyone()
+    return logs
 
 
 def _flat_scalars(tree: dict, prefix: str = "") -> dict:

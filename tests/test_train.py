@@ -65,8 +65,10 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
     assert "log_logit_scale" in changed
     assert not any(k.startswith(("image_encoder", "audio_encoder")) for k in changed), "backbones frozen in warm-up"
 
-    # continue into the full stage: HuBERT and LoRA train, DINO's own weights never
-    train.train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0), resume=True)
+    # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
+    train.train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
+                     **{"val.every": 2, "val.speech": shards / "speech", "val.sound": shards / "sound", "val.pairs": 8}),
+                resume=True)
     full = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(warm[k], full[k])}
     assert any(k.startswith("audio_encoder") for k in changed)
@@ -75,7 +77,17 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
 
     out = tmp_path / "run"
     assert (out / "config.yaml").exists() and (out / "model_config.json").exists()
-    assert list((out / "train").glob("events.out.tfevents.*")), "TensorBoard logs"
+    events = list((out / "train").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard logs"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss/total", "loss/cor", "lr", "temperature", "grad_norm", "items_per_s", "time/data_s"} <= tags
+    assert "val/places/total/A->I@10" in tags and "val/audioset/sound_head/I->A@1" in tags
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 4 and summary["bad_steps_total"] == 0
     assert {"cor", "dis", "reg/nonneg", "reg/temperature"} <= set(summary["last_loss"])
