@@ -8,6 +8,8 @@ DIR may also be a folder of shard directories (e.g. ``shards/``): each is report
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import math
@@ -145,54 +147,56 @@ def collect(shard_dir: str | Path, *, top_labels: int = 25, examples: int = 3) -
 # verify
 
 
-def verify(shard_dir: str | Path, *, progress: bool = True, max_problems: int = 50) -> dict:
-    """Decode every sample of every committed shard and check it against the format, the
-    manifest (same keys, same order) and the commit marker (size, sha256); keys must be unique
-    across the directory."""
+def verify_shard(shard_dir: str | Path, shard: int) -> dict:
+    """Check one committed shard: its tar against the commit marker (sha256) and the manifest
+    (same keys, same order), and every sample against the format."""
+    shard_dir = Path(shard_dir)
+    tar = shards.tar_path(shard_dir, shard)
+    stats = shards.read_json(shards.stats_path(shard_dir, shard))
+    problems, keys = [], []
+    sha = hashlib.sha256()
+    with open(tar, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
+        problems.append(f"{tar.name}: sha256 differs from {shards.stats_path(shard_dir, shard).name}")
+    expected = [r["key"] for r in shards.read_rows(shards.parquet_path(shard_dir, shard)) if r["status"] == shards.WRITTEN]
+    try:
+        for sample in shards.iter_tar_samples(tar):
+            key = sample["__key__"]
+            keys.append(key)
+            unknown = set(sample) - {"__key__", *fmt.MEMBER_EXTS}
+            if unknown:
+                problems.append(f"{tar.name}: {key} has unexpected members {sorted(unknown)}")
+            problems += [f"{tar.name}: {key}: {text}" for text in fmt.verify_sample(sample)]
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt tar is a finding
+        problems.append(f"{tar.name}: unreadable after {len(keys)} samples: {exc}")
+    if keys != expected:
+        problems.append(f"{tar.name}: its {len(keys)} samples do not match the {len(expected)} written rows of its parquet")
+    return {"tar": tar.name, "keys": keys, "problems": problems}
+
+
+def verify(shard_dir: str | Path, *, workers: int = 1, progress: bool = True, max_problems: int = 50) -> dict:
+    """Decode every sample of every committed shard (``verify_shard``, ``workers`` shards at a
+    time); keys must also be unique across the directory."""
     from tqdm import tqdm
 
     shard_dir = Path(shard_dir)
     health = shard_health(shard_dir)
     problems, checked, seen = [], 0, {}
-    total_problems = 0
-
-    def problem(text: str) -> None:
-        nonlocal total_problems
-        total_problems += 1
-        if len(problems) < max_problems:
-            problems.append(text)
-
-    for shard in tqdm(health["committed"], desc="verify", unit="shard", disable=not progress):
-        tar = shards.tar_path(shard_dir, shard)
-        stats = shards.read_json(shards.stats_path(shard_dir, shard))
-        sha = hashlib.sha256()
-        with open(tar, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
-            problem(f"{tar.name}: sha256 differs from {shards.stats_path(shard_dir, shard).name}")
-        expected = [r["key"] for r in shards.read_rows(shards.parquet_path(shard_dir, shard)) if r["status"] == shards.WRITTEN]
-        found = []
-        try:
-            for sample in shards.iter_tar_samples(tar):
-                key = sample["__key__"]
-                found.append(key)
-                checked += 1
+    todo = health["committed"]
+    with concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(verify_shard, [shard_dir] * len(todo), todo) if pool else map(verify_shard, [shard_dir] * len(todo), todo)
+        for result in tqdm(results, total=len(todo), desc="verify", unit="shard", disable=not progress):
+            problems += result["problems"]
+            checked += len(result["keys"])
+            for key in result["keys"]:
                 if key in seen:
-                    problem(f"{tar.name}: key {key} repeats (also in {seen[key]})")
-                seen[key] = tar.name
-                unknown = set(sample) - {"__key__", *fmt.MEMBER_EXTS}
-                if unknown:
-                    problem(f"{tar.name}: {key} has unexpected members {sorted(unknown)}")
-                for text in fmt.verify_sample(sample):
-                    problem(f"{tar.name}: {key}: {text}")
-        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt tar is a finding
-            problem(f"{tar.name}: unreadable after {len(found)} samples: {exc}")
-        if found != expected:
-            problem(f"{tar.name}: samples {len(found)} do not match the {len(expected)} written rows of its parquet")
+                    problems.append(f"{result['tar']}: key {key} repeats (also in {seen[key]})")
+                seen[key] = result["tar"]
     for name in health["uncommitted_tars"] + health["partial_files"]:
-        problem(f"{name}: left by an interrupted build (rerun the build command to finish it)")
-    return {"samples_checked": checked, "problems": total_problems, "problem_list": problems}
+        problems.append(f"{name}: left by an interrupted build (rerun the build command to finish it)")
+    return {"samples_checked": checked, "problems": len(problems), "problem_list": problems[:max_problems]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +338,7 @@ def command(
     show: Annotated[int, typer.Option("--show", min=0, help="Draw N samples into a contact sheet (needs --out).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path for --show.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes for --verify (shards in parallel).")] = 1,
 ) -> None:
     """Counts, hours, audio types, labels, durations, sample rates, failures and shard health."""
     if show and out is None:
@@ -345,7 +350,7 @@ def command(
     for d in dirs:
         report = collect(d)
         if verify_samples:
-            report["verify"] = verify(d, progress=not as_json)
+            report["verify"] = verify(d, workers=workers, progress=not as_json)
         if show:
             sheet = out if len(dirs) == 1 else out.with_name(f"{out.stem}-{d.name}{out.suffix}")
             report["contact_sheet"] = {"path": str(sheet), "samples": contact_sheet(d, show, sheet)}

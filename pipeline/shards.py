@@ -809,6 +809,21 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+_STATS_CACHE: dict[str, tuple[tuple[int, int], dict]] = {}
+
+
+def _read_stats(path: Path) -> dict:
+    # The summary is rewritten after every shard; re-parsing thousands of unchanged stats files
+    # each time would make a long build quadratic.
+    st = path.stat()
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _STATS_CACHE.get(str(path))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, read_json(path))
+        _STATS_CACHE[str(path)] = cached
+    return cached[1]
+
+
 def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = None) -> dict:
     """Rewrite dataset.json from the committed shards' stats files (cheap: one small file each).
 
@@ -823,7 +838,7 @@ def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = Non
     shards, failures = [], collections.Counter()
     for stats_file in sorted(out.glob("*_stats.json")):
         try:
-            stats = read_json(stats_file)
+            stats = _read_stats(stats_file)
         except (OSError, ValueError):
             continue  # being replaced by a concurrent part right now; the next rewrite sees it
         shards.append(

@@ -127,3 +127,13 @@ def test_text_report_and_empty_dir(dataset, tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(app, ["inspect", str(empty)])
     assert result.exit_code == 2 and "no shards under" in result.output
+
+
+def test_verify_in_parallel_finds_keys_repeated_across_shards(dataset):
+    # a copy of shard 0 committed as shard 7: every one of its keys now appears twice
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        (dataset / f"000007{suffix}").write_bytes((dataset / f"000000{suffix}").read_bytes())
+    report = inspect_shards.verify(dataset, workers=2, progress=False)
+    assert report["samples_checked"] == 4 + 3
+    repeats = [p for p in report["problem_list"] if "repeats" in p]
+    assert len(repeats) == 3 and all(p.startswith("000007.tar: key k00") for p in repeats)

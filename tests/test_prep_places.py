@@ -176,3 +176,20 @@ def test_resume_after_a_killed_run_gives_the_same_samples_without_duplicates(tmp
     rows = all_rows(out)
     assert sorted(rows) == list(range(30)) and all(r["status"] == shards.WRITTEN for r in rows.values())
     assert json.loads((out / "dataset.json").read_text())["written"] == 30
+
+
+def test_prep_retry_picks_up_files_that_arrived_later(tree, tmp_path):
+    meta, image_root = tree
+    out = tmp_path / "shards"
+    run_places(meta, image_root, out, "--workers", "0", "--shard-size", "6")
+    before = all_rows(out)
+    assert before[5]["reason_kind"] == "missing_image" and before[4]["reason_kind"] == "missing_audio"
+    media.write_image(image_root / "b/bakery/img_5.jpg", (256, 256))
+    result = CliRunner().invoke(app, ["retry", str(out), "--reason", "missing_image", "--workers", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    after = all_rows(out)
+    assert after[5]["status"] == shards.WRITTEN and after[4]["reason_kind"] == "missing_audio"
+    assert {i: r for i, r in after.items() if i != 5} == {i: r for i, r in before.items() if i != 5}
+    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)]
+    assert keys == [after[i]["key"] for i in sorted(after) if after[i]["status"] == shards.WRITTEN]
+    assert json.loads((out / "dataset.json").read_text())["written"] == 6
