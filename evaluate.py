@@ -78,6 +78,9 @@ def _write(common: Common, name: str, body: dict, data: dict, started: float, he
 
     _, loaded = common.model()
     skipped = body.pop("skipped", [])
+    unknown = body.pop("overlay_keys_unknown", [])
+    if unknown:
+        typer.echo(f"{name}: no item has the --overlay-key(s) {unknown[:5]}", err=True)
     normalization = common.normalization if heatmaps else "n/a (retrieval uses raw scores)"
     section = {"label": common.name, "model": loaded.description, "normalization": normalization,
                "data": {k: str(v) for k, v in data.items() if v is not None}, "seconds": round(time.time() - started, 1),

@@ -113,17 +113,6 @@ class ModelRunner:
         maps = similarity.heatmaps(a, frame_mask, v, head=head, frame_weights=window)
         return maps.float().cpu().numpy(), fallback
 
-    @torch.no_grad()
-    def pair_scores(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor) -> np.ndarray:
-        """Per-head scores of matched pairs ``[B, K]`` (mean over valid frames of the spatial max)."""
-        out = []
-        for k in range(self.num_heads):
-            volume = similarity.pair_volume(a[:, :, k : k + 1], v[:, :, k : k + 1])[:, 0]  # [B, F, T, h, w]
-            spatial = volume.flatten(-2).max(-1).values  # [B, F, T]
-            w = similarity.masked_mean_weights(frame_mask, volume.shape[1], spatial.dtype)
-            out.append((spatial * w[:, None, :]).sum((1, 2)))
-        return torch.stack(out, 1).float().cpu().numpy()
-
     def word_window(self, spans: Sequence[tuple[float, float]], num_frames: int) -> torch.Tensor:
         start = torch.tensor([s for s, _ in spans], dtype=torch.float64)
         end = torch.tensor([e for _, e in spans], dtype=torch.float64)

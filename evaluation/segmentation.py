@@ -122,11 +122,10 @@ def localization_extras(norm: np.ndarray, mask_ids: Sequence[str], masks: MaskSt
 
 
 def _choose_overlays(keys: Sequence[str], settings: SegSettings) -> list[int]:
-    chosen = [i for i, k in enumerate(keys) if k in set(settings.overlay_keys)]
-    missing = set(settings.overlay_keys) - {keys[i] for i in chosen}
-    if missing:
-        raise ValueError(f"--overlay-key {sorted(missing)[:5]} not among the evaluated items "
-                         f"(keys look like {keys[0]!r})")
+    """Items to draw: those named by ``overlay_keys`` (keys of other sets are ignored here; the
+    run reports the keys no set knew) plus ``overlays`` random others."""
+    wanted = set(settings.overlay_keys)
+    chosen = [i for i, k in enumerate(keys) if k in wanted]
     if settings.overlays > 0:
         rng = np.random.default_rng(settings.seed)
         pool = [i for i in range(len(keys)) if i not in chosen]
@@ -199,6 +198,7 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
     mix_cfg = MixConfig()
     # the two queries of an image follow each other and share their clips
     clips = functools.lru_cache(maxsize=64)(load_clip)
+    known_keys: set[str] = set()
     for pairing in t1.pairings:
         pairs, pair_skips = dataset.pairs(pairing)
         skipped += [s.as_dict() | {"pairing": pairing} for s in pair_skips]
@@ -228,6 +228,7 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         results[pairing] = res
         counts[f"{pairing}_pairs"] = len(pairs)
         keys = [p.key for p in pairs]
+        known_keys.update(keys)
         if settings.save_heatmaps is not None:
             report.save_heatmaps(
                 Path(settings.save_heatmaps) / f"table1_{pairing}.npz", keys=keys, image_ids=groups,
@@ -251,7 +252,8 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
             "settings": {"speech_window": t1.speech_window, "snr_db": t1.snr_db, "level_db": t1.level_db,
                          "mask_size": settings.mask_size, "extras_threshold": "median (adaptive in *_adaptive)",
                          "speech_backend": dataset.speech_meta.get("backend"),
-                         "speech_voice": dataset.speech_meta.get("voice")}}
+                         "speech_voice": dataset.speech_meta.get("voice")},
+            "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def _ade_variants(kind: str, runner: ModelRunner) -> list[Variant]:
 
 
 def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: OffscreenMixer | None = None,
-            table: str = "table2") -> tuple[dict, dict]:
+            table: str = "table2") -> tuple[dict, dict, set[str]]:
     """One prompted set (speech or sound): per-variant mAP/mIoU, counts."""
     masks = MaskStore(settings.mask_size)
     items = ds.items
@@ -305,7 +307,7 @@ def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: 
                 title=f"{ds.kind} prompt: {it.class_name}")
     counts = {f"{ds.kind}_items": len(items), f"{ds.kind}_dropped_by_protocol": ds.dropped_by_protocol,
               f"{ds.kind}_skipped": len(ds.skipped)}
-    return res, counts
+    return res, counts, set(keys)
 
 
 def _class_mask(path: Path, class_id: int, size: int) -> np.ndarray:
@@ -322,6 +324,7 @@ def run_ade_tables(runner: ModelRunner, speech: PromptedSet | None, sound: Promp
     if mixed and (speech is None or sound is None):
         raise ValueError("Table 4 mixes each set with clips of the other: give both ADE20K sets")
     results, counts, skipped = {}, {}, []
+    known_keys: set[str] = set()
     for ds, other in ((sound, speech), (speech, sound)):
         if ds is None:
             continue
@@ -330,7 +333,8 @@ def run_ade_tables(runner: ModelRunner, speech: PromptedSet | None, sound: Promp
             paths = [it.audio_path for it in other.items]
             mixer = OffscreenMixer(ClipSource(lambda i, paths=paths: load_clip(paths[i]), len(paths)), target_type=ds.kind,
                                    seed=settings.seed, snr_db=offscreen_snr_db)
-        res, cnt = run_ade(runner, ds, settings, mixer, table)
+        res, cnt, keys = run_ade(runner, ds, settings, mixer, table)
+        known_keys |= keys
         results[ds.kind] = res
         counts.update(cnt)
         skipped += [s.as_dict() | {"set": ds.kind} for s in ds.skipped]
@@ -338,5 +342,6 @@ def run_ade_tables(runner: ModelRunner, speech: PromptedSet | None, sound: Promp
     if mixed:
         settings_out |= {"offscreen_snr_db": offscreen_snr_db, "offscreen_source": "the other ADE20K prompted set",
                          "offscreen_seed": settings.seed}
-    return {"results": results, "counts": counts, "skipped": skipped, "settings": settings_out}
+    return {"results": results, "counts": counts, "skipped": skipped, "settings": settings_out,
+            "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys)}
 

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -92,9 +91,12 @@ def test_table7_with_an_ablation_checkpoint(data, tmp_path):
 
 
 def test_all_runs_what_the_data_allows(data, tmp_path):
-    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "all", "--ade-sound", str(data / "ADE20KSoundPrompted"),
+    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "--overlay-key", "row1-ADE_val_00000001",
+                              "--overlay-key", "no-such-item", "all", "--ade-sound", str(data / "ADE20KSoundPrompted"),
                               "--places", str(data / "places")])
     assert result.exit_code == 0, result.output
+    assert "no item has the --overlay-key(s) ['no-such-item']" in result.output
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["table2_sound_row1-ADE_val_00000001.png"]
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res) == {"table2", "table3"}
     assert "table1: skipped" in result.output and "table5: skipped" in result.output
