@@ -403,7 +403,7 @@ def command(
                      "Without it, clips are downloaded with yt-dlp."),
     ] = None,
     download_dir: Annotated[
-        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns) [default: <out>/media].")
+        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media.")
     ] = None,
     url_template: Annotated[str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")] = DownloadOptions.url_template,
     cookies: Annotated[Path | None, typer.Option(help="cookies.txt for YouTube's bot and age checks.")] = None,

@@ -119,10 +119,10 @@ def command(
     out: shards.OutOpt,
     audio_root: Annotated[
         Path | None,
-        typer.Option(help="Folder the 'wav' paths are relative to [default: metadata's audio_base_path, else <metadata>/../..]."),
+        typer.Option(help="Folder the 'wav' paths are relative to. Default: the metadata's audio_base_path, else the folder holding metadata/."),
     ] = None,
     image_root: Annotated[
-        Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to [default: image_base_path].")
+        Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path.")
     ] = None,
     workers: shards.WorkersOpt = 1,
     part: shards.PartOpt = "0/1",
