@@ -57,7 +57,8 @@ def load_model(checkpoint: Path | None, preset: str | None, device: torch.device
         from model.factory import build_model
 
         torch.manual_seed(seed)
-        model = build_model(ModelConfig.preset(preset))
+        # pretrained=False: a preset here means its architecture with random weights, never a download
+        model = build_model(ModelConfig.preset(preset, pretrained=False))
         desc = {"preset": preset, "weights": "random (seed %d)" % seed}
     model = model.to(device).eval()
     desc["config"] = model.config.to_dict()
