@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import importlib.util
 import io
 import math
 import os
@@ -406,7 +407,9 @@ def command(
         Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media.")
     ] = None,
     url_template: Annotated[str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")] = DownloadOptions.url_template,
-    cookies: Annotated[Path | None, typer.Option(help="cookies.txt for YouTube's bot and age checks.")] = None,
+    cookies: Annotated[
+        Path | None, typer.Option(help="cookies.txt for YouTube's bot and age checks.", exists=True, dir_okay=False)
+    ] = None,
     rate_limit: Annotated[str | None, typer.Option(help="Bandwidth cap per download, e.g. 2M.")] = None,
     sleep: Annotated[float, typer.Option(help="Seconds each worker waits before every download.")] = 0.0,
     retries: Annotated[int, typer.Option(help="Extra attempts after rate limiting or network errors.")] = 3,
@@ -436,6 +439,8 @@ def command(
         typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
         load = functools.partial(load_from_dir, media_dir=root)
     else:
+        if importlib.util.find_spec("yt_dlp") is None:
+            raise shards.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
         cache = (download_dir or out / "media").resolve()
         cache.mkdir(parents=True, exist_ok=True)
         options = DownloadOptions(
