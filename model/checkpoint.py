@@ -88,7 +88,10 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
     model = build_model(ModelConfig.from_dict(info["model"]))
     state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"checkpoint {directory} does not fit its config: {err}") from err
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not fit its config: missing {missing}, unexpected {unexpected}")
     model.set_stage(info.get("stage", "full"))

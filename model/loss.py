@@ -45,7 +45,7 @@ def info_nce(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"scores must be a square [B, B] matrix, got {tuple(scores.shape)}")
-    logits = logit_scale * scores.to(torch.promote_types(scores.dtype, torch.float32))
+    logits = logit_scale * reg.at_least_float32(scores)
     labels = torch.arange(scores.shape[0], device=scores.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
@@ -75,7 +75,7 @@ def _pair_regularizers(
         weights.mixup and foreign is not None
     )
     if needs_volume:
-        volume = pair_volume(a, v, frame_mask).float()  # squares and sums in float32 under autocast
+        volume = reg.at_least_float32(pair_volume(a, v, frame_mask))
         if weights.splice and splice_frames is not None:
             out["splice"] = reg.splice(volume, frame_mask, splice_frames)
         if weights.tv:

@@ -30,6 +30,11 @@ class RegularizerWeights:
     mixup: float = 0.1  # p^2 on foreign quadrants of image mosaics
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Squares and sums of bf16/fp16 values lose too much precision; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Sum of ``x * weight`` over the sum of ``weight`` broadcast to ``x``; 0 when that is 0."""
     total = weight.expand_as(x).sum()
@@ -51,7 +56,7 @@ def nonnegativity(
     item = _randint(b, samples, generator, a.device)
     audio = a[item, :, :, _randint(f, samples, generator, a.device), _randint(t, samples, generator, a.device)]
     image = v[item, :, :, _randint(h, samples, generator, a.device), _randint(w, samples, generator, a.device)]
-    sims = torch.einsum("ick,jck->ijk", audio, image).float()
+    sims = at_least_float32(torch.einsum("ick,jck->ijk", audio, image))
     return sims.clamp_max(0).square().mean()
 
 
@@ -71,7 +76,7 @@ def silence(
         keep = torch.randperm(item.numel(), generator=generator)[:samples].to(item.device)
         item, frame = item[keep], frame[keep]
     audio = a[item, :, :, :, frame].mean(-1)  # [n, C, K]
-    return torch.einsum("nck,bckhw->bknhw", audio, v).float().abs().mean()
+    return at_least_float32(torch.einsum("nck,bckhw->bknhw", audio, v)).abs().mean()
 
 
 def splice(volume: torch.Tensor, frame_mask: torch.Tensor, splice_frames: torch.Tensor) -> torch.Tensor:
