@@ -1,0 +1,100 @@
+"""Items/s and peak memory of full training steps (random weights built from configs, no downloads).
+
+    python bench/train_step.py --preset tiny --batch-size 8                       # CPU
+    python bench/train_step.py --preset paper --batch-size 16 --device cuda       # one GPU, bf16
+
+A step is what train.py does per optimizer step: encode both images and the three audios of the
+batch, the gathered loss (L_cor + L_dis + regularizers, or L_cor in the warm-up), backward, gradient
+clipping, Adam. Batches are random tensors of the real shapes, so the figure is the model's ceiling,
+independent of the loader (bench/loader.py measures that side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+from accelerate import Accelerator
+
+import train
+from model.factory import build_model
+
+
+def make_batch(b: int, image_size: int, clip: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    batch = {k: torch.randint(0, 256, (b, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+             for k in ("sound_image", "speech_image")}
+    for k in ("sound_audio", "speech_audio"):
+        batch[k] = 0.1 * torch.randn(b, clip, generator=g)
+    batch["mix_audio"] = batch["sound_audio"] + batch["speech_audio"]
+    mask = torch.ones(b, clip, dtype=torch.bool)
+    mask[: b // 2, int(clip * 0.7):] = False  # some padded clips, as in real data
+    batch.update(sound_mask=mask, speech_mask=mask.flip(0), mix_mask=mask | mask.flip(0),
+                 speech_key=[str(i) for i in range(b)], valid=torch.ones(b, dtype=torch.bool))
+    return batch
+
+
+def run(preset: str, batch_size: int, steps: int, warmup: int, device: str, precision: str,
+        stage: str, clip_seconds: float, checkpointing: bool) -> dict:
+    cfg = train.TrainConfig(model={"preset": preset, "pretrained": False, "gradient_checkpointing": checkpointing},
+                            mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model_config())
+    model.set_stage(stage)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-5, eps=1e-7)
+    net, optimizer = accelerator.prepare(model, optimizer)
+    batch = make_batch(batch_size, model.config.image_size, int(clip_seconds * 16_000))
+    on_gpu = accelerator.device.type == "cuda"
+
+    def step(i):
+        optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            total, _, _ = train.step_loss(net, model, batch, cfg, stage, i, accelerator)
+        accelerator.backward(total)
+        accelerator.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+        return total
+
+    for i in range(warmup):
+        step(i)
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(steps):
+        loss = step(warmup + i)
+    float(loss.detach())  # waits for the device
+    elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    return {"items_per_s": batch_size * steps / elapsed, "step_s": elapsed / steps, "peak_gib": peak,
+            "device": torch.cuda.get_device_name() if on_gpu else "cpu", "precision": accelerator.mixed_precision,
+            "params_trainable_M": sum(p.numel() for p in params) / 1e6}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[8])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default=None, help="no / bf16 (default: bf16 on cuda, no on cpu)")
+    ap.add_argument("--stage", default="full", choices=["warmup", "full"])
+    ap.add_argument("--clip-seconds", type=float, default=10.0)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    args = ap.parse_args()
+    precision = args.precision or ("bf16" if args.device == "cuda" else "no")
+    for b in args.batch_size:
+        r = run(args.preset, b, args.steps, args.warmup, args.device, precision, args.stage, args.clip_seconds,
+                args.gradient_checkpointing)
+        print(f"{args.preset} stage={args.stage} B={b} {r['device']} {r['precision']}: {r['items_per_s']:.1f} items/s, "
+              f"{r['step_s'] * 1000:.0f} ms/step, peak {r['peak_gib']:.2f} GiB, "
+              f"{r['params_trainable_M']:.1f} M trainable parameters", flush=True)
+
+
+if __name__ == "__main__":
+    main()
