@@ -13,11 +13,13 @@ max has a one-hot gradient). Values and gradients equal ``naive_batch_scores``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-# About how many elements the blocks of ``batch_scores`` hold at once (16 MB in float32): far
-# below the naive volume, large enough for efficient matmuls.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# About how many elements the blocks of ``batch_scores`` hold at once: far below the naive volume,
+# large enough for efficient matmuls. GPUs get larger blocks so kernel launches stay few.
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 24}
 
 
 def _check(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor) -> None:
@@ -67,9 +69,10 @@ def naive_batch_scores(
 class _Plan:
     """How ``batch_scores`` walks the pairs: blocks of images, and within each, blocks of clips.
 
-    A block holds a copy of its image vectors and their gradient (``2 K hw C`` per image) and, per
-    (clip, image) pair, the volume block ``K FT hw`` plus the rows gathered in backward
-    (``3 FT C``). Block sizes keep the sum near ``budget`` elements.
+    Per (clip, image) pair a block holds the volume ``K FT hw`` in forward, or the rows gathered in
+    backward ``3 FT C``; block sizes keep the larger of the two near ``budget`` elements. Blocks
+    are about three times as many clips as images, which makes the block's matmul roughly square
+    (``FT`` ~ 56 rows per clip against ``hw`` ~ 196 columns per image).
     """
 
     def __init__(self, a_shape: torch.Size, v_shape: torch.Size, budget: int):
@@ -78,10 +81,12 @@ class _Plan:
         self.num_audio, self.num_image = num_audio, num_image
         self.heads, self.channels, self.freq, self.frames = heads, channels, freq, frames
         self.ft, self.h, self.w, self.hw = freq * frames, h, w, h * w
-        per_image = 2 * heads * self.hw * channels
-        per_pair = self.ft * (heads * self.hw + 3 * channels)
-        self.image_block = int(min(num_image, max(1, budget // 2 // per_image)))
-        self.audio_block = int(min(num_audio, max(1, budget // 2 // (self.image_block * per_pair))))
+        per_pair = max(heads * self.ft * self.hw, 3 * self.ft * channels)
+        pairs = max(1, budget // per_pair)
+        image_block = min(num_image, max(1, math.isqrt(pairs // 3)))
+        audio_block = min(num_audio, max(1, pairs // image_block))
+        image_block = min(num_image, max(image_block, pairs // audio_block))  # spend what small batches leave
+        self.image_block, self.audio_block = int(image_block), int(audio_block)
 
     def image_blocks(self):
         for j0 in range(0, self.num_image, self.image_block):
@@ -205,7 +210,7 @@ def batch_scores(
     """Score matrix ``[Ba, Bv]``: ``s_M`` (``head=None``) or ``s_N`` (``head=N``) for every pair.
 
     ``chunk``: about how many elements the blocks of the computation may hold at once (default
-    ``DEFAULT_CHUNK_ELEMENTS``). Under ``torch.autocast`` the products run in the autocast dtype;
+    ``DEFAULT_CHUNK_ELEMENTS``: 4M on the CPU, 16M on accelerators). Under ``torch.autocast`` the products run in the autocast dtype;
     scores and gradient accumulation stay in float32 (float64 for float64 inputs).
     """
     _check(a, frame_mask, v)
@@ -219,7 +224,8 @@ def batch_scores(
     num_audio, _, _, freq, frames = a.shape
     weights = masked_mean_weights(frame_mask, freq, out_dtype)
     weights = weights.unsqueeze(1).expand(num_audio, freq, frames).reshape(num_audio, freq * frames)
-    plan = _Plan(a.shape, v.shape, chunk or DEFAULT_CHUNK_ELEMENTS)
+    budget = chunk or DEFAULT_CHUNK_ELEMENTS["cpu" if device_type == "cpu" else "other"]
+    plan = _Plan(a.shape, v.shape, budget)
     if torch.is_grad_enabled() and (a.requires_grad or v.requires_grad):
         return _BlockedMaxMeanScores.apply(a, v, weights, plan, dtype)
     with torch.autocast(device_type, enabled=False):

@@ -7,6 +7,7 @@ from safetensors import safe_open
 from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_checkpoint_info, save_checkpoint
 from model.config import ModelConfig
 from model.factory import build_model
+from model_fixtures import single_thread  # noqa: F401  (autouse)
 
 SR = 16_000
 

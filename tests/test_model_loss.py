@@ -9,6 +9,7 @@ from model.config import ModelConfig
 from model.factory import build_model
 from model.loss import LossWeights, info_nce, mix_separate_loss
 from model.similarity import batch_scores, pair_volume
+from model_fixtures import single_thread  # noqa: F401  (autouse)
 
 SR = 16_000
 

@@ -6,6 +6,7 @@ from transformers import ViTConfig, ViTModel
 from model.config import ModelConfig
 from model.encoders import attention_projection_names
 from model.factory import build_model
+from model_fixtures import single_thread  # noqa: F401  (autouse)
 
 SR = 16_000
 

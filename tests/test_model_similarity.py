@@ -11,6 +11,7 @@ from model.similarity import (
     pair_volume,
     word_window,
 )
+from model_fixtures import single_thread  # noqa: F401  (autouse)
 
 
 def _features(ba=4, bv=3, c=5, k=2, f=2, t=6, h=3, w=4, seed=0, dtype=torch.float64):
