@@ -165,9 +165,8 @@ def test_full_step_changes_lora_and_hubert_but_never_the_vit_weights():
 def test_lora_targets_are_found_in_the_module_tree():
     vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                              image_size=16, patch_size=8), add_pooling_layer=False)
-    found = attention_projection_names(vit)
-    assert len(found) == 3 and all(hasattr(vit.get_submodule(n), "weight") for n in
-                                   [name for name, _ in vit.named_modules() if name.rsplit(".", 1)[-1] in found])
+    found = set(attention_projection_names(vit))
+    assert found in ({"q_proj", "k_proj", "v_proj"}, {"query", "key", "value"})  # transformers 5.x / 4.x
 
     class OldStyleAttention(nn.Module):  # the transformers 4.x naming
         def __init__(self):
