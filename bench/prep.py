@@ -21,6 +21,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -101,13 +102,21 @@ def bare_loop(items: list[dict], audio_root: str, image_root: str, out: Path) ->
     return seconds
 
 
-def pipeline_run(items, load, out: Path, workers: int, shard_size: int) -> tuple[float, dict[str, float]]:
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pipeline_run(items, load, out: Path, workers: int, shard_size: int) -> tuple[float, dict[str, float], float, float]:
+    """Wall time, stage split, and CPU seconds of this process and of the (reaped) workers: with
+    no idle core left on the machine, those show where the time went."""
     shutil.rmtree(out, ignore_errors=True)
+    main0, children0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     summary = build_shards(items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False)
     wall = time.perf_counter() - t0
     assert summary.written == len(items), summary.failures
-    return wall, summary.stage_seconds
+    return wall, summary.stage_seconds, _cpu(resource.RUSAGE_SELF) - main0, _cpu(resource.RUSAGE_CHILDREN) - children0
 
 
 def _split(seconds: dict[str, float], n: int) -> str:
@@ -157,10 +166,11 @@ def main() -> None:
           f"shards of {args.shard_size}; best of {args.repeat}; {os.cpu_count()} CPUs, load average "
           f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
     print(f"bare loop        : {n / bare_total:6.1f} clips/s   stage sum {bare_total:6.2f} s   per clip: {_split(bare, n)}")
-    for workers, (wall, stages) in runs.items():
+    for workers, (wall, stages, main_cpu, worker_cpu) in runs.items():
         rate = n / wall
         print(f"build_shards w={workers} : {rate:6.1f} clips/s  ({rate / workers:5.1f} per worker)   wall {wall:6.2f} s   "
-              f"wall / bare stage sum = {wall / bare_total:4.2f}   per clip: {_split(stages, n)}")
+              f"wall / bare stage sum = {wall / bare_total:4.2f}   CPU s: main {main_cpu:.2f}, workers {worker_cpu:.2f}   "
+              f"per clip: {_split(stages, n)}")
     print(f"speed-up 1 -> 2 workers: {runs[1][0] / runs[2][0]:.2f}x")
     shutil.rmtree(out, ignore_errors=True)
 
