@@ -63,7 +63,8 @@ def _print_summary(out: Path, world: dict) -> None:
         table.add_column(col)
     for name, info in world["sets"].items():
         count = info.get("items") or (f"{info['annotations']} annotations" if "annotations" in info else f"{info['rows']} rows")
-        table.add_row(name, info["format"], str(out / info["path"]), str(count))
+        table.add_row(name, info["format"], info["path"], str(count))
     console = Console(stderr=True)
     console.print(table)
-    console.print(f"classes: {', '.join(c['name'] for c in world['classes'])}; description: {out / 'world.json'}")
+    console.print(f"classes: {', '.join(c['name'] for c in world['classes'])}")
+    console.print(f"paths are relative to {out}; everything is described in {out / 'world.json'}")

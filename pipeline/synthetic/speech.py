@@ -13,6 +13,7 @@ import numpy as np
 
 from evaluation.extend_is3 import prompt_text
 from pipeline import tts
+from pipeline.format import MIN_DURATION_S
 from pipeline.synthetic.world import ObjectClass, WorldConfig
 
 TRAIN_TEMPLATES = (
@@ -59,6 +60,10 @@ def render_speech(
     gain = 10 ** (r.uniform(-12, -1) / 20)
     peak = float(np.abs(speech.audio).max())
     audio = np.concatenate([np.zeros(onset, np.float32), speech.audio * (gain / peak if peak > 0 else 1.0)])
+    # a clip under MIN_DURATION_S is refused by the shard builder: pad a very fast short sentence
+    shortest = int(np.ceil((MIN_DURATION_S + 0.1) * speech.sample_rate))
+    if audio.shape[0] < shortest:
+        audio = np.pad(audio, (0, shortest - audio.shape[0]))
     words = [
         {"word": w["word"], "start": round(w["start"] + onset_s, 4), "end": round(w["end"] + onset_s, 4)}
         for w in speech.words
