@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import _ctypes
+import io
 import os
 import re
-import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -379,28 +380,28 @@ def _gtts_speak(text: str, voice: str, rate_wpm: int) -> Speech:
         from gtts import gTTS
     except ImportError as exc:
         raise TTSError("the gtts backend needs the gTTS package: pip install 'seeing-speech-and-sound[gtts]'") from exc
-    import io
-
     buf = io.BytesIO()
     try:
         gTTS(text=text, lang="en", tld=voice, slow=rate_wpm < 120).write_to_fp(buf)
     except Exception as exc:  # noqa: BLE001 - network and service errors come in many types
         raise TTSError(f"gTTS failed for {text!r} (it needs internet access): {exc}") from exc
-    sample_rate = 24_000  # gTTS serves 24 kHz MP3
-    audio = _decode_mp3(buf.getvalue(), sample_rate)
+    audio, sample_rate = _decode_mp3(buf.getvalue())
     words, audio = _estimate_words(text, audio, sample_rate)
     return Speech(audio, sample_rate, words, text, "gtts", voice, rate_wpm, "estimated")
 
 
-def _decode_mp3(data: bytes, sample_rate: int) -> np.ndarray:
-    """MP3 bytes -> float32 mono at ``sample_rate`` through ffmpeg."""
-    from imageio_ffmpeg import get_ffmpeg_exe
+def _decode_mp3(data: bytes) -> tuple[np.ndarray, int]:
+    """MP3 bytes -> float32 mono and its rate, through the project's ffmpeg."""
+    from pipeline import ffmpeg
 
-    cmd = [get_ffmpeg_exe(), "-v", "error", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "-ar", str(sample_rate), "pipe:1"]
-    proc = subprocess.run(cmd, input=data, capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise TTSError(f"ffmpeg could not decode the synthesized MP3: {proc.stderr.decode(errors='replace').strip()}")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    with tempfile.NamedTemporaryFile(suffix=".mp3") as f:
+        f.write(data)
+        f.flush()
+        try:
+            audio, sample_rate = ffmpeg.decode_audio(f.name)
+        except ffmpeg.FFmpegError as exc:
+            raise TTSError(f"ffmpeg could not decode the synthesized MP3: {exc}") from exc
+    return audio.mean(axis=0).astype(np.float32), sample_rate
 
 
 def _estimate_words(text: str, audio: np.ndarray, sample_rate: int) -> tuple[list[dict], np.ndarray]:
