@@ -21,6 +21,7 @@ from evaluation.datasets import (
 )
 from pipeline import format as fmt
 from pipeline.cli import app
+from pipeline.loader import LoaderConfig, TrainLoader
 from pipeline.shards import iter_tar_samples
 from pipeline.synthetic.generate import PENDING_FILE, WORLD_FILE, WorldExists, generate_world
 from pipeline.synthetic.samples import render_eval_scene
@@ -182,11 +183,10 @@ def test_retrieval_sets_are_read(world_root):
 
 
 def test_training_loader_pairs_and_mixes_the_shards(world_root):
-    loader_mod = pytest.importorskip("pipeline.loader")
-    cfg = loader_mod.LoaderConfig(
+    cfg = LoaderConfig(
         speech=str(world_root / "speech/train"), sound=str(world_root / "sound/train"), batch_size=4, num_workers=0, epoch_samples=8
     )
-    batches = list(loader_mod.TrainLoader(cfg))
+    batches = list(TrainLoader(cfg))
     assert len(batches) == 2
     batch = batches[0]
     assert batch["speech_audio"].shape == batch["sound_audio"].shape == (4, fmt.CLIP_SAMPLES)
