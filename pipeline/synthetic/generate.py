@@ -109,7 +109,7 @@ def generate_world(
     out.mkdir(parents=True, exist_ok=True)
     header = _header(cfg, seed)
     _check_root(out, header, overwrite)
-    writers._write_json(out / PENDING_FILE, header)
+    writers.write_json(out / PENDING_FILE, header)
     started = time.perf_counter()
     if workers > 0:
         # Workers fork from this process. Speech is resampled to 16 kHz with torchaudio
@@ -148,7 +148,7 @@ def generate_world(
             "rate_wpm": list(cfg.rate_wpm),
         },
     }
-    writers._write_json(out / WORLD_FILE, world)  # last: the world is complete
+    writers.write_json(out / WORLD_FILE, world)  # last: the world is complete
     (out / PENDING_FILE).unlink(missing_ok=True)
     world["wall_seconds"] = round(time.perf_counter() - started, 1)
     return world

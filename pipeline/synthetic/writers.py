@@ -72,7 +72,7 @@ def _wav16k(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
@@ -157,7 +157,7 @@ def write_is3(plan: SetPlan, cfg: WorldConfig, root: Path, workers: int, progres
         shares += result["shares"]
         timings.add(result["timing"])
     voices = sorted({e["voice"] for e in items.values()})
-    _write_json(
+    write_json(
         root / SPEECH_PROMPTS_FILE,
         {
             "backend": "espeak",
