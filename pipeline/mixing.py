@@ -47,29 +47,19 @@ def active_rms(audio: np.ndarray, valid: int | None = None) -> float:
     Padding and pauses would otherwise pull the RMS down and make short or sparse clips too loud
     after normalization. A frame is active when its energy is within 40 dB of the loudest frame.
     """
-    x = np.asarray(audio[: len(audio) if valid is None else valid], dtype=np.float64)
-    if x.size == 0:
+    x = np.asarray(audio[: len(audio) if valid is None else valid], dtype=np.float32)
+    full = x.size // _FRAME
+    frames = x[: full * _FRAME].reshape(full, _FRAME)
+    energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / _FRAME
+    lengths = np.full(full, float(_FRAME))
+    if x.size > full * _FRAME:  # a short last frame counts with its real length
+        tail = x[full * _FRAME :].astype(np.float64)
+        energy = np.append(energy, (tail * tail).mean())
+        lengths = np.append(lengths, float(tail.size))
+    if energy.size == 0 or energy.max() <= 0:
         return 0.0
-    n = (x.size + _FRAME - 1) // _FRAME
-    frames = np.zeros(n * _FRAME)
-    frames[: x.size] = x
-    energy = (frames.reshape(n, _FRAME) ** 2).mean(axis=1)
-    # the last frame may be mostly zero-fill: weight frames by their real length
-    lengths = np.full(n, _FRAME, dtype=np.float64)
-    lengths[-1] = x.size - (n - 1) * _FRAME
-    energy[-1] *= _FRAME / lengths[-1]
-    peak = energy.max()
-    if peak <= 0:
-        return 0.0
-    active = energy >= peak * 10 ** (-_ACTIVE_BELOW_PEAK_DB / 10)
+    active = energy >= energy.max() * 10 ** (-_ACTIVE_BELOW_PEAK_DB / 10)
     return float(np.sqrt((energy[active] * lengths[active]).sum() / lengths[active].sum()))
-
-
-def _normalize(audio: np.ndarray, valid: int, level_db: float) -> tuple[np.ndarray, float]:
-    rms = active_rms(audio, valid)
-    if rms < _SILENT_RMS:
-        return audio.astype(np.float64), rms
-    return audio * (10 ** (level_db / 20) / rms), 10 ** (level_db / 20)
 
 
 def mix_pair(
@@ -82,27 +72,34 @@ def mix_pair(
     snr_db: float | None = None,
     level_db: float | None = None,
 ) -> Mix:
-    """Mix one speech and one sound clip of equal length. ``snr_db``/``level_db`` override the draw."""
+    """Mix one speech and one sound clip of equal length. ``snr_db``/``level_db`` override the draw.
+
+    All gains are folded into one scalar per stem, so the work is a handful of vector operations
+    (this runs once per training item in the loader workers).
+    """
     if speech.shape != sound.shape:
         raise ValueError(f"speech {speech.shape} and sound {sound.shape} must have the same shape")
+    speech = np.asarray(speech, dtype=np.float32)
+    sound = np.asarray(sound, dtype=np.float32)
     speech_valid = len(speech) if speech_valid is None else speech_valid
     sound_valid = len(sound) if sound_valid is None else sound_valid
     snr = float(rng.uniform(*cfg.snr_db)) if snr_db is None else float(snr_db)
     level = float(rng.uniform(*cfg.level_db)) if level_db is None else float(level_db)
 
-    s, s_rms = _normalize(speech, speech_valid, cfg.source_level_db)
-    n, n_rms = _normalize(sound, sound_valid, cfg.source_level_db)
+    source_level = 10 ** (cfg.source_level_db / 20)
+    s_rms, n_rms = active_rms(speech, speech_valid), active_rms(sound, sound_valid)
+    # a silent source is never amplified (no division by ~0); the ratio needs two real sources
+    g_s = source_level / s_rms if s_rms >= _SILENT_RMS else 1.0
+    g_n = source_level / n_rms if n_rms >= _SILENT_RMS else 1.0
     if s_rms >= _SILENT_RMS and n_rms >= _SILENT_RMS:
-        # both normalized to the same level: the ratio is set on the sound alone
-        n = n * 10 ** (-snr / 20)
-    mixture = s + n
+        g_n *= 10 ** (-snr / 20)
+    mixture = speech * np.float32(g_s) + sound * np.float32(g_n)
     mix_rms = active_rms(mixture, max(speech_valid, sound_valid))
     gain = 10 ** (level / 20) / mix_rms if mix_rms >= _SILENT_RMS else 1.0
-    peak = np.abs(mixture).max() * gain
+    peak = float(np.abs(mixture).max()) * gain
     clip_scale = cfg.peak_limit / peak if peak > cfg.peak_limit else 1.0
-    g = gain * clip_scale
-    speech_stem = (s * g).astype(np.float32)
-    sound_stem = (n * g).astype(np.float32)
+    speech_stem = speech * np.float32(g_s * gain * clip_scale)
+    sound_stem = sound * np.float32(g_n * gain * clip_scale)
     return Mix(
         mixture=speech_stem + sound_stem,  # summed in float32 so the stems add up exactly
         speech=speech_stem,
