@@ -97,7 +97,7 @@ def synthesize(
 ) -> Speech:
     """Speak ``text`` and return the waveform with per-word start/end times.
 
-    voice: eSpeak NG voice name, optionally with a variant (``"en-us"``, ``"en-us+f3"``; see
+    voice: eSpeak NG voice name, optionally with a variant (``"en-us"``, ``"en-us+f4"``; see
         ``espeak_voices()``), or for gTTS a Google domain (``"com"``, ``"co.uk"``, ...).
     rate_wpm: words per minute (eSpeak NG: 80–450). gTTS knows only normal and slow speech:
         below 120 wpm it asks for slow speech.
@@ -112,10 +112,8 @@ def synthesize(
         raise TTSError(f"nothing to speak in {text!r}: the text holds no words")
     voice = voice or DEFAULT_VOICE[backend]
     if backend == "espeak":
-        speech = _espeak().speak(text, voice, int(rate_wpm), pitch)
-    else:
-        speech = _gtts_speak(text, voice, int(rate_wpm))
-    return speech
+        return _espeak().speak(text, voice, int(rate_wpm), pitch)
+    return _gtts_speak(text, voice, int(rate_wpm))
 
 
 def phrase_span(words: list[dict], phrase: str) -> tuple[float, float]:
@@ -322,7 +320,7 @@ class _Espeak:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
                 raise TTSError(
                     f"eSpeak NG has no voice {voice!r}; use a language such as 'en-us' or 'en', "
-                    f"optionally with a variant from espeak_voices(), e.g. 'en-us+f3'"
+                    f"optionally with a variant from espeak_voices(), e.g. 'en-us+m3'"
                 )
             # the voice brings its own defaults: set rate and pitch after choosing it
             self.lib.espeak_SetParameter(_ESPEAK_RATE, rate_wpm, 0)
