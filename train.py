@@ -322,6 +322,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.warmup_steps > 0)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.device.type == "cpu":
+        # Leave the loader workers their cores: OpenMP threads spinning against busy workers
+        # slow CPU steps down by an order of magnitude.
+        cores = max(1, (os.cpu_count() or 1) // accelerator.num_processes)
+        torch.set_num_threads(max(1, cores - cfg.data.num_workers))
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     model_cfg = cfg.model_config()
     model = build_model(model_cfg)
@@ -359,8 +364,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     stream = batches(state["micro_step"])
     step, bad_in_row = state["step"], 0
+    state_start = step
     timer = Counter()
     last_log, items_since = time.perf_counter(), 0
+    run = Counter()  # whole-run throughput for summary.json (from the second step: the first pays start-up)
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     parts = {}
     while step < cfg.steps:
@@ -389,6 +396,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             step_items += n_items
             timer["data"] += t1 - t0
             timer["compute"] += time.perf_counter() - t1
+            if step > state_start:
+                run["data_s"] += t1 - t0
+                run["compute_s"] += time.perf_counter() - t1
+                run["items"] += n_items
         grad_norm = torch.tensor(float("nan"))
         if finite:
             grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.grad_clip)
@@ -430,7 +441,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     save_training_state(out, step, state, model, optimizer, accelerator, cfg.keep_checkpoints)
     if accelerator.is_main_process:
         save_checkpoint(model, out / "final")
+        seconds = run["data_s"] + run["compute_s"]
         summary = {"step": step, "bad_steps_total": state["bad_steps_total"],
+                   "items_per_s": round(run["items"] / seconds, 2) if seconds else None,
+                   "data_wait_fraction": round(run["data_s"] / seconds, 3) if seconds else None,
                    "skipped_samples": dict(loader.skipped), "final_model": str(out / "final"),
                    "last_loss": {k: float(v) for k, v in parts.items()}}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
