@@ -41,6 +41,7 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str, prec
     cfg = train.TrainConfig(model={"preset": preset, "pretrained": False, "gradient_checkpointing": checkpointing},
                             mixed_precision=precision)
     accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
+    train.configure_backends(accelerator.device)
     torch.manual_seed(0)
     model = build_model(cfg.model_config())
     model.set_stage(stage)
