@@ -113,6 +113,12 @@ def _table1(s: dict) -> str:
         out.append("\n" + _table(["Method", "head", "cIoU", "AUC", "IIoU", "cIoU (adaptive)", "AUC (adaptive)"],
                                  extras))
         out.append(f"\nBoth heads localized (IoU >= 0.5) in the same query: {pct(r.get('joint_hit'))}\n")
+        opp = r.get("opposite_head")
+        if opp:
+            out.append("Each object scored with the other head (lower than the right head = disentangled):\n")
+            out.append(_table(["Method", "speech head on the sounding object mAP", "mIoU",
+                               "sound head on the named object mAP", "mIoU"],
+                              [[s["label"], *_seg(opp.get("sound")), *_seg(opp.get("speech"))]]))
     return "\n".join(out)
 
 

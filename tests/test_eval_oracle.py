@@ -32,6 +32,11 @@ def test_table1_routes_heads_to_their_objects(tmp_path, runner):
             assert r[head]["mIoU"] == pytest.approx(1.0, abs=0.02), (pairing, head)
             assert r[head]["extras"]["cIoU"] == 1.0 and r[head]["extras"]["IIoU"] == 1.0
         assert r["joint_hit"] == 1.0
+    # the oracle's heads are disentangled: on the other type's object they miss in cross pairs
+    # and hit in same-object pairs (where both types name the same object)
+    for head in ("sound", "speech"):
+        assert body["results"]["cross"]["opposite_head"][head]["mAP"] < 0.6
+        assert body["results"]["same"]["opposite_head"][head]["mAP"] == pytest.approx(1.0)
     assert body["counts"] == {"cross_pairs": 6, "same_pairs": 6}
     # the archive holds what the metrics used: the speech head's maps hit the *named* object
     archive = np.load(tmp_path / "hm" / "table1_cross.npz")
