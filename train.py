@@ -145,13 +145,24 @@ def _set(tree: dict, dotted: str, value: Any):
     tree[leaf] = value
 
 
+def _parse_value(text: str) -> Any:
+    """YAML, plus numbers YAML 1.1 leaves as strings (``3e-3`` needs a dot there)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_config(path: Optional[Path], overrides: list[str]) -> TrainConfig:
     tree = yaml.safe_load(path.read_text()) if path else {}
     for item in overrides:
         if "=" not in item:
             raise typer.BadParameter(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
-        _set(tree, key, yaml.safe_load(value))
+        _set(tree, key, _parse_value(value))
     return _build(TrainConfig, tree or {})
 
 

@@ -47,8 +47,9 @@ def test_config_presets_and_overrides(tmp_path):
     assert (paper.optim.lr, paper.optim.eps, paper.optim.lr_warmup_steps, paper.optim.grad_clip) == (5e-5, 1e-7, 1000, 10.0)
     assert (paper.warmup_steps, paper.steps, paper.model_config().lora_rank) == (3000, 800_000, 8)
     assert paper.loss["regularizers"]["specialization"] == 0.05
-    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=0.5", "data.snr_db=[-1, 2]"])
-    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.snr_db) == (3, 0.5, (-1, 2))
+    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=3e-3", "data.snr_db=[-1, 2]",
+                                                             "out_dir=runs/x-1"])
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.snr_db, cfg.out_dir) == (3, 0.003, (-1, 2), "runs/x-1")
     with pytest.raises(Exception, match="unknown"):
         train.load_config(None, ["data.batch_sise=3"])
     assert [train.lr_at(s, paper.optim) for s in (0, 499, 999, 5000)] == pytest.approx([5e-8, 2.5e-5, 5e-5, 5e-5])
