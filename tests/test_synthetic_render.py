@@ -144,6 +144,15 @@ def test_speech_names_the_class_and_its_span_holds_the_name():
     assert fixed.text == "a picture of an arrow"
 
 
+def test_world_config_limits_templates_and_voices():
+    narrow = WorldConfig(templates=1, voices=2)
+    said = [speech.render_speech(object_class("star"), narrow, rng(i)) for i in range(12)]
+    assert {s.text for s in said} == {"a picture of a star"}
+    assert {s.voice for s in said} <= set(speech.VOICES[:2]) and len({s.voice for s in said}) == 2
+    with pytest.raises(ValueError, match="templates"):
+        WorldConfig(templates=0)
+
+
 def test_items_render_the_same_in_any_order():
     items = plan_pairs(world_config("ci"), 3, "speech/train").items[:4]
     forward = [load_pair(CFG, it) for it in items]

@@ -141,8 +141,8 @@ def generate_world(
         "sets": sets,
         "speech": {
             "backend": "espeak",
-            "voices": list(speech.VOICES),
-            "train_templates": list(speech.TRAIN_TEMPLATES),
+            "voices": list(speech.VOICES[: cfg.voices]),
+            "train_templates": list(speech.TRAIN_TEMPLATES[: cfg.templates]),
             "eval_template": speech.EVAL_TEMPLATE,
             "timing": "engine",
             "rate_wpm": list(cfg.rate_wpm),

@@ -46,11 +46,13 @@ def render_speech(
     r: np.random.Generator,
     template: str | None = None,
 ) -> SpokenPrompt:
-    """Speak a sentence naming ``cls``; ``template`` None draws one of TRAIN_TEMPLATES."""
+    """Speak a sentence naming ``cls``; ``template`` None draws one of the world's training templates."""
     if template is None:
-        template = TRAIN_TEMPLATES[int(r.integers(len(TRAIN_TEMPLATES)))]
+        templates = TRAIN_TEMPLATES[: cfg.templates]
+        template = templates[int(r.integers(len(templates)))]
     text = prompt_text(cls.name, template)
-    voice = VOICES[int(r.integers(len(VOICES)))]
+    voices = VOICES[: cfg.voices]
+    voice = voices[int(r.integers(len(voices)))]
     rate = int(r.integers(cfg.rate_wpm[0], cfg.rate_wpm[1] + 1))
     pitch = int(r.integers(35, 66))
     speech = tts.synthesize(text, voice=voice, rate_wpm=rate, pitch=pitch)

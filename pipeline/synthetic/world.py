@@ -76,6 +76,8 @@ class WorldConfig:
     sound_seconds: tuple[float, float] = (1.5, 3.0)  # sound content after the onset
     onset_seconds: tuple[float, float] = (0.0, 0.3)  # silence before a sound or an utterance
     rate_wpm: tuple[int, int] = (130, 200)  # speaking rates
+    templates: int = 5  # training sentences draw from the first N templates (1: "a picture of a(n) X" only)
+    voices: int = 8  # training and evaluation speech draw from the first N voices
     classes: tuple[str, ...] = CLASS_NAMES
 
     def __post_init__(self) -> None:
@@ -92,6 +94,8 @@ class WorldConfig:
             )
         for name in self.classes:
             object_class(name)
+        if self.templates < 1 or self.voices < 1:
+            raise ValueError(f"WorldConfig needs templates >= 1 and voices >= 1, got {self.templates}, {self.voices}")
         if len(set(self.classes)) < 2:
             raise ValueError("the world needs at least two classes (evaluation images hold two)")
         lo, hi = self.sound_seconds
