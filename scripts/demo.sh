@@ -7,6 +7,11 @@
 #
 #   bash scripts/demo.sh              # the method (about 10 minutes on 2 cores after installation)
 #   bash scripts/demo.sh --ablation   # also train without L_dis and compare disentanglement (Tables 6-7)
+#
+# Environment (for smaller or relocated runs, e.g. the test suite's CI-sized run):
+#   DEMO_WORLD=shards/synthetic DEMO_SIZE=demo DEMO_RUNS=runs
+#   DEMO_TRAIN_ARGS="steps=200 ..."   extra train.py overrides
+#   DEMO_REPORT_ARGS="--min-ratio 1"  extra scripts/demo_report.py options
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ablation=0
@@ -23,17 +28,20 @@ export CUDA_VISIBLE_DEVICES="" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZER
 # the mmap/munmap churn otherwise costs CPU training steps about half their time
 export MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
 py=.venv/bin/python
-world=shards/synthetic
+world=${DEMO_WORLD:-shards/synthetic}
+runs=${DEMO_RUNS:-runs}
+read -r -a train_args <<< "${DEMO_TRAIN_ARGS:-}"
+read -r -a report_extra <<< "${DEMO_REPORT_ARGS:-}"
 
 echo "== 1/4 generating the world in $world"
-.venv/bin/prep synthetic --out "$world" --size demo --seed 0
+.venv/bin/prep synthetic --out "$world" --size "${DEMO_SIZE:-demo}" --seed 0
 
 train() {  # out_dir, extra overrides...
   local out=$1; shift
   rm -rf "$out"
   .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --cpu --mixed_precision no --dynamo_backend no \
     train.py --config configs/demo.yaml data.speech="$world/speech/train" data.sound="$world/sound/train" \
-    out_dir="$out" "$@"
+    out_dir="$out" "${train_args[@]}" "$@"
 }
 
 evaluate() {  # checkpoint, out_dir, subcommand...
@@ -43,19 +51,19 @@ evaluate() {  # checkpoint, out_dir, subcommand...
     --places "$world/speech/val" --audioset "$world/sound/val" --pairs 200
 }
 
-echo "== 2/4 training runs/demo (warm-up on L_cor, then L_cor + L_dis + regularizers)"
-train runs/demo
-echo "== 3/4 evaluating runs/demo/final"
-rm -rf runs/demo/eval
-evaluate runs/demo/final runs/demo/eval all
-report_args=(runs/demo/eval "$world")
+echo "== 2/4 training $runs/demo (warm-up on L_cor, then L_cor + L_dis + regularizers)"
+train "$runs/demo"
+echo "== 3/4 evaluating $runs/demo/final"
+rm -rf "$runs/demo/eval"
+evaluate "$runs/demo/final" "$runs/demo/eval" all
+report_args=("$runs/demo/eval" "$world" "${report_extra[@]}")
 
 if [ "$ablation" = 1 ]; then
-  echo "== ablation: training runs/demo_no_dis without L_dis"
-  train runs/demo_no_dis loss.disentanglement=0
-  rm -rf runs/demo_no_dis/eval
-  evaluate runs/demo_no_dis/final runs/demo_no_dis/eval all
-  report_args+=(--ablation runs/demo_no_dis/eval)
+  echo "== ablation: training $runs/demo_no_dis without L_dis"
+  train "$runs/demo_no_dis" loss.disentanglement=0
+  rm -rf "$runs/demo_no_dis/eval"
+  evaluate "$runs/demo_no_dis/final" "$runs/demo_no_dis/eval" all
+  report_args+=(--ablation "$runs/demo_no_dis/eval")
 fi
 
 echo "== 4/4 results"
