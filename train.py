@@ -108,6 +108,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU; or "no" / "bf16"
     mosaic_prob: float = 0.1  # DenseAV image mixup: a 2x2 mosaic replaces an image with this probability
+    audio_init: str = ""  # safetensors of HuBERT backbone weights to start from (e.g. pretrain_audio.py's)
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 10
@@ -177,6 +178,19 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def load_audio_backbone(model, path: str) -> None:
+    """Start the audio backbone from saved HuBERT weights (the architecture must match)."""
+    weights = load_file(path)
+    weights.pop("masked_spec_embed", None)  # only exists when SpecAugment is on
+    try:
+        missing, unexpected = model.audio_encoder.backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path} does not match the audio backbone: {str(exc)[:300]}") from None
+    missing = [k for k in missing if k != "masked_spec_embed"]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the audio backbone (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -351,6 +365,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     model_cfg = cfg.model_config()
     model = build_model(model_cfg)
+    if cfg.audio_init and not resume:
+        load_audio_backbone(model, cfg.audio_init)
     model.set_stage("full")  # DDP registers every parameter that will ever train...
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
