@@ -17,6 +17,7 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
         "DEMO_WORLD": str(tmp_path / "world"),
         "DEMO_SIZE": "ci",
         "DEMO_RUNS": str(tmp_path / "runs"),
+        "DEMO_PRETRAIN_STEPS": "100",
         # CI-sized: a short run; the full demo trains longer (configs/demo.yaml)
         "DEMO_TRAIN_ARGS": "steps=150 warmup_steps=20 data.shuffle_buffer=100 ckpt_every=0 log_every=25",
         # CI-sized check: both heads beat the chance level (the demo itself requires 2x and more)
@@ -36,3 +37,5 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     summary = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())
     assert summary["step"] == 150 and summary["bad_steps_total"] == 0
     assert list((tmp_path / "runs" / "demo" / "eval" / "overlays").glob("*.png"))
+    pretrain = json.loads((tmp_path / "runs" / "audio_init.json").read_text())
+    assert pretrain["steps"] == 100 and pretrain["loss_last"] < pretrain["loss_first"]

@@ -113,7 +113,9 @@ class WorldConfig:
 
 SIZES: dict[str, WorldConfig] = {
     # the README's demo: trains on a CPU in minutes, a few hundred evaluation items
-    "demo": WorldConfig(),
+    # (one sentence template, DenseAV's "a picture of a(n) X": the demo trains a speech head from
+    # scratch in minutes; more templates need a longer run)
+    "demo": WorldConfig(templates=1),
     # the test suite's end-to-end run
     "ci": WorldConfig(train=96, val=32, is3_images=12, ade_images=8, shard_size=48),
     # more data for longer runs
