@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -53,7 +52,7 @@ from model.factory import build_model
 from model.loss import LossWeights, mix_separate_loss
 from model.regularizers import RegularizerWeights, make_mosaic
 from pipeline.format import SAMPLE_RATE
-from pipeline.loader import LoaderConfig, TrainLoader
+from pipeline.loader import LoaderConfig, TrainLoader, seed_from
 from pipeline.mixing import MaskConfig, MixConfig, SpliceConfig
 from pipeline.transform import AugmentConfig, normalize
 
@@ -270,22 +269,18 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
     for kind in ("sound", "speech"):
         inputs[f"{kind}_image"] = normalize(inputs[f"{kind}_image"])
         if stage == "full" and cfg.mosaic_prob > 0:
-            g = torch.Generator().manual_seed(_seed(cfg.seed, step, accelerator.process_index, kind))
+            g = torch.Generator().manual_seed(seed_from(cfg.seed, step, accelerator.process_index, kind))
             inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(inputs[f"{kind}_image"], g, cfg.mosaic_prob)
     feats = net(inputs, include_mix=(stage == "full"))
 
     keep = gather(batch["valid"].to(device), world).nonzero().squeeze(1)
     feats = {name: gather(x, world)[keep] for name, x in feats.items()}
     # same draws on every process: each computes the identical global loss
-    g = torch.Generator().manual_seed(_seed(cfg.seed, step, "loss"))
+    g = torch.Generator().manual_seed(seed_from(cfg.seed, step, "loss"))
     total, terms = mix_separate_loss(
         feats, model.logit_scale(), loss_weights(cfg, stage), sound_head=model.config.sound_head,
         speech_head=model.config.speech_head, logit_scale_init=model.config.logit_scale_init, generator=g)
     return total, terms, int(keep.numel())
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
             f"finite mode needs at least ranks × workers = {slots} speech shards, found {len(shards)}: "
             "use fewer workers, write smaller shards (`prep shards --shard-size`), or resampled mode")
     order = list(shards)
-    random.Random(_seed(seed, epoch, "plan")).shuffle(order)
+    random.Random(seed_from(seed, epoch, "plan")).shuffle(order)
     assignment: list[list[Shard]] = [[] for _ in range(slots)]
     load = [0] * slots
     for shard in sorted(order, key=lambda s: -s.samples):  # largest first onto the lightest slot
@@ -150,7 +150,7 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
         assignment[i].append(shard)
         load[i] += shard.samples
     for i, slot in enumerate(assignment):  # dealt in size order: shuffle each slot's reading order
-        random.Random(_seed(seed, epoch, "order", i)).shuffle(slot)
+        random.Random(seed_from(seed, epoch, "order", i)).shuffle(slot)
     n_batches = max(math.ceil(n / batch_size) for n in load)
     if min(load) < n_batches:
         raise ValueError(
@@ -160,7 +160,7 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
     return assignment, sizes
 
 
-def _seed(*parts) -> int:
+def seed_from(*parts) -> int:
     """A 64-bit seed from any parts, stable across processes (unlike ``hash()``)."""
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
@@ -372,16 +372,16 @@ class MixedStream(torch.utils.data.IterableDataset):
         skip = SkipCounter(f"loader rank {self.rank} worker {worker}", cfg.log_interval_s)
 
         if cfg.resampled:
-            speech_urls = shard_urls_resampled(self.speech_shards, random.Random(_seed(*base, "speech-shards")))
+            speech_urls = shard_urls_resampled(self.speech_shards, random.Random(seed_from(*base, "speech-shards")))
             sizes = [cfg.batch_size] * self.batches_per_worker()
         else:
             assignment, all_sizes = plan_finite_epoch(self.speech_shards, self.slots, cfg.batch_size, cfg.seed, self.epoch)
             speech_urls, sizes = shard_urls(assignment[slot]), all_sizes[slot]
-        sound_urls = shard_urls_resampled(self.sound_shards, random.Random(_seed(*base, "sound-shards")))
+        sound_urls = shard_urls_resampled(self.sound_shards, random.Random(seed_from(*base, "sound-shards")))
 
         def raw_stream(urls, role):
             raw = wds.tarfile_to_samples(handler=skip.exception_handler)(urls)
-            return seeded_shuffle(raw, cfg.shuffle_buffer, random.Random(_seed(*base, role)))
+            return seeded_shuffle(raw, cfg.shuffle_buffer, random.Random(seed_from(*base, role)))
 
         speech_raw, sound_raw = raw_stream(speech_urls, "speech"), raw_stream(sound_urls, "sound")
         # batches of this stream among the first `skip` of the rank
@@ -396,7 +396,7 @@ class MixedStream(torch.utils.data.IterableDataset):
         draft = None if cfg.train else cfg.image_size
         speech = decode_samples(speech_raw, skip, "speech", cfg.clip_samples, draft)
         sound = decode_samples(sound_raw, skip, "sound", cfg.clip_samples, draft)
-        augment = _Augmenter(cfg, _seed(*base, "augment"))
+        augment = _Augmenter(cfg, seed_from(*base, "augment"))
         for size in sizes[skipped:]:
             items = []
             for sp in speech:
