@@ -9,7 +9,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import inspect as inspect_shards
-from pipeline import shards
 from pipeline.cli import app
 from pipeline.shards import Media, SkipItem, build_shards
 from tests import media

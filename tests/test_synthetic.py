@@ -3,7 +3,6 @@ project's real readers (shard format, loader, IS3 / ADE20K / retrieval readers) 
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
