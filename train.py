@@ -53,7 +53,7 @@ from model.regularizers import RegularizerWeights, make_mosaic
 from pipeline.format import SAMPLE_RATE
 from pipeline.loader import LoaderConfig, TrainLoader, seed_from
 from pipeline.mixing import MaskConfig, MixConfig, SpliceConfig
-from pipeline.transform import AugmentConfig, normalize
+from pipeline.transform import AugmentConfig
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -209,6 +209,10 @@ def make_loader(cfg: TrainConfig, image_size: int, rank: int, world: int) -> Tra
     ), rank=rank, world_size=world)
 
 
+_TENSORS = ("sound_image", "speech_image", "sound_audio", "speech_audio", "mix_audio", "sound_mask",
+            "speech_mask", "mix_mask", "sound_splice", "speech_splice")
+
+
 def pad_batch(batch: dict, size: int, image_size: int, clip: int) -> tuple[dict, torch.Tensor]:
     """Pad a (possibly empty) batch to ``size`` items; returns it and the mask of real items.
 
@@ -221,12 +225,12 @@ def pad_batch(batch: dict, size: int, image_size: int, clip: int) -> tuple[dict,
     if n == size:
         return batch, valid
     out = {}
+    device = batch["speech_audio"].device if n else "cpu"
     shapes = {"image": (3, image_size, image_size), "audio": (clip,), "mask": (clip,), "splice": (clip,)}
-    for name in ("sound_image", "speech_image", "sound_audio", "speech_audio", "mix_audio",
-                 "sound_mask", "speech_mask", "mix_mask", "sound_splice", "speech_splice"):
+    for name in _TENSORS:
         kind = name.split("_")[1]
-        dtype = {"image": torch.uint8, "audio": torch.float32}.get(kind, torch.bool)
-        pad = torch.zeros((size - n, *shapes[kind]), dtype=dtype)
+        dtype = {"image": torch.float32, "audio": torch.float32}.get(kind, torch.bool)
+        pad = torch.zeros((size - n, *shapes[kind]), dtype=dtype, device=device)
         if kind == "mask":
             pad[:] = True  # dummies are silent but "valid": no empty mean anywhere
         if name in batch:
@@ -257,16 +261,11 @@ def loss_weights(cfg: TrainConfig, stage: str) -> LossWeights:
     return dataclasses.replace(weights, disentanglement=0.0) if stage == "warmup" else weights
 
 
-_TENSORS = ("sound_image", "speech_image", "sound_audio", "speech_audio", "mix_audio", "sound_mask",
-            "speech_mask", "mix_mask", "sound_splice", "speech_splice")
-
-
 def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, accelerator: Accelerator):
     """Encode one micro-batch, gather it across processes, return (loss, terms, real items)."""
     world, device = accelerator.num_processes, accelerator.device
-    inputs = {k: batch[k].to(device, non_blocking=True) for k in _TENSORS if k in batch}
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in _TENSORS if k in batch}  # (already there)
     for kind in ("sound", "speech"):
-        inputs[f"{kind}_image"] = normalize(inputs[f"{kind}_image"])
         if stage == "full" and cfg.mosaic_prob > 0:
             g = torch.Generator().manual_seed(seed_from(cfg.seed, step, accelerator.process_index, kind))
             inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(inputs[f"{kind}_image"], g, cfg.mosaic_prob)
@@ -390,7 +389,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epoch, offset = divmod(micro_step, per_epoch)
         while True:
             loader.set_epoch(epoch)
-            yield from loader.iterate(skip=offset)
+            yield from loader.iterate(skip=offset, device=accelerator.device)  # finished on the device
             epoch, offset = epoch + 1, 0
 
     stream = batches(state["micro_step"])

@@ -1,31 +1,41 @@
 """Loader throughput against the decode-only ceiling of the same shards.
 
-    python bench/loader.py [--speech 400 --sound 200 --batch-size 16 --out /tmp/bench-loader]
+    python bench/loader.py [--speech 400 --sound 200 --items 1600 --batch-size 16 --out /tmp/bench-loader]
 
 Builds realistic shards with the real shard builder (speech-like 6-10 s clips, 10 s sounds,
 smooth 298x224 photos-like JPEGs of ~20 KB), then prints:
 
 * the decode-only ceiling: one process reads the shards and decodes, per training item, two images
-  and two clips (nothing else);
-* the full loader (pairing, augmentation, mixing, batching, inter-process transfer) with 1 and 2
-  workers, in items/s and as a ratio of the ceiling;
-* peak RSS per worker.
+  and two clips (nothing else), each decode at its cheapest;
+* with 1 and 2 workers, in items/s and as a ratio of the ceiling:
+  - what the workers deliver: reading, shuffling, decoding, pairing, every augmentation and
+    mixing draw, batching and the transfer to the main process;
+  - the full loader: the same batches finished (crop resize, colour jitter, normalization,
+    mixing) by ``finish_batch`` on the training device, CUDA when there is one; on a CPU-only
+    machine that arithmetic shares the cores with the workers;
+* what finish_batch costs per item on that device, and the peak RSS per worker.
+
+Run it with the allocator settings of scripts/test.sh (MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_);
+without them glibc returns and refaults the batch buffers and every figure is noisier.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import itertools
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import format as fmt
-from pipeline.loader import LoaderConfig, TrainLoader, list_shards
+from pipeline.loader import LoaderConfig, MixedStream, TrainLoader, finish_batch, list_shards, release
 from pipeline.shards import Media, build_shards
 
 SR = 16_000
@@ -72,18 +82,25 @@ def item_key(item: dict) -> str:
 
 
 def decode_ceiling(speech: str, sound: str, items: int) -> float:
-    """Read + decode two images and two clips per item, nothing else, in this process."""
-    def samples(spec):
-        urls = [{"url": s.path} for s in list_shards(spec)]
-        return wds.tarfile_to_samples()(iter(urls))
+    """Read + decode two images and two clips per item, nothing else, in this process.
 
-    sounds = itertools.cycle(list(samples(sound)))  # raw bytes; decoding is what is timed
+    The same tar reader and decode calls as the loader, each at its cheapest: clips decoded as
+    int16 into one reused buffer. Both streams are read from disk inside the timed loop.
+    """
+    def samples(spec, forever=False):
+        urls = [{"url": s.path} for s in list_shards(spec)]
+        while True:
+            yield from wds.tarfile_to_samples()(iter(urls))
+            if not forever:
+                return
+
+    sounds = samples(sound, forever=True)
+    pcm = np.empty(fmt.CLIP_SAMPLES, dtype=np.int16)
     start = time.perf_counter()
     n = 0
     for sp in samples(speech):
-        so = next(sounds)
-        for s in (sp, so):
-            fmt.decode_audio(s["flac"])
+        for s in (sp, next(sounds)):
+            fmt.decode_audio(s["flac"], out=pcm)
             img = Image.open(io.BytesIO(s["jpg"]))
             img.load()
         n += 1
@@ -92,21 +109,48 @@ def decode_ceiling(speech: str, sound: str, items: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def loader_rate(cfg: LoaderConfig) -> tuple[float, dict]:
+def loader_rate(cfg: LoaderConfig, device: str | None) -> tuple[float, dict]:
+    """Items/s out of TrainLoader; ``device=None``: the workers' raw batches, released unfinished
+    (what the workers sustain); else finished on ``device`` as the trainer does."""
     loader = TrainLoader(cfg)
-    it = iter(loader)
+    it = loader.iterate(device=device) if device else _raw(loader)
     next(it)  # worker start-up is not throughput
     start = time.perf_counter()
     n = 0
     for batch in it:
         n += len(batch["speech_key"])
+    if device == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - start), dict(loader.peak_rss_mb)
+
+
+def _raw(loader: TrainLoader):
+    dl = torch.utils.data.DataLoader(loader.dataset, batch_size=None, num_workers=loader.cfg.num_workers,
+                                     prefetch_factor=4)
+    for batch in dl:
+        stats = batch.pop("worker_stats")
+        loader.peak_rss_mb[stats["slot"]] = stats["peak_rss_mb"]
+        release(batch)
+        yield batch
+
+
+def finish_cost(cfg: LoaderConfig, device: str) -> float:
+    """ms per item that finish_batch (crop resize, colour, mixing) takes on ``device``."""
+    raws = list(itertools.islice(MixedStream(dataclasses.replace(cfg, num_workers=0)), 8))
+    finish_batch(raws[0], cfg, device)
+    start = time.perf_counter()
+    for raw in raws:
+        finish_batch(raw, cfg, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / sum(len(r["speech_key"]) for r in raws) * 1e3
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speech", type=int, default=400)
     ap.add_argument("--sound", type=int, default=200)
+    ap.add_argument("--items", type=int, default=1600, help="items per loader run (shards are resampled)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--clip-seconds", type=float, default=10.0)
@@ -122,15 +166,21 @@ def main():
     print(f"shards: {args.speech} speech ({sizes['speech']:.0f} MB), {args.sound} sound ({sizes['sound']:.0f} MB)")
 
     ceiling = decode_ceiling(speech, sound, args.speech)
-    print(f"decode-only ceiling (1 process): {ceiling:8.1f} items/s")
+    print(f"decode-only ceiling (1 process):      {ceiling:8.1f} items/s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for workers in (1, 2):
         cfg = LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
                            image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
-                           epoch_samples=args.speech, shuffle_buffer=200)
-        rate, rss = loader_rate(cfg)
-        rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
-        print(f"full loader, {workers} worker(s):   {rate:8.1f} items/s  = {rate / ceiling:.2f} x ceiling "
-              f"({rate / workers / ceiling:.2f} per worker); peak RSS per worker MB: {rss_txt}")
+                           epoch_samples=args.items, shuffle_buffer=200)
+        # as train.py: the main process leaves the workers their cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        for label, dev in (("workers (raw batches)", None), (f"full, finished on {device}", device)):
+            rate, rss = loader_rate(cfg, dev)
+            rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
+            print(f"{workers} worker(s), {label:26s} {rate:8.1f} items/s = {rate / ceiling:.2f} x ceiling "
+                  f"({rate / workers / ceiling:.2f} per worker); peak RSS per worker MB: {rss_txt}")
+    torch.set_num_threads(1)
+    print(f"finish_batch on {device} (1 thread): {finish_cost(cfg, device):.2f} ms per item")
 
 
 if __name__ == "__main__":

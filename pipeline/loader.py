@@ -3,8 +3,15 @@
 Each worker runs one pipeline of small generator stages (webdataset style)::
 
     speech shards ─▶ raw samples ─▶ shuffle (bytes) ─▶ decode ─┐
-                                                               ├─▶ pair ─▶ augment + mix ─▶ batch
-    sound shards (resampled forever) ─▶ shuffle ─▶ decode ─────┘
+                                                               ├─▶ pair ─▶ draw ─▶ batch ─┐
+    sound shards (resampled forever) ─▶ shuffle ─▶ decode ─────┘                         │
+                                                                                          ▼
+                     main process, on the training device:   crop + colour jitter + mix (finish_batch)
+
+Workers do what needs a CPU (tar reading, FLAC and JPEG decoding) and every random draw (crop box,
+flip, colour matrix, mixing ratio and level, splices), so a batch is fixed by the seeds alone; the
+dense arithmetic runs batched where the batch lands, which keeps a worker's cost per item close to
+the cost of decoding it.
 
 Two modes for the speech stream, which drives the epoch:
 
@@ -46,8 +53,11 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline import format as fmt
-from pipeline.mixing import MaskConfig, MixConfig, SpliceConfig, mask_span, mix_pair, splice_negative
-from pipeline.transform import AugmentConfig, eval_image, to_uint8_tensor, train_image
+from pipeline.mixing import (
+    MaskConfig, MixConfig, SpliceConfig, draw_levels, draw_masked_span, mix_batch, prefix_mask, span_mask,
+    splice_negative,
+)
+from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, draw_train_augment, eval_image, rgbx_pixels
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +226,13 @@ def shard_urls(shards: list[Shard]) -> Iterator[dict]:
 
 
 def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CLIP_SAMPLES,
-                   draft_size: int | None = None) -> Iterator[dict]:
+                   draft_size: int | None = None, into=None) -> Iterator[dict]:
     """Raw tar samples -> {key, audio (float32), valid, image (PIL), meta}; bad ones counted.
 
     ``draft_size``: let the JPEG decoder downscale by 2/4/8 while staying >= this size (evaluation
-    transforms only need that much; training crops keep full resolution).
+    transforms only need that much; training crops keep full resolution). ``into``: a callable
+    giving the float32 row to decode the next clip into (the batch being assembled); the audio is
+    then a view of that row, silent past its real samples.
     """
     for raw in src:
         key, shard = raw.get("__key__", "?"), raw.get("__url__", "?")
@@ -230,7 +242,12 @@ def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CL
             continue
         try:
             meta = fmt.decode_meta(raw[fmt.META_EXT])
-            audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples)
+            valid = fmt.valid_samples(meta, clip_samples)
+        except (ValueError, KeyError, TypeError) as exn:
+            skip(f"{role}: json unreadable or without a duration ({type(exn).__name__})", shard, key)
+            continue
+        try:
+            audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples, out=None if into is None else into())
             image = Image.open(io.BytesIO(raw[fmt.IMAGE_EXT]))
             if draft_size and min(image.size) >= 2 * draft_size:
                 image.draft("RGB", (draft_size, draft_size))
@@ -238,14 +255,11 @@ def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CL
         except Exception as exn:  # noqa: BLE001 - any decode failure is a counted skip
             skip(f"{role}: undecodable ({type(exn).__name__}: {str(exn)[:80]})", shard, key)
             continue
-        if audio.shape[0] != clip_samples or not np.isfinite(audio).all():
-            skip(f"{role}: audio shorter than {clip_samples} samples or not finite", shard, key)
+        # (no NaN check: the format stores FLAC, i.e. integers, so decoded audio is always finite)
+        if audio.shape[0] != clip_samples:
+            skip(f"{role}: audio shorter than {clip_samples} samples", shard, key)
             continue
-        try:
-            valid = fmt.valid_samples(meta)
-        except (KeyError, TypeError, ValueError):
-            skip(f"{role}: json without a duration", shard, key)
-            continue
+        audio[valid:] = 0.0  # padding is silent by format; make sure of it, the mixer relies on it
         yield {"key": key, "audio": audio, "valid": valid, "image": image, "meta": meta}
 
 
@@ -256,69 +270,225 @@ def seeded_shuffle(src, bufsize: int, rng: random.Random):
         yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(src)
 
 
-class _Augmenter:
-    """Per-item work after pairing: crop the clip, image transform, optional splicing/masking, mix.
+class _ItemDraws:
+    """Per-item work in a worker after pairing: every random choice, and nothing dense.
 
-    Every item draws from its own generator, seeded by (worker seed, item index), so a resumed run
-    can skip items without replaying their draws.
+    Workers decode (the part that needs a CPU); the resize, colour and mixing arithmetic is drawn
+    here and applied to whole batches by ``finish_batch`` where the batch lands (the training
+    device). Every item draws from its own generator, seeded by (worker seed, item index), so a
+    resumed run can skip items without replaying their draws.
     """
 
     def __init__(self, cfg: LoaderConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self.last = {"speech": None, "sound": None}  # donors for negative-audio splicing
 
-    def _clip(self, item, role, rng):
-        n = self.cfg.clip_samples
-        audio = item["audio"][:n]
-        valid = min(item["valid"], n)
-        foreign = np.zeros(n, dtype=bool)
-        donor = self.last[role]
-        if self.cfg.splice.prob > 0 and donor is not None:
-            audio, foreign = splice_negative(audio, valid, donor[0], donor[1], rng, self.cfg.splice)
-        self.last[role] = (item["audio"][:n], valid)
-        mask = np.zeros(n, dtype=bool)
-        mask[:valid] = True
-        audio, mask = mask_span(audio, mask, rng, self.cfg.masking)
-        return audio, mask, foreign
+    def _audio(self, out: dict, role: str, item: dict, rng: np.random.Generator):
+        # edits the decoded int16 clip in place: it already sits in the batch's audio buffer
+        audio, valid = item["audio"], item["valid"]
+        if self.cfg.splice.prob > 0:
+            donor = self.last[role]
+            self.last[role] = (audio.astype(np.float32), valid)
+            foreign = np.zeros(len(audio), dtype=bool)
+            if donor is not None:
+                spliced, foreign = splice_negative(audio.astype(np.float32), valid, donor[0], donor[1], rng,
+                                                   self.cfg.splice)
+                audio[:] = np.round(spliced)  # a crossfade of int16 values stays in the int16 range
+            out[f"{role}_splice"] = foreign
+        if self.cfg.masking.prob > 0:
+            start, length = draw_masked_span(valid, rng, self.cfg.masking)
+            audio[start : start + length] = 0
+            out[f"{role}_span"] = np.array([start, length])
+        out[f"{role}_valid"] = valid
 
-    def _image(self, image, rng):
-        if self.cfg.train:
-            return to_uint8_tensor(train_image(image, self.cfg.image_size, rng, self.cfg.augment))
-        return to_uint8_tensor(eval_image(image, self.cfg.image_size))
+    def _image(self, out: dict, role: str, image: Image.Image, rng: np.random.Generator):
+        # Only the crop travels to the main process (about half the image), copied once, by collate.
+        if not self.cfg.train:
+            final = eval_image(image, self.cfg.image_size)
+            out[f"{role}_pixels"], out[f"{role}_flip"], out[f"{role}_jitter"] = rgbx_pixels(final), False, NO_JITTER
+            return
+        pixels = rgbx_pixels(image)
+        draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, self.cfg.augment)
+        x, y, w, h = draw.box
+        out[f"{role}_pixels"] = pixels[y : y + h, x : x + w]
+        out[f"{role}_flip"], out[f"{role}_jitter"] = draw.flip, draw.jitter
 
     def __call__(self, index: int, speech, sound) -> dict:
         rng = np.random.default_rng([self.seed, index])
-        sp_audio, sp_mask, sp_foreign = self._clip(speech, "speech", rng)
-        so_audio, so_mask, so_foreign = self._clip(sound, "sound", rng)
-        mix = mix_pair(sp_audio, so_audio, rng, self.cfg.mix,
-                       speech_valid=int(sp_mask.sum()), sound_valid=int(so_mask.sum()))
-        out = {
-            "speech_audio": mix.speech, "speech_mask": sp_mask, "speech_image": self._image(speech["image"], rng),
-            "sound_audio": mix.sound, "sound_mask": so_mask, "sound_image": self._image(sound["image"], rng),
-            "snr_db": mix.snr_db, "level_db": mix.level_db, "clip_scale": mix.clip_scale,
-            "speech_key": speech["key"], "sound_key": sound["key"],
-        }
-        if self.cfg.splice.prob > 0:
-            out["speech_splice"], out["sound_splice"] = sp_foreign, so_foreign
+        out = {"speech_key": speech["key"], "sound_key": sound["key"]}
+        for role, item in (("speech", speech), ("sound", sound)):
+            self._audio(out, role, item, rng)
+            self._image(out, role, item["image"], rng)
+        out["snr_db"], out["level_db"] = draw_levels(rng, self.cfg.mix)
         return out
 
 
 _STRING_FIELDS = ("speech_key", "sound_key")
+_PREFETCH = 4  # batches each worker may have ready ahead of the consumer
 
 
-def collate(items: list[dict]) -> dict:
+class Arena:
+    """One batch's bulk data in a single uint8 buffer: the clips and the image crops.
+
+    One buffer means one shared-memory handle to pass per batch (each separate tensor would cost
+    a file-descriptor transfer), and one host-to-device copy. Byte 0 is the release flag that
+    ``release`` sets once the consumer is done with it; ``layout`` maps a field to its
+    ``(offset, dtype, shape)`` so the consumer can view the fields again.
+    """
+
+    HEADER = 64  # the release flag, padded so that every field stays 64-byte aligned
+
+    def __init__(self, buffer: torch.Tensor):
+        self.buffer, self.end, self.layout = buffer, self.HEADER, {}
+        buffer[0] = 0
+
+    def place(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A view for ``name`` at the end of the used part, or None when it does not fit."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self.end + nbytes > self.buffer.numel():
+            return None
+        view = self.buffer[self.end : self.end + nbytes].view(dtype).view(shape)
+        self.layout[name] = (self.end, str(dtype).removeprefix("torch."), shape)
+        self.end += -(-nbytes // 64) * 64
+        return view
+
+
+class ArenaPool:
+    """A worker's arenas, reused once the consumer has released them.
+
+    A fresh shared-memory buffer costs more than filling it: the kernel zeroes its pages and the
+    worker faults them in again, about a fifth of the time it takes to decode the clips it holds.
+    ``TrainLoader`` releases a batch once ``finish_batch`` is done with it; a consumer that keeps
+    raw batches never releases, and the pool then allocates, so a buffer in use is never
+    overwritten.
+    """
+
+    def __init__(self, slots: int, shared: bool):
+        self.shared = shared
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.busy = [False] * slots
+        self.hint = 0  # bytes the last batch needed: new buffers start that large
+
+    def _new(self, nbytes: int) -> torch.Tensor:
+        if not self.shared:
+            return torch.empty(nbytes, dtype=torch.uint8)
+        storage = torch.UntypedStorage._new_shared(nbytes)
+        return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+    def take(self, nbytes: int) -> Arena:
+        """An arena of at least ``nbytes`` (the header included)."""
+        nbytes = max(nbytes, self.hint)
+        for i, buf in enumerate(self.buffers):
+            if self.busy[i] and buf is not None and buf[0]:
+                self.busy[i] = False  # released by the consumer
+        for i, buf in enumerate(self.buffers):
+            if not self.busy[i]:
+                if buf is None or buf.numel() < nbytes:
+                    buf = self.buffers[i] = self._new(nbytes)
+                self.busy[i] = True
+                return Arena(buf)
+        return Arena(self._new(nbytes))
+
+    def grow(self, arena: Arena, nbytes: int) -> Arena:
+        """A larger arena holding what ``arena`` holds (image crops vary in size); its slot keeps
+        the larger buffer, with headroom, for later batches."""
+        bigger = self._new(nbytes + nbytes // 4)
+        bigger[: arena.end] = arena.buffer[: arena.end]
+        for i, buf in enumerate(self.buffers):
+            if buf is not None and buf.data_ptr() == arena.buffer.data_ptr():
+                self.buffers[i] = bigger
+        grown = Arena(bigger)
+        grown.end, grown.layout = arena.end, arena.layout
+        return grown
+
+
+def release(batch: dict):
+    """Hand a raw batch's arena back to the worker that filled it."""
+    if "arena" in batch:
+        batch["arena"][0] = 1
+
+
+def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
+    """Stack per-item draws into a worker batch.
+
+    ``arena`` already holds each role's int16 ``[size, L]`` clips (decoded in place; rows past
+    the items are unused). Image crops (``*_pixels``, RGBX uint8 ``[h, w, 4]`` of varying sizes)
+    are packed back to back after them, with their ``[B, 2]`` shapes under ``*_pixels_hw``.
+    Small fields stay numpy: they travel pickled inline, where every torch tensor would get a
+    shared-memory segment of its own.
+    """
     batch = {}
+    pixels = {}
     for name in items[0]:
         values = [it[name] for it in items]
         if name in _STRING_FIELDS:
             batch[name] = values
-        elif isinstance(values[0], torch.Tensor):
-            batch[name] = torch.stack(values)
-        elif isinstance(values[0], np.ndarray):
-            batch[name] = torch.from_numpy(np.stack(values))
+        elif name.endswith("_pixels"):
+            pixels[name] = values
+            batch[f"{name}_hw"] = np.array([v.shape[:2] for v in values])
         else:
-            batch[name] = torch.tensor(values, dtype=torch.float32)
+            batch[name] = np.stack(values) if isinstance(values[0], np.ndarray) else np.array(values)
+    need = arena.end + sum(64 + int(batch[f"{n}_hw"].prod(1).sum()) * 4 for n in pixels)
+    pool.hint = max(pool.hint, need)
+    if need > arena.buffer.numel():
+        arena = pool.grow(arena, need)
+    for name, values in pixels.items():
+        flat = arena.place(name, torch.uint8, (int(batch[f"{name}_hw"].prod(1).sum()) * 4,)).numpy()
+        offset = 0
+        for v in values:
+            flat[offset : offset + v.size].reshape(v.shape)[...] = v
+            offset += v.size
+    batch["arena"], batch["layout"] = arena.buffer, arena.layout
     return batch
+
+
+def unpack(batch: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The fields of a batch's arena, on ``device`` (one copy of the used part)."""
+    end = max(off + math.prod(shape) * getattr(torch, dtype).itemsize for off, dtype, shape in batch["layout"].values())
+    data = batch["arena"][:end].to(device, non_blocking=True)
+    return {name: data[off : off + math.prod(shape) * getattr(torch, dtype).itemsize].view(getattr(torch, dtype)).view(shape)
+            for name, (off, dtype, shape) in batch["layout"].items()}
+
+
+def unpack_images(flat: torch.Tensor, hw: torch.Tensor) -> list[torch.Tensor]:
+    """The ``[h, w, 4]`` (RGBX) views of images packed by ``collate``."""
+    hw = np.asarray(hw).tolist()
+    return [part.view(h, w, 4) for part, (h, w) in zip(flat.split([h * w * 4 for h, w in hw]), hw)]
+
+
+def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu") -> dict:
+    """A worker's batch of decoded data and draws -> the training batch, computed on ``device``.
+
+    Returns per role (``speech``, ``sound``) the ImageNet-normalized image ``[B, 3, S, S]``, the
+    stem as it sits in the mixture ``[B, L]`` (float32) and its mask of real samples; ``mix_audio``
+    and ``mix_mask``; the drawn ``snr_db``, ``level_db`` and the peak guard's ``clip_scale``; the
+    keys; ``*_splice`` foreign-sample masks when splicing is on.
+    """
+    out = {k: raw[k] for k in _STRING_FIELDS}
+
+    bulk = unpack(raw, device)
+
+    def tensor(name: str) -> torch.Tensor:
+        return torch.as_tensor(raw[name]).to(device, non_blocking=True)
+
+    audio, masks = {}, {}
+    for role in ("speech", "sound"):
+        pcm = bulk[f"{role}_audio"][: len(raw["speech_key"])]
+        audio[role] = pcm.float().mul_(1 / fmt.PCM_SCALE)
+        mask = prefix_mask(tensor(f"{role}_valid"), pcm.shape[1])
+        if f"{role}_span" in raw:
+            mask &= ~span_mask(tensor(f"{role}_span"), pcm.shape[1])
+        masks[role] = mask
+        crops = unpack_images(bulk[f"{role}_pixels"], raw[f"{role}_pixels_hw"])
+        out[f"{role}_image"] = augment_batch(crops, raw[f"{role}_flip"], raw[f"{role}_jitter"], cfg.image_size)
+        if f"{role}_splice" in raw:
+            out[f"{role}_splice"] = tensor(f"{role}_splice")
+    mix = mix_batch(audio["speech"], audio["sound"], masks["speech"], masks["sound"],
+                    tensor("snr_db"), tensor("level_db"), cfg.mix)
+    out.update(speech_audio=mix.speech, sound_audio=mix.sound, mix_audio=mix.mixture,
+               speech_mask=masks["speech"], sound_mask=masks["sound"], mix_mask=masks["speech"] | masks["sound"],
+               snr_db=mix.snr_db, level_db=mix.level_db, clip_scale=mix.clip_scale)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,13 +564,24 @@ class MixedStream(torch.utils.data.IterableDataset):
                 next(sound_raw)
                 index += 1
         draft = None if cfg.train else cfg.image_size
-        speech = decode_samples(speech_raw, skip, "speech", cfg.clip_samples, draft)
-        sound = decode_samples(sound_raw, skip, "sound", cfg.clip_samples, draft)
-        augment = _Augmenter(cfg, seed_from(*base, "augment"))
+        # Clips are decoded straight into the batch's audio buffers (shared memory in a worker):
+        # row len(items) of the batch being assembled. `audio` and `items` are rebound per batch;
+        # the lambdas read the current ones when they are called, at decode time.
+        pool = ArenaPool(_PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None)
+        audio: dict[str, torch.Tensor] = {}
+        items: list[dict] = []
+        speech = decode_samples(speech_raw, skip, "speech", cfg.clip_samples, draft,
+                                into=lambda: audio["speech"][len(items)].numpy())
+        sound = decode_samples(sound_raw, skip, "sound", cfg.clip_samples, draft,
+                               into=lambda: audio["sound"][len(items)].numpy())
+        draws = _ItemDraws(cfg, seed_from(*base, "augment"))
         for size in sizes[skipped:]:
+            arena = pool.take(Arena.HEADER + 2 * (size * cfg.clip_samples * 2 + 64))
+            audio = {role: arena.place(f"{role}_audio", torch.int16, (size, cfg.clip_samples))
+                     for role in ("speech", "sound")}
             items = []
             for sp in speech:
-                items.append(augment(index, sp, next(sound)))
+                items.append(draws(index, sp, next(sound)))
                 index += 1
                 if len(items) == size:
                     break
@@ -408,7 +589,9 @@ class MixedStream(torch.utils.data.IterableDataset):
                 # The speech stream ended early because samples were skipped. An empty batch keeps
                 # this rank's batch count equal to its peers' (a missing one would hang them).
                 log.warning("%s: speech ran out early after skipped samples; yielding an empty batch", skip.where)
-            batch = collate(items) if items else {}
+            if not items:
+                arena.buffer[0] = 1  # unused: back to the pool
+            batch = collate(items, arena, pool) if items else {}
             batch["worker_stats"] = {"slot": slot, "skipped": dict(skip.by_reason),
                                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             yield batch
@@ -442,10 +625,14 @@ class TrainLoader:
     def __iter__(self):
         return self.iterate()
 
-    def iterate(self, skip: int = 0):
-        """This epoch's batches, starting after the first ``skip`` (used to resume mid-epoch)."""
+    def iterate(self, skip: int = 0, device: torch.device | str = "cpu"):
+        """This epoch's batches, starting after the first ``skip`` (used to resume mid-epoch).
+
+        Workers hand over decoded data and draws; ``finish_batch`` then crops, jitters and mixes
+        the whole batch on ``device`` (pass the training device: this is dense arithmetic).
+        """
         self.dataset.skip_batches = skip
-        kwargs = {"prefetch_factor": 4} if self.cfg.num_workers > 0 else {}
+        kwargs = {"prefetch_factor": _PREFETCH} if self.cfg.num_workers > 0 else {}
         # its own generator: creating workers must not consume the global torch RNG (exact resume)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
                                              generator=torch.Generator(), **kwargs)
@@ -453,9 +640,9 @@ class TrainLoader:
             stats = batch.pop("worker_stats")
             self.skipped_by_slot[stats["slot"]] = stats["skipped"]
             self.peak_rss_mb[stats["slot"]] = stats["peak_rss_mb"]
-            if "speech_audio" in batch:
-                # The mixture is exactly the sum of the stems the worker scaled; forming it here
-                # instead of in the worker saves a third of the audio copied between processes.
-                batch["mix_audio"] = batch["speech_audio"] + batch["sound_audio"]
-                batch["mix_mask"] = batch["speech_mask"] | batch["sound_mask"]
-            yield batch
+            if "speech_key" not in batch:
+                yield batch  # empty: see MixedStream
+                continue
+            finished = finish_batch(batch, self.cfg, device)
+            release(batch)  # nothing finished refers to the worker's buffers
+            yield finished

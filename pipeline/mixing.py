@@ -1,4 +1,4 @@
-"""Speech + sound mixing at read time, and the audio augmentations that go with it.
+"""Speech + sound mixing, and the audio augmentations that go with it.
 
 The mixer follows the DNS-Challenge recipe: each source is RMS-normalized over its *active* part,
 the speech-to-sound ratio is drawn uniformly in dB, the stems are summed, an output level is drawn,
@@ -6,8 +6,10 @@ and if the peak would exceed ``peak_limit`` the mixture *and both stems* are sca
 factor, so ``speech_stem + sound_stem == mixture`` always holds (torchaudio's ``add_noise`` has no
 such guard). Everything drawn is returned, so a batch records how it was made.
 
-All functions take an explicit ``np.random.Generator``: the loader derives one per
-(seed, epoch, rank, worker), which makes batches reproducible and workers independent.
+Drawing and arithmetic are split: ``draw_levels`` takes an explicit ``np.random.Generator`` (the
+loader draws per item in its workers, which makes batches reproducible and workers independent);
+``mix_batch`` is batched torch arithmetic that runs wherever the batch is, the training device
+included, so the loader workers only decode. ``mix_pair`` mixes one numpy pair (evaluation).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pipeline.format import SAMPLE_RATE
 
@@ -33,33 +36,96 @@ class MixConfig:
 
 @dataclass
 class Mix:
-    mixture: np.ndarray
-    speech: np.ndarray  # the speech stem as it sits in the mixture
-    sound: np.ndarray  # the sound stem as it sits in the mixture
-    snr_db: float  # drawn speech-to-sound ratio (= realized, measured with active_rms)
-    level_db: float  # drawn output level
-    clip_scale: float  # extra factor applied to keep the peak under the limit (1.0 = none)
+    mixture: np.ndarray | torch.Tensor
+    speech: np.ndarray | torch.Tensor  # the speech stem as it sits in the mixture
+    sound: np.ndarray | torch.Tensor  # the sound stem as it sits in the mixture
+    snr_db: float | torch.Tensor  # drawn speech-to-sound ratio (= realized, measured with active_rms)
+    level_db: float | torch.Tensor  # drawn output level
+    clip_scale: float | torch.Tensor  # extra factor applied to keep the peak under the limit (1.0 = none)
 
 
-def active_rms(audio: np.ndarray, valid: int | None = None) -> float:
-    """RMS over the active frames of the first ``valid`` samples.
+def prefix_mask(valid: torch.Tensor, samples: int) -> torch.Tensor:
+    """[B] counts of real samples -> [B, samples] bool mask of the real (unpadded) samples."""
+    return torch.arange(samples, device=valid.device) < valid.reshape(-1, 1)
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """[B, N] -> [B, F, 400], zero-padding a last partial frame."""
+    pad = (-x.shape[-1]) % _FRAME
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(x.shape[0], -1, _FRAME)
+
+
+def _frame_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Real samples in every frame, [B, F] (a short last frame or one cut by a masked span counts
+    with its real length)."""
+    return _frames(mask).sum(-1, dtype=torch.int32).float()
+
+
+def _rms_of_frames(power: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Active RMS from per-frame sums of squares and real lengths ([B, F] each)."""
+    energy = power / length.clamp(min=1)
+    floor = energy.amax(-1, keepdim=True) * 10 ** (-_ACTIVE_BELOW_PEAK_DB / 10)
+    active = (length > 0) & (energy >= floor) & (energy > 0)
+    return ((power * active).sum(-1) / (length * active).sum(-1).clamp(min=1)).sqrt()
+
+
+def active_rms(audio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS over the active 25 ms frames of the real samples: ``[B, N]`` (and mask) -> ``[B]``.
 
     Padding and pauses would otherwise pull the RMS down and make short or sparse clips too loud
     after normalization. A frame is active when its energy is within 40 dB of the loudest frame.
+    Silent clips give 0.
     """
-    x = np.asarray(audio[: len(audio) if valid is None else valid], dtype=np.float32)
-    full = x.size // _FRAME
-    frames = x[: full * _FRAME].reshape(full, _FRAME)
-    energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / _FRAME
-    lengths = np.full(full, float(_FRAME))
-    if x.size > full * _FRAME:  # a short last frame counts with its real length
-        tail = x[full * _FRAME :].astype(np.float64)
-        energy = np.append(energy, (tail * tail).mean())
-        lengths = np.append(lengths, float(tail.size))
-    if energy.size == 0 or energy.max() <= 0:
-        return 0.0
-    active = energy >= energy.max() * 10 ** (-_ACTIVE_BELOW_PEAK_DB / 10)
-    return float(np.sqrt((energy[active] * lengths[active]).sum() / lengths[active].sum()))
+    x = audio.float()
+    mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
+    frames = _frames(x * mask)
+    return _rms_of_frames(torch.linalg.vecdot(frames, frames), _frame_lengths(mask))
+
+
+def draw_levels(rng: np.random.Generator, cfg: MixConfig) -> tuple[float, float]:
+    """The per-item draws of a mixture: (speech-to-sound ratio, output level) in dB."""
+    return float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.level_db))
+
+
+def mix_batch(speech: torch.Tensor, sound: torch.Tensor, speech_mask: torch.Tensor, sound_mask: torch.Tensor,
+              snr_db: torch.Tensor, level_db: torch.Tensor, cfg: MixConfig = MixConfig()) -> Mix:
+    """Mix ``[B, N]`` float32 speech and sound with drawn ``[B]`` ratios and levels.
+
+    Each clip must be silent outside its mask (``decode_samples`` and ``mix_pair`` make sure).
+    The mixture's activity is measured from per-frame sums of the sources (``|g s + h n|^2 =
+    g^2 s.s + h^2 n.n + 2gh s.n`` per frame), so the whole mix is three dot-product passes and a
+    handful of scaling passes, with no host synchronisation: it runs as well on the training
+    device as on a CPU.
+    """
+    if speech.shape != sound.shape:
+        raise ValueError(f"speech {tuple(speech.shape)} and sound {tuple(sound.shape)} must have the same shape")
+    snr = snr_db.to(speech.device, torch.float32)
+    level = level_db.to(speech.device, torch.float32)
+    s, n = _frames(speech), _frames(sound)
+    p_s, p_n, p_sn = torch.linalg.vecdot(s, s), torch.linalg.vecdot(n, n), torch.linalg.vecdot(s, n)
+    s_rms = _rms_of_frames(p_s, _frame_lengths(speech_mask))
+    n_rms = _rms_of_frames(p_n, _frame_lengths(sound_mask))
+
+    def gain_to(target: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
+        # a silent source is never amplified (no division by ~0)
+        return torch.where(rms >= _SILENT_RMS, target / rms.clamp(min=_SILENT_RMS), torch.ones_like(rms))
+
+    source_level = torch.full_like(snr, 10 ** (cfg.source_level_db / 20))
+    g_s, g_n = gain_to(source_level, s_rms), gain_to(source_level, n_rms)
+    both = (s_rms >= _SILENT_RMS) & (n_rms >= _SILENT_RMS)  # the ratio needs two real sources
+    g_n = torch.where(both, g_n * 10 ** (-snr / 20), g_n)
+    gs, gn = g_s[:, None], g_n[:, None]
+    p_mix = (gs * gs * p_s + gn * gn * p_n + 2 * gs * gn * p_sn).clamp(min=0)
+    gain = gain_to(10 ** (level / 20), _rms_of_frames(p_mix, _frame_lengths(speech_mask | sound_mask)))
+    speech_stem, sound_stem = speech * (g_s * gain)[:, None], sound * (g_n * gain)[:, None]
+    peak = (speech_stem + sound_stem).abs().amax(-1)
+    clip_scale = torch.where(peak > cfg.peak_limit, cfg.peak_limit / peak.clamp(min=1e-12), torch.ones_like(peak))
+    speech_stem.mul_(clip_scale[:, None])
+    sound_stem.mul_(clip_scale[:, None])
+    # summed in float32 after the last scaling, so the stems add up to the mixture exactly
+    return Mix(speech_stem + sound_stem, speech_stem, sound_stem, snr, level, clip_scale)
 
 
 def mix_pair(
@@ -72,42 +138,18 @@ def mix_pair(
     snr_db: float | None = None,
     level_db: float | None = None,
 ) -> Mix:
-    """Mix one speech and one sound clip of equal length. ``snr_db``/``level_db`` override the draw.
-
-    All gains are folded into one scalar per stem, so the work is a handful of vector operations
-    (this runs once per training item in the loader workers).
-    """
-    if speech.shape != sound.shape:
-        raise ValueError(f"speech {speech.shape} and sound {sound.shape} must have the same shape")
-    speech = np.asarray(speech, dtype=np.float32)
-    sound = np.asarray(sound, dtype=np.float32)
-    speech_valid = len(speech) if speech_valid is None else speech_valid
-    sound_valid = len(sound) if sound_valid is None else sound_valid
+    """Mix one speech and one sound clip of equal length (numpy in and out); the first
+    ``speech_valid``/``sound_valid`` samples are real. ``snr_db``/``level_db`` override the draw."""
+    if np.shape(speech) != np.shape(sound):
+        raise ValueError(f"speech {np.shape(speech)} and sound {np.shape(sound)} must have the same shape")
     snr = float(rng.uniform(*cfg.snr_db)) if snr_db is None else float(snr_db)
     level = float(rng.uniform(*cfg.level_db)) if level_db is None else float(level_db)
-
-    source_level = 10 ** (cfg.source_level_db / 20)
-    s_rms, n_rms = active_rms(speech, speech_valid), active_rms(sound, sound_valid)
-    # a silent source is never amplified (no division by ~0); the ratio needs two real sources
-    g_s = source_level / s_rms if s_rms >= _SILENT_RMS else 1.0
-    g_n = source_level / n_rms if n_rms >= _SILENT_RMS else 1.0
-    if s_rms >= _SILENT_RMS and n_rms >= _SILENT_RMS:
-        g_n *= 10 ** (-snr / 20)
-    mixture = speech * np.float32(g_s) + sound * np.float32(g_n)
-    mix_rms = active_rms(mixture, max(speech_valid, sound_valid))
-    gain = 10 ** (level / 20) / mix_rms if mix_rms >= _SILENT_RMS else 1.0
-    peak = float(np.abs(mixture).max()) * gain
-    clip_scale = cfg.peak_limit / peak if peak > cfg.peak_limit else 1.0
-    speech_stem = speech * np.float32(g_s * gain * clip_scale)
-    sound_stem = sound * np.float32(g_n * gain * clip_scale)
-    return Mix(
-        mixture=speech_stem + sound_stem,  # summed in float32 so the stems add up exactly
-        speech=speech_stem,
-        sound=sound_stem,
-        snr_db=snr,
-        level_db=level,
-        clip_scale=float(clip_scale),
-    )
+    n = len(speech)
+    masks = [prefix_mask(torch.tensor([n if v is None else int(v)]), n) for v in (speech_valid, sound_valid)]
+    sp, so = (torch.tensor(np.asarray(x, dtype=np.float32)).reshape(1, n) * m for x, m in zip((speech, sound), masks))
+    mix = mix_batch(sp, so, *masks, torch.tensor([snr]), torch.tensor([level]), cfg)
+    return Mix(mix.mixture[0].numpy(), mix.speech[0].numpy(), mix.sound[0].numpy(), snr, level,
+               float(mix.clip_scale[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,20 +202,22 @@ class MaskConfig:
     max_fraction: float = 0.3
 
 
-def mask_span(
-    audio: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: MaskConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    valid = int(mask.sum())
-    if cfg.prob <= 0 or valid == 0 or rng.random() >= cfg.prob:
-        return audio, mask
+def draw_masked_span(valid: int, rng: np.random.Generator, cfg: MaskConfig) -> tuple[int, int]:
+    """``(start, length)`` of a span of the first ``valid`` samples to silence and mark invalid;
+    ``(0, 0)`` for none. Applied with ``span_mask`` wherever the batch is."""
+    if cfg.prob <= 0 or valid <= 0 or rng.random() >= cfg.prob:
+        return 0, 0
     span = int(rng.uniform(0, cfg.max_fraction) * valid)
     if span == 0:
-        return audio, mask
-    start = int(rng.integers(0, valid - span + 1))
-    audio, mask = audio.copy(), mask.copy()
-    audio[start : start + span] = 0.0
-    mask[start : start + span] = False
-    return audio, mask
+        return 0, 0
+    return int(rng.integers(0, valid - span + 1)), span
+
+
+def span_mask(spans: torch.Tensor, samples: int) -> torch.Tensor:
+    """[B, 2] (start, length) -> [B, samples] bool, True inside the span."""
+    t = torch.arange(samples, device=spans.device)
+    start, length = spans[:, :1], spans[:, 1:]
+    return (t >= start) & (t < start + length)
 
 
 # ---------------------------------------------------------------------------------------------

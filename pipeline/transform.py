@@ -1,7 +1,10 @@
 """Image transforms: DenseAV's training augmentation and the evaluation resize + centre crop.
 
-Written on PIL + numpy (no torchvision dependency) with an explicit ``np.random.Generator`` so the
-loader's per-worker seeds make augmentation reproducible.
+Training augmentation is split in two: ``draw_train_augment`` makes every random choice for one
+image (crop box, flip, colour jitter) with an explicit ``np.random.Generator``, which keeps the
+loader's per-item seeds reproducible; ``augment_batch`` applies a batch of such draws with torch
+wherever the batch is, the training device included, so loader workers only decode. Evaluation
+images are resized and centre-cropped with PIL, which can shrink JPEGs while decoding.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageStat
+import torch.nn.functional as F
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,57 +80,124 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, 
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
-def color_jitter_matrix(rng: np.random.Generator, cfg: AugmentConfig, mean_rgb: np.ndarray):
-    """ColorJitter + RandomGrayscale as one affine colour map ``x -> A x + b`` (A 3x3, b 3).
+NO_JITTER = np.array([0, 1, 2, 3, 1, 1, 1, 0, 0], dtype=np.float32)
 
-    Brightness, contrast, saturation and hue are all affine in RGB, so torchvision's four jitters
-    in random order compose into a single matrix, applied in one pass by PIL (about 10x cheaper
-    than four separate image operations). Two documented differences from torchvision: values are
-    clamped once at the end rather than after each step, and the hue shift is a rotation of the
-    chroma plane in YIQ space rather than a shift in HSV.
-    """
-    A, b = np.eye(3), np.zeros(3)
+
+def draw_color_jitter(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """ColorJitter + RandomGrayscale draws for one image, 9 numbers: the order of the four jitters
+    (0 brightness, 1 contrast, 2 saturation, 3 hue), the brightness, contrast and saturation
+    factors, the hue shift in turns, and 1 for greyscale."""
+    draws = NO_JITTER.copy()
     j = cfg.jitter
     if j > 0 and rng.random() < cfg.jitter_prob:
-        for op in rng.permutation(4):
-            if op == 0:  # brightness: scale
-                f = rng.uniform(1 - j, 1 + j)
-                A, b = f * A, f * b
-            elif op == 1:  # contrast: blend with the mean grey level of the current image
-                f = rng.uniform(1 - j, 1 + j)
-                grey = _LUMA @ (A @ mean_rgb + b)
-                A, b = f * A, f * b + (1 - f) * grey
-            elif op == 2:  # saturation: blend with the per-pixel grey level
-                f = rng.uniform(1 - j, 1 + j)
-                S = f * np.eye(3) + (1 - f) * np.outer(np.ones(3), _LUMA)
-                A, b = S @ A, S @ b
-            else:  # hue: rotate the chroma (I, Q) plane
-                theta = 2 * np.pi * rng.uniform(-j, j)
-                c, s = np.cos(theta), np.sin(theta)
-                H = _YIQ_TO_RGB @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ _RGB_TO_YIQ
-                A, b = H @ A, H @ b
-    if rng.random() < cfg.grayscale_prob:
+        draws[:4] = rng.permutation(4)
+        draws[4:7] = rng.uniform(1 - j, 1 + j, 3)
+        draws[7] = rng.uniform(-j, j)
+    draws[8] = rng.random() < cfg.grayscale_prob
+    return draws
+
+
+def color_jitter_matrix(draws: np.ndarray) -> np.ndarray:
+    """The draws of ``draw_color_jitter`` as one affine colour map, ``[3, 7]`` = ``A | b0 | M``.
+
+    A pixel ``p`` of an image whose mean colour is ``m`` maps to ``A p + b0 + M m``. Brightness,
+    contrast, saturation and hue are all affine in RGB, so torchvision's four jitters in random
+    order compose into one matrix applied in one pass; contrast blends with the mean grey of the
+    image *as it is at that point*, which is affine in ``m`` and is carried by ``M``, so the
+    matrix needs no pixels. Two documented differences from torchvision: values are clamped once
+    at the end rather than after each step, and the hue shift is a rotation of the chroma plane
+    in YIQ space rather than a shift in HSV.
+    """
+    A, b0, M = np.eye(3), np.zeros(3), np.zeros((3, 3))
+    brightness, contrast, saturation, hue = (float(v) for v in draws[4:8])
+    for op in draws[:4].astype(int):
+        if op == 0 and brightness != 1:  # brightness: scale
+            A, b0, M = brightness * A, brightness * b0, brightness * M
+        elif op == 1 and contrast != 1:  # contrast: blend with the mean grey level of the current image
+            f = contrast
+            grey_of_mean = _LUMA @ (A + M)  # current mean grey = grey_of_mean . m + LUMA . b0
+            A, b0, M = f * A, f * b0 + (1 - f) * (_LUMA @ b0), f * M + (1 - f) * np.outer(np.ones(3), grey_of_mean)
+        elif op == 2 and saturation != 1:  # saturation: blend with the per-pixel grey level
+            S = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _LUMA)
+            A, b0, M = S @ A, S @ b0, S @ M
+        elif op == 3 and hue != 0:  # hue: rotate the chroma (I, Q) plane
+            c, s = np.cos(2 * np.pi * hue), np.sin(2 * np.pi * hue)
+            H = _YIQ_TO_RGB @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ _RGB_TO_YIQ
+            A, b0, M = H @ A, H @ b0, H @ M
+    if draws[8]:
         G = np.outer(np.ones(3), _LUMA)
-        A, b = G @ A, G @ b
-    return A, b
+        A, b0, M = G @ A, G @ b0, G @ M
+    return np.hstack([A, b0[:, None], M]).astype(np.float32)
 
 
-def apply_color_matrix(image: Image.Image, A: np.ndarray, b: np.ndarray) -> Image.Image:
-    if not b.any() and (A == np.eye(3)).all():
-        return image
-    return image.convert("RGB", tuple(float(v) for v in np.hstack([A, b[:, None]]).ravel()))
+@dataclass
+class TrainDraw:
+    """The random choices of DenseAV's training augmentation for one image."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height of the crop in the stored image
+    flip: bool
+    jitter: np.ndarray  # [9], see draw_color_jitter
+
+
+def draw_train_augment(width: int, height: int, rng: np.random.Generator,
+                       cfg: AugmentConfig = AugmentConfig()) -> TrainDraw:
+    """RandomResizedCrop box, horizontal flip, ColorJitter + RandomGrayscale for one image."""
+    box = _random_resized_box(width, height, rng, cfg)
+    flip = bool(rng.random() < cfg.flip_prob)
+    return TrainDraw(box, flip, draw_color_jitter(rng, cfg))
+
+
+def rgbx_pixels(image: Image.Image) -> np.ndarray:
+    """``[H, W, 4]`` uint8 pixels of an RGB image (the 4th byte is padding), without a copy where
+    Pillow exports its buffer (Arrow, Pillow >= 11.2): PIL keeps RGB as 4 bytes per pixel, and
+    copying out just a crop of that is several times cheaper than ``np.asarray`` of the image."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if hasattr(image, "__arrow_c_array__"):
+        import pyarrow as pa  # a project dependency; imported here to keep `import` light
+
+        flat = pa.array(image).values.to_numpy(zero_copy_only=True)
+        return flat.reshape(image.size[1], image.size[0], 4)
+    return np.asarray(image.convert("RGBX"))
+
+
+def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch.Tensor:
+    """Finish training draws: crops (uint8 ``[h, w, 4]`` RGBX each, already cut to the drawn box)
+    -> ImageNet-normalized float32 ``[B, 3, size, size]`` on the crops' device.
+
+    ``flips`` ``[B]``, ``jitters`` ``[B, 9]`` (host arrays). Each crop is resized with
+    antialiased bilinear filtering, as PIL does (on the CPU in uint8: torch's fast path for
+    channels-last 4-channel images). The colour map, the clamp to 0-255 and the normalization
+    are one batched matrix product and one clamp.
+    """
+    resized = []
+    for crop, flip in zip(crops, np.asarray(flips).tolist()):
+        x = crop.permute(2, 0, 1).unsqueeze(0)  # a channels-last view
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x if x.device.type == "cpu" else x.float(), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        x = x[:, :3]
+        resized.append(x.flip(-1) if flip else x)
+    x = torch.cat(resized).float().reshape(len(resized), 3, size * size)
+    colors = torch.from_numpy(np.stack([color_jitter_matrix(j) for j in np.asarray(jitters)])).to(x.device)
+    A, b0, M = colors[..., :3], colors[..., 3], colors[..., 4:]
+    b = b0 + torch.einsum("bij,bj->bi", M, x.mean(-1))
+    mean, std = (torch.tensor(v, device=x.device) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    # normalize(clamp(A x + b, 0, 255)) = clamp(A' x + b', lo, hi), channel by channel
+    y = torch.baddbmm(((b - mean) / std)[..., None], A / std[:, None], x)
+    torch.maximum(y, (-mean / std)[:, None], out=y)  # (tensor bounds: clamp's are slower)
+    torch.minimum(y, ((255 - mean) / std)[:, None], out=y)
+    return y.reshape(len(resized), 3, size, size)
 
 
 def train_image(image: Image.Image, size: int, rng: np.random.Generator,
-                cfg: AugmentConfig = AugmentConfig()) -> Image.Image:
-    """RandomResizedCrop + horizontal flip + ColorJitter + RandomGrayscale (DenseAV's recipe)."""
-    image = image.convert("RGB")
-    x, y, cw, ch = _random_resized_box(*image.size, rng, cfg)
-    image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
-    if rng.random() < cfg.flip_prob:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    mean_rgb = np.array(ImageStat.Stat(image.reduce(4)).mean)  # the mean grey of a 4x smaller copy is plenty
-    return apply_color_matrix(image, *color_jitter_matrix(rng, cfg, mean_rgb))
+                cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+    """One image through DenseAV's training recipe -> ImageNet-normalized float32 ``[3, size, size]``."""
+    pixels = rgbx_pixels(image)
+    draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, cfg)
+    x, y, w, h = draw.box
+    crop = torch.from_numpy(pixels[y : y + h, x : x + w].copy())
+    return augment_batch([crop], [draw.flip], draw.jitter[None], size)[0]
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:

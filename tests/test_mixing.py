@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
 
+import torch
+
 from pipeline.mixing import (
-    MaskConfig, MixConfig, OffscreenMixer, SpliceConfig, active_rms, mask_span, mix_pair, splice_negative,
+    MaskConfig, MixConfig, OffscreenMixer, SpliceConfig, draw_masked_span, mix_batch, mix_pair, prefix_mask,
+    span_mask, splice_negative,
 )
+from pipeline.mixing import active_rms as _active_rms
+
+
+def active_rms(x: np.ndarray, valid: int | None = None) -> float:
+    """The batched active RMS of one numpy clip (its first ``valid`` samples)."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
+    mask = prefix_mask(torch.tensor([t.shape[1] if valid is None else valid]), t.shape[1])
+    return float(_active_rms(t, mask)[0])
 
 SR = 16_000
 
@@ -89,13 +100,49 @@ def test_splice_marks_foreign_samples():
     assert same is audio and not none.any()
 
 
-def test_mask_span_zeroes_and_unmasks():
+def test_masked_span_draw_and_mask():
     rng = np.random.default_rng(0)
-    audio = np.ones(SR, dtype=np.float32)
-    mask = np.ones(SR, dtype=bool)
-    out, m = mask_span(audio, mask, rng, MaskConfig(prob=1.0, max_fraction=0.5))
-    assert (~m).sum() > 0 and np.all(out[~m] == 0) and np.all(out[m] == 1)
-    assert mask.all() and audio.all(), "inputs untouched"
+    start, length = draw_masked_span(SR, rng, MaskConfig(prob=1.0, max_fraction=0.5))
+    assert 0 < length <= SR // 2 and 0 <= start and start + length <= SR
+    assert draw_masked_span(SR, rng, MaskConfig(prob=0.0)) == (0, 0)
+    m = span_mask(torch.tensor([[start, length], [0, 0]]), SR)
+    assert int(m[0].sum()) == length and bool(m[0, start]) and not m[1].any()
+
+
+def test_active_rms_ignores_padding_pauses_and_masked_spans():
+    rng = np.random.default_rng(1)
+    n = 2 * SR
+    tone = (0.5 * np.sin(2 * np.pi * 200 * np.arange(n) / SR)).astype(np.float32)
+    ref = float(np.sqrt((tone[:SR] ** 2).mean()))
+    paused = tone.copy()
+    paused[SR // 2 : SR] = 0  # a pause inside the real audio
+    x = torch.from_numpy(np.stack([tone, paused]))
+    x[:, SR:] = 0  # one second of padding
+    valid = prefix_mask(torch.tensor([SR, SR]), n)
+    np.testing.assert_allclose(_active_rms(x, valid).numpy(), ref, rtol=1e-3)
+    # a masked span counts as absent, whatever it holds
+    noisy = x.clone()
+    noisy[:, 1000:9000] = torch.from_numpy(rng.standard_normal(8000).astype(np.float32))
+    hole = valid & ~span_mask(torch.tensor([[1000, 8000]] * 2), n)
+    np.testing.assert_allclose(_active_rms(noisy * hole, hole).numpy(), ref, rtol=1e-2)
+    assert float(_active_rms(torch.zeros(1, n))[0]) == 0.0
+
+
+def test_mix_batch_equals_mix_pair_item_by_item():
+    rng = np.random.default_rng(4)
+    n, b = SR, 5
+    valid = rng.integers(SR // 4, n, (2, b))
+    speech = np.stack([_speechlike(rng, n, v) for v in valid[0]])
+    sound = np.stack([_noise(rng, n, v, scale=float(rng.uniform(0.05, 2))) for v in valid[1]])
+    snr, level = rng.uniform(-5, 5, b), rng.uniform(-30, -5, b)
+    masks = [prefix_mask(torch.from_numpy(v), n) for v in valid]
+    batch = mix_batch(torch.from_numpy(speech), torch.from_numpy(sound), *masks,
+                      torch.from_numpy(snr), torch.from_numpy(level))
+    for i in range(b):
+        one = mix_pair(speech[i], sound[i], rng, MixConfig(), int(valid[0, i]), int(valid[1, i]),
+                       snr_db=snr[i], level_db=level[i])
+        np.testing.assert_allclose(batch.mixture[i].numpy(), one.mixture, atol=1e-6)
+        assert abs(float(batch.clip_scale[i]) - one.clip_scale) < 1e-6
 
 
 def test_offscreen_mixer_is_deterministic_and_order_free():

@@ -130,8 +130,8 @@ def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monk
     real_iterate = train.TrainLoader.iterate
     poisoned = {"every": 0}
 
-    def iterate(self, skip=0):
-        for i, batch in enumerate(real_iterate(self, skip)):
+    def iterate(self, skip=0, device="cpu"):
+        for i, batch in enumerate(real_iterate(self, skip, device)):
             if poisoned["every"] and i % poisoned["every"] == 1:
                 batch["mix_audio"] = batch["mix_audio"] * float("nan")
                 batch["sound_audio"] = batch["sound_audio"] * float("nan")
@@ -147,7 +147,8 @@ def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monk
 
     poisoned["every"] = 1
     monkeypatch.setattr(train.TrainLoader, "iterate",
-                        lambda self, skip=0: ({**b, "sound_audio": b["sound_audio"] * float("nan")} for b in real_iterate(self, skip)))
+                        lambda self, skip=0, device="cpu": ({**b, "sound_audio": b["sound_audio"] * float("nan")}
+                                                            for b in real_iterate(self, skip, device)))
     with pytest.raises(RuntimeError, match="in a row"):
         train.train(_cfg(shards, tmp_path / "nan2", steps=6, ckpt_every=0, max_bad_steps=3))
 
@@ -169,8 +170,7 @@ def _launch(n, script_args, timeout=600):
 def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path, stage):
     g = torch.Generator().manual_seed(0)
     b, n = 6, 16_000
-    batch = {name: torch.randint(0, 255, (b, 3, 112, 112), generator=g, dtype=torch.uint8)
-             for name in ("sound_image", "speech_image")}
+    batch = {name: torch.randn(b, 3, 112, 112, generator=g) for name in ("sound_image", "speech_image")}
     for name in ("sound_audio", "speech_audio"):
         batch[name] = 0.1 * torch.randn(b, n, generator=g)
     batch["mix_audio"] = batch["sound_audio"] + batch["speech_audio"]
