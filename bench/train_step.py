@@ -24,8 +24,7 @@ from model.factory import build_model
 
 def make_batch(b: int, image_size: int, clip: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    batch = {k: torch.randint(0, 256, (b, 3, image_size, image_size), generator=g, dtype=torch.uint8)
-             for k in ("sound_image", "speech_image")}
+    batch = {k: torch.randn(b, 3, image_size, image_size, generator=g) for k in ("sound_image", "speech_image")}
     for k in ("sound_audio", "speech_audio"):
         batch[k] = 0.1 * torch.randn(b, clip, generator=g)
     batch["mix_audio"] = batch["sound_audio"] + batch["speech_audio"]

@@ -191,3 +191,46 @@ def test_uncommitted_shards_are_ignored(shards, tmp_path):
     assert len(list_shards(str(speech))) == len(stats) - 1
     with pytest.raises(FileNotFoundError, match="prep shards"):
         list_shards(str(tmp_path / "nothing-here"))
+
+
+def test_splicing_and_masking_reach_the_batch(shards):
+    from pipeline.mixing import MaskConfig, SpliceConfig
+
+    root, _ = shards
+    cfg = _cfg(root, epoch_samples=16, num_workers=2, splice=SpliceConfig(prob=1.0), masking=MaskConfig(prob=1.0))
+    batches = list(TrainLoader(cfg))
+    spliced = holes = 0
+    for b in batches:
+        for role in ("speech", "sound"):
+            foreign, mask, audio = b[f"{role}_splice"], b[f"{role}_mask"], b[f"{role}_audio"]
+            assert foreign.shape == mask.shape and foreign.dtype == torch.bool
+            spliced += int(foreign.any(1).sum())
+            # a masked span is a hole inside the real audio: silent and not valid
+            real = mask.sum(1)
+            last = torch.where(mask, torch.arange(mask.shape[1]), -1).amax(1) + 1
+            holes += int((real < last).sum())
+            assert not audio[~mask].any()
+        torch.testing.assert_close(b["speech_audio"] + b["sound_audio"], b["mix_audio"], atol=1e-5, rtol=0)
+        realized = 20 * torch.log10(active_rms(b["speech_audio"], b["speech_mask"])
+                                    / active_rms(b["sound_audio"], b["sound_mask"]))
+        torch.testing.assert_close(realized, b["snr_db"], atol=0.1, rtol=0)
+    assert spliced > 0 and holes > 0
+
+
+def test_eval_mode_gives_centre_crops_of_the_stored_images(shards):
+    import webdataset as wds
+    from PIL import Image
+
+    from pipeline.transform import eval_image, to_tensor
+
+    root, _ = shards
+    stored = {}
+    for kind in ("speech", "sound"):
+        urls = [{"url": s.path} for s in list_shards(str(root / kind))]
+        for sample in wds.tarfile_to_samples()(iter(urls)):
+            stored[sample["__key__"]] = Image.open(io.BytesIO(sample["jpg"]))
+    for b in TrainLoader(_cfg(root, epoch_samples=8, num_workers=2, train=False)):
+        for role in ("speech", "sound"):
+            for i, key in enumerate(b[f"{role}_key"]):
+                expected = to_tensor(eval_image(stored[key], 32))
+                torch.testing.assert_close(b[f"{role}_image"][i], expected, atol=1e-5, rtol=0)
