@@ -36,8 +36,9 @@ def make_batch(b: int, image_size: int, clip: int, seed: int = 0) -> dict:
 
 
 def run(preset: str, batch_size: int, steps: int, warmup: int, device: str, precision: str,
-        stage: str, clip_seconds: float, checkpointing: bool) -> dict:
-    cfg = train.TrainConfig(model={"preset": preset, "pretrained": False, "gradient_checkpointing": checkpointing},
+        stage: str, clip_seconds: float, checkpointing: bool, audio_channels_last: bool = False) -> dict:
+    cfg = train.TrainConfig(model={"preset": preset, "pretrained": False, "gradient_checkpointing": checkpointing,
+                                   "audio_channels_last": audio_channels_last},
                             mixed_precision=precision)
     accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
     train.configure_backends(accelerator.device)
@@ -86,14 +87,19 @@ def main():
     ap.add_argument("--stage", default="full", choices=["warmup", "full"])
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--audio-channels-last", choices=["off", "on", "both"], default="off",
+                    help="HuBERT's conv front end in channels-last layout; both: A/B in this run")
     args = ap.parse_args()
     precision = args.precision or ("bf16" if args.device == "cuda" else "no")
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.audio_channels_last]
     for b in args.batch_size:
-        r = run(args.preset, b, args.steps, args.warmup, args.device, precision, args.stage, args.clip_seconds,
-                args.gradient_checkpointing)
-        print(f"{args.preset} stage={args.stage} B={b} {r['device']} {r['precision']}: {r['items_per_s']:.1f} items/s, "
-              f"{r['step_s'] * 1000:.0f} ms/step, peak {r['peak_gib']:.2f} GiB, "
-              f"{r['params_trainable_M']:.1f} M trainable parameters", flush=True)
+        for channels_last in variants:
+            r = run(args.preset, b, args.steps, args.warmup, args.device, precision, args.stage, args.clip_seconds,
+                    args.gradient_checkpointing, channels_last)
+            tag = " audio-channels-last" if channels_last else ""
+            print(f"{args.preset} stage={args.stage} B={b}{tag} {r['device']} {r['precision']}: {r['items_per_s']:.1f} items/s, "
+                  f"{r['step_s'] * 1000:.0f} ms/step, peak {r['peak_gib']:.2f} GiB, "
+                  f"{r['params_trainable_M']:.1f} M trainable parameters", flush=True)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ class ModelConfig:
     audio_spec_augment: bool = False
     audio_layer_norm_eps: float | None = 1e-4  # DenseAV raises HuBERT's eps for half precision
     gradient_checkpointing: bool = False
+    # HuBERT's layer-norm conv front end in channels-last layout (model.encoders.ChannelsLastFeatureEncoder):
+    # the same function without its per-layer transposes; off until measured on a GPU
+    audio_channels_last: bool = False
     # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init).
     logit_scale_init: float = 1.0
     logit_scale_min: float = 0.01

@@ -108,6 +108,41 @@ def prefix_mask(mask: torch.Tensor) -> torch.Tensor:
     return index.unsqueeze(0) <= last
 
 
+class ChannelsLastFeatureEncoder(nn.Module):
+    """HuBERT's layer-normed conv front end computed in ``[B, T, C]`` layout, same parameters.
+
+    transformers' version runs each conv in ``[B, C, T]`` and transposes to ``[B, T, C]`` and back
+    around every LayerNorm; at 16 kHz the first layers' activations are the largest tensors of
+    the model, and those transposes are copies. Here each conv runs as a 2-D convolution on a
+    channels-last tensor (cuDNN's native layout for bf16 tensor cores), whose memory already is
+    ``[B, T, C]``: LayerNorm, GELU and the encoder's final transpose then touch contiguous data.
+    Holds the same ``conv_layers`` modules, so state-dict keys and checkpoints are unchanged.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        if type(encoder.conv_layers[0]).__name__ != "HubertLayerNormConvLayer":
+            raise ValueError("the channels-last front end needs a layer-norm conv feature extractor "
+                             "(feat_extract_norm='layer')")
+        self.conv_layers = encoder.conv_layers
+        self._requires_grad = True
+
+    def _freeze_parameters(self):  # what transformers' freeze_feature_encoder calls
+        for param in self.parameters():
+            param.requires_grad = False
+        self._requires_grad = False
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        x = input_values[:, None, None, :]  # [B, 1, 1, L]
+        for layer in self.conv_layers:
+            conv = layer.conv
+            x = nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight.unsqueeze(2),
+                                     conv.bias, stride=(1, conv.stride[0]))
+            t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # [B, 1, T, C], contiguous
+            x = layer.activation(layer.layer_norm(t)).permute(0, 3, 1, 2)  # back to [B, C, 1, T], a view
+        return x.squeeze(2)  # [B, C, T] whose memory is [B, T, C]
+
+
 class AudioEncoder(nn.Module):
     """HuBERT's last hidden state as ``[B, D, 1, T]`` (one frequency bin, 50 Hz frames)."""
 

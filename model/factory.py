@@ -7,7 +7,7 @@ from typing import Any
 from transformers import HubertConfig, HubertModel, ViTConfig, ViTModel
 
 from .config import ModelConfig
-from .encoders import AudioEncoder, ImageEncoder
+from .encoders import AudioEncoder, ChannelsLastFeatureEncoder, ImageEncoder
 from .network import AVModel
 
 
@@ -26,6 +26,8 @@ def build_backbones(config: ModelConfig) -> tuple[ViTModel, HubertModel]:
     else:
         image = ViTModel(ViTConfig(**config.image_backbone), add_pooling_layer=False)
         audio = HubertModel(HubertConfig(**{**config.audio_backbone, **_audio_overrides(config)}))
+    if config.audio_channels_last:
+        audio.feature_extractor = ChannelsLastFeatureEncoder(audio.feature_extractor)
     if config.gradient_checkpointing:
         audio.gradient_checkpointing_enable()
         image.gradient_checkpointing_enable()

@@ -203,3 +203,29 @@ def test_config_json_round_trip_and_validation():
         ModelConfig.preset("tiny", speech_head=0)
     with pytest.raises(ValueError, match="preset"):
         ModelConfig.preset("huge")
+
+
+def test_channels_last_audio_front_end_is_the_same_function():
+    """Same outputs, gradients and state-dict keys as transformers' front end (HuBERT-style
+    layer-norm conv layers), with padding, in training mode."""
+    torch.manual_seed(0)
+    ref = build_model(ModelConfig.preset("tiny"))
+    fast = build_model(ModelConfig.preset("tiny", audio_channels_last=True))
+    assert type(fast.audio_encoder.backbone.feature_extractor).__name__ == "ChannelsLastFeatureEncoder"
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    fast.load_state_dict(ref.state_dict())
+    wave, mask = _audio(3, 1.0)
+    mask[1, 9000:] = False
+    outs = []
+    for model in (ref, fast):
+        model.train()
+        model.set_stage("full")
+        a, frames = model.encode_audio(wave, mask)
+        a.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.audio_encoder.named_parameters() if p.grad is not None}
+        outs.append((a.detach(), frames, grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(outs[0][1], outs[1][1])
+    assert outs[0][2].keys() == outs[1][2].keys() and any("feature_extractor" in n for n in outs[0][2])
+    for name in outs[0][2]:
+        torch.testing.assert_close(outs[0][2][name], outs[1][2][name], atol=1e-5, rtol=1e-3, msg=name)
