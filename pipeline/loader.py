@@ -57,7 +57,7 @@ from pipeline.mixing import (
     MaskConfig, MixConfig, SpliceConfig, draw_levels, draw_masked_span, mix_batch, prefix_mask, span_mask,
     splice_negative,
 )
-from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, draw_train_augment, eval_image, rgbx_pixels
+from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, draw_train_augment, eval_image
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +304,10 @@ class _ItemDraws:
     def _image(self, out: dict, role: str, image: Image.Image, rng: np.random.Generator):
         # Only the crop travels to the main process (about half the image), copied once, by collate.
         if not self.cfg.train:
-            final = eval_image(image, self.cfg.image_size)
-            out[f"{role}_pixels"], out[f"{role}_flip"], out[f"{role}_jitter"] = rgbx_pixels(final), False, NO_JITTER
+            final = np.asarray(eval_image(image, self.cfg.image_size))
+            out[f"{role}_pixels"], out[f"{role}_flip"], out[f"{role}_jitter"] = final, False, NO_JITTER
             return
-        pixels = rgbx_pixels(image)
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, self.cfg.augment)
         x, y, w, h = draw.box
         out[f"{role}_pixels"] = pixels[y : y + h, x : x + w]
@@ -412,7 +412,7 @@ def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
     """Stack per-item draws into a worker batch.
 
     ``arena`` already holds each role's int16 ``[size, L]`` clips (decoded in place; rows past
-    the items are unused). Image crops (``*_pixels``, RGBX uint8 ``[h, w, 4]`` of varying sizes)
+    the items are unused). Image crops (``*_pixels``, uint8 ``[h, w, 3]`` of varying sizes)
     are packed back to back after them, with their ``[B, 2]`` shapes under ``*_pixels_hw``.
     Small fields stay numpy: they travel pickled inline, where every torch tensor would get a
     shared-memory segment of its own.
@@ -428,12 +428,12 @@ def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
             batch[f"{name}_hw"] = np.array([v.shape[:2] for v in values])
         else:
             batch[name] = np.stack(values) if isinstance(values[0], np.ndarray) else np.array(values)
-    need = arena.end + sum(64 + int(batch[f"{n}_hw"].prod(1).sum()) * 4 for n in pixels)
+    need = arena.end + sum(64 + int(batch[f"{n}_hw"].prod(1).sum()) * 3 for n in pixels)
     pool.hint = max(pool.hint, need)
     if need > arena.buffer.numel():
         arena = pool.grow(arena, need)
     for name, values in pixels.items():
-        flat = arena.place(name, torch.uint8, (int(batch[f"{name}_hw"].prod(1).sum()) * 4,)).numpy()
+        flat = arena.place(name, torch.uint8, (int(batch[f"{name}_hw"].prod(1).sum()) * 3,)).numpy()
         offset = 0
         for v in values:
             flat[offset : offset + v.size].reshape(v.shape)[...] = v
@@ -451,9 +451,9 @@ def unpack(batch: dict, device: torch.device | str = "cpu") -> dict[str, torch.T
 
 
 def unpack_images(flat: torch.Tensor, hw: torch.Tensor) -> list[torch.Tensor]:
-    """The ``[h, w, 4]`` (RGBX) views of images packed by ``collate``."""
+    """The ``[h, w, 3]`` views of images packed by ``collate``."""
     hw = np.asarray(hw).tolist()
-    return [part.view(h, w, 4) for part, (h, w) in zip(flat.split([h * w * 4 for h, w in hw]), hw)]
+    return [part.view(h, w, 3) for part, (h, w) in zip(flat.split([h * w * 3 for h, w in hw]), hw)]
 
 
 def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu") -> dict:

@@ -147,27 +147,13 @@ def draw_train_augment(width: int, height: int, rng: np.random.Generator,
     return TrainDraw(box, flip, draw_color_jitter(rng, cfg))
 
 
-def rgbx_pixels(image: Image.Image) -> np.ndarray:
-    """``[H, W, 4]`` uint8 pixels of an RGB image (the 4th byte is padding), without a copy where
-    Pillow exports its buffer (Arrow, Pillow >= 11.2): PIL keeps RGB as 4 bytes per pixel, and
-    copying out just a crop of that is several times cheaper than ``np.asarray`` of the image."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if hasattr(image, "__arrow_c_array__"):
-        import pyarrow as pa  # a project dependency; imported here to keep `import` light
-
-        flat = pa.array(image).values.to_numpy(zero_copy_only=True)
-        return flat.reshape(image.size[1], image.size[0], 4)
-    return np.asarray(image.convert("RGBX"))
-
-
 def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch.Tensor:
-    """Finish training draws: crops (uint8 ``[h, w, 4]`` RGBX each, already cut to the drawn box)
-    -> ImageNet-normalized float32 ``[B, 3, size, size]`` on the crops' device.
+    """Finish training draws: crops (uint8 ``[h, w, 3]`` each, already cut to the drawn box) ->
+    ImageNet-normalized float32 ``[B, 3, size, size]`` on the crops' device.
 
     ``flips`` ``[B]``, ``jitters`` ``[B, 9]`` (host arrays). Each crop is resized with
     antialiased bilinear filtering, as PIL does (on the CPU in uint8: torch's fast path for
-    channels-last 4-channel images). The colour map, the clamp to 0-255 and the normalization
+    channels-last images). The colour map, the clamp to 0-255 and the normalization
     are one batched matrix product and one clamp.
     """
     resized = []
@@ -176,7 +162,6 @@ def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x if x.device.type == "cpu" else x.float(), size=(size, size), mode="bilinear",
                               antialias=True, align_corners=False)
-        x = x[:, :3]
         resized.append(x.flip(-1) if flip else x)
     x = torch.cat(resized).float().reshape(len(resized), 3, size * size)
     colors = torch.from_numpy(np.stack([color_jitter_matrix(j) for j in np.asarray(jitters)])).to(x.device)
@@ -193,7 +178,7 @@ def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch
 def train_image(image: Image.Image, size: int, rng: np.random.Generator,
                 cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """One image through DenseAV's training recipe -> ImageNet-normalized float32 ``[3, size, size]``."""
-    pixels = rgbx_pixels(image)
+    pixels = np.asarray(image.convert("RGB"))
     draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, cfg)
     x, y, w, h = draw.box
     crop = torch.from_numpy(pixels[y : y + h, x : x + w].copy())

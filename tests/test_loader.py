@@ -61,17 +61,20 @@ def test_batch_contents_and_mixing_invariants(shards):
     assert clipped > 0, "some loud items must exercise the peak guard"
 
 
-def test_batches_match_the_stored_clips(shards):
-    """The finished stems are the stored clips (decoded as int16, in place) times one gain each."""
-    root, _ = shards
-    from pipeline import format as fmt
+def _stored(root) -> dict[str, dict]:
+    """Every raw sample of the speech and sound shards, by key."""
     import webdataset as wds
 
-    stored = {}
-    for kind in ("speech", "sound"):
-        urls = [{"url": s.path} for s in list_shards(str(root / kind))]
-        for sample in wds.tarfile_to_samples()(iter(urls)):
-            stored[sample["__key__"]] = fmt.decode_audio(sample["flac"])[: 3 * SR]
+    urls = [{"url": s.path} for kind in ("speech", "sound") for s in list_shards(str(root / kind))]
+    return {sample["__key__"]: sample for sample in wds.tarfile_to_samples()(iter(urls))}
+
+
+def test_batches_match_the_stored_clips(shards):
+    """The finished stems are the stored clips (decoded as int16, in place) times one gain each."""
+    from pipeline import format as fmt
+
+    root, _ = shards
+    stored = {key: fmt.decode_audio(sample["flac"])[: 3 * SR] for key, sample in _stored(root).items()}
     for b in TrainLoader(_cfg(root, epoch_samples=8, num_workers=2)):
         for role in ("speech", "sound"):
             for i, key in enumerate(b[f"{role}_key"]):
@@ -218,17 +221,12 @@ def test_splicing_and_masking_reach_the_batch(shards):
 
 
 def test_eval_mode_gives_centre_crops_of_the_stored_images(shards):
-    import webdataset as wds
     from PIL import Image
 
     from pipeline.transform import eval_image, to_tensor
 
     root, _ = shards
-    stored = {}
-    for kind in ("speech", "sound"):
-        urls = [{"url": s.path} for s in list_shards(str(root / kind))]
-        for sample in wds.tarfile_to_samples()(iter(urls)):
-            stored[sample["__key__"]] = Image.open(io.BytesIO(sample["jpg"]))
+    stored = {key: Image.open(io.BytesIO(sample["jpg"])) for key, sample in _stored(root).items()}
     for b in TrainLoader(_cfg(root, epoch_samples=8, num_workers=2, train=False)):
         for role in ("speech", "sound"):
             for i, key in enumerate(b[f"{role}_key"]):
