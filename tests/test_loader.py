@@ -232,3 +232,24 @@ def test_eval_mode_gives_centre_crops_of_the_stored_images(shards):
             for i, key in enumerate(b[f"{role}_key"]):
                 expected = to_tensor(eval_image(stored[key], 32))
                 torch.testing.assert_close(b[f"{role}_image"][i], expected, atol=1e-5, rtol=0)
+
+
+def test_arena_pool_reuses_only_released_buffers_and_grows_keeping_data():
+    from pipeline.loader import Arena, ArenaPool, release, unpack
+
+    pool = ArenaPool(slots=2, shared=False)
+    a = pool.take(Arena.HEADER + 1000)
+    pcm = a.place("speech_audio", torch.int16, (2, 100))
+    pcm[:] = torch.arange(200, dtype=torch.int16).view(2, 100)
+    assert a.place("too_big", torch.uint8, (10_000,)) is None
+    grown = pool.grow(a, 20_000)  # image crops did not fit: a larger buffer, same contents
+    assert grown.place("pixels", torch.uint8, (10_000,)) is not None
+    batch = {"arena": grown.buffer, "layout": grown.layout}
+    assert torch.equal(unpack(batch)["speech_audio"], torch.arange(200, dtype=torch.int16).view(2, 100))
+
+    b = pool.take(100)
+    c = pool.take(100)  # both slots busy: a one-off buffer
+    assert c.buffer.data_ptr() not in {grown.buffer.data_ptr(), b.buffer.data_ptr()}
+    release(batch)
+    again = pool.take(100)
+    assert again.buffer.data_ptr() == grown.buffer.data_ptr() and int(again.buffer[0]) == 0
