@@ -1,6 +1,6 @@
 """Loader throughput against the decode-only ceiling of the same shards.
 
-    python bench/loader.py [--speech 400 --sound 200 --items 1600 --batch-size 16 --out /tmp/bench-loader]
+    python bench/loader.py [--speech 400 --sound 200 --items 3200 --batch-size 16 --out /tmp/bench-loader]
 
 Builds realistic shards with the real shard builder (speech-like 6-10 s clips, 10 s sounds,
 smooth 298x224 photos-like JPEGs of ~20 KB), then prints:
@@ -109,12 +109,18 @@ def decode_ceiling(speech: str, sound: str, items: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+WARMUP_BATCHES = 8
+
+
 def loader_rate(cfg: LoaderConfig, device: str | None) -> tuple[float, dict]:
     """Items/s out of TrainLoader; ``device=None``: the workers' raw batches, released unfinished
     (what the workers sustain); else finished on ``device`` as the trainer does."""
     loader = TrainLoader(cfg)
     it = loader.iterate(device=device) if device else _raw(loader)
-    next(it)  # worker start-up is not throughput
+    # Start-up is not throughput: worker spawn, and the shuffle buffers filling (webdataset reads
+    # two samples per item until they are full, about the first 100 items).
+    for _ in range(WARMUP_BATCHES):
+        next(it)
     start = time.perf_counter()
     n = 0
     for batch in it:
@@ -150,7 +156,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speech", type=int, default=400)
     ap.add_argument("--sound", type=int, default=200)
-    ap.add_argument("--items", type=int, default=1600, help="items per loader run (shards are resampled)")
+    ap.add_argument("--items", type=int, default=3200, help="items per loader run (shards are resampled)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--clip-seconds", type=float, default=10.0)
