@@ -131,11 +131,7 @@ def loader_rate(cfg: LoaderConfig, device: str | None) -> tuple[float, dict]:
 
 
 def _raw(loader: TrainLoader):
-    dl = torch.utils.data.DataLoader(loader.dataset, batch_size=None, num_workers=loader.cfg.num_workers,
-                                     prefetch_factor=4)
-    for batch in dl:
-        stats = batch.pop("worker_stats")
-        loader.peak_rss_mb[stats["slot"]] = stats["peak_rss_mb"]
+    for batch in loader.raw_batches():
         release(batch)
         yield batch
 

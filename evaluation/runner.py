@@ -23,7 +23,7 @@ from PIL import Image
 from evaluation.datasets import Clip
 from model import similarity
 from pipeline import format as fmt
-from pipeline.mixing import OffscreenMixer
+from pipeline.mixing import OffscreenMixer, valid_mask
 from pipeline.transform import eval_image, to_tensor
 
 WORD_PAD_S = 0.2  # DenseAV's "advanced" window: the object word widened by 0.2 s on each side
@@ -90,8 +90,7 @@ class ModelRunner:
     @torch.no_grad()
     def encode_audio(self, clips: Sequence[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         wave = torch.from_numpy(np.stack([c.audio for c in clips])).to(self.device)
-        valid = torch.tensor([c.valid for c in clips], device=self.device)
-        mask = torch.arange(wave.shape[1], device=self.device).unsqueeze(0) < valid.unsqueeze(1)
+        mask = valid_mask(torch.tensor([c.valid for c in clips], device=self.device), wave.shape[1])
         return self.model.encode_audio(wave, mask)
 
     # ------------------------------------------------------------------ matched pairs

@@ -54,7 +54,7 @@ from PIL import Image
 
 from pipeline import format as fmt
 from pipeline.mixing import (
-    MaskConfig, MixConfig, SpliceConfig, draw_levels, draw_masked_span, mix_batch, prefix_mask, span_mask,
+    MaskConfig, MixConfig, SpliceConfig, draw_levels, draw_masked_span, mix_batch, valid_mask, span_mask,
     splice_negative,
 )
 from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, draw_train_augment, eval_image
@@ -227,12 +227,12 @@ def shard_urls(shards: list[Shard]) -> Iterator[dict]:
 
 def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CLIP_SAMPLES,
                    draft_size: int | None = None, into=None) -> Iterator[dict]:
-    """Raw tar samples -> {key, audio (float32), valid, image (PIL), meta}; bad ones counted.
+    """Raw tar samples -> {key, audio, valid, image (PIL), meta}; bad ones counted.
 
     ``draft_size``: let the JPEG decoder downscale by 2/4/8 while staying >= this size (evaluation
-    transforms only need that much; training crops keep full resolution). ``into``: a callable
-    giving the float32 row to decode the next clip into (the batch being assembled); the audio is
-    then a view of that row, silent past its real samples.
+    transforms only need that much; training crops keep full resolution). ``audio`` is float32;
+    with ``into``, a callable giving the row to decode the next clip into (an int16 row of the
+    batch being assembled), it is a view of that row. Either way it is silent past its real samples.
     """
     for raw in src:
         key, shard = raw.get("__key__", "?"), raw.get("__url__", "?")
@@ -259,7 +259,7 @@ def decode_samples(src, skip: SkipCounter, role: str, clip_samples: int = fmt.CL
         if audio.shape[0] != clip_samples:
             skip(f"{role}: audio shorter than {clip_samples} samples", shard, key)
             continue
-        audio[valid:] = 0.0  # padding is silent by format; make sure of it, the mixer relies on it
+        audio[valid:] = 0  # padding is silent by format; make sure of it, the mixer relies on it
         yield {"key": key, "audio": audio, "valid": valid, "image": image, "meta": meta}
 
 
@@ -287,12 +287,11 @@ class _ItemDraws:
         # edits the decoded int16 clip in place: it already sits in the batch's audio buffer
         audio, valid = item["audio"], item["valid"]
         if self.cfg.splice.prob > 0:
-            donor = self.last[role]
-            self.last[role] = (audio.astype(np.float32), valid)
+            donor, clean = self.last[role], audio.astype(np.float32)
+            self.last[role] = (clean, valid)
             foreign = np.zeros(len(audio), dtype=bool)
             if donor is not None:
-                spliced, foreign = splice_negative(audio.astype(np.float32), valid, donor[0], donor[1], rng,
-                                                   self.cfg.splice)
+                spliced, foreign = splice_negative(clean, valid, donor[0], donor[1], rng, self.cfg.splice)
                 audio[:] = np.round(spliced)  # a crossfade of int16 values stays in the int16 range
             out[f"{role}_splice"] = foreign
         if self.cfg.masking.prob > 0:
@@ -438,16 +437,18 @@ def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
         for v in values:
             flat[offset : offset + v.size].reshape(v.shape)[...] = v
             offset += v.size
-    batch["arena"], batch["layout"] = arena.buffer, arena.layout
+    batch["arena"], batch["layout"] = arena.buffer[: arena.end], arena.layout  # (byte 0 is still the flag)
     return batch
 
 
 def unpack(batch: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The fields of a batch's arena, on ``device`` (one copy of the used part)."""
-    end = max(off + math.prod(shape) * getattr(torch, dtype).itemsize for off, dtype, shape in batch["layout"].values())
-    data = batch["arena"][:end].to(device, non_blocking=True)
-    return {name: data[off : off + math.prod(shape) * getattr(torch, dtype).itemsize].view(getattr(torch, dtype)).view(shape)
-            for name, (off, dtype, shape) in batch["layout"].items()}
+    """The fields of a batch's arena, on ``device`` (one copy of its used part)."""
+    data = batch["arena"].to(device, non_blocking=True)
+    fields = {}
+    for name, (offset, dtype, shape) in batch["layout"].items():
+        dtype = getattr(torch, dtype)
+        fields[name] = data[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+    return fields
 
 
 def unpack_images(flat: torch.Tensor, hw: torch.Tensor) -> list[torch.Tensor]:
@@ -475,7 +476,7 @@ def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu
     for role in ("speech", "sound"):
         pcm = bulk[f"{role}_audio"][: len(raw["speech_key"])]
         audio[role] = pcm.float().mul_(1 / fmt.PCM_SCALE)
-        mask = prefix_mask(tensor(f"{role}_valid"), pcm.shape[1])
+        mask = valid_mask(tensor(f"{role}_valid"), pcm.shape[1])
         if f"{role}_span" in raw:
             mask &= ~span_mask(tensor(f"{role}_span"), pcm.shape[1])
         masks[role] = mask
@@ -625,12 +626,9 @@ class TrainLoader:
     def __iter__(self):
         return self.iterate()
 
-    def iterate(self, skip: int = 0, device: torch.device | str = "cpu"):
-        """This epoch's batches, starting after the first ``skip`` (used to resume mid-epoch).
-
-        Workers hand over decoded data and draws; ``finish_batch`` then crops, jitters and mixes
-        the whole batch on ``device`` (pass the training device: this is dense arithmetic).
-        """
+    def raw_batches(self, skip: int = 0):
+        """The workers' batches as they arrive: decoded data and draws, not finished. The caller
+        finishes (``finish_batch``) and/or ``release``s each one."""
         self.dataset.skip_batches = skip
         kwargs = {"prefetch_factor": _PREFETCH} if self.cfg.num_workers > 0 else {}
         # its own generator: creating workers must not consume the global torch RNG (exact resume)
@@ -640,6 +638,15 @@ class TrainLoader:
             stats = batch.pop("worker_stats")
             self.skipped_by_slot[stats["slot"]] = stats["skipped"]
             self.peak_rss_mb[stats["slot"]] = stats["peak_rss_mb"]
+            yield batch
+
+    def iterate(self, skip: int = 0, device: torch.device | str = "cpu"):
+        """This epoch's batches, starting after the first ``skip`` (used to resume mid-epoch).
+
+        Workers hand over decoded data and draws; ``finish_batch`` then crops, jitters and mixes
+        the whole batch on ``device`` (pass the training device: this is dense arithmetic).
+        """
+        for batch in self.raw_batches(skip):
             if "speech_key" not in batch:
                 yield batch  # empty: see MixedStream
                 continue

@@ -44,7 +44,7 @@ class Mix:
     clip_scale: float | torch.Tensor  # extra factor applied to keep the peak under the limit (1.0 = none)
 
 
-def prefix_mask(valid: torch.Tensor, samples: int) -> torch.Tensor:
+def valid_mask(valid: torch.Tensor, samples: int) -> torch.Tensor:
     """[B] counts of real samples -> [B, samples] bool mask of the real (unpadded) samples."""
     return torch.arange(samples, device=valid.device) < valid.reshape(-1, 1)
 
@@ -145,7 +145,7 @@ def mix_pair(
     snr = float(rng.uniform(*cfg.snr_db)) if snr_db is None else float(snr_db)
     level = float(rng.uniform(*cfg.level_db)) if level_db is None else float(level_db)
     n = len(speech)
-    masks = [prefix_mask(torch.tensor([n if v is None else int(v)]), n) for v in (speech_valid, sound_valid)]
+    masks = [valid_mask(torch.tensor([n if v is None else int(v)]), n) for v in (speech_valid, sound_valid)]
     sp, so = (torch.tensor(np.asarray(x, dtype=np.float32)).reshape(1, n) * m for x, m in zip((speech, sound), masks))
     mix = mix_batch(sp, so, *masks, torch.tensor([snr]), torch.tensor([level]), cfg)
     return Mix(mix.mixture[0].numpy(), mix.speech[0].numpy(), mix.sound[0].numpy(), snr, level,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.mixing import (
-    MaskConfig, MixConfig, OffscreenMixer, SpliceConfig, draw_masked_span, mix_batch, mix_pair, prefix_mask,
+    MaskConfig, MixConfig, OffscreenMixer, SpliceConfig, draw_masked_span, mix_batch, mix_pair, valid_mask,
     span_mask, splice_negative,
 )
 from pipeline.mixing import active_rms as _active_rms
@@ -13,7 +13,7 @@ from pipeline.mixing import active_rms as _active_rms
 def active_rms(x: np.ndarray, valid: int | None = None) -> float:
     """The batched active RMS of one numpy clip (its first ``valid`` samples)."""
     t = torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
-    mask = prefix_mask(torch.tensor([t.shape[1] if valid is None else valid]), t.shape[1])
+    mask = valid_mask(torch.tensor([t.shape[1] if valid is None else valid]), t.shape[1])
     return float(_active_rms(t, mask)[0])
 
 SR = 16_000
@@ -118,7 +118,7 @@ def test_active_rms_ignores_padding_pauses_and_masked_spans():
     paused[SR // 2 : SR] = 0  # a pause inside the real audio
     x = torch.from_numpy(np.stack([tone, paused]))
     x[:, SR:] = 0  # one second of padding
-    valid = prefix_mask(torch.tensor([SR, SR]), n)
+    valid = valid_mask(torch.tensor([SR, SR]), n)
     np.testing.assert_allclose(_active_rms(x, valid).numpy(), ref, rtol=1e-3)
     # a masked span counts as absent, whatever it holds
     noisy = x.clone()
@@ -135,7 +135,7 @@ def test_mix_batch_equals_mix_pair_item_by_item():
     speech = np.stack([_speechlike(rng, n, v) for v in valid[0]])
     sound = np.stack([_noise(rng, n, v, scale=float(rng.uniform(0.05, 2))) for v in valid[1]])
     snr, level = rng.uniform(-5, 5, b), rng.uniform(-30, -5, b)
-    masks = [prefix_mask(torch.from_numpy(v), n) for v in valid]
+    masks = [valid_mask(torch.from_numpy(v), n) for v in valid]
     batch = mix_batch(torch.from_numpy(speech), torch.from_numpy(sound), *masks,
                       torch.from_numpy(snr), torch.from_numpy(level))
     for i in range(b):
