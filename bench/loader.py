@@ -1,12 +1,14 @@
 """Loader throughput against the decode-only ceiling of the same shards.
 
-    python bench/loader.py [--speech 400 --sound 200 --items 3200 --batch-size 16 --out /tmp/bench-loader]
+    python bench/loader.py [--speech 400 --sound 200 --items 3200 --batch-size 16 --rounds 3 --out /tmp/bench-loader]
 
 Builds realistic shards with the real shard builder (speech-like 6-10 s clips, 10 s sounds,
 smooth 298x224 photos-like JPEGs of ~20 KB), then prints:
 
 * the decode-only ceiling: one process reads the shards and decodes, per training item, two images
-  and two clips (nothing else), each decode at its cheapest;
+  and two clips (nothing else), each decode at its cheapest, over as many items as a loader run;
+  it alternates with the 1-worker run for ``--rounds`` rounds and the median ratio is the headline
+  (a 2-core machine's speed drifts by several percent over a minute);
 * with 1 and 2 workers, in items/s and as a ratio of the ceiling:
   - what the workers deliver: reading, shuffling, decoding, pairing, every augmentation and
     mixing draw, batching and the transfer to the main process;
@@ -26,6 +28,7 @@ import dataclasses
 import io
 import itertools
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -81,32 +84,29 @@ def item_key(item: dict) -> str:
     return f"{item['type']}_{item['seed']}"
 
 
-def decode_ceiling(speech: str, sound: str, items: int) -> float:
+def decode_ceiling(speech: str, sound: str, items: int, warmup: int = 0) -> float:
     """Read + decode two images and two clips per item, nothing else, in this process.
 
     The same tar reader and decode calls as the loader, each at its cheapest: clips decoded as
-    int16 into one reused buffer. Both streams are read from disk inside the timed loop.
+    int16 into one reused buffer. Both streams are read from disk inside the timed loop, and
+    cycle as the loader's resampled streams do, so the ceiling runs as many items as the loader
+    (shard switches included); the first ``warmup`` items are not timed, as for the loader.
     """
-    def samples(spec, forever=False):
+    def samples(spec):
         urls = [{"url": s.path} for s in list_shards(spec)]
         while True:
             yield from wds.tarfile_to_samples()(iter(urls))
-            if not forever:
-                return
 
-    sounds = samples(sound, forever=True)
+    speeches, sounds = samples(speech), samples(sound)
     pcm = np.empty(fmt.CLIP_SAMPLES, dtype=np.int16)
-    start = time.perf_counter()
-    n = 0
-    for sp in samples(speech):
-        for s in (sp, next(sounds)):
+    for n in range(warmup + items):
+        if n == warmup:
+            start = time.perf_counter()
+        for s in (next(speeches), next(sounds)):
             fmt.decode_audio(s["flac"], out=pcm)
             img = Image.open(io.BytesIO(s["jpg"]))
             img.load()
-        n += 1
-        if n == items:
-            break
-    return n / (time.perf_counter() - start)
+    return items / (time.perf_counter() - start)
 
 
 WARMUP_BATCHES = 8
@@ -156,6 +156,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--clip-seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3, help="ceiling / 1-worker pairs behind the headline ratio")
     ap.add_argument("--out", default="/tmp/bench-loader")
     args = ap.parse_args()
 
@@ -167,22 +168,44 @@ def main():
     sizes = {k: sum(p.stat().st_size for p in (out / k).glob("*.tar")) / 1e6 for k in ("speech", "sound")}
     print(f"shards: {args.speech} speech ({sizes['speech']:.0f} MB), {args.sound} sound ({sizes['sound']:.0f} MB)")
 
-    ceiling = decode_ceiling(speech, sound, args.speech)
-    print(f"decode-only ceiling (1 process):      {ceiling:8.1f} items/s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for workers in (1, 2):
-        cfg = LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
-                           image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
-                           epoch_samples=args.items, shuffle_buffer=200)
+    warmup_items = WARMUP_BATCHES * args.batch_size
+    timed_items = args.items - warmup_items
+
+    def config(workers: int) -> LoaderConfig:
         # as train.py: the main process leaves the workers their cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-        for label, dev in (("workers (raw batches)", None), (f"full, finished on {device}", device)):
-            rate, rss = loader_rate(cfg, dev)
-            rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
-            print(f"{workers} worker(s), {label:26s} {rate:8.1f} items/s = {rate / ceiling:.2f} x ceiling "
-                  f"({rate / workers / ceiling:.2f} per worker); peak RSS per worker MB: {rss_txt}")
+        return LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
+                            image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
+                            epoch_samples=args.items, shuffle_buffer=200)
+
+    def report(workers: int, label: str, rate: float, ceiling: float, rss: dict, note: str = ""):
+        rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
+        print(f"{workers} worker(s), {label:26s} {rate:8.1f} items/s = {rate / ceiling:.2f} x ceiling "
+              f"({rate / workers / ceiling:.2f} per worker){note}; peak RSS per worker MB: {rss_txt}")
+
+    # The headline ratio: the ceiling and one worker alternate, round by round, so that a slow
+    # spell of a shared machine hits both sides of a ratio; the median ratio is reported.
+    ceilings, ratios = [], []
+    for r in range(args.rounds):
+        ceiling = decode_ceiling(speech, sound, timed_items, warmup_items)
+        rate, rss = loader_rate(config(1), None)
+        ceilings.append(ceiling)
+        ratios.append(rate / ceiling)
+        print(f"round {r + 1}/{args.rounds}: decode-only ceiling {ceiling:.1f} items/s, "
+              f"1 worker (raw batches) {rate:.1f} items/s = {rate / ceiling:.3f} x")
+    ceiling = statistics.median(ceilings)
+    print(f"decode-only ceiling (1 process), median of {args.rounds}: {ceiling:8.1f} items/s")
+    ratio = statistics.median(ratios)
+    report(1, "workers (raw batches)", ratio * ceiling, ceiling, rss,
+           f", median ratio of {args.rounds} rounds, range {min(ratios):.2f}-{max(ratios):.2f}")
+    rate, rss = loader_rate(config(1), device)
+    report(1, f"full, finished on {device}", rate, ceiling, rss)
+    for label, dev in (("workers (raw batches)", None), (f"full, finished on {device}", device)):
+        rate, rss = loader_rate(config(2), dev)
+        report(2, label, rate, ceiling, rss)
     torch.set_num_threads(1)
-    print(f"finish_batch on {device} (1 thread): {finish_cost(cfg, device):.2f} ms per item")
+    print(f"finish_batch on {device} (1 thread): {finish_cost(config(1), device):.2f} ms per item")
 
 
 if __name__ == "__main__":

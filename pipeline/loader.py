@@ -301,15 +301,17 @@ class _ItemDraws:
         out[f"{role}_valid"] = valid
 
     def _image(self, out: dict, role: str, image: Image.Image, rng: np.random.Generator):
-        # Only the crop travels to the main process (about half the image), copied once, by collate.
+        # Only the crop travels to the main process (about half the image).
         if not self.cfg.train:
             final = np.asarray(eval_image(image, self.cfg.image_size))
             out[f"{role}_pixels"], out[f"{role}_flip"], out[f"{role}_jitter"] = final, False, NO_JITTER
             return
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, self.cfg.augment)
+        draw = draw_train_augment(image.width, image.height, rng, self.cfg.augment)
         x, y, w, h = draw.box
-        out[f"{role}_pixels"] = pixels[y : y + h, x : x + w]
+        # Cut in PIL first: exporting a PIL image to numpy repacks every pixel (PIL keeps RGB as
+        # 4 bytes per pixel), so only the crop, about half the image, pays for that.
+        crop = image.crop((x, y, x + w, y + h))
+        out[f"{role}_pixels"] = np.asarray(crop if crop.mode == "RGB" else crop.convert("RGB"))
         out[f"{role}_flip"], out[f"{role}_jitter"] = draw.flip, draw.jitter
 
     def __call__(self, index: int, speech, sound) -> dict:
@@ -337,8 +339,9 @@ class Arena:
 
     HEADER = 64  # the release flag, padded so that every field stays 64-byte aligned
 
-    def __init__(self, buffer: torch.Tensor):
+    def __init__(self, buffer: torch.Tensor, slot: int | None = None):
         self.buffer, self.end, self.layout = buffer, self.HEADER, {}
+        self.slot = slot  # the pool slot that owns the buffer; None for a one-off buffer
         buffer[0] = 0
 
     def place(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -360,12 +363,19 @@ class ArenaPool:
     ``TrainLoader`` releases a batch once ``finish_batch`` is done with it; a consumer that keeps
     raw batches never releases, and the pool then allocates, so a buffer in use is never
     overwritten.
+
+    A shared buffer crosses to the consumer once (``handoff``); later batches in it carry only
+    its slot, and the consumer keeps the mapping. Passing a shared tensor costs a file-descriptor
+    transfer, a socket handshake with a helper thread of the worker that then competes with the
+    decoding for the GIL, dozens of context switches per batch.
     """
 
     def __init__(self, slots: int, shared: bool):
         self.shared = shared
         self.buffers: list[torch.Tensor | None] = [None] * slots
         self.busy = [False] * slots
+        self.generation = [0] * slots  # bumped whenever a slot gets a new buffer
+        self.shipped = [-1] * slots  # the generation the consumer has mapped
         self.hint = 0  # bytes the last batch needed: new buffers start that large
 
     def _new(self, nbytes: int) -> torch.Tensor:
@@ -384,8 +394,9 @@ class ArenaPool:
             if not self.busy[i]:
                 if buf is None or buf.numel() < nbytes:
                     buf = self.buffers[i] = self._new(nbytes)
+                    self.generation[i] += 1
                 self.busy[i] = True
-                return Arena(buf)
+                return Arena(buf, i)
         return Arena(self._new(nbytes))
 
     def grow(self, arena: Arena, nbytes: int) -> Arena:
@@ -393,12 +404,25 @@ class ArenaPool:
         the larger buffer, with headroom, for later batches."""
         bigger = self._new(nbytes + nbytes // 4)
         bigger[: arena.end] = arena.buffer[: arena.end]
-        for i, buf in enumerate(self.buffers):
-            if buf is not None and buf.data_ptr() == arena.buffer.data_ptr():
-                self.buffers[i] = bigger
-        grown = Arena(bigger)
+        if arena.slot is not None:
+            self.buffers[arena.slot] = bigger
+            self.generation[arena.slot] += 1
+        grown = Arena(bigger, arena.slot)
         grown.end, grown.layout = arena.end, arena.layout
         return grown
+
+    def handoff(self, arena: Arena) -> dict:
+        """The fields by which a batch carries its arena: ``arena`` (the used part), or for a
+        shared slot ``arena_ref`` + ``arena_end``, with the whole buffer as ``arena`` only the
+        first time; ``TrainLoader.raw_batches`` turns those back into ``arena``."""
+        if not self.shared or arena.slot is None:
+            return {"arena": arena.buffer[: arena.end]}
+        slot, generation = arena.slot, self.generation[arena.slot]
+        fields = {"arena_ref": (slot, generation), "arena_end": arena.end}
+        if self.shipped[slot] != generation:
+            self.shipped[slot] = generation
+            fields["arena"] = arena.buffer
+        return fields
 
 
 def release(batch: dict):
@@ -437,7 +461,8 @@ def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
         for v in values:
             flat[offset : offset + v.size].reshape(v.shape)[...] = v
             offset += v.size
-    batch["arena"], batch["layout"] = arena.buffer[: arena.end], arena.layout  # (byte 0 is still the flag)
+    batch.update(pool.handoff(arena))  # (byte 0 of the arena is still the flag)
+    batch["layout"] = arena.layout
     return batch
 
 
@@ -598,6 +623,10 @@ class MixedStream(torch.utils.data.IterableDataset):
             yield batch
 
 
+def _as_built(batch: dict) -> dict:
+    return batch
+
+
 class TrainLoader:
     """DataLoader over ``MixedStream`` plus skip totals gathered from every worker.
 
@@ -632,12 +661,22 @@ class TrainLoader:
         self.dataset.skip_batches = skip
         kwargs = {"prefetch_factor": _PREFETCH} if self.cfg.num_workers > 0 else {}
         # its own generator: creating workers must not consume the global torch RNG (exact resume)
+        # collate_fn: batches arrive as the workers built them. The default (without batch_size)
+        # turns every numpy field into a tensor, each shipped as its own shared-memory segment.
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                             generator=torch.Generator(), **kwargs)
+                                             collate_fn=_as_built, generator=torch.Generator(), **kwargs)
+        mapped: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}  # (worker slot, pool slot) -> buffer
         for batch in loader:
             stats = batch.pop("worker_stats")
             self.skipped_by_slot[stats["slot"]] = stats["skipped"]
             self.peak_rss_mb[stats["slot"]] = stats["peak_rss_mb"]
+            if "arena_ref" in batch:  # see ArenaPool.handoff; a worker's batches arrive in order
+                slot, generation = batch.pop("arena_ref")
+                if "arena" in batch:
+                    mapped[stats["slot"], slot] = generation, batch["arena"]
+                mapped_generation, buffer = mapped[stats["slot"], slot]
+                assert mapped_generation == generation, "arena handed over out of order"
+                batch["arena"] = buffer[: batch.pop("arena_end")]
             yield batch
 
     def iterate(self, skip: int = 0, device: torch.device | str = "cpu"):

@@ -18,7 +18,7 @@ def _run(args, tmp_path):
 
 def test_loader_benchmark_prints_every_figure(tmp_path):
     out = _run(["bench/loader.py", "--speech", "24", "--sound", "12", "--items", "64", "--batch-size", "4",
-                "--image-size", "64", "--clip-seconds", "2", "--out", str(tmp_path / "shards")], tmp_path)
+                "--image-size", "64", "--clip-seconds", "2", "--rounds", "2", "--out", str(tmp_path / "shards")], tmp_path)
     assert re.search(r"decode-only ceiling .* items/s", out)
     for workers in (1, 2):
         for label in ("workers \\(raw batches\\)", "full, finished on"):

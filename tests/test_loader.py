@@ -253,3 +253,35 @@ def test_arena_pool_reuses_only_released_buffers_and_grows_keeping_data():
     release(batch)
     again = pool.take(100)
     assert again.buffer.data_ptr() == grown.buffer.data_ptr() and int(again.buffer[0]) == 0
+
+
+def test_workers_hand_over_each_shared_buffer_once(shards):
+    # Small fields cross as pickled numpy; the batch's arena crosses as a shared buffer the first
+    # time its pool slot is used and by reference afterwards (each tensor crossing costs an fd).
+    from pipeline.loader import _PREFETCH, release
+
+    root, _ = shards
+    loader = TrainLoader(_cfg(root, epoch_samples=4 * 24, num_workers=1))
+    buffers, n = set(), 0
+    for b in loader.raw_batches():
+        assert [k for k, v in b.items() if isinstance(v, torch.Tensor)] == ["arena"]
+        assert int(b["arena"][0]) == 0  # not released yet
+        buffers.add(b["arena"].untyped_storage().data_ptr())
+        release(b)
+        n += 1
+    assert n == 24 and len(buffers) <= _PREFETCH + 2
+
+
+def test_arena_handoff_ships_a_buffer_once_per_generation():
+    from pipeline.loader import Arena, ArenaPool
+
+    pool = ArenaPool(slots=1, shared=True)
+    first = pool.handoff(a := pool.take(Arena.HEADER + 100))
+    assert first["arena"].data_ptr() == a.buffer.data_ptr() and first["arena_ref"] == (0, 1)
+    a.buffer[0] = 1  # released
+    again = pool.handoff(b := pool.take(Arena.HEADER + 100))
+    assert "arena" not in again and again["arena_ref"] == (0, 1) and again["arena_end"] == b.end
+    grown = pool.handoff(pool.grow(b, 10_000))  # a new buffer in the slot crosses again
+    assert grown["arena"].numel() >= 10_000 and grown["arena_ref"] == (0, 2)
+    one_off = pool.handoff(pool.take(100))  # the grown buffer is not released: a one-off buffer
+    assert "arena_ref" not in one_off and one_off["arena"].numel() == Arena.HEADER  # its used part
