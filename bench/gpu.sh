@@ -34,8 +34,8 @@ fi
 
 if want loader || want train; then
 echo "== loader: 16 cores (the train stage reads its shards) =="
-MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 timeout 150 "$py" bench/loader.py --speech 320 \
-  --sound 160 --batch-size 16 --out /tmp/bench-loader 2>&1 | tee "$out/loader.txt"
+MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 timeout 180 "$py" bench/loader.py --speech 320 \
+  --sound 160 --batch-size 16 --rounds 1 --out /tmp/bench-loader 2>&1 | tee "$out/loader.txt"
 fi
 
 if want train; then
