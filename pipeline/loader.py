@@ -611,13 +611,14 @@ class MixedStream(torch.utils.data.IterableDataset):
                 index += 1
                 if len(items) == size:
                     break
-            if not items:
+            if items:
+                batch = collate(items, arena, pool)
+            else:
                 # The speech stream ended early because samples were skipped. An empty batch keeps
                 # this rank's batch count equal to its peers' (a missing one would hang them).
                 log.warning("%s: speech ran out early after skipped samples; yielding an empty batch", skip.where)
-            if not items:
                 arena.buffer[0] = 1  # unused: back to the pool
-            batch = collate(items, arena, pool) if items else {}
+                batch = {}
             batch["worker_stats"] = {"slot": slot, "skipped": dict(skip.by_reason),
                                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             yield batch
