@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,5 +30,23 @@ def test_loader_benchmark_prints_every_figure(tmp_path):
 
 def test_train_step_benchmark_runs_the_real_step(tmp_path):
     out = _run(["bench/train_step.py", "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--warmup", "1",
-                "--clip-seconds", "1"], tmp_path)
+                "--clip-seconds", "1", "--count-flops"], tmp_path)
     assert re.search(r"tiny stage=full B=2 cpu .*items/s", out), out
+    assert re.search(r"tiny stage=full B=2 cpu .*: [0-9.]+ GFLOP per item .* [0-9.]+ TFLOP/s achieved", out), out
+
+
+def test_flop_count_of_a_grouped_convolution_step_is_three_forwards():
+    # torch's own backward formula ignores the groups in one term (HuBERT's positional conv has 16)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_step import flop_counter
+
+    for groups in (1, 16):
+        conv = torch.nn.Conv1d(32, 32, 8, padding=4, groups=groups)
+        x = torch.randn(2, 32, 50, requires_grad=True)
+        with flop_counter() as forward:
+            conv(x)
+        with flop_counter() as step:
+            conv(x).sum().backward()
+        expected = 2 * 2 * 32 * 51 * (32 // groups) * 8  # 2 x batch x c_out x out length x c_in/groups x kernel
+        assert forward.get_total_flops() == expected
+        assert step.get_total_flops() == 3 * expected  # input and weight gradients cost a forward each
