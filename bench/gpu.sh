@@ -24,7 +24,7 @@ fi
 if want steps; then
 echo "== full training steps, paper preset (random weights), bf16 =="
 # each batch size with transformers' conv front end and the channels-last one, in the same run
-timeout 300 "$py" bench/train_step.py --preset paper --device cuda --batch-size 8 16 --steps 8 --warmup 3 \
+timeout 300 "$py" bench/train_step.py --preset paper --device cuda --batch-size 8 16 --steps 8 --warmup 3 --count-flops \
   --audio-channels-last both 2>&1 | tee "$out/train_step.txt"
 fi
 if want steps32; then
