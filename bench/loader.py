@@ -115,6 +115,7 @@ WARMUP_BATCHES = 8
 def loader_rate(cfg: LoaderConfig, device: str | None) -> tuple[float, dict]:
     """Items/s out of TrainLoader; ``device=None``: the workers' raw batches, released unfinished
     (what the workers sustain); else finished on ``device`` as the trainer does."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))  # as train.py: workers keep their cores
     loader = TrainLoader(cfg)
     it = loader.iterate(device=device) if device else _raw(loader)
     # Start-up is not throughput: worker spawn, and the shuffle buffers filling (webdataset reads
@@ -173,8 +174,6 @@ def main():
     timed_items = args.items - warmup_items
 
     def config(workers: int) -> LoaderConfig:
-        # as train.py: the main process leaves the workers their cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         return LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
                             image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
                             epoch_samples=args.items, shuffle_buffer=200)
