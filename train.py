@@ -264,7 +264,8 @@ def loss_weights(cfg: TrainConfig, stage: str) -> LossWeights:
 def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, accelerator: Accelerator):
     """Encode one micro-batch, gather it across processes, return (loss, terms, real items)."""
     world, device = accelerator.num_processes, accelerator.device
-    inputs = {k: batch[k].to(device, non_blocking=True) for k in _TENSORS if k in batch}  # (already there)
+    # (a no-op for batches that the loader finished on the training device)
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in _TENSORS if k in batch}
     for kind in ("sound", "speech"):
         if stage == "full" and cfg.mosaic_prob > 0:
             g = torch.Generator().manual_seed(seed_from(cfg.seed, step, accelerator.process_index, kind))

@@ -57,7 +57,7 @@ from pipeline.mixing import (
     MaskConfig, MixConfig, SpliceConfig, draw_levels, draw_masked_span, mix_batch, valid_mask, span_mask,
     splice_negative,
 )
-from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, draw_train_augment, eval_image
+from pipeline.transform import NO_JITTER, AugmentConfig, augment_batch, cut_train_crop, eval_image
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +306,7 @@ class _ItemDraws:
             final = np.asarray(eval_image(image, self.cfg.image_size))
             out[f"{role}_pixels"], out[f"{role}_flip"], out[f"{role}_jitter"] = final, False, NO_JITTER
             return
-        draw = draw_train_augment(image.width, image.height, rng, self.cfg.augment)
-        x, y, w, h = draw.box
-        # Cut in PIL first: exporting a PIL image to numpy repacks every pixel (PIL keeps RGB as
-        # 4 bytes per pixel), so only the crop, about half the image, pays for that.
-        crop = image.crop((x, y, x + w, y + h))
-        out[f"{role}_pixels"] = np.asarray(crop if crop.mode == "RGB" else crop.convert("RGB"))
+        out[f"{role}_pixels"], draw = cut_train_crop(image, rng, self.cfg.augment)
         out[f"{role}_flip"], out[f"{role}_jitter"] = draw.flip, draw.jitter
 
     def __call__(self, index: int, speech, sound) -> dict:
@@ -331,8 +326,8 @@ _PREFETCH = 4  # batches each worker may have ready ahead of the consumer
 class Arena:
     """One batch's bulk data in a single uint8 buffer: the clips and the image crops.
 
-    One buffer means one shared-memory handle to pass per batch (each separate tensor would cost
-    a file-descriptor transfer), and one host-to-device copy. Byte 0 is the release flag that
+    One buffer means one shared-memory handle per batch (each separate tensor would cost a
+    file-descriptor transfer; see ``ArenaPool.handoff``), and one host-to-device copy. Byte 0 is the release flag that
     ``release`` sets once the consumer is done with it; ``layout`` maps a field to its
     ``(offset, dtype, shape)`` so the consumer can view the fields again.
     """
@@ -476,7 +471,7 @@ def unpack(batch: dict, device: torch.device | str = "cpu") -> dict[str, torch.T
     return fields
 
 
-def unpack_images(flat: torch.Tensor, hw: torch.Tensor) -> list[torch.Tensor]:
+def unpack_images(flat: torch.Tensor, hw: np.ndarray) -> list[torch.Tensor]:
     """The ``[h, w, 3]`` views of images packed by ``collate``."""
     hw = np.asarray(hw).tolist()
     return [part.view(h, w, 3) for part, (h, w) in zip(flat.split([h * w * 3 for h, w in hw]), hw)]

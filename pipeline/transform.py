@@ -147,6 +147,18 @@ def draw_train_augment(width: int, height: int, rng: np.random.Generator,
     return TrainDraw(box, flip, draw_color_jitter(rng, cfg))
 
 
+def cut_train_crop(image: Image.Image, rng: np.random.Generator,
+                   cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, TrainDraw]:
+    """Draw the training augmentation for ``image`` and cut its crop box: uint8 ``[h, w, 3]``
+    (read-only) and the draw, whose flip and jitter ``augment_batch`` applies later."""
+    draw = draw_train_augment(image.width, image.height, rng, cfg)
+    x, y, w, h = draw.box
+    # Cut in PIL first: exporting a PIL image to numpy repacks every pixel (PIL keeps RGB as
+    # 4 bytes per pixel), so only the crop, about half the image, pays for that.
+    crop = image.crop((x, y, x + w, y + h))
+    return np.asarray(crop if crop.mode == "RGB" else crop.convert("RGB")), draw
+
+
 def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch.Tensor:
     """Finish training draws: crops (uint8 ``[h, w, 3]`` each, already cut to the drawn box) ->
     ImageNet-normalized float32 ``[B, 3, size, size]`` on the crops' device.
@@ -178,11 +190,8 @@ def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch
 def train_image(image: Image.Image, size: int, rng: np.random.Generator,
                 cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """One image through DenseAV's training recipe -> ImageNet-normalized float32 ``[3, size, size]``."""
-    pixels = np.asarray(image.convert("RGB"))
-    draw = draw_train_augment(pixels.shape[1], pixels.shape[0], rng, cfg)
-    x, y, w, h = draw.box
-    crop = torch.from_numpy(pixels[y : y + h, x : x + w].copy())
-    return augment_batch([crop], [draw.flip], draw.jitter[None], size)[0]
+    crop, draw = cut_train_crop(image, rng, cfg)
+    return augment_batch([torch.from_numpy(crop.copy())], [draw.flip], draw.jitter[None], size)[0]
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
