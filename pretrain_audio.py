@@ -33,7 +33,7 @@ import train
 from model.encoders import normalize_waveform, prefix_mask
 from model.factory import build_backbones
 from pipeline import format as fmt
-from pipeline.loader import list_shards
+from pipeline.data.loader import list_shards
 
 HOP = 320  # HuBERT's frame hop at 16 kHz (50 Hz); the MFCC targets use the same
 

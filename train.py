@@ -51,9 +51,9 @@ from model.factory import build_model
 from model.loss import LossWeights, mix_separate_loss
 from model.regularizers import RegularizerWeights, make_mosaic
 from pipeline.format import SAMPLE_RATE
-from pipeline.loader import LoaderConfig, TrainLoader, seed_from
-from pipeline.mixing import MaskConfig, MixConfig, SpliceConfig
-from pipeline.transform import AugmentConfig
+from pipeline.data.loader import LoaderConfig, TrainLoader, seed_from
+from pipeline.data.mixing import MaskConfig, MixConfig, SpliceConfig
+from pipeline.data.transform import AugmentConfig
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -488,7 +488,7 @@ def _validate(model, cfg: TrainConfig, accelerator: Accelerator, step: int) -> d
     """Retrieval R@k on held-out shard sets (main process only; the others wait)."""
     logs = {}
     if accelerator.is_main_process:
-        from evaluation.datasets import read_retrieval_set
+        from pipeline.testsets.datasets import read_retrieval_set
         from evaluation.retrieval import RetrievalSession
         from evaluation.runner import ModelRunner
 

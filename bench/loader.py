@@ -38,8 +38,8 @@ import webdataset as wds
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import format as fmt
-from pipeline.loader import LoaderConfig, MixedStream, TrainLoader, finish_batch, list_shards, release
-from pipeline.shards import Media, build_shards
+from pipeline.data.loader import LoaderConfig, MixedStream, TrainLoader, finish_batch, list_shards, release
+from pipeline.prep.shards import Media, build_shards
 
 SR = 16_000
 

@@ -30,9 +30,10 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline import audio, image, places
+from pipeline import audio, image
+from pipeline.prep import places
 from pipeline import format as fmt
-from pipeline.shards import STAGES, TarShardWriter, build_shards
+from pipeline.prep.shards import STAGES, TarShardWriter, build_shards
 
 
 def _photo(rng: np.random.Generator, size: int = 256) -> Image.Image:

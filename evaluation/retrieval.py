@@ -5,7 +5,7 @@ shards. Every image and clip is encoded once; per-head score matrices ``[K, N, N
 ``ModelRunner.score_matrices`` (block by block). "Total" is the sum of the heads' scores (DenseAV,
 paper §4.3.3), a head row uses that head's score. Mixed variants (Table 5, right half of Table 6)
 add an off-screen clip of the other audio type to every query, drawn deterministically from the
-other set by ``pipeline.mixing.OffscreenMixer``.
+other set by ``pipeline.data.mixing.OffscreenMixer``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from evaluation import metrics as M
-from evaluation.datasets import RetrievalSet
+from pipeline.testsets.datasets import RetrievalSet
 from evaluation.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
-from pipeline.mixing import OffscreenMixer
+from pipeline.data.mixing import OffscreenMixer
 
 SET_TYPES = {"places": "speech", "audioset": "sound"}
 KS = (1, 5, 10)

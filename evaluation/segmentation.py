@@ -20,12 +20,12 @@ import numpy as np
 
 from evaluation import metrics as M
 from evaluation import report
-from evaluation.datasets import (Clip, IS3Dataset, PromptedSet, Table1Pair, load_ade_class_mask,
+from pipeline.testsets.datasets import (Clip, IS3Dataset, PromptedSet, Table1Pair, load_ade_class_mask,
                                  load_binary_mask, load_clip, open_image)
 from evaluation.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, batches, loaded_batches, upsample, with_offscreen
-from pipeline.mixing import MixConfig, OffscreenMixer, mix_pair
-from pipeline.transform import eval_image
+from pipeline.data.mixing import MixConfig, OffscreenMixer, mix_pair
+from pipeline.data.transform import eval_image
 
 SPEECH_WINDOWS = ("advanced", "basic")
 

@@ -415,3 +415,18 @@ def _estimate_words(text: str, audio: np.ndarray, sample_rate: int) -> tuple[lis
     cum = np.concatenate([[0.0], np.cumsum(letters) / letters.sum()])
     starts: list[float | None] = [first + (last - first) * c for c in cum[:-1]]
     return _finish_words(spans, starts, audio, sample_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# the spoken prompt of a class name
+
+
+def article(phrase: str) -> str:
+    return "an" if phrase[:1].lower() in "aeiou" else "a"
+
+
+def prompt_text(phrase: str, template: str) -> str:
+    """``template`` with ``{phrase}`` and optionally ``{article}`` ("a"/"an") filled in."""
+    if "{phrase}" not in template:
+        raise ValueError(f"the prompt template must contain {{phrase}}, got {template!r}")
+    return template.format(phrase=phrase, article=article(phrase))

@@ -1,0 +1,189 @@
+"""The shard directory: file names, the commit rule, and reading a shard's samples.
+
+One directory holds the shards of one corpus split, each as::
+
+    NNNNNN.tar.partial -> NNNNNN.tar        the samples (renamed once complete)
+    NNNNNN.parquet                          one row per input item (the manifest)
+    NNNNNN_stats.json                       written last: the shard's commit marker
+    dataset.json                            the dataset-level summary
+
+**The commit rule**: a shard counts once its ``NNNNNN_stats.json`` exists, parses as a JSON
+object and its tar exists. Anything else with its stem is an interrupted build: ``prep shards``
+removes it and builds the shard again; readers ignore it and say so. Everything that lists,
+builds, inspects or reads shards calls this module, so the rule is spelled once.
+
+A tar's members are grouped into samples the way webdataset groups them: consecutive members
+sharing the name before the first dot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASET_FILE = "dataset.json"
+PARTIAL_SUFFIX = ".partial"
+STATS_SUFFIX = "_stats.json"
+LOCK_FILE = ".prep.lock"
+
+
+class ShardDirError(ValueError):
+    """A shard directory cannot be used as it is; the message names the file and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+
+def shard_stem(shard: int) -> str:
+    return f"{shard:06d}"
+
+
+def tar_path(out_dir: Path, shard: int) -> Path:
+    return Path(out_dir) / f"{shard_stem(shard)}.tar"
+
+
+def parquet_path(out_dir: Path, shard: int) -> Path:
+    return Path(out_dir) / f"{shard_stem(shard)}.parquet"
+
+
+def stats_path(out_dir: Path, shard: int) -> Path:
+    return Path(out_dir) / f"{shard_stem(shard)}{STATS_SUFFIX}"
+
+
+def shard_index(path: Path) -> int | None:
+    """``000012.tar`` / ``000012_stats.json`` / ``000012.parquet`` -> 12; None for other names."""
+    stem = Path(path).name.split(".")[0].split("_")[0]
+    return int(stem) if len(stem) == 6 and stem.isdigit() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the commit rule
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_stats(path: str | os.PathLike) -> dict | None:
+    """A commit marker's contents, or None when it is missing or unreadable (a torn or corrupt
+    file is not a commit: the shard is treated as uncommitted and rebuilt)."""
+    try:
+        stats = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return stats if isinstance(stats, dict) and isinstance(stats.get("written", 0), int) else None
+
+
+def is_committed(out_dir: Path, shard: int) -> bool:
+    return tar_path(out_dir, shard).exists() and read_stats(stats_path(out_dir, shard)) is not None
+
+
+def remove_uncommitted(out_dir: Path, shard: int) -> list[Path]:
+    """Delete the leftovers of an interrupted build of ``shard``; returns what was removed."""
+    stem = shard_stem(shard)
+    doomed = [p for p in Path(out_dir).glob(f"{stem}*") if p.name.split(".")[0].split("_")[0] == stem]
+    for p in doomed:
+        p.unlink()
+    return doomed
+
+
+@dataclass(frozen=True)
+class CommittedShard:
+    index: int
+    tar: Path
+    stats: dict
+
+    @property
+    def samples(self) -> int:
+        return int(self.stats.get("written", 0))
+
+
+@dataclass
+class DirListing:
+    """What a shard directory holds, by the commit rule."""
+
+    committed: list[CommittedShard]
+    uncommitted_tars: list[str]  # tars without a (readable) marker
+    corrupt_markers: list[str]  # stats files that exist but do not parse
+    markers_without_tar: list[str]
+    partial_files: list[str]
+
+    def problems(self) -> str:
+        """One line naming what is ignored, or "" when nothing is."""
+        parts = []
+        if self.uncommitted_tars:
+            parts.append(f"{len(self.uncommitted_tars)} uncommitted shard(s) ({', '.join(self.uncommitted_tars[:3])})")
+        if self.corrupt_markers:
+            parts.append(f"{len(self.corrupt_markers)} unreadable commit marker(s) ({', '.join(self.corrupt_markers[:3])})")
+        if self.markers_without_tar:
+            parts.append(f"{len(self.markers_without_tar)} marker(s) without their tar ({', '.join(self.markers_without_tar[:3])})")
+        return "; ".join(parts)
+
+
+def list_dir(directory: str | os.PathLike) -> DirListing:
+    """Every shard of ``directory`` sorted by index, split by the commit rule."""
+    d = Path(directory)
+    tars = {i: p for p in d.glob("*.tar") if (i := shard_index(p)) is not None and p.is_file()}
+    markers = {i: p for p in d.glob(f"*{STATS_SUFFIX}") if (i := shard_index(p)) is not None}
+    committed, corrupt = [], []
+    for i, marker in sorted(markers.items()):
+        stats = read_stats(marker)
+        if stats is None:
+            corrupt.append(marker.name)
+        elif i in tars:
+            committed.append(CommittedShard(i, tars[i], stats))
+    done = {s.index for s in committed}
+    return DirListing(
+        committed=committed,
+        uncommitted_tars=sorted(p.name for i, p in tars.items() if i not in done),
+        corrupt_markers=corrupt,
+        markers_without_tar=sorted(p.name for i, p in markers.items() if i not in tars),
+        partial_files=sorted(p.name for p in d.glob(f"*{PARTIAL_SUFFIX}")),
+    )
+
+
+def committed_shards(directory: str | os.PathLike) -> list[CommittedShard]:
+    return list_dir(directory).committed
+
+
+def looks_like_shard_dir(d: Path) -> bool:
+    return (d / DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob(f"*{STATS_SUFFIX}")) or any(d.glob(f"*{PARTIAL_SUFFIX}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a tar's samples
+
+
+def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
+    """Raw samples (``__key__`` + member bytes) of a shard tar, in file order, grouped the way
+    webdataset groups them: consecutive members sharing the name before the first dot."""
+    sample: dict | None = None
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if sample is not None and sample["__key__"] != key:
+                yield sample
+                sample = None
+            if sample is None:
+                sample = {"__key__": key}
+            sample[ext] = tar.extractfile(member).read()
+    if sample is not None:
+        yield sample
+
+
+def tar_keys(path: str | os.PathLike) -> list[str]:
+    """The sample keys of a tar in file order, read from its headers only (no member data)."""
+    keys: dict[str, None] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                keys.setdefault(member.name.split(".", 1)[0], None)
+    return list(keys)

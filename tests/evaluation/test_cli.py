@@ -1,0 +1,112 @@
+"""One end-to-end run per `evaluate.py` subcommand with the tiny model preset (random weights)."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
+from evaluate import app
+
+pytestmark = pytest.mark.slow
+RUN = CliRunner()
+OPTS = ["--batch-size", "4", "--no-progress", "--workers", "2"]
+BASE = ["--preset", "tiny", *OPTS]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_data")
+    make_is3_tree(root / "is3")
+    make_ade_tree(root, "speech")
+    make_ade_tree(root, "sound")
+    make_retrieval_shards(root / "places", 6, "speech")
+    make_retrieval_shards(root / "audioset", 6, "sound")
+    return root
+
+
+def invoke(out, *args, base=BASE):
+    result = RUN.invoke(app, [*base, "--out", str(out), *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads((out / "results.json").read_text()), (out / "tables.md").read_text()
+
+
+def test_table1(data, tmp_path):
+    res, md = invoke(tmp_path, "--save-heatmaps", "--overlay-key",
+                     "gibbon_drum_drum+gibbon_drum_gibbon", "table1", "--is3", str(data / "is3"), "--pairing", "cross")
+    t1 = res["table1"]
+    assert t1["label"] == "tiny (random weights)" and t1["normalization"] == "global"
+    assert t1["model"]["preset"] == "tiny" and t1["counts"] == {"cross_pairs": 6}
+    for head in ("sound", "speech"):
+        assert 0.0 <= t1["results"]["cross"][head]["mAP"] <= 1.0
+    assert "Sim-Sound mAP" in md and "cross-object pairs" in md
+    assert (tmp_path / "overlays" / "table1_cross_gibbon_drum_drum+gibbon_drum_gibbon.png").is_file()
+    # the archive reproduces the reported numbers
+    rec = RUN.invoke(app, ["recompute", str(tmp_path / "heatmaps" / "table1_cross.npz")])
+    assert rec.exit_code == 0, rec.output
+    assert f"sound: mAP {100 * t1['results']['cross']['sound']['mAP']:.2f}" in rec.output
+
+
+def test_table2_and_table4_accumulate(data, tmp_path):
+    args = ["--ade-speech", str(data / "ADE20KSpeechPrompted"), "--ade-sound", str(data / "ADE20KSoundPrompted")]
+    invoke(tmp_path, "--normalization", "per_image", "table2", *args)
+    res, md = invoke(tmp_path, "table4", *args, "--offscreen-snr-db", "5")
+    assert res["table2"]["normalization"] == "per_image" and res["table4"]["normalization"] == "global"
+    assert set(res["table2"]["results"]) == {"speech", "sound"}
+    assert set(res["table2"]["results"]["speech"]) == {"total", "head", "basic_total", "basic_head"}
+    assert res["table4"]["settings"]["offscreen_snr_db"] == 5.0
+    assert res["table2"]["counts"]["speech_dropped_by_protocol"] == 2
+    assert "Table 2." in md and "Table 4." in md
+
+
+@pytest.mark.parametrize("table", ["table3", "table5", "table6"])
+def test_retrieval_tables(data, tmp_path, table):
+    res, md = invoke(tmp_path, table, "--places", str(data / "places"), "--audioset", str(data / "audioset"))
+    section = res[table]["results"]
+    if table == "table6":
+        assert 0.0 <= section["disentanglement"]["pred_dis"] <= 1.0
+        assert set(section) == {"clean", "mixed", "disentanglement"}
+    else:
+        assert set(section["places"]) == {"total", "sound_head", "speech_head"}
+        assert set(section["audioset"]["total"]["I->A"]) == {"1", "5", "10"}
+    assert res[table]["counts"]["places_pairs"] == 6
+
+
+def test_table7_with_an_ablation_checkpoint(data, tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.factory import build_model
+
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path / "ablated")
+    res, md = invoke(tmp_path / "out", "--checkpoint", str(ckpt), "--label", "Ours", "table7",
+                     "--places", str(data / "places"), "--audioset", str(data / "audioset"),
+                     "--ablation", f"L_cor only={ckpt}", base=OPTS)
+    rows = res["table7"]["results"]["rows"]
+    assert [r["label"] for r in rows] == ["Ours", "L_cor only"]
+    assert rows[0]["audioset_sound_head"] == rows[1]["audioset_sound_head"]  # the same weights
+    assert res["table7"]["model"]["checkpoint"] == str(ckpt)
+    assert "(a) AudioSet, sound head" in md
+
+
+def test_all_runs_what_the_data_allows(data, tmp_path):
+    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "--overlay-key", "row1-ADE_val_00000001",
+                              "--overlay-key", "no-such-item", "all", "--ade-sound", str(data / "ADE20KSoundPrompted"),
+                              "--places", str(data / "places")])
+    assert result.exit_code == 0, result.output
+    assert "no item has the --overlay-key(s) ['no-such-item']" in result.output
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["table2_sound_row1-ADE_val_00000001.png"]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res) == {"table2", "table3"}
+    assert "table1: skipped" in result.output and "table5: skipped" in result.output
+
+
+def test_errors_are_reported(data, tmp_path):
+    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "table1", "--is3", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "table6", "--places", str(data / "places")])
+    assert result.exit_code == 1 and "--audioset" in result.output
+    result = RUN.invoke(app, ["--out", str(tmp_path), "table3", "--places", str(data / "places")])
+    assert result.exit_code == 1 and "exactly one of --checkpoint" in result.output
+    assert not (tmp_path / "results.json").exists()

@@ -1,0 +1,203 @@
+"""The trainer on tiny shards from the real shard builder, with the tiny random-weight model."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import train
+from model.checkpoint import load_checkpoint
+from model.factory import build_model
+from tests.support import shardgen
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-shards")
+    shardgen.build(root / "speech", "speech", 24, 6)
+    shardgen.build(root / "sound", "sound", 12, 6, seed0=500)
+    return root
+
+
+def _overrides(shards, out, **kw):
+    base = {"data.speech": shards / "speech", "data.sound": shards / "sound", "data.batch_size": 4,
+            "data.num_workers": 0, "data.clip_seconds": 1.0, "data.shuffle_buffer": 8, "out_dir": out,
+            "steps": 6, "warmup_steps": 2, "log_every": 2, "ckpt_every": 3, "optim.lr_warmup_steps": 2}
+    base.update(kw)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _cfg(shards, out, **kw):
+    return train.load_config(ROOT / "configs" / "tiny.yaml", _overrides(shards, out, **kw))
+
+
+def test_config_presets_and_overrides(tmp_path):
+    paper = train.load_config(ROOT / "configs" / "paper.yaml", [])
+    assert (paper.optim.lr, paper.optim.eps, paper.optim.lr_warmup_steps, paper.optim.grad_clip) == (5e-5, 1e-7, 1000, 10.0)
+    assert (paper.warmup_steps, paper.steps, paper.model_config().lora_rank) == (3000, 800_000, 8)
+    assert paper.loss["regularizers"]["specialization"] == 0.05
+    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=3e-3", "data.snr_db=[-1, 2]",
+                                                             "out_dir=runs/x-1"])
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.snr_db, cfg.out_dir) == (3, 0.003, (-1, 2), "runs/x-1")
+    with pytest.raises(Exception, match="unknown"):
+        train.load_config(None, ["data.batch_sise=3"])
+    assert [train.lr_at(s, paper.optim) for s in (0, 499, 999, 5000)] == pytest.approx([5e-8, 2.5e-5, 5e-5, 5e-5])
+
+
+def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path / "run", steps=2, warmup_steps=2, ckpt_every=0)
+    torch.manual_seed(cfg.seed)
+    initial = {k: v.clone() for k, v in build_model(cfg.model_config()).state_dict().items()}
+    train.train(cfg)
+    warm = load_checkpoint(tmp_path / "run" / "final").state_dict()
+    changed = {k for k in initial if not torch.equal(initial[k], warm[k])}
+    assert any(k.startswith("image_aligner") for k in changed) and any(k.startswith("audio_aligner") for k in changed)
+    assert "log_logit_scale" in changed
+    assert not any(k.startswith(("image_encoder", "audio_encoder")) for k in changed), "backbones frozen in warm-up"
+
+    # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
+    train.train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
+                     **{"val.every": 2, "val.speech": shards / "speech", "val.sound": shards / "sound", "val.pairs": 8}),
+                resume=True)
+    full = load_checkpoint(tmp_path / "run" / "final").state_dict()
+    changed = {k for k in initial if not torch.equal(warm[k], full[k])}
+    assert any(k.startswith("audio_encoder") for k in changed)
+    assert any("lora" in k for k in changed)
+    assert not any(k.startswith("image_encoder") and "lora" not in k for k in changed)
+
+    out = tmp_path / "run"
+    assert (out / "config.yaml").exists() and (out / "model_config.json").exists()
+    events = list((out / "train").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard logs"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss/total", "loss/cor", "lr", "temperature", "grad_norm", "items_per_s", "time/data_s"} <= tags
+    assert "val/places/total/A->I@10" in tags and "val/audioset/sound_head/I->A@1" in tags
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["bad_steps_total"] == 0
+    assert {"cor", "dis", "reg/nonneg", "reg/temperature"} <= set(summary["last_loss"])
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
+    args = ["train.py", "--config", "configs/tiny.yaml"]
+    straight = _run([*args, *_overrides(shards, tmp_path / "straight", steps=12, ckpt_every=4)], timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *args, *_overrides(shards, killed_dir, steps=12, ckpt_every=4)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "step_00000004").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "final").exists(), "the run must have been killed before it finished"
+    resumed = _run([*args, *_overrides(shards, killed_dir, steps=12, ckpt_every=4), "--resume"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(killed_dir / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    sa = json.loads((tmp_path / "straight" / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    sb = json.loads((killed_dir / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert sa["step"] == sb["step"] == 12 and sa["micro_step"] == sb["micro_step"]
+    assert len(list((killed_dir / "checkpoints").glob("step_*"))) <= 3, "rotation keeps the newest"
+
+
+def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monkeypatch):
+    real_iterate = train.TrainLoader.iterate
+    poisoned = {"every": 0}
+
+    def iterate(self, skip=0, device="cpu"):
+        for i, batch in enumerate(real_iterate(self, skip, device)):
+            if poisoned["every"] and i % poisoned["every"] == 1:
+                batch["mix_audio"] = batch["mix_audio"] * float("nan")
+                batch["sound_audio"] = batch["sound_audio"] * float("nan")
+            yield batch
+
+    monkeypatch.setattr(train.TrainLoader, "iterate", iterate)
+    poisoned["every"] = 3
+    train.train(_cfg(shards, tmp_path / "nan", steps=6, ckpt_every=0))
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["step"] == 6 and summary["bad_steps_total"] == 2
+    final = load_checkpoint(tmp_path / "nan" / "final").state_dict()
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+    poisoned["every"] = 1
+    monkeypatch.setattr(train.TrainLoader, "iterate",
+                        lambda self, skip=0, device="cpu": ({**b, "sound_audio": b["sound_audio"] * float("nan")}
+                                                            for b in real_iterate(self, skip, device)))
+    with pytest.raises(RuntimeError, match="in a row"):
+        train.train(_cfg(shards, tmp_path / "nan2", steps=6, ckpt_every=0, max_bad_steps=3))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(n, script_args, timeout=600):
+    cmd = ["-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1", "--cpu",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *script_args]
+    return _run(cmd, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["warmup", "full"])
+def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path, stage):
+    g = torch.Generator().manual_seed(0)
+    b, n = 6, 16_000
+    batch = {name: torch.randn(b, 3, 112, 112, generator=g) for name in ("sound_image", "speech_image")}
+    for name in ("sound_audio", "speech_audio"):
+        batch[name] = 0.1 * torch.randn(b, n, generator=g)
+    batch["mix_audio"] = batch["sound_audio"] + batch["speech_audio"]
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, n // 2 :] = False
+    mask[3, n // 3 :] = False
+    batch.update(sound_mask=mask, speech_mask=mask.flip(0), mix_mask=mask | mask.flip(0))
+    save_file(batch, str(tmp_path / "batch.safetensors"))
+
+    one = _run(["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "one.safetensors"), stage], timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(2, ["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "two.safetensors"), stage])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, c = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert set(a) == set(c)
+    assert int(a["items"]) == int(c["items"]) == b
+    assert any(k.startswith("grad/audio_encoder") for k in a) == (stage == "full")
+    for name in a:
+        torch.testing.assert_close(a[name], c[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_trains(shards, tmp_path):
+    # finite epoch: ranks may get batches of unequal size, which the padded gather must absorb
+    result = _launch(2, ["train.py", "--config", "configs/tiny.yaml",
+                         *_overrides(shards, tmp_path / "ddp", steps=4, ckpt_every=2, **{"data.resampled": False})])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["bad_steps_total"] == 0
+    assert load_checkpoint(tmp_path / "ddp" / "final") is not None
