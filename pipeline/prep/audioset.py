@@ -32,7 +32,7 @@ import typer
 
 from pipeline import audio, ffmpeg, image
 from pipeline import format as fmt
-from pipeline.prep import shards
+from pipeline.prep import commands, shards
 from pipeline.prep.shards import Media, SkipItem
 
 SOURCE = "audioset"
@@ -397,7 +397,7 @@ def count_found(index: dict[str, list[MediaFile]], items: Iterable[dict], media_
 def command(
     segments: Annotated[Path, typer.Option("--segments", "-s", help="Segment CSV (balanced_train_segments.csv, ...).")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="class_labels_indices.csv (mid -> display name).")],
-    out: shards.OutOpt,
+    out: commands.OutOpt,
     media_dir: Annotated[
         Path | None,
         typer.Option(help="Files already on disk, named YTID.* (whole videos) or YTID_<start>_<end>.* (cut clips). "
@@ -415,11 +415,11 @@ def command(
     retries: Annotated[int, typer.Option(help="Extra attempts after rate limiting or network errors.")] = 3,
     retry_wait: Annotated[float, typer.Option(help="First back-off in seconds; doubles per attempt.")] = 30.0,
     yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
-    workers: shards.WorkersOpt = 1,
-    part: shards.PartOpt = "0/1",
-    shard_size: shards.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
-    limit: shards.LimitOpt = None,
-    progress: shards.ProgressOpt = True,
+    workers: commands.WorkersOpt = 1,
+    part: commands.PartOpt = "0/1",
+    shard_size: commands.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
+    limit: commands.LimitOpt = None,
+    progress: commands.ProgressOpt = True,
 ) -> None:
     """AudioSet segments -> sound shards, from local media or downloaded with yt-dlp.
 
@@ -428,19 +428,19 @@ def command(
     try:
         items = read_segments(segments, read_labels(labels))
     except CsvError as exc:
-        raise shards.fail(str(exc)) from exc
+        raise commands.fail(str(exc)) from exc
     if limit is not None:
         items = items[:limit]
     if media_dir is not None:
         if not media_dir.is_dir():
-            raise shards.fail(f"--media-dir {media_dir} is not a directory")
+            raise commands.fail(f"--media-dir {media_dir} is not a directory")
         root = str(media_dir.resolve())
         found = count_found(media_index(root), items, root)
         typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
         load = functools.partial(load_from_dir, media_dir=root)
     else:
         if importlib.util.find_spec("yt_dlp") is None:
-            raise shards.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
+            raise commands.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
         cache = (download_dir or out / "media").resolve()
         cache.mkdir(parents=True, exist_ok=True)
         options = DownloadOptions(
@@ -448,7 +448,7 @@ def command(
             sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
         )
         load = functools.partial(load_downloaded, cache_dir=str(cache), options=dataclasses.asdict(options))
-    shards.run_build(
+    commands.run_build(
         items, load, out, key=item_key, workers=workers, part=part, shard_size=shard_size,
         limit=None, progress=progress, desc="audioset",
     )

@@ -5,7 +5,7 @@ Each concern registers its own commands here, so this file stays a table of cont
 
 import typer
 
-from pipeline.prep import audioset, extend_is3, places, shards
+from pipeline.prep import audioset, commands, extend_is3, places
 from pipeline.prep import inspect as inspect_shards
 from pipeline.prep.synthetic.cli import synthetic_app
 
@@ -15,7 +15,7 @@ app.add_typer(shards_app, name="shards")
 
 shards_app.command("places")(places.command)
 shards_app.command("audioset")(audioset.command)
-app.command("retry")(shards.retry_command)
+app.command("retry")(commands.retry_command)
 app.command("inspect")(inspect_shards.command)
 app.command("extend-is3")(extend_is3.extend_is3_command)
 app.add_typer(synthetic_app, name="synthetic")

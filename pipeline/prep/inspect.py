@@ -23,7 +23,7 @@ import typer
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import format as fmt
-from pipeline.prep import shards
+from pipeline.prep import commands, shards
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
 _MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duration", "orig_sample_rate", "orig_channels", "audio_type", "meta"]
@@ -342,10 +342,10 @@ def command(
 ) -> None:
     """Counts, hours, audio types, labels, durations, sample rates, failures and shard health."""
     if show and out is None:
-        raise shards.fail("--show needs --out sheet.png")
+        raise commands.fail("--show needs --out sheet.png")
     dirs = find_shard_dirs(shard_dir)
     if not dirs:
-        raise shards.fail(f"no shards under {shard_dir}")
+        raise commands.fail(f"no shards under {shard_dir}")
     reports: list[dict[str, Any]] = []
     for d in dirs:
         report = collect(d)

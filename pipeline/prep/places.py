@@ -23,7 +23,7 @@ import typer
 
 from pipeline import audio, image
 from pipeline import format as fmt
-from pipeline.prep import shards
+from pipeline.prep import commands, shards
 from pipeline.prep.shards import Media, SkipItem
 
 SOURCE = "places"
@@ -103,20 +103,20 @@ def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_r
     if image_root is None:
         base = header.get("image_base_path")
         if not (isinstance(base, str) and Path(base).is_dir()):
-            raise shards.fail(
+            raise commands.fail(
                 f"the metadata's image_base_path {base!r} does not exist here; pass --image-root "
                 "(the Places205 image folder the 'image' paths are relative to)"
             )
         image_root = Path(base)
     for name, root in (("--audio-root", audio_root), ("--image-root", image_root)):
         if not root.is_dir():
-            raise shards.fail(f"{name} {root} is not a directory")
+            raise commands.fail(f"{name} {root} is not a directory")
     return audio_root, image_root
 
 
 def command(
     metadata: Annotated[Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")],
-    out: shards.OutOpt,
+    out: commands.OutOpt,
     audio_root: Annotated[
         Path | None,
         typer.Option(help="Folder the 'wav' paths are relative to. Default: the metadata's audio_base_path, else the folder holding metadata/."),
@@ -124,20 +124,20 @@ def command(
     image_root: Annotated[
         Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path.")
     ] = None,
-    workers: shards.WorkersOpt = 1,
-    part: shards.PartOpt = "0/1",
-    shard_size: shards.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
-    limit: shards.LimitOpt = None,
-    progress: shards.ProgressOpt = True,
+    workers: commands.WorkersOpt = 1,
+    part: commands.PartOpt = "0/1",
+    shard_size: commands.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
+    limit: commands.LimitOpt = None,
+    progress: commands.ProgressOpt = True,
 ) -> None:
     """PlacesAudio spoken captions + Places205 images -> speech shards."""
     try:
         items, header = read_metadata(metadata)
     except MetadataError as exc:
-        raise shards.fail(str(exc)) from exc
+        raise commands.fail(str(exc)) from exc
     audio_root, image_root = resolve_roots(metadata, header, audio_root, image_root)
     load = functools.partial(load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve()))
-    shards.run_build(
+    commands.run_build(
         items, load, out, key=item_key, workers=workers, part=part, shard_size=shard_size,
         limit=limit, progress=progress, desc="places",
     )

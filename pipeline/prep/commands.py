@@ -1,0 +1,79 @@
+"""The command-line pieces every `prep shards <corpus>` command and `prep retry` share: the Typer
+option types, the one-line error, the summary table, and the build/retry calls behind them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.prep.shards import BuildSummary, build_shards, parse_part, retry_failed
+
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the shards.")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=0, help="Worker processes (about one per core; 0 = in this process).")
+]
+PartOpt = Annotated[
+    str, typer.Option("--part", help="Build only shards with index % N == I, as I/N (e.g. a Slurm array task).")
+]
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Input items per shard.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N input items (trial runs).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error (plain text: greppable in batch logs) and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def print_summary(summary: BuildSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"shards in {summary.out_dir}", show_header=False)
+    rate = summary.items_processed / summary.wall_seconds if summary.wall_seconds else 0.0
+    table.add_row("shards built / skipped (done before) / in part", f"{summary.shards_built} / {summary.shards_skipped} / {summary.shards_selected}")
+    table.add_row("items processed", f"{summary.items_processed}  ({rate:.1f} clips/s)")
+    table.add_row("written / failed", f"{summary.written} / {summary.failed}")
+    table.add_row("audio hours written", f"{summary.audio_hours:.3f}")
+    for kind, n in sorted(summary.failures.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  failed: {kind}", str(n))
+    table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
+    Console(stderr=True).print(table)
+
+
+def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc) -> BuildSummary:
+    """What every `prep shards <corpus>` command does once it has its items and loader."""
+    try:
+        part_tuple = parse_part(part)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if limit is not None:
+        items = items[:limit]
+    try:
+        summary = build_shards(
+            items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress
+        )
+    except ValueError as exc:  # e.g. a resume over shards built from other input
+        raise fail(str(exc)) from exc
+    print_summary(summary)
+    return summary
+
+
+def retry_command(
+    out_dir: Annotated[Path, typer.Argument(help="A shard directory built by `prep shards ...`.", exists=True, file_okay=False)],
+    reason: Annotated[
+        list[str] | None, typer.Option("--reason", "-r", help="Retry only failures of this kind (repeatable), e.g. rate_limited.")
+    ] = None,
+    workers: WorkersOpt = 1,
+    progress: ProgressOpt = True,
+) -> None:
+    """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""
+    try:
+        summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    print_summary(summary)
