@@ -119,7 +119,7 @@ def main(
 
 
 def _table1(common: Common, is3: Path, pairing: str, speech_window: str, snr_db: float, strict: bool) -> None:
-    from pipeline.testsets.datasets import read_is3
+    from pipeline.testsets.is3 import read_is3
     from evaluation.segmentation import Table1Settings, run_table1
 
     started = time.time()
@@ -132,7 +132,7 @@ def _table1(common: Common, is3: Path, pairing: str, speech_window: str, snr_db:
 
 
 def _ade(common: Common, speech: Path | None, sound: Path | None, mixed: bool, snr_db: float, strict: bool) -> None:
-    from pipeline.testsets.datasets import read_ade20k_prompted
+    from pipeline.testsets.ade20k import read_ade20k_prompted
     from evaluation.segmentation import run_ade_tables
 
     started = time.time()
@@ -145,7 +145,7 @@ def _ade(common: Common, speech: Path | None, sound: Path | None, mixed: bool, s
 
 def _session(common: Common, places: Path | None, audioset: Path | None, pairs: int, pair_seed: int,
              snr_db: float, cache: dict | None = None):
-    from pipeline.testsets.datasets import read_retrieval_set
+    from pipeline.testsets.retrieval import read_retrieval_set
     from evaluation.retrieval import RetrievalSession
 
     key = (places, audioset, pairs, pair_seed, snr_db)

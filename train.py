@@ -488,7 +488,7 @@ def _validate(model, cfg: TrainConfig, accelerator: Accelerator, step: int) -> d
     """Retrieval R@k on held-out shard sets (main process only; the others wait)."""
     logs = {}
     if accelerator.is_main_process:
-        from pipeline.testsets.datasets import read_retrieval_set
+        from pipeline.testsets.retrieval import read_retrieval_set
         from evaluation.retrieval import RetrievalSession
         from evaluation.runner import ModelRunner
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from evaluation import metrics as M
-from pipeline.testsets.datasets import RetrievalSet
+from pipeline.testsets.retrieval import RetrievalSet
 from evaluation.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
 from pipeline.data.mixing import OffscreenMixer

@@ -2,7 +2,7 @@
 
 Everything runs under ``torch.no_grad`` in eval mode. Images go through the evaluation transform
 (shorter side to the model's input size from its config, centre crop, ImageNet normalization);
-audio arrives as standardized clips (``pipeline.testsets.datasets.Clip``). Score matrices are computed by
+audio arrives as standardized clips (``pipeline.testsets.common.Clip``). Score matrices are computed by
 ``model.similarity.batch_scores`` one block of audio clips at a time, so a 1,000 x 1,000 retrieval
 never holds a B x B x H x W x T volume.
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.testsets.datasets import Clip
+from pipeline.testsets.common import Clip
 from model import similarity
 from pipeline import format as fmt
 from pipeline.data.mixing import OffscreenMixer, valid_mask

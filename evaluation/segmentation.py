@@ -20,8 +20,9 @@ import numpy as np
 
 from evaluation import metrics as M
 from evaluation import report
-from pipeline.testsets.datasets import (Clip, IS3Dataset, PromptedSet, Table1Pair, load_ade_class_mask,
-                                 load_binary_mask, load_clip, open_image)
+from pipeline.testsets.ade20k import PromptedSet, load_ade_class_mask
+from pipeline.testsets.common import Clip, load_binary_mask, load_clip, open_image
+from pipeline.testsets.is3 import IS3Dataset, Table1Pair
 from evaluation.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, batches, loaded_batches, upsample, with_offscreen
 from pipeline.data.mixing import MixConfig, OffscreenMixer, mix_pair

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.testsets.datasets import SPEECH_DIR, SPEECH_PROMPTS_FILE, DatasetError, read_is3
+from pipeline.testsets.common import DatasetError
+from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE, read_is3
 from pipeline import audio as audio_io
 from pipeline import format as fmt
 from pipeline import tts

@@ -10,7 +10,9 @@ import torch
 
 from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
 from tests.support.oracle_model import OracleModel
-from pipeline.testsets import datasets as D
+from pipeline.testsets.ade20k import read_ade20k_prompted
+from pipeline.testsets.is3 import read_is3
+from pipeline.testsets.retrieval import read_retrieval_set
 from evaluation import retrieval as R
 from evaluation.runner import ModelRunner
 from evaluation.segmentation import SegSettings, Table1Settings, run_ade_tables, run_table1
@@ -22,7 +24,7 @@ def runner():
 
 
 def test_table1_routes_heads_to_their_objects(tmp_path, runner):
-    ds = D.read_is3(make_is3_tree(tmp_path / "is3"))
+    ds = read_is3(make_is3_tree(tmp_path / "is3"))
     settings = SegSettings(progress=False, save_heatmaps=tmp_path / "hm", overlays=1, overlay_dir=tmp_path / "png")
     body = run_table1(runner, ds, settings, Table1Settings())
     for pairing in ("cross", "same"):
@@ -50,15 +52,15 @@ def test_table1_routes_heads_to_their_objects(tmp_path, runner):
 
 def test_table1_swapped_heads_would_fail(tmp_path, runner):
     """The same oracle with its heads swapped scores at chance: the protocol is what routes."""
-    ds = D.read_is3(make_is3_tree(tmp_path / "is3"))
+    ds = read_is3(make_is3_tree(tmp_path / "is3"))
     runner.sound_head, runner.speech_head = 1, 0
     body = run_table1(runner, ds, SegSettings(progress=False), Table1Settings(pairings=("cross",)))
     assert body["results"]["cross"]["sound"]["mAP"] < 0.6
 
 
 def test_ade_tables_geometry_and_mixing(tmp_path, runner):
-    speech = D.read_ade20k_prompted(make_ade_tree(tmp_path, "speech"), "speech")
-    sound = D.read_ade20k_prompted(make_ade_tree(tmp_path, "sound"), "sound")
+    speech = read_ade20k_prompted(make_ade_tree(tmp_path, "speech"), "speech")
+    sound = read_ade20k_prompted(make_ade_tree(tmp_path, "sound"), "sound")
     for mixed in (False, True):
         body = run_ade_tables(runner, speech, sound, SegSettings(progress=False, normalization="per_image"), mixed)
         for kind, variants in (("sound", ("total", "head")),
@@ -73,7 +75,7 @@ def test_ade_tables_geometry_and_mixing(tmp_path, runner):
 def test_retrieval_tables(tmp_path, runner):
     make_retrieval_shards(tmp_path / "places", 12, "speech")
     make_retrieval_shards(tmp_path / "audioset", 12, "sound")
-    sets = {"places": D.read_retrieval_set(tmp_path / "places"), "audioset": D.read_retrieval_set(tmp_path / "audioset")}
+    sets = {"places": read_retrieval_set(tmp_path / "places"), "audioset": read_retrieval_set(tmp_path / "audioset")}
     session = R.RetrievalSession(runner, sets, progress=False)
     clean = R.run_table3(session)["results"]
     for name, head in (("places", "speech_head"), ("audioset", "sound_head")):

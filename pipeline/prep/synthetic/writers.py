@@ -1,10 +1,10 @@
 """Writers of the generated world, each in a real format read by the project's real readers.
 
 - shard sets (``speech/train``, ``sound/val``, ...): through ``pipeline.prep.shards.build_shards``,
-  read by ``pipeline.data.loader`` and ``pipeline.testsets.datasets.read_retrieval_set``;
-- an Extended-IS3 tree: read by ``pipeline.testsets.datasets.read_is3``;
+  read by ``pipeline.data.loader`` and ``pipeline.testsets.retrieval.read_retrieval_set``;
+- an Extended-IS3 tree: read by ``pipeline.testsets.is3.read_is3``;
 - DenseAV's ADE20K prompted sets (speech and sound): read by
-  ``pipeline.testsets.datasets.read_ade20k_prompted``.
+  ``pipeline.testsets.ade20k.read_ade20k_prompted``.
 
 Tree items are rendered in worker processes that write their own files; the index files
 (``speech_prompts.json``, ``prompted_segmentation.csv``) are written last, in item order.
@@ -28,7 +28,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from pipeline.testsets.datasets import ADE_CSV, ADE_KINDS, SPEECH_DIR, SPEECH_PROMPTS_FILE
+from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
+from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 from pipeline import audio as audio_io
 from pipeline import format as fmt
 from pipeline.prep.shards import BuildSummary, build_shards

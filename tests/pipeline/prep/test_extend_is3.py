@@ -8,7 +8,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from tests.support.testsets import is3_stems, make_is3_tree
-from pipeline.testsets import datasets as D
+from pipeline.testsets.common import DatasetError, load_clip
+from pipeline.testsets.is3 import read_is3
 from pipeline.prep import extend_is3 as X
 from pipeline import format as fmt
 
@@ -42,15 +43,15 @@ def test_build_extended_is3_offline(tmp_path):
     assert sr == fmt.SAMPLE_RATE and audio.ndim == 1 and end <= audio.shape[0] / sr + 1e-3
     assert doc["items"]["fireworks_subwaytrain_10415_subway"]["phrase"] == "subway train"
 
-    ds = D.read_is3(root, require_speech=True)
+    ds = read_is3(root, require_speech=True)
     assert ds.extended and len(ds.annotations) == 6 and ds.speech_meta["backend"] == "espeak"
-    clip = D.load_clip(ds.annotations[0].speech_path)
+    clip = load_clip(ds.annotations[0].speech_path)
     assert clip.valid >= fmt.MIN_DURATION_S * fmt.SAMPLE_RATE
 
     # deterministic: a rebuild gives byte-identical files
     before = {p.name: p.read_bytes() for p in (root / "speech_wav").iterdir()}
     before_json = (root / "speech_prompts.json").read_bytes()
-    with pytest.raises(D.DatasetError, match="overwrite"):
+    with pytest.raises(DatasetError, match="overwrite"):
         X.build_extended_is3(root, progress=False)
     X.build_extended_is3(root, template="a picture of {article} {phrase}", overwrite=True, progress=False)
     assert before == {p.name: p.read_bytes() for p in (root / "speech_wav").iterdir()}

@@ -11,13 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.testsets.datasets import (
-    decode_ade_classes,
-    load_clip,
-    read_ade20k_prompted,
-    read_is3,
-    read_retrieval_set,
-)
+from pipeline.testsets.ade20k import decode_ade_classes, read_ade20k_prompted
+from pipeline.testsets.common import load_clip
+from pipeline.testsets.is3 import read_is3
+from pipeline.testsets.retrieval import read_retrieval_set
 from pipeline import format as fmt
 from pipeline.prep.cli import app
 from pipeline.data.loader import LoaderConfig, TrainLoader
