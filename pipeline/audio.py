@@ -1,13 +1,16 @@
 """Audio: read any file, then standardize to the shard format (16 kHz mono, exactly 10 s).
 
 ``standardize`` is the one place that decides what a usable clip is; the shard builder, the
-generated-world builder and the evaluation readers all call it.
+generated-world builder and the evaluation readers all call it. ``read_clip`` decodes only the
+part of a file that ``standardize`` keeps, so a worker's memory is bounded by one clip, not by
+the length of the file.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,22 @@ SOUNDFILE_EXTS = {".wav", ".flac"}
 # Extra input samples kept past the 10 s mark so the resampling filter has real context at the
 # clip's end instead of an artificial edge.
 _RESAMPLE_CONTEXT = 64
+# What ffmpeg decodes past the 10 s mark: at least _RESAMPLE_CONTEXT samples at any rate down to
+# 1280 Hz (standardize drops the rest, so reading a little more changes nothing).
+_CONTEXT_SECONDS = 0.05
 
 
 class BadAudio(ValueError):
     """Unusable audio; the message starts with a reason kind (``audio_too_short: ...``)."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded audio of a requested range of a file (with ``read_clip``, only its first 10 s)."""
+
+    samples: np.ndarray  # float32 [channels, samples]
+    sample_rate: int
+    seconds: float  # length of the whole requested range in the file (orig_duration)
 
 
 def read(path: str | os.PathLike, *, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
@@ -34,30 +49,61 @@ def read(path: str | os.PathLike, *, start: float = 0.0, end: float | None = Non
     Raises BadAudio (``audio_decode: ...``) naming the file when neither libsndfile nor ffmpeg can
     decode it.
     """
+    decoded = _decode(path, start, end, clip_only=False)
+    return decoded.samples, decoded.sample_rate
+
+
+def read_clip(path: str | os.PathLike, *, start: float = 0.0, end: float | None = None) -> Decoded:
+    """Like ``read``, but decodes only the first CLIP_SECONDS (plus resampling context) of
+    ``[start, end)``: ``standardize`` gives the same clip as from the whole range, and a one-hour
+    file costs a worker no more memory than a 10 s one. ``seconds`` is the whole range's length:
+    exact for WAV/FLAC, else from the container's declared duration (or what was decoded, when it
+    declares none).
+    """
+    return _decode(path, start, end, clip_only=True)
+
+
+def _decode(path, start: float, end: float | None, *, clip_only: bool) -> Decoded:
     if end is not None and end <= start:
         raise BadAudio(f"audio_range: end {end} <= start {start} for {path}")
     if Path(path).suffix.lower() in SOUNDFILE_EXTS:
         try:
-            return _read_soundfile(path, start, end)
+            samples, sr, frames = _read_soundfile(path, start, end, clip_only=clip_only)
+            return Decoded(samples, sr, frames / sr)
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
             pass  # e.g. a .wav holding a codec libsndfile lacks: ffmpeg may still manage
+    cap = CLIP_SECONDS + _CONTEXT_SECONDS
+    limit = math.inf if end is None else end
+    stop = min(limit, start + cap) if clip_only else end
     try:
-        return ffmpeg.decode_audio(path, start=start, duration=None if end is None else end - start)
+        samples, sr = ffmpeg.decode_audio(path, start=start, duration=None if stop is None else stop - start)
     except ffmpeg.FFmpegError as exc:
         raise BadAudio(f"audio_decode: cannot decode {path}: {exc}") from exc
+    seconds = samples.shape[1] / sr
+    if clip_only and seconds >= cap - 1 / sr:  # cut short: the rest of the range was not decoded
+        total = ffmpeg.probe_duration(path)
+        if total is not None:
+            seconds = max(seconds, float(min(limit, total) - start))
+    return Decoded(samples, sr, seconds)
 
 
-def _read_soundfile(path, start: float, end: float | None) -> tuple[np.ndarray, int]:
+def _read_soundfile(path, start: float, end: float | None, *, clip_only: bool = False) -> tuple[np.ndarray, int, int]:
+    """Frames ``[start, end)`` as float32 ``[channels, samples]`` (``clip_only``: just the part
+    ``standardize`` keeps), the rate, and the length of the whole range in frames. libsndfile
+    seeks, so frames outside what is returned are never decoded."""
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
         first = int(round(start * sr))
-        if first >= f.frames:  # the range starts after the file ends: nothing to read
-            return np.zeros((f.channels, 0), np.float32), sr
+        last = f.frames if end is None else min(f.frames, int(round(end * sr)))
+        if first >= last:  # the range starts after the file ends: nothing to read
+            return np.zeros((f.channels, 0), np.float32), sr, 0
         if first:
             f.seek(first)
-        frames = -1 if end is None else int(round(end * sr)) - first
-        data = f.read(frames, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.T), sr
+        count = last - first
+        if clip_only:
+            count = min(count, math.ceil(CLIP_SECONDS * sr) + _RESAMPLE_CONTEXT)
+        data = f.read(count, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(data.T), sr, last - first
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""ffmpeg: finding the binary, decoding audio, cutting a time range, grabbing one video frame.
+"""ffmpeg: finding the binary, decoding audio, cutting a time range, a file's declared duration,
+grabbing one video frame.
 
 ffmpeg always runs from an argument list (never through a shell), so paths with spaces, quotes or
 leading dashes are passed through untouched. The binary comes from ``$FFMPEG_BINARY``, else the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import shutil
 import subprocess
 
@@ -104,6 +106,25 @@ def decode_audio(
     except Exception as exc:  # noqa: BLE001 - a malformed pipe stream is an ffmpeg failure
         raise FFmpegError(f"ffmpeg output is not readable audio: {exc}") from exc
     return np.ascontiguousarray(data.T), int(sr)
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def probe_duration(path: str | os.PathLike, *, timeout: float = 30.0) -> float | None:
+    """The duration a media file's container declares, in seconds, read from its header without
+    decoding; None when it declares none or ffmpeg cannot open it."""
+    # With an input and no output ffmpeg prints the input's description, then exits 1.
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _input(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    match = _DURATION.search(proc.stderr.decode("utf-8", "replace"))
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def extract_frame(path: str | os.PathLike, at: float, *, timeout: float = DEFAULT_TIMEOUT_S) -> Image.Image:

@@ -210,7 +210,7 @@ def load_media_file(item: dict, media: MediaFile) -> Media:
     """Cut ``[start, end)`` of the item's source out of ``media`` and take the middle frame."""
     offset = media.start or 0.0
     start, end = item["start"] - offset, item["end"] - offset
-    samples, sample_rate = audio.read(media.path, start=max(start, 0.0), end=end)
+    decoded = audio.read_clip(media.path, start=max(start, 0.0), end=end)
     middle = (start + end) / 2
     if media.image:
         picture = image.open_image(media.image)
@@ -228,8 +228,9 @@ def load_media_file(item: dict, media: MediaFile) -> Media:
         "labels": item["labels"],
         "media_file": os.path.basename(media.path),
         "frame_time": round(item["start"] + (end - start) / 2, 6),
+        "orig_duration": round(decoded.seconds, 6),
     }
-    return Media(samples, sample_rate, picture, meta)
+    return Media(decoded.samples, decoded.sample_rate, picture, meta)
 
 
 def load_from_dir(item: dict, *, media_dir: str) -> Media:

@@ -79,19 +79,20 @@ def load_item(item: dict, *, audio_root: str, image_root: str) -> Media:
         raise SkipItem(f"missing_audio: {wav} does not exist")
     if not img.is_file():
         raise SkipItem(f"missing_image: {img} does not exist")
-    samples, sample_rate = audio.read(wav)
+    decoded = audio.read_clip(wav)
     picture = image.open_image(img)
     meta: dict[str, Any] = {
         "source": SOURCE,
         "source_id": item["wav"],
         "audio_type": "speech",
         "image_source": item["image"],
+        "orig_duration": round(decoded.seconds, 6),
     }
     for name, value in item["extra"].items():
         meta[f"places_{name}" if name in _RESERVED else name] = value
     if isinstance(item["extra"].get("asr_text"), str):
         meta["caption"] = item["extra"]["asr_text"]
-    return Media(samples, sample_rate, picture, meta)
+    return Media(decoded.samples, decoded.sample_rate, picture, meta)
 
 
 def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_root: Path | None) -> tuple[Path, Path]:

@@ -74,6 +74,27 @@ def test_read_cuts_the_exact_range(tmp_path, container):
         assert media.dominant_frequency(window, sr) == pytest.approx(media.step_frequency(second), abs=3)
 
 
+@pytest.mark.parametrize("container", ["wav", "flac", "mp4"])
+@pytest.mark.parametrize(("start", "end"), [(0.0, None), (1.5, None), (2.0, 14.0), (3.0, 7.0)])
+def test_read_clip_gives_the_full_decodes_clip(tmp_path, container, start, end):
+    # a 3-channel 22.05 kHz source 16 s long: the range read decodes ~10 s, the full read all of it
+    sr = 22_050
+    source = np.stack([media.stepped_tone(16.0, sr), media.noise(16.0, sr, seed=1), media.tone(700, 16.0, sr)])
+    if container == "mp4":
+        path = media.write_video(tmp_path / "v.mp4", source, sr)  # AAC: decoded by ffmpeg
+    else:
+        path = media.write_audio(tmp_path / f"a.{container}", source, sr)
+    full, full_sr = audio.read(path, start=start, end=end)
+    clip = audio.read_clip(path, start=start, end=end)
+    assert clip.sample_rate == full_sr and clip.samples.shape[0] == 3
+    assert clip.samples.shape[1] <= min(full.shape[1], int(10.06 * sr))
+    expected, expected_s = audio.standardize(full, full_sr)
+    got, got_s = audio.standardize(clip.samples, clip.sample_rate)
+    np.testing.assert_array_equal(got, expected)
+    assert got_s == expected_s
+    assert clip.seconds == pytest.approx(full.shape[1] / full_sr, abs=0.03)
+
+
 def test_read_past_the_end_gives_empty_audio(tmp_path):
     path = media.write_audio(tmp_path / "a.wav", media.tone(440, 2, 16_000), 16_000)
     clip, _ = audio.read(path, start=5, end=6)
