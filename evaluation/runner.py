@@ -3,7 +3,7 @@
 Everything runs under ``torch.no_grad`` in eval mode. Images go through the evaluation transform
 (shorter side to the model's input size from its config, centre crop, ImageNet normalization);
 audio arrives as standardized clips (``pipeline.testsets.common.Clip``). Score matrices are computed by
-``model.similarity.batch_scores`` one block of audio clips at a time, so a 1,000 x 1,000 retrieval
+``model.similarity.head_scores`` (Eq. 6) one block of audio clips at a time, so a 1,000 x 1,000 retrieval
 never holds a B x B x H x W x T volume.
 """
 
@@ -132,7 +132,7 @@ class ModelRunner:
             a_blk = a[i0 : i0 + audio_block].to(self.device)
             m_blk = frame_mask[i0 : i0 + audio_block].to(self.device)
             for k in range(self.num_heads):
-                out[k, i0 : i0 + a_blk.shape[0]] = similarity.batch_scores(a_blk, m_blk, v_dev, head=k).float().cpu().numpy()
+                out[k, i0 : i0 + a_blk.shape[0]] = similarity.head_scores(a_blk, m_blk, v_dev, k).float().cpu().numpy()
             if progress is not None:
                 progress(a_blk.shape[0])
         return out

@@ -1,8 +1,11 @@
-"""The mix-and-separate objective (paper Eqs. 1, 7, 9, 11) plus DenseAV's regularizers.
+"""The mix-and-separate objective plus DenseAV's regularizers, one function per paper term:
+``info_nce`` (Eq. 1), ``correspondence_loss`` (L_cor, Eq. 7), ``disentanglement_loss`` (L_dis,
+Eq. 9, on the mixture's head slices of Eq. 10), ``regularizer_terms`` and ``mix_separate_loss``
+(Eq. 11: L_cor + L_dis, plus the weighted regularizers).
 
 Everything here takes already-encoded features, so the trainer can gather them across processes
-(with gradient) and compute the loss over the global batch. ``mix_separate_loss`` takes the dict
-that ``AVModel.forward`` returns:
+(with gradient) and compute the loss over the global batch. The losses take the dict that
+``AVModel.forward`` returns:
 
 =========================== ======================== =============================================
 key                         shape                    meaning
@@ -27,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from . import regularizers as reg
-from .similarity import batch_scores, pair_volume
+from .similarity import head_scores, pair_volume, total_scores
 
 
 @dataclass
@@ -87,6 +90,51 @@ def _pair_regularizers(
     return out
 
 
+def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | None = None) -> dict[str, torch.Tensor]:
+    """L_cor (Eq. 7) by audio type: InfoNCE over ``s_M`` (Eq. 5) of each clean clip set against
+    its images, ``{"sound": ..., "speech": ...}``; L_cor is their sum."""
+    return {kind: info_nce(total_scores(_get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"),
+                                        _get(feats, f"{kind}_image"), chunk), logit_scale)
+            for kind in ("sound", "speech")}
+
+
+def disentanglement_loss(feats: dict, logit_scale: torch.Tensor, sound_head: int = 0, speech_head: int = 1,
+                         chunk: int | None = None) -> dict[str, torch.Tensor]:
+    """L_dis (Eq. 9) by audio type: InfoNCE over ``s_N`` (Eq. 6) of the mixture's sound head
+    ``a^m[N]`` against the sound images and of its speech head ``a^m[N']`` against the speech
+    images (Eq. 10), ``{"sound": ..., "speech": ...}``; L_dis is their sum."""
+    mix, mix_mask = _get(feats, "mix_audio"), _get(feats, "mix_mask")
+    return {kind: info_nce(head_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk), logit_scale)
+            for kind, head in (("sound", sound_head), ("speech", speech_head))}
+
+
+def regularizer_terms(feats: dict, logit_scale: torch.Tensor, weights: reg.RegularizerWeights,
+                      logit_scale_init: float = 1.0, generator: torch.Generator | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """DenseAV's regularizers with a non-zero weight, unweighted, by name.
+
+    They act on the two clean correspondence pair sets (sound clip <-> its image, speech clip <->
+    its image), as DenseAV's did on its clean pairs; each is the mean over the two.
+    """
+    per_pair = [
+        _pair_regularizers(
+            _get(feats, f"{kind}_audio"),
+            _get(feats, f"{kind}_mask"),
+            _get(feats, f"{kind}_image"),
+            feats.get(f"{kind}_splice"),
+            feats.get(f"{kind}_image_foreign"),
+            weights,
+            generator,
+        )
+        for kind in ("sound", "speech")
+    ]
+    out = {name: torch.stack([pair[name] for pair in per_pair if name in pair]).mean()
+           for name in dict.fromkeys([*per_pair[0], *per_pair[1]])}  # union, in order
+    if weights.temperature:
+        out["temperature"] = reg.temperature_floor(logit_scale, logit_scale_init)
+    return out
+
+
 def mix_separate_loss(
     feats: dict,
     logit_scale: torch.Tensor,
@@ -98,57 +146,28 @@ def mix_separate_loss(
     generator: torch.Generator | None = None,
     chunk: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_total = L_cor + L_dis + weighted regularizers; returns ``(total, terms)``.
+    """L_total (Eq. 11) = L_cor + L_dis, each weighted, plus the weighted regularizers; returns
+    ``(total, terms)``.
 
     ``terms`` holds detached scalars: ``cor/sound``, ``cor/speech``, ``cor``, ``dis/sound``,
     ``dis/speech``, ``dis``, ``reg/<name>`` for each regularizer computed, and ``total``. Terms
-    with weight 0 are neither computed nor reported. Regularizers act on the two clean
-    correspondence pair sets (sound clip <-> its image, speech clip <-> its image), as DenseAV's did
-    on its clean pairs, and are the mean over the two.
+    with weight 0 are neither computed nor reported.
     """
     weights = weights or LossWeights()
-    rw = weights.regularizers
     terms: dict[str, torch.Tensor] = {}
     total = logit_scale.new_zeros(())
-
     if weights.correspondence:
-        cor = []
-        for kind in ("sound", "speech"):
-            scores = batch_scores(_get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"), _get(feats, f"{kind}_image"), None, chunk)
-            cor.append(info_nce(scores, logit_scale))
-            terms[f"cor/{kind}"] = cor[-1]
-        terms["cor"] = cor[0] + cor[1]
+        for kind, value in correspondence_loss(feats, logit_scale, chunk).items():
+            terms[f"cor/{kind}"] = value
+        terms["cor"] = terms["cor/sound"] + terms["cor/speech"]
         total = total + weights.correspondence * terms["cor"]
-
     if weights.disentanglement:
-        mix, mix_mask = _get(feats, "mix_audio"), _get(feats, "mix_mask")
-        dis = []
-        for kind, head in (("sound", sound_head), ("speech", speech_head)):
-            scores = batch_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk)
-            dis.append(info_nce(scores, logit_scale))
-            terms[f"dis/{kind}"] = dis[-1]
-        terms["dis"] = dis[0] + dis[1]
+        for kind, value in disentanglement_loss(feats, logit_scale, sound_head, speech_head, chunk).items():
+            terms[f"dis/{kind}"] = value
+        terms["dis"] = terms["dis/sound"] + terms["dis/speech"]
         total = total + weights.disentanglement * terms["dis"]
-
-    per_pair = [
-        _pair_regularizers(
-            _get(feats, f"{kind}_audio"),
-            _get(feats, f"{kind}_mask"),
-            _get(feats, f"{kind}_image"),
-            feats.get(f"{kind}_splice"),
-            feats.get(f"{kind}_image_foreign"),
-            rw,
-            generator,
-        )
-        for kind in ("sound", "speech")
-    ]
-    for name in dict.fromkeys([*per_pair[0], *per_pair[1]]):  # union, in order
-        value = torch.stack([pair[name] for pair in per_pair if name in pair]).mean()
+    for name, value in regularizer_terms(feats, logit_scale, weights.regularizers, logit_scale_init, generator).items():
         terms[f"reg/{name}"] = value
-        total = total + getattr(rw, name) * value
-    if rw.temperature:
-        terms["reg/temperature"] = reg.temperature_floor(logit_scale, logit_scale_init)
-        total = total + rw.temperature * terms["reg/temperature"]
-
+        total = total + getattr(weights.regularizers, name) * value
     terms["total"] = total
     return total, {name: value.detach() for name, value in terms.items()}

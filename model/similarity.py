@@ -1,9 +1,10 @@
 """Audio-visual similarity (paper Eqs. 2-6): the volume, batch score matrices, dense heatmaps.
 
 Shapes: audio features ``a`` ``[Ba, C, K, F, T]`` with a bool frame mask ``[Ba, T]``; image
-features ``v`` ``[Bv, C, K, h, w]``. The volume is ``S[k, f, t, h, w] = sum_c a[c,k,f,t] v[c,k,h,w]``
-(raw dot products). A score is the mean over valid (f, t) of the max over (h, w) of either the max
-over heads (``S_M``, ``head=None``) or one head (``S_N``, ``head=N``).
+features ``v`` ``[Bv, C, K, h, w]``. The volume (Eq. 2) is ``S[k, f, t, h, w] = sum_c a[c,k,f,t]
+v[c,k,h,w]`` (raw dot products). Heads are aggregated by ``max_over_heads`` (Eq. 3, ``S_M``) or one
+is selected (Eq. 4, ``S_N``); a score is the mean over valid (f, t) of the max over (h, w):
+``total_scores`` (Eq. 5, ``s_M``) and ``head_scores`` (Eq. 6, ``s_N``).
 
 ``batch_scores`` computes the ``[Ba, Bv]`` matrix for contrastive learning without materializing
 ``Ba x Bv x K x F x T x h x w``: it walks blocks of audio x image pairs, keeps for each (pair, f, t)
@@ -35,7 +36,18 @@ def _check(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
+def max_over_heads(x: torch.Tensor, dim: int) -> torch.return_types.max:
+    """Eq. 3, ``S_M = max_k S``: the element-wise max over the head axis ``dim`` of a volume (or of
+    any reduction of it that commutes with the max), with the winning head as ``indices``."""
+    return x.max(dim)
+
+
 def _select_head(a: torch.Tensor, v: torch.Tensor, head: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head ``head`` of both features, kept as a one-head axis (``None``: all heads).
+
+    The volume of one head's slices is Eq. 4's ``S_N = S[N]``; the slices themselves are what
+    Eq. 8 (clean clips, ``a^A[N]``, ``a^P[N']``) and Eq. 10 (the mixture, ``a^m[N]``, ``a^m[N']``) name.
+    """
     if head is None:
         return a, v
     num_heads = a.shape[2]
@@ -60,7 +72,7 @@ def naive_batch_scores(
     _check(a, frame_mask, v)
     a, v = _select_head(a, v, head)
     volume = torch.einsum("ackft,bckhw->abkfthw", a, v)  # [Ba, Bv, K, F, T, h, w]
-    per_head_max = volume.max(2).values  # Eq. 3 (a no-op for one head)
+    per_head_max = max_over_heads(volume, 2).values  # a no-op for one head
     spatial_max = per_head_max.flatten(-2).max(-1).values  # [Ba, Bv, F, T]
     w = masked_mean_weights(frame_mask, a.shape[3], spatial_max.dtype)
     return (spatial_max * w[:, None, None, :]).sum((2, 3))
@@ -120,7 +132,7 @@ def _block_argmax(a_rows: torch.Tensor, v_rows: torch.Tensor, hw: int) -> tuple[
     values, position = sim.max(-1)  # [K, R, bv]
     if heads == 1:
         return values[0], position[0]
-    best, head = values.max(0)
+    best, head = max_over_heads(values, 0)  # after the spatial max: the two maxima commute
     position = position.gather(0, head.unsqueeze(0)).squeeze(0)
     return best, head * hw + position
 
@@ -232,6 +244,19 @@ def batch_scores(
         return _scores_forward(a, v, weights, plan, dtype, keep_argmax=False)[0]
 
 
+def total_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Eq. 5: ``s_M(a_i, v_j)`` for every clip i and image j, ``[Ba, Bv]`` (heads max-pooled)."""
+    return batch_scores(a, frame_mask, v, None, chunk)
+
+
+def head_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, head: int,
+                chunk: int | None = None) -> torch.Tensor:
+    """Eq. 6: ``s_N(a_i, v_j)`` of head ``N = head`` for every clip i and image j, ``[Ba, Bv]``."""
+    if head is None:
+        raise ValueError("head_scores needs a head index; total_scores is the max over heads")
+    return batch_scores(a, frame_mask, v, head, chunk)
+
+
 # --------------------------------------------------------------------------- matched pairs, heatmaps
 
 
@@ -256,7 +281,7 @@ def _aggregate_heads(volume: torch.Tensor, head: int | str) -> torch.Tensor:
     if head == "all":
         return volume
     if head in ("max", "total"):
-        return volume.max(1).values
+        return max_over_heads(volume, 1).values
     if isinstance(head, int) and not isinstance(head, bool) and 0 <= head < volume.shape[1]:
         return volume[:, head]
     raise ValueError(f"head must be 'max', 'total', 'all' or an int in 0..{volume.shape[1] - 1}, got {head!r}")

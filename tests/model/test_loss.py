@@ -7,7 +7,8 @@ from torch.nn import functional as F
 from model import regularizers as reg
 from model.config import ModelConfig
 from model.factory import build_model
-from model.loss import LossWeights, info_nce, mix_separate_loss
+from model.loss import (LossWeights, correspondence_loss, disentanglement_loss, info_nce, mix_separate_loss,
+                        regularizer_terms)
 from model.similarity import batch_scores, pair_volume
 
 SR = 16_000
@@ -59,6 +60,26 @@ def test_objective_terms_follow_eqs_7_and_9():
     torch.testing.assert_close(total, terms["cor"] + terms["dis"])
     assert set(terms) == {"cor/sound", "cor/speech", "cor", "dis/sound", "dis/speech", "dis", "total"}
     assert not any(t.requires_grad for t in terms.values())
+
+
+def test_eq11_is_the_sum_of_the_named_terms():
+    """mix_separate_loss adds what correspondence_loss (Eq. 7), disentanglement_loss (Eq. 9) and
+    regularizer_terms return, each with its weight."""
+    feats = _feats(seed=4)
+    w = torch.tensor(1.5, dtype=torch.float64)
+    weights = LossWeights(correspondence=0.5, disentanglement=2.0)
+    total, terms = mix_separate_loss(feats, w, weights, sound_head=1, speech_head=0,
+                                     generator=torch.Generator().manual_seed(0))
+    cor = correspondence_loss(feats, w)
+    dis = disentanglement_loss(feats, w, sound_head=1, speech_head=0)
+    regs = regularizer_terms(feats, w, weights.regularizers, generator=torch.Generator().manual_seed(0))
+    assert set(cor) == set(dis) == {"sound", "speech"}
+    torch.testing.assert_close(terms["cor"], cor["sound"] + cor["speech"])
+    torch.testing.assert_close(terms["dis/speech"], dis["speech"])
+    expected = 0.5 * (cor["sound"] + cor["speech"]) + 2.0 * (dis["sound"] + dis["speech"]) + sum(
+        getattr(weights.regularizers, name) * value for name, value in regs.items())
+    torch.testing.assert_close(total.detach(), expected.detach())
+    assert {f"reg/{name}" for name in regs} == {t for t in terms if t.startswith("reg/")}
 
 
 def test_disentanglement_uses_each_head_for_its_own_images_only():

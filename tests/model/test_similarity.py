@@ -6,9 +6,12 @@ import torch
 from model.similarity import (
     batch_scores,
     frame_heatmaps,
+    head_scores,
     heatmaps,
+    max_over_heads,
     naive_batch_scores,
     pair_volume,
+    total_scores,
     word_window,
 )
 
@@ -51,6 +54,20 @@ def test_scores_match_the_equations_element_by_element(head):
     expected = _loop_scores(a, mask, v, head)
     torch.testing.assert_close(naive_batch_scores(a, mask, v, head), expected)
     torch.testing.assert_close(batch_scores(a, mask, v, head), expected)
+
+
+def test_eq5_and_eq6_entry_points():
+    """total_scores is s_M (Eq. 5, heads max-pooled by Eq. 3), head_scores is s_N (Eq. 6)."""
+    a, mask, v = _features(ba=3, bv=2, c=3, f=2, t=4, h=2, w=3, seed=4)
+    torch.testing.assert_close(total_scores(a, mask, v), _loop_scores(a, mask, v, None))
+    for head in (0, 1):
+        torch.testing.assert_close(head_scores(a, mask, v, head), _loop_scores(a, mask, v, head))
+    with pytest.raises(ValueError, match="head index"):
+        head_scores(a, mask, v, None)
+    volume = pair_volume(a[:2], v)
+    best = max_over_heads(volume, 1)
+    torch.testing.assert_close(best.values, torch.maximum(volume[:, 0], volume[:, 1]))
+    assert torch.equal(best.indices, (volume[:, 1] > volume[:, 0]).long())
 
 
 @pytest.mark.parametrize("head", [None, 0, 1])
