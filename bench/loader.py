@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import format as fmt
 from pipeline.data.loader import LoaderConfig, MixedStream, TrainLoader, finish_batch, list_shards, release
-from pipeline.prep.shards import Media, build_shards
+from pipeline.prep.build import build_shards
+from pipeline.prep.media import Media
 
 SR = 16_000
 

@@ -33,7 +33,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from pipeline import audio, image
 from pipeline.prep import places
 from pipeline import format as fmt
-from pipeline.prep.shards import STAGES, TarShardWriter, build_shards
+from pipeline.prep.build import build_shards
+from pipeline.prep.worker import STAGES
+from pipeline.prep.writer import TarShardWriter
 
 
 def _photo(rng: np.random.Generator, size: int = 256) -> Image.Image:

@@ -18,10 +18,15 @@ sharing the name before the first dot.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import struct
+import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +75,27 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+_STATS_CACHE: dict[str, tuple[tuple[int, int], dict | None]] = {}
+
+
 def read_stats(path: str | os.PathLike) -> dict | None:
     """A commit marker's contents, or None when it is missing or unreadable (a torn or corrupt
     file is not a commit: the shard is treated as uncommitted and rebuilt)."""
+    # Cached by (mtime, size): a build rescans every marker after each shard, and re-parsing
+    # thousands of unchanged files each time would make a long build quadratic.
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _STATS_CACHE.get(os.fspath(path))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, _parse_stats(path))
+        _STATS_CACHE[os.fspath(path)] = cached
+    return cached[1]
+
+
+def _parse_stats(path: str | os.PathLike) -> dict | None:
     try:
         stats = read_json(path)
     except (OSError, ValueError, UnicodeDecodeError):
@@ -154,6 +177,61 @@ def committed_shards(directory: str | os.PathLike) -> list[CommittedShard]:
 
 def looks_like_shard_dir(d: Path) -> bool:
     return (d / DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob(f"*{STATS_SUFFIX}")) or any(d.glob(f"*{PARTIAL_SUFFIX}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the build lock
+
+
+@contextlib.contextmanager
+def build_lock(directory: str | os.PathLike, shards: Sequence[int] | None) -> Iterator[None]:
+    """Hold ``directory``'s build lock for the given shard indices (None: every shard), or raise
+    ShardDirError at once naming the holder's pid.
+
+    One byte of ``LOCK_FILE`` per shard index, as POSIX record locks: ``--part`` runs of one
+    Slurm array build disjoint shards into one directory and never conflict, while two runs of
+    one part (or a retry, which takes every shard) do. The kernel drops the locks of a killed
+    process, and forked pool workers do not inherit them.
+    """
+    d = Path(directory)
+    fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for start, length in _runs(shards):
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise ShardDirError(_lock_holder(fd, start, length, d)) from None
+        yield
+    finally:
+        os.close(fd)  # releases every lock this process holds on the file
+
+
+def _runs(shards: Sequence[int] | None) -> list[tuple[int, int]]:
+    """Shard indices -> (start, length) byte ranges of consecutive indices; length 0 = to the end."""
+    if shards is None:
+        return [(0, 0)]
+    runs: list[list[int]] = []
+    for i in sorted(shards):
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    return [(a, n) for a, n in runs]
+
+
+def _lock_holder(fd: int, start: int, length: int, d: Path) -> str:
+    who = "another prep run"
+    if sys.platform.startswith("linux"):  # struct flock layout: short, short, off_t, off_t, pid_t
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        l_type, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+        if l_type != fcntl.F_UNLCK:
+            who = f"another prep run (pid {pid})"
+    return (
+        f"{d} is being built by {who}; wait for it to finish (or stop it), or build a --part that "
+        "run does not cover"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ import typer
 
 from pipeline import audio, ffmpeg, image
 from pipeline import format as fmt
-from pipeline.prep import commands, shards
-from pipeline.prep.shards import Media, SkipItem
+from pipeline.prep import commands
+from pipeline.prep.build import DEFAULT_SHARD_SIZE
+from pipeline.prep.media import Media, SkipItem
 
 SOURCE = "audioset"
 AUDIO_EXTS = ("flac", "wav", "ogg", "opus", "mp3", "m4a", "aac")
@@ -418,7 +419,7 @@ def command(
     yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
     workers: commands.WorkersOpt = 1,
     part: commands.PartOpt = "0/1",
-    shard_size: commands.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
+    shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE,
     limit: commands.LimitOpt = None,
     progress: commands.ProgressOpt = True,
 ) -> None:

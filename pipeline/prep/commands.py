@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.prep.shards import BuildSummary, build_shards, parse_part, retry_failed
+from pipeline.prep.build import BuildSummary, build_shards, parse_part
+from pipeline.prep.retry import retry_failed
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the shards.")]

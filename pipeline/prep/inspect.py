@@ -23,7 +23,10 @@ import typer
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import format as fmt
-from pipeline.prep import commands, shards
+from pipeline.prep import commands
+from pipeline.prep.manifest import read_rows
+from pipeline.prep.worker import WRITTEN
+from pipeline.shard_dir import DATASET_FILE, iter_tar_samples, parquet_path, read_json, stats_path, tar_path
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
 _MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duration", "orig_sample_rate", "orig_channels", "audio_type", "meta"]
@@ -34,7 +37,7 @@ def find_shard_dirs(root: str | Path) -> list[Path]:
     root = Path(root)
 
     def holds_shards(d: Path) -> bool:
-        return (d / shards.DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob("*_stats.json")) or any(d.glob("*.partial"))
+        return (d / DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob("*_stats.json")) or any(d.glob("*.partial"))
 
     if holds_shards(root):
         return [root]
@@ -51,10 +54,10 @@ def shard_health(shard_dir: Path) -> dict:
         if shard not in tars:
             continue
         committed.append(shard)
-        recorded = shards.read_json(path).get("tar_bytes")
+        recorded = read_json(path).get("tar_bytes")
         if recorded is not None and recorded != tars[shard].stat().st_size:
             size_mismatch.append(tars[shard].name)
-    header = shards.read_json(shard_dir / shards.DATASET_FILE) if (shard_dir / shards.DATASET_FILE).exists() else {}
+    header = read_json(shard_dir / DATASET_FILE) if (shard_dir / DATASET_FILE).exists() else {}
     total = header.get("shards_total")
     return {
         "shards_total": total,
@@ -96,16 +99,16 @@ def collect(shard_dir: str | Path, *, top_labels: int = 25, examples: int = 3) -
     """The figures `prep inspect` prints, as one JSON-serializable dict."""
     shard_dir = Path(shard_dir)
     health = shard_health(shard_dir)
-    header = shards.read_json(shard_dir / shards.DATASET_FILE) if (shard_dir / shards.DATASET_FILE).exists() else {}
+    header = read_json(shard_dir / DATASET_FILE) if (shard_dir / DATASET_FILE).exists() else {}
     durations, rates, channels = [], collections.Counter(), collections.Counter()
     types, type_seconds, labels = collections.Counter(), collections.Counter(), collections.Counter()
     failures, failure_examples = collections.Counter(), collections.defaultdict(list)
     items = 0
     for shard in health["committed"]:
-        table = pq.read_table(shards.parquet_path(shard_dir, shard), columns=_MANIFEST_COLUMNS)
+        table = pq.read_table(parquet_path(shard_dir, shard), columns=_MANIFEST_COLUMNS)
         for row in table.to_pylist():
             items += 1
-            if row["status"] != shards.WRITTEN:
+            if row["status"] != WRITTEN:
                 kind = row["reason_kind"] or "other"
                 failures[kind] += 1
                 if len(failure_examples[kind]) < examples:
@@ -151,18 +154,18 @@ def verify_shard(shard_dir: str | Path, shard: int) -> dict:
     """Check one committed shard: its tar against the commit marker (sha256) and the manifest
     (same keys, same order), and every sample against the format."""
     shard_dir = Path(shard_dir)
-    tar = shards.tar_path(shard_dir, shard)
-    stats = shards.read_json(shards.stats_path(shard_dir, shard))
+    tar = tar_path(shard_dir, shard)
+    stats = read_json(stats_path(shard_dir, shard))
     problems, keys = [], []
     sha = hashlib.sha256()
     with open(tar, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
-        problems.append(f"{tar.name}: sha256 differs from {shards.stats_path(shard_dir, shard).name}")
-    expected = [r["key"] for r in shards.read_rows(shards.parquet_path(shard_dir, shard)) if r["status"] == shards.WRITTEN]
+        problems.append(f"{tar.name}: sha256 differs from {stats_path(shard_dir, shard).name}")
+    expected = [r["key"] for r in read_rows(parquet_path(shard_dir, shard)) if r["status"] == WRITTEN]
     try:
-        for sample in shards.iter_tar_samples(tar):
+        for sample in iter_tar_samples(tar):
             key = sample["__key__"]
             keys.append(key)
             unknown = set(sample) - {"__key__", *fmt.MEMBER_EXTS}
@@ -237,8 +240,8 @@ def _pick(shard_dir: Path, committed: list[int], n: int) -> list[tuple[int, str]
     """``n`` written samples spread evenly over the directory, as (shard, key)."""
     written = []
     for shard in committed:
-        table = pq.read_table(shards.parquet_path(shard_dir, shard), columns=["key", "status"])
-        written += [(shard, k) for k, s in zip(table["key"].to_pylist(), table["status"].to_pylist()) if s == shards.WRITTEN]
+        table = pq.read_table(parquet_path(shard_dir, shard), columns=["key", "status"])
+        written += [(shard, k) for k, s in zip(table["key"].to_pylist(), table["status"].to_pylist()) if s == WRITTEN]
     if len(written) <= n:
         return written
     step = len(written) / n
@@ -255,7 +258,7 @@ def contact_sheet(shard_dir: str | Path, n: int, out: str | Path, *, columns: in
         wanted[shard].add(key)
     samples = {}
     for shard, keys in wanted.items():
-        for sample in shards.iter_tar_samples(shards.tar_path(shard_dir, shard)):
+        for sample in iter_tar_samples(tar_path(shard_dir, shard)):
             if sample["__key__"] in keys:
                 samples[sample["__key__"]] = sample
                 if len(keys & samples.keys()) == len(keys):

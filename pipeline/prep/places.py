@@ -23,8 +23,9 @@ import typer
 
 from pipeline import audio, image
 from pipeline import format as fmt
-from pipeline.prep import commands, shards
-from pipeline.prep.shards import Media, SkipItem
+from pipeline.prep import commands
+from pipeline.prep.build import DEFAULT_SHARD_SIZE
+from pipeline.prep.media import Media, SkipItem, resolve_under
 
 SOURCE = "places"
 # Extra entry fields that would overwrite a field the sample json defines are stored under
@@ -73,8 +74,8 @@ def load_item(item: dict, *, audio_root: str, image_root: str) -> Media:
     """Read one item's wav and image (paths must stay inside the given roots)."""
     if "error" in item:
         raise SkipItem(item["error"])
-    wav = shards.resolve_under(audio_root, item["wav"], "wav")
-    img = shards.resolve_under(image_root, item["image"], "image")
+    wav = resolve_under(audio_root, item["wav"], "wav")
+    img = resolve_under(image_root, item["image"], "image")
     if not wav.is_file():
         raise SkipItem(f"missing_audio: {wav} does not exist")
     if not img.is_file():
@@ -127,7 +128,7 @@ def command(
     ] = None,
     workers: commands.WorkersOpt = 1,
     part: commands.PartOpt = "0/1",
-    shard_size: commands.ShardSizeOpt = shards.DEFAULT_SHARD_SIZE,
+    shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE,
     limit: commands.LimitOpt = None,
     progress: commands.ProgressOpt = True,
 ) -> None:

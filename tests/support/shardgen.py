@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.prep.shards import Media, build_shards
+from pipeline.prep.build import build_shards
+from pipeline.prep.media import Media
 
 SR = 16_000
 

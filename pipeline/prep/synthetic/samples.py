@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.prep.shards import Media
+from pipeline.prep.media import Media
 from pipeline.prep.synthetic import images, sounds, speech
 from pipeline.prep.synthetic.world import SOURCE, WorldConfig, object_class
 

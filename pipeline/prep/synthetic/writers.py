@@ -1,6 +1,6 @@
 """Writers of the generated world, each in a real format read by the project's real readers.
 
-- shard sets (``speech/train``, ``sound/val``, ...): through ``pipeline.prep.shards.build_shards``,
+- shard sets (``speech/train``, ``sound/val``, ...): through ``pipeline.prep.build.build_shards``,
   read by ``pipeline.data.loader`` and ``pipeline.testsets.retrieval.read_retrieval_set``;
 - an Extended-IS3 tree: read by ``pipeline.testsets.is3.read_is3``;
 - DenseAV's ADE20K prompted sets (speech and sound): read by
@@ -32,7 +32,7 @@ from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
 from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 from pipeline import audio as audio_io
 from pipeline import format as fmt
-from pipeline.prep.shards import BuildSummary, build_shards
+from pipeline.prep.build import BuildSummary, build_shards
 from pipeline.prep.synthetic.samples import load_pair, render_eval_scene, sample_key
 from pipeline.prep.synthetic.world import SetPlan, WorldConfig, object_class
 

@@ -10,7 +10,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.support import media
-from pipeline.prep import audioset, shards
+from pipeline import shard_dir
+from pipeline.prep import audioset
+from pipeline.prep.manifest import read_rows
+from pipeline.prep.media import SkipItem
+from pipeline.prep.worker import FAILED
 from pipeline import format as fmt
 from pipeline.prep.cli import app
 
@@ -89,9 +93,9 @@ def test_media_names_whole_videos_and_clips_in_every_spelling(tmp_path):
     assert find("clipMs00001", 30, 40).start == 30  # integer milliseconds
     wav = find("audioOnly01", 1, 6)  # "Y" + YTID, with an image beside it
     assert wav.path.endswith("YaudioOnly01.wav") and wav.image.endswith("YaudioOnly01.jpg")
-    with pytest.raises(shards.SkipItem, match="media_mismatch"):
+    with pytest.raises(SkipItem, match="media_mismatch"):
         find("clipInt0001", 50, 60)
-    with pytest.raises(shards.SkipItem, match="missing_media: no nothere0001"):
+    with pytest.raises(SkipItem, match="missing_media: no nothere0001"):
         find("nothere0001", 0, 10)
 
 
@@ -130,11 +134,11 @@ def test_audioset_from_a_media_dir(media_dir, tmp_path):
                                       "--media-dir", str(media_dir), "--workers", "2", "--shard-size", "4", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "media for 8 of 11 segments found" in result.output
-    rows = {r["index"]: r for p in sorted(out.glob("*.parquet")) for r in shards.read_rows(p)}
+    rows = {r["index"]: r for p in sorted(out.glob("*.parquet")) for r in read_rows(p)}
     assert sorted(rows) == list(range(11))
-    failed = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == shards.FAILED}
+    failed = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == FAILED}
     assert failed == {6: "no_frame", 7: "audio_decode", 8: "missing_media", 9: "media_mismatch", 10: "bad_row"}
-    samples = {s["__key__"]: s for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)}
+    samples = {s["__key__"]: s for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)}
     assert sorted(samples) == sorted(rows[i]["key"] for i in range(6))
     for s in samples.values():
         assert fmt.verify_sample(s) == []
@@ -184,10 +188,10 @@ def test_download_with_yt_dlp_from_a_local_server(tmp_path):
                 "--workers", "2", "--no-progress"]
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = {r["index"]: r for r in shards.read_rows(tmp_path / "out" / "000000.parquet")}
+    rows = {r["index"]: r for r in read_rows(tmp_path / "out" / "000000.parquet")}
     assert [rows[i]["reason_kind"] for i in range(3)] == [None, "unavailable", "rate_limited"]
     assert "HTTP Error 404" in rows[1]["reason"] and "429" in rows[2]["reason"]
-    (sample,) = shards.iter_tar_samples(tmp_path / "out" / "000000.tar")
+    (sample,) = shard_dir.iter_tar_samples(tmp_path / "out" / "000000.tar")
     check_range(sample, 4.5, 14.5)
     assert [p.name for p in cache.iterdir()] == ["dlvideo0001_4.500_14.500.mp4"]  # only the segment, no temp dirs
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
@@ -196,5 +200,5 @@ def test_download_with_yt_dlp_from_a_local_server(tmp_path):
     # the server is gone: a second build of the same segment is served from the download cache
     again = CliRunner().invoke(app, [*args[:6], "--out", str(tmp_path / "again"), *args[8:]])
     assert again.exit_code == 0, again.output
-    (cached,) = shards.iter_tar_samples(tmp_path / "again" / "000000.tar")
+    (cached,) = shard_dir.iter_tar_samples(tmp_path / "again" / "000000.tar")
     assert cached == sample

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from pipeline.prep import inspect as inspect_shards
 from pipeline.prep.cli import app
-from pipeline.prep.shards import Media, SkipItem, build_shards
+from pipeline.prep.build import build_shards
+from pipeline.prep.media import Media, SkipItem
 from tests.support import media
 
 COLOURS = [(230, 25, 25), (25, 200, 40), (30, 60, 230)]

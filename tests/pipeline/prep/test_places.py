@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 
 from tests.support import media
 from pipeline import format as fmt
-from pipeline.prep import places, shards
+from pipeline import shard_dir
+from pipeline.prep import places
+from pipeline.prep.manifest import read_rows
+from pipeline.prep.worker import FAILED, WRITTEN
 from pipeline.prep.cli import app
 
 REPO = Path(__file__).resolve().parents[3]
@@ -74,11 +77,11 @@ def run_places(meta, image_root, out, *extra):
 
 
 def all_rows(out):
-    return {r["index"]: r for p in sorted(Path(out).glob("*.parquet")) for r in shards.read_rows(p)}
+    return {r["index"]: r for p in sorted(Path(out).glob("*.parquet")) for r in read_rows(p)}
 
 
 def all_samples(out):
-    return {s["__key__"]: s for p in sorted(Path(out).glob("*.tar")) for s in shards.iter_tar_samples(p)}
+    return {s["__key__"]: s for p in sorted(Path(out).glob("*.tar")) for s in shard_dir.iter_tar_samples(p)}
 
 
 def test_places_shards_real_outputs_and_counted_failures(tree, tmp_path):
@@ -87,7 +90,7 @@ def test_places_shards_real_outputs_and_counted_failures(tree, tmp_path):
     run_places(meta, image_root, out, "--workers", "2", "--shard-size", "5")
     rows = all_rows(out)
     assert sorted(rows) == list(range(17))  # every entry is one row, malformed ones included
-    kinds = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == shards.FAILED}
+    kinds = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == FAILED}
     assert kinds == {
         4: "missing_audio", 5: "missing_image", 6: "audio_decode", 7: "audio_empty", 8: "audio_nan",
         9: "audio_too_short", 10: "image_too_large", 11: "image_decode", 12: "path_escapes_root",
@@ -171,10 +174,10 @@ def test_resume_after_a_killed_run_gives_the_same_samples_without_duplicates(tmp
     run_places(meta, image_root, out, "--shard-size", "3", "--workers", "2")
     assert not list(out.glob("*.partial"))
     assert _shas(out) == _shas(reference)
-    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)]
+    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)]
     assert len(keys) == len(set(keys)) == 30
     rows = all_rows(out)
-    assert sorted(rows) == list(range(30)) and all(r["status"] == shards.WRITTEN for r in rows.values())
+    assert sorted(rows) == list(range(30)) and all(r["status"] == WRITTEN for r in rows.values())
     assert json.loads((out / "dataset.json").read_text())["written"] == 30
 
 
@@ -188,8 +191,8 @@ def test_prep_retry_picks_up_files_that_arrived_later(tree, tmp_path):
     result = CliRunner().invoke(app, ["retry", str(out), "--reason", "missing_image", "--workers", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
     after = all_rows(out)
-    assert after[5]["status"] == shards.WRITTEN and after[4]["reason_kind"] == "missing_audio"
+    assert after[5]["status"] == WRITTEN and after[4]["reason_kind"] == "missing_audio"
     assert {i: r for i, r in after.items() if i != 5} == {i: r for i, r in before.items() if i != 5}
-    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)]
-    assert keys == [after[i]["key"] for i in sorted(after) if after[i]["status"] == shards.WRITTEN]
+    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)]
+    assert keys == [after[i]["key"] for i in sorted(after) if after[i]["status"] == WRITTEN]
     assert json.loads((out / "dataset.json").read_text())["written"] == 6

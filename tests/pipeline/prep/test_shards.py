@@ -1,4 +1,4 @@
-"""pipeline.prep.shards: the generic builder (pool, manifests, commit markers, resume, parts, retry)."""
+"""pipeline.prep.build and retry: the generic builder (pool, manifests, commit markers, resume, parts, retry)."""
 
 import hashlib
 import json
@@ -13,8 +13,12 @@ from PIL import Image
 
 from tests.support import media
 from pipeline import format as fmt
-from pipeline.prep import shards
-from pipeline.prep.shards import Media, SkipItem, build_shards
+from pipeline import shard_dir
+from pipeline.prep.build import build_shards, parse_part
+from pipeline.prep.manifest import ROW_SCHEMA, read_rows
+from pipeline.prep.media import Media, SkipItem, resolve_under
+from pipeline.prep.retry import retry_failed
+from pipeline.prep.worker import FAILED, STAGES
 
 
 def load_synthetic(item: dict) -> Media:
@@ -49,7 +53,7 @@ def sha(path: Path) -> str:
 
 
 def rows(out: Path) -> list[dict]:
-    return [r for p in sorted(out.glob("*.parquet")) for r in shards.read_rows(p)]
+    return [r for p in sorted(out.glob("*.parquet")) for r in read_rows(p)]
 
 
 def test_build_writes_shards_manifests_markers_and_summary(tmp_path):
@@ -57,6 +61,7 @@ def test_build_writes_shards_manifests_markers_and_summary(tmp_path):
     summary = build_shards(items(11), load_synthetic, out, key=key_of, shard_size=4, workers=2, progress=False)
     assert summary.written == 11 and summary.failed == 0 and summary.shards_built == 3
     assert sorted(p.name for p in out.iterdir()) == [
+        shard_dir.LOCK_FILE,  # the build lock, kept: removing it would race another run taking it
         "000000.parquet", "000000.tar", "000000_stats.json",
         "000001.parquet", "000001.tar", "000001_stats.json",
         "000002.parquet", "000002.tar", "000002_stats.json",
@@ -76,11 +81,12 @@ def test_build_writes_shards_manifests_markers_and_summary(tmp_path):
     stats = json.loads((out / "000002_stats.json").read_text())
     assert (stats["first_index"], stats["end_index"], stats["written"]) == (8, 11, 3)
     assert stats["tar_sha256"] == sha(out / "000002.tar") and stats["tar_bytes"] == (out / "000002.tar").stat().st_size
-    assert set(stats["stage_seconds"]) == set(shards.STAGES)
+    assert set(stats["stage_seconds"]) == set(STAGES)
     dataset = json.loads((out / "dataset.json").read_text())
     assert (dataset["items_total"], dataset["written"], dataset["shards_committed"]) == (11, 11, 3)
     assert dataset["audio_hours"] == pytest.approx(11 * 3 / 3600, abs=1e-4)
-    assert dataset["loader"]["function"].endswith("test_shards:load_synthetic")
+    # a test's own loader is not in the fixed registry: nothing re-creatable is recorded
+    assert "loader" not in dataset and "key" not in dataset
 
 
 def test_every_input_item_becomes_exactly_one_row_whatever_goes_wrong(tmp_path):
@@ -93,14 +99,14 @@ def test_every_input_item_becomes_exactly_one_row_whatever_goes_wrong(tmp_path):
     summary = build_shards(inputs, load_synthetic, out, key=key_of, shard_size=4, workers=2, progress=False)
     got = {r["index"]: r for r in rows(out)}
     assert sorted(got) == list(range(10))
-    kinds = {i: r["reason_kind"] for i, r in got.items() if r["status"] == shards.FAILED}
+    kinds = {i: r["reason_kind"] for i, r in got.items() if r["status"] == FAILED}
     assert kinds == {
         1: "bad_input", 2: "error", 3: "worker_crashed", 4: "audio_nan", 5: "audio_too_short",
         6: "worker_crashed", 8: "duplicate_key", 9: "bad_key",
     }
     assert "loader bug" in got[2]["reason"] and json.loads(got[1]["item"]) == inputs[1]
     assert summary.written == 2 and summary.failed == 8
-    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)]
+    keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)]
     assert keys == ["t_0000", "t_0007"]
     assert json.loads((out / "dataset.json").read_text())["failures"]["worker_crashed"] == 2
 
@@ -149,15 +155,15 @@ def test_retry_reruns_only_failed_rows_and_keeps_the_rest(tmp_path):
     inputs[3]["bad"] = "skip"
     out = tmp_path / "ds"
     build_shards(inputs, load_synthetic, out, key=key_of, shard_size=4, workers=2, progress=False)
-    kept = {s["__key__"]: s for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)}
+    kept = {s["__key__"]: s for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)}
     assert len(kept) == 4
     marker.touch()
-    summary = shards.retry_failed(out, kinds=["rate_limited"], workers=2, progress=False)
+    summary = retry_failed(out, kinds=["rate_limited"], workers=2, progress=False, load=load_synthetic)
     assert summary.shards_built == 2 and summary.written == 6 and summary.failed == 1
     got = {r["index"]: r for r in rows(out)}
     assert [got[i]["status"] for i in range(7)] == ["written"] * 3 + ["failed"] + ["written"] * 3
     assert got[3]["reason_kind"] == "bad_input"  # not a rate_limited failure: left alone
-    samples = [s for p in sorted(out.glob("*.tar")) for s in shards.iter_tar_samples(p)]
+    samples = [s for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)]
     assert [s["__key__"] for s in samples] == [f"t_{i:04d}" for i in (0, 1, 2, 4, 5, 6)]
     for s in samples:
         if s["__key__"] in kept:
@@ -169,7 +175,7 @@ def test_retry_reruns_only_failed_rows_and_keeps_the_rest(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["written"] == 6
     assert not (out / ".retry").exists()
     # nothing left to retry: no shard is rewritten
-    assert shards.retry_failed(out, kinds=["rate_limited"], workers=0, progress=False).shards_built == 0
+    assert retry_failed(out, kinds=["rate_limited"], workers=0, progress=False, load=load_synthetic).shards_built == 0
 
 
 def test_unpicklable_loader_is_refused_up_front(tmp_path):
@@ -178,19 +184,19 @@ def test_unpicklable_loader_is_refused_up_front(tmp_path):
 
 
 def test_resolve_under_rejects_paths_leaving_the_root(tmp_path):
-    assert shards.resolve_under(tmp_path, "a/b.wav", "wav") == tmp_path / "a" / "b.wav"
+    assert resolve_under(tmp_path, "a/b.wav", "wav") == tmp_path / "a" / "b.wav"
     for bad in ("../x.wav", "a/../../x.wav", "/etc/passwd", "", None):
         with pytest.raises(SkipItem):
-            shards.resolve_under(tmp_path, bad, "wav")
+            resolve_under(tmp_path, bad, "wav")
 
 
 def test_parse_part():
-    assert shards.parse_part("2/5") == (2, 5)
+    assert parse_part("2/5") == (2, 5)
     for bad in ("5/5", "x", "1/0", "-1/3"):
         with pytest.raises(ValueError):
-            shards.parse_part(bad)
+            parse_part(bad)
 
 
 def test_parquet_schema_is_stable(tmp_path):
     build_shards(items(2), load_synthetic, tmp_path, key=key_of, shard_size=4, workers=0, progress=False)
-    assert pq.read_schema(tmp_path / "000000.parquet").names == shards.ROW_SCHEMA.names
+    assert pq.read_schema(tmp_path / "000000.parquet").names == ROW_SCHEMA.names

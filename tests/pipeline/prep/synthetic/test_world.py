@@ -18,7 +18,7 @@ from pipeline.testsets.retrieval import read_retrieval_set
 from pipeline import format as fmt
 from pipeline.prep.cli import app
 from pipeline.data.loader import LoaderConfig, TrainLoader
-from pipeline.prep.shards import iter_tar_samples
+from pipeline.shard_dir import iter_tar_samples
 from pipeline.prep.synthetic.generate import PENDING_FILE, WORLD_FILE, WorldExists, generate_world
 from pipeline.prep.synthetic.samples import render_eval_scene
 from pipeline.prep.synthetic.world import CLASS_NAMES, object_class, plan_scenes, world_config

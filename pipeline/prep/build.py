@@ -1,0 +1,287 @@
+"""Building (or resuming) a shard directory: input items -> tasks with keys -> the pool -> one
+tar, manifest and commit marker per shard, under the directory's build lock.
+
+A corpus reader supplies an ordered list of JSON-serializable *items*, a picklable
+``load(item) -> Media`` and ``key(item) -> str``. Shard ``i`` always holds input items
+``[i*shard_size, (i+1)*shard_size)``, so resuming, ``--part I/N`` and ``prep retry`` are
+deterministic. File names and the commit rule are ``pipeline.shard_dir``'s.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import format as fmt
+from pipeline import shard_dir
+from pipeline.prep import loaders
+from pipeline.prep.manifest import update_dataset_summary, write_rows
+from pipeline.prep.media import Media, reason_kind
+from pipeline.prep.pool import OrderedRunner, Task
+from pipeline.prep.worker import STAGES, WRITTEN, Outcome
+from pipeline.prep.writer import TarShardWriter, write_json
+
+DEFAULT_SHARD_SIZE = 1000
+
+
+@dataclass
+class BuildSummary:
+    out_dir: str
+    items_total: int = 0
+    shards_total: int = 0
+    shards_selected: int = 0
+    shards_skipped: int = 0  # already committed (resume)
+    shards_built: int = 0
+    items_processed: int = 0
+    written: int = 0
+    failed: int = 0
+    failures: dict = field(default_factory=dict)  # reason kind -> count
+    audio_hours: float = 0.0
+    wall_seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ShardPlan:
+    shard: int
+    tasks: list[Task]
+
+
+def check_picklable(load: Callable, workers: int) -> None:
+    if workers <= 0:
+        return
+    try:
+        pickle.dumps(load)
+    except Exception as exc:  # noqa: BLE001
+        raise TypeError(
+            f"load {load!r} cannot be sent to worker processes ({exc}); use a top-level function "
+            "or functools.partial of one, or workers=0"
+        ) from exc
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc or "shards", unit="clip", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], bar, summary: BuildSummary, extra: dict) -> None:
+    start = time.perf_counter()
+    writer = TarShardWriter(shard_dir.tar_path(out_dir, plan.shard))
+    rows, seconds = [], dict.fromkeys(STAGES, 0.0)
+    failures: collections.Counter = collections.Counter()
+    audio_seconds = 0.0
+    try:
+        for task in plan.tasks:
+            out = next(outcomes)
+            assert out.index == task.index, "outcomes out of order"
+            for stage, s in out.seconds.items():
+                seconds[stage] += s
+            if out.status == WRITTEN:
+                t0 = time.perf_counter()
+                writer.add(out.sample)
+                seconds["write"] += time.perf_counter() - t0
+                audio_seconds += float(out.meta["duration"])
+            else:
+                failures[reason_kind(out.reason)] += 1
+            rows.append(out.row())
+            bar.update(1)
+            summary.written += out.status == WRITTEN
+            summary.failed += out.status != WRITTEN
+            bar.set_postfix(ok=summary.written, failed=summary.failed, refresh=False)
+        t0 = time.perf_counter()
+        tar_bytes, sha = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    write_rows(shard_dir.parquet_path(out_dir, plan.shard), rows)
+    seconds["write"] += time.perf_counter() - t0
+    written = sum(r["status"] == WRITTEN for r in rows)
+    stats = {
+        "format_version": fmt.FORMAT_VERSION,
+        "shard": plan.shard,
+        "tar": shard_dir.tar_path(out_dir, plan.shard).name,
+        "parquet": shard_dir.parquet_path(out_dir, plan.shard).name,
+        "first_index": plan.tasks[0].index,
+        "end_index": plan.tasks[-1].index + 1,
+        "items": len(rows),
+        "keys_sha1": keys_digest(plan.tasks),
+        "written": written,
+        "failed": len(rows) - written,
+        "failures": dict(sorted(failures.items())),
+        "audio_seconds": round(audio_seconds, 3),
+        "tar_bytes": tar_bytes,
+        "tar_sha256": sha,
+        "stage_seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "wall_seconds": round(time.perf_counter() - start, 3),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    write_json(shard_dir.stats_path(out_dir, plan.shard), stats)  # last: the commit marker
+    summary.shards_built += 1
+    summary.items_processed += len(rows)
+    summary.audio_hours += audio_seconds / 3600
+    for kind, n in failures.items():
+        summary.failures[kind] = summary.failures.get(kind, 0) + n
+    for stage, s in seconds.items():
+        summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + s
+
+
+def _failed_task(index: int, key: str, item: Any, reason: str) -> Task:
+    return Task(index, key, item, ready=lambda: Outcome(index, key, item, reason=reason))
+
+
+def keys_digest(tasks: Sequence[Task]) -> str:
+    """Fingerprint of a shard's input keys: a resume must not keep a shard built from other input."""
+    return hashlib.sha1("\n".join(t.key for t in tasks).encode()).hexdigest()
+
+
+def make_tasks(items: Sequence[Any], key: Callable[[Any], str]) -> list[Task]:
+    """One task per item; bad or duplicate keys become failures here, before any work is done."""
+    tasks, seen = [], {}
+    for index, item in enumerate(items):
+        try:
+            k = key(item)
+        except Exception as exc:  # noqa: BLE001
+            tasks.append(_failed_task(index, f"item{index}", item, f"bad_key: key function failed: {exc}"))
+            continue
+        if not isinstance(k, str) or not fmt.is_valid_key(k):
+            tasks.append(_failed_task(index, f"item{index}", item, f"bad_key: {k!r} must match [A-Za-z0-9_-]+"))
+        elif k in seen:
+            tasks.append(_failed_task(index, k, item, f"duplicate_key: {k} is also item {seen[k]}"))
+        else:
+            seen[k] = index
+            tasks.append(Task(index, k, item))
+    return tasks
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}") from exc
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--part {text}: need 0 <= I < N")
+    return i, n
+
+
+def build_shards(
+    items: Sequence[Any],
+    load: Callable[[Any], Media],
+    out_dir: str | os.PathLike,
+    *,
+    key: Callable[[Any], str],
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    part: tuple[int, int] = (0, 1),
+    desc: str = "",
+    progress: bool = True,
+) -> BuildSummary:
+    """Build (or resume) the shards of ``items`` in ``out_dir``; see the module docstring.
+
+    ``workers=0`` runs in this process (debugging); ``workers>=1`` uses a process pool.
+    ``part=(i, n)`` builds only shards whose index % n == i. Raises ShardDirError (a ValueError)
+    when another run holds these shards or the output cannot be written.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    part_i, part_n = part
+    if part_n < 1 or not 0 <= part_i < part_n:
+        raise ValueError(f"part {part} must satisfy 0 <= i < n")
+    check_picklable(load, workers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    items = list(items)
+    n_shards = math.ceil(len(items) / shard_size)
+    selected = range(part_i, n_shards, part_n)
+    summary = BuildSummary(out_dir=str(out), items_total=len(items), shards_total=n_shards, shards_selected=len(selected))
+    header = {
+        "items_total": len(items),
+        "shard_size": shard_size,
+        "shards_total": n_shards,
+        "loader": loaders.describe_loader(load),
+        "key": loaders.describe_key(key),
+        "desc": desc,
+    }
+    tasks = make_tasks(items, key)
+    with output_errors(out), shard_dir.build_lock(out, selected):
+        plans = []
+        for shard in selected:
+            shard_tasks = tasks[shard * shard_size : (shard + 1) * shard_size]
+            if shard_dir.is_committed(out, shard):
+                _check_same_input(out, shard, shard_tasks)
+                summary.shards_skipped += 1
+                continue
+            shard_dir.remove_uncommitted(out, shard)
+            plans.append(ShardPlan(shard, shard_tasks))
+        update_dataset_summary(out, header)
+        extra = {"shard_size": shard_size}
+        run_plans(out, plans, load, workers, desc, progress, summary, extra, on_commit=lambda _: update_dataset_summary(out, header))
+    summary.wall_seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _check_same_input(out: Path, shard: int, tasks: list[Task]) -> None:
+    marker = shard_dir.stats_path(out, shard)
+    if shard_dir.read_stats(marker).get("keys_sha1") != keys_digest(tasks):
+        raise ValueError(
+            f"{marker} was built from different input items (other metadata, "
+            f"--limit or --shard-size); build into a new --out directory or delete {out} first"
+        )
+
+
+def run_plans(
+    out: Path,
+    plans: list[ShardPlan],
+    load: Callable,
+    workers: int,
+    desc: str,
+    progress: bool,
+    summary: BuildSummary,
+    extra: dict,
+    on_commit: Callable[[int], None],
+) -> None:
+    """Run every plan's tasks through one pool and write each shard once its items are done.
+    If writing fails, the shard being written is removed whole before the error propagates."""
+    total = sum(len(p.tasks) for p in plans)
+    outcomes = OrderedRunner(load, workers).run(task for plan in plans for task in plan.tasks)
+    with _progress(total, desc, progress) as bar:
+        try:
+            for plan in plans:
+                try:
+                    _write_shard(out, plan, outcomes, bar, summary, extra)
+                except OSError:
+                    shard_dir.remove_uncommitted(out, plan.shard)
+                    raise
+                on_commit(plan.shard)
+        finally:
+            outcomes.close()  # shuts the pool down, also on Ctrl-C or an error
+
+
+@contextlib.contextmanager
+def output_errors(out: Path) -> Iterator[None]:
+    """An OSError on the output (disk full, file-size limit, a read-only or vanished directory)
+    -> one ShardDirError naming ``out`` and what to do; nothing partial is left behind."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise shard_dir.ShardDirError(
+            f"cannot write the shards in {out}: {exc.strerror or exc}{where}; free space (or raise the "
+            "file-size limit) and rerun the same command: it resumes"
+        ) from None

@@ -1,0 +1,88 @@
+"""The builder's records: the per-shard parquet manifest (one row per input item) and the
+dataset summary ``dataset.json``, rebuilt from the committed shards' stats files."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import io
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import format as fmt
+from pipeline import shard_dir
+from pipeline.prep.writer import write_atomic, write_json
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),  # position in the input item list
+        ("key", pa.string()),
+        ("status", pa.string()),  # WRITTEN or FAILED
+        ("reason", pa.string()),  # failure reason, "kind: detail"
+        ("reason_kind", pa.string()),
+        ("item", pa.string()),  # the input item as JSON: what `prep retry` re-runs
+        ("duration", pa.float64()),
+        ("orig_sample_rate", pa.int64()),
+        ("orig_channels", pa.int64()),
+        ("audio_type", pa.string()),
+        ("meta", pa.string()),  # the sample's json member
+    ]
+)
+HEADER_FIELDS = ("items_total", "shard_size", "shards_total", "loader", "key", "desc")
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    return pq.read_table(path, schema=ROW_SCHEMA).to_pylist()
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), buf, compression="zstd")
+    write_atomic(path, buf.getvalue())
+
+
+def read_header(out_dir: Path) -> dict:
+    path = Path(out_dir) / shard_dir.DATASET_FILE
+    return shard_dir.read_json(path) if path.exists() else {}
+
+
+def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = None) -> dict:
+    """Rewrite dataset.json from the committed shards' stats files (cheap: one small file each).
+
+    Several ``--part`` runs may share ``out_dir``; each rewrite rescans every stats file and
+    replaces the file atomically, so the last writer leaves a complete picture.
+    """
+    out = Path(out_dir)
+    previous = read_header(out)
+    summary = {k: previous[k] for k in HEADER_FIELDS if k in previous}
+    summary.update({k: v for k, v in (header or {}).items() if v is not None})
+    shards, failures = [], collections.Counter()
+    for committed in shard_dir.committed_shards(out):
+        stats = committed.stats
+        shards.append(
+            {
+                "shard": stats["shard"],
+                "tar": stats["tar"],
+                "written": stats["written"],
+                "failed": stats["failed"],
+                "audio_hours": round(stats["audio_seconds"] / 3600, 4),
+            }
+        )
+        failures.update(stats.get("failures", {}))
+    summary.update(
+        {
+            "format_version": fmt.FORMAT_VERSION,
+            "shards_committed": len(shards),
+            "written": sum(s["written"] for s in shards),
+            "failed": sum(s["failed"] for s in shards),
+            "audio_hours": round(sum(s["audio_hours"] for s in shards), 4),
+            "failures": dict(failures.most_common()),
+            "shards": shards,
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    write_json(out / shard_dir.DATASET_FILE, summary)
+    return summary

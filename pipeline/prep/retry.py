@@ -1,0 +1,112 @@
+"""``prep retry``: re-run the failed rows of a committed shard directory and rewrite only the
+shards they belong to, swapped in under the commit marker so an interruption leaves either the
+old shard or an uncommitted one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import shard_dir
+from pipeline.prep import loaders
+from pipeline.prep.build import BuildSummary, ShardPlan, check_picklable, output_errors, run_plans
+from pipeline.prep.manifest import read_header, read_rows, update_dataset_summary
+from pipeline.prep.media import Media
+from pipeline.prep.pool import Task
+from pipeline.prep.worker import FAILED, WRITTEN, Outcome
+
+_NOT_RETRIED = ("duplicate_key", "bad_key")  # the same input gives the same key: retrying cannot help
+
+
+def retry_failed(
+    out_dir: str | os.PathLike,
+    *,
+    kinds: Sequence[str] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    load: Callable[[Any], Media] | None = None,
+) -> BuildSummary:
+    """Re-run the failed rows of every committed shard (only ``kinds`` if given) and rewrite the
+    shards they belong to. Kept samples are copied from the old tar; the shard's item range and
+    sample order do not change. ``load`` defaults to the registered loader dataset.json names."""
+    out = Path(out_dir)
+    header = read_header(out)
+    if load is None:
+        if not header.get("loader"):
+            raise ValueError(
+                f"{out / shard_dir.DATASET_FILE} records no re-creatable loader; rerun the original `prep shards` command instead"
+            )
+        load = loaders.resolve_loader(header["loader"], out / shard_dir.DATASET_FILE)
+    check_picklable(load, workers)
+    started = time.perf_counter()
+    summary = BuildSummary(out_dir=str(out), items_total=header.get("items_total", 0))
+    extra = {"retried": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if "shard_size" in header:
+        extra["shard_size"] = header["shard_size"]
+    with output_errors(out), shard_dir.build_lock(out, None):
+        plans = []
+        for committed in shard_dir.committed_shards(out):
+            summary.shards_selected += 1
+            rows = read_rows(shard_dir.parquet_path(out, committed.index))
+            retry = {
+                r["index"]
+                for r in rows
+                if r["status"] == FAILED and r["reason_kind"] not in _NOT_RETRIED and (not kinds or r["reason_kind"] in kinds)
+            }
+            if not retry:
+                summary.shards_skipped += 1
+                continue
+            plans.append(_retry_plan(out, committed.index, rows, retry))
+        _run_retry(out, plans, load, workers, progress, summary, extra)
+    summary.wall_seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
+    old_samples = shard_dir.iter_tar_samples(shard_dir.tar_path(out, shard))
+
+    def kept(row: dict) -> Callable[[], Outcome]:
+        def outcome() -> Outcome:
+            item = json.loads(row["item"])
+            if row["status"] == FAILED:
+                return Outcome(row["index"], row["key"], item, reason=row["reason"])
+            for sample in old_samples:  # both tars follow input order: one streaming pass
+                if sample["__key__"] == row["key"]:
+                    return Outcome(row["index"], row["key"], item, WRITTEN, sample=sample, meta=json.loads(row["meta"]))
+            raise RuntimeError(f"{shard_dir.tar_path(out, shard)} lacks sample {row['key']} that its parquet lists")
+
+        return outcome
+
+    tasks = [
+        Task(r["index"], r["key"], json.loads(r["item"])) if r["index"] in retry else Task(r["index"], r["key"], None, ready=kept(r))
+        for r in sorted(rows, key=lambda r: r["index"])
+    ]
+    return ShardPlan(shard, tasks)
+
+
+def _run_retry(out: Path, plans, load, workers, progress, summary, extra) -> None:
+    # New tar and parquet are first written to a staging directory. Only then is the stats file
+    # (the commit marker) removed, the new files renamed over the old, and stats moved in last:
+    # an interruption leaves either the old committed shard or an uncommitted one that the
+    # original build command rebuilds.
+    staging = out / ".retry"
+    staging.mkdir(exist_ok=True)
+
+    def swap_in(shard: int) -> None:
+        shard_dir.stats_path(out, shard).unlink()
+        os.replace(shard_dir.tar_path(staging, shard), shard_dir.tar_path(out, shard))
+        os.replace(shard_dir.parquet_path(staging, shard), shard_dir.parquet_path(out, shard))
+        os.replace(shard_dir.stats_path(staging, shard), shard_dir.stats_path(out, shard))
+        update_dataset_summary(out)
+
+    try:
+        run_plans(staging, plans, load, workers, "retry", progress, summary, extra, on_commit=swap_in)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()

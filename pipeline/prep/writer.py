@@ -1,0 +1,89 @@
+"""Writing the builder's output files: a shard tar streamed to ``.partial`` and renamed when
+complete, and small files (parquet, json) written whole and renamed into place. A failed write
+leaves no ``.partial`` behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from pipeline import format as fmt
+from pipeline.shard_dir import PARTIAL_SUFFIX
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dumps_strict(obj: Any, **kwargs) -> str:
+    """JSON that every parser reads: NaN/inf are refused (ValueError) rather than written as the
+    non-standard ``NaN`` literal; callers turn them into null first."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kwargs)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (dumps_strict(obj, indent=1) + "\n").encode())
+
+
+class _HashingFile:
+    """File wrapper that hashes what passes through, so the tar's sha256 costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+class TarShardWriter:
+    """Writes samples to ``NNNNNN.tar.partial``; ``close`` fsyncs and renames it to ``NNNNNN.tar``."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(path.name + PARTIAL_SUFFIX)
+        self._file = open(self.tmp, "wb")
+        self._hash = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, sample: dict) -> None:
+        key = sample["__key__"]
+        for ext in fmt.MEMBER_EXTS:
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            # Fixed owner/mode/mtime: the same samples give byte-identical tars on every rerun.
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> tuple[int, str]:
+        """Finish the tar and rename it into place; returns (bytes, sha256)."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return self._hash.size, self._hash.sha.hexdigest()
+
+    def abort(self) -> None:
+        try:
+            self._file.close()  # may flush buffered bytes and fail again on a full disk
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
