@@ -11,6 +11,7 @@ middle of the segment (or an image file sharing the media file's name, for audio
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -33,8 +34,8 @@ import typer
 from pipeline import audio, ffmpeg, image
 from pipeline import format as fmt
 from pipeline.prep import commands
-from pipeline.prep.build import DEFAULT_SHARD_SIZE
 from pipeline.prep.media import Media, SkipItem
+from pipeline.prep.options import BuildOptions, with_build_options
 
 SOURCE = "audioset"
 AUDIO_EXTS = ("flac", "wav", "ogg", "opus", "mp3", "m4a", "aac")
@@ -45,6 +46,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _CLIP_NAME = re.compile(r"^(?P<id>.+?)_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)$")
 _YTID = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOLERANCE_S = 0.0015  # names round times to milliseconds
+BOM = "\ufeff"
 
 
 class CsvError(ValueError):
@@ -55,13 +57,26 @@ class CsvError(ValueError):
 # CSVs
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, str]:
-    """``class_labels_indices.csv`` (index,mid,display_name) -> {mid: display_name}."""
+def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """A CSV's lines, each without a leading UTF-8 BOM (files saved by spreadsheet tools start
+    with one; concatenated files carry one mid-file). CsvError naming the file when it is missing
+    or not UTF-8."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
     except FileNotFoundError as exc:
         raise CsvError(f"{path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise CsvError(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            f"re-save the {what} as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from exc
+    return [line.lstrip(BOM) for line in text.splitlines()]
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, str]:
+    """``class_labels_indices.csv`` (index,mid,display_name) -> {mid: display_name}."""
+    rows = list(csv.DictReader(read_text_lines(path, "labels CSV")))
     if not rows or not {"mid", "display_name"} <= set(rows[0]):
         raise CsvError(f"{path} needs a header with 'mid' and 'display_name' (class_labels_indices.csv)")
     return {r["mid"].strip(): (r["display_name"] or "").strip() for r in rows if r.get("mid")}
@@ -69,19 +84,20 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
 
 def read_segments(path: str | os.PathLike, labels: dict[str, str]) -> list[dict]:
     """One item per data line of a segment CSV, malformed lines included (as error items)."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError as exc:
-        raise CsvError(f"{path} does not exist") from exc
-    except UnicodeDecodeError as exc:
-        raise CsvError(f"{path} is not a UTF-8 text file") from exc
     items = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_text_lines(path, "segments CSV"), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         items.append(_segment(number, line, labels))
     return items
+
+
+def unknown_mids(items: Iterable[dict]) -> dict[str, int]:
+    """MIDs the labels CSV does not name -> number of segments that carry them, most frequent first."""
+    counts = collections.Counter(
+        label["mid"] for item in items if "error" not in item for label in item["labels"] if label["name"] is None
+    )
+    return dict(counts.most_common())
 
 
 def _segment(number: int, line: str, labels: dict[str, str]) -> dict:
@@ -396,10 +412,10 @@ def count_found(index: dict[str, list[MediaFile]], items: Iterable[dict], media_
     return found
 
 
+@with_build_options
 def command(
     segments: Annotated[Path, typer.Option("--segments", "-s", help="Segment CSV (balanced_train_segments.csv, ...).")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="class_labels_indices.csv (mid -> display name).")],
-    out: commands.OutOpt,
     media_dir: Annotated[
         Path | None,
         typer.Option(help="Files already on disk, named YTID.* (whole videos) or YTID_<start>_<end>.* (cut clips). "
@@ -417,40 +433,54 @@ def command(
     retries: Annotated[int, typer.Option(help="Extra attempts after rate limiting or network errors.")] = 3,
     retry_wait: Annotated[float, typer.Option(help="First back-off in seconds; doubles per attempt.")] = 30.0,
     yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
-    workers: commands.WorkersOpt = 1,
-    part: commands.PartOpt = "0/1",
-    shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE,
-    limit: commands.LimitOpt = None,
-    progress: commands.ProgressOpt = True,
+    *,
+    opts: BuildOptions,
 ) -> None:
     """AudioSet segments -> sound shards, from local media or downloaded with yt-dlp.
 
     With downloads, --workers is also the number of concurrent downloads.
     """
-    try:
-        items = read_segments(segments, read_labels(labels))
-    except CsvError as exc:
-        raise commands.fail(str(exc)) from exc
-    if limit is not None:
-        items = items[:limit]
+    items, unknown = read_items(segments, labels, opts.limit)
     if media_dir is not None:
-        if not media_dir.is_dir():
-            raise commands.fail(f"--media-dir {media_dir} is not a directory")
-        root = str(media_dir.resolve())
-        found = count_found(media_index(root), items, root)
-        typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
-        load = functools.partial(load_from_dir, media_dir=root)
+        load = local_loader(media_dir, items)
     else:
-        if importlib.util.find_spec("yt_dlp") is None:
-            raise commands.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
-        cache = (download_dir or out / "media").resolve()
-        cache.mkdir(parents=True, exist_ok=True)
         options = DownloadOptions(
             url_template=url_template, cookies=str(cookies.resolve()) if cookies else None, rate_limit=rate_limit,
             sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
         )
-        load = functools.partial(load_downloaded, cache_dir=str(cache), options=dataclasses.asdict(options))
-    commands.run_build(
-        items, load, out, key=item_key, workers=workers, part=part, shard_size=shard_size,
-        limit=None, progress=progress, desc="audioset",
-    )
+        load = download_loader(download_dir or opts.out / "media", options)
+    opts.run(items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None)
+
+
+def read_items(segments: Path, labels: Path, limit: int | None) -> tuple[list[dict], dict[str, int]]:
+    """The command's items (the first ``limit``) and the MIDs among them the labels CSV lacks,
+    with one warning about those."""
+    try:
+        items = read_segments(segments, read_labels(labels))[:limit]
+    except CsvError as exc:
+        raise commands.fail(str(exc)) from exc
+    unknown = unknown_mids(items)
+    if unknown:  # once here, not per segment: a labels CSV of another release lacks hundreds
+        typer.echo(
+            f"warning: {len(unknown)} MID(s) in {segments} are not in {labels} (e.g. {', '.join(list(unknown)[:3])}); "
+            "their labels keep name null (counted as unknown_mids in dataset.json)",
+            err=True,
+        )
+    return items, unknown
+
+
+def local_loader(media_dir: Path, items: list[dict]) -> Callable:
+    if not media_dir.is_dir():
+        raise commands.fail(f"--media-dir {media_dir} is not a directory")
+    root = str(media_dir.resolve())
+    found = count_found(media_index(root), items, root)
+    typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
+    return functools.partial(load_from_dir, media_dir=root)
+
+
+def download_loader(download_dir: Path, options: DownloadOptions) -> Callable:
+    if importlib.util.find_spec("yt_dlp") is None:
+        raise commands.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
+    cache = download_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    return functools.partial(load_downloaded, cache_dir=str(cache), options=dataclasses.asdict(options))

@@ -190,6 +190,7 @@ def build_shards(
     part: tuple[int, int] = (0, 1),
     desc: str = "",
     progress: bool = True,
+    input_warnings: dict | None = None,
 ) -> BuildSummary:
     """Build (or resume) the shards of ``items`` in ``out_dir``; see the module docstring.
 
@@ -217,6 +218,7 @@ def build_shards(
         "loader": loaders.describe_loader(load),
         "key": loaders.describe_key(key),
         "desc": desc,
+        "input_warnings": input_warnings or {},  # e.g. AudioSet MIDs its labels CSV lacks
     }
     tasks = make_tasks(items, key)
     with output_errors(out), shard_dir.build_lock(out, selected):

@@ -46,8 +46,9 @@ def print_summary(summary: BuildSummary) -> None:
     Console(stderr=True).print(table)
 
 
-def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc) -> BuildSummary:
-    """What every `prep shards <corpus>` command does once it has its items and loader."""
+def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None) -> BuildSummary:
+    """What every `prep shards <corpus>` command does once it has its items and loader;
+    ``input_warnings`` (what the reader noticed about its input) goes into dataset.json."""
     try:
         part_tuple = parse_part(part)
     except ValueError as exc:
@@ -56,7 +57,8 @@ def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, 
         items = items[:limit]
     try:
         summary = build_shards(
-            items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress
+            items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress,
+            input_warnings=input_warnings,
         )
     except ValueError as exc:  # e.g. a resume over shards built from other input
         raise fail(str(exc)) from exc

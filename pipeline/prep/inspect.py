@@ -23,10 +23,9 @@ import typer
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import format as fmt
-from pipeline.prep import commands
-from pipeline.prep.manifest import read_rows
+from pipeline import shard_dir
+from pipeline.prep import commands, manifest
 from pipeline.prep.worker import WRITTEN
-from pipeline.shard_dir import DATASET_FILE, iter_tar_samples, parquet_path, read_json, stats_path, tar_path
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
 _MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duration", "orig_sample_rate", "orig_channels", "audio_type", "meta"]
@@ -35,40 +34,52 @@ _MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duratio
 def find_shard_dirs(root: str | Path) -> list[Path]:
     """``root`` itself if it holds shards, else every directory below it that does."""
     root = Path(root)
-
-    def holds_shards(d: Path) -> bool:
-        return (d / DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob("*_stats.json")) or any(d.glob("*.partial"))
-
-    if holds_shards(root):
+    if shard_dir.looks_like_shard_dir(root):
         return [root]
-    return sorted(d for d in root.rglob("*") if d.is_dir() and holds_shards(d))
+    return sorted(d for d in root.rglob("*") if d.is_dir() and shard_dir.looks_like_shard_dir(d))
 
 
-def shard_health(shard_dir: Path) -> dict:
-    """Committed shards, and everything that is not: partial files, tars without a commit
-    marker, markers without a tar, tars whose size disagrees with their marker."""
-    stats = {int(p.name.split("_")[0]): p for p in shard_dir.glob("*_stats.json")}
-    tars = {int(p.stem): p for p in shard_dir.glob("*.tar") if p.stem.isdigit()}
-    committed, size_mismatch = [], []
-    for shard, path in sorted(stats.items()):
-        if shard not in tars:
-            continue
-        committed.append(shard)
-        recorded = read_json(path).get("tar_bytes")
-        if recorded is not None and recorded != tars[shard].stat().st_size:
-            size_mismatch.append(tars[shard].name)
-    header = read_json(shard_dir / DATASET_FILE) if (shard_dir / DATASET_FILE).exists() else {}
-    total = header.get("shards_total")
+def read_header(directory: Path) -> dict:
+    """dataset.json, or {} when it is missing or unreadable (the figures then come from the
+    shards alone; `prep shards` rewrites it)."""
+    try:
+        header = shard_dir.read_json(directory / shard_dir.DATASET_FILE)
+    except (OSError, ValueError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def shard_health(directory: Path) -> dict:
+    """Committed shards (by ``shard_dir``'s commit rule), and everything that is not: partial
+    files, tars without a readable commit marker, corrupt markers, markers without a tar, tars
+    whose size disagrees with their marker."""
+    listing = shard_dir.list_dir(directory)
+    size_mismatch = [
+        c.tar.name for c in listing.committed
+        if c.stats.get("tar_bytes") is not None and c.stats["tar_bytes"] != c.tar.stat().st_size
+    ]
+    committed = [c.index for c in listing.committed]
+    total = read_header(directory).get("shards_total")
     return {
         "shards_total": total,
         "shards_committed": len(committed),
         "shards_missing": None if total is None else sorted(set(range(total)) - set(committed)),
-        "uncommitted_tars": sorted(p.name for s, p in tars.items() if s not in stats),
-        "markers_without_tar": sorted(p.name for s, p in stats.items() if s not in tars),
-        "partial_files": sorted(p.name for p in shard_dir.glob("*.partial")),
+        "uncommitted_tars": listing.uncommitted_tars,
+        "corrupt_markers": listing.corrupt_markers,
+        "markers_without_tar": listing.markers_without_tar,
+        "partial_files": listing.partial_files,
         "size_mismatch": size_mismatch,
         "committed": committed,
     }
+
+
+def corrupt_marker_notes(directory: Path, health: dict) -> list[str]:
+    """One line per unreadable commit marker: which shard it leaves uncommitted, and the fix."""
+    return [
+        f"{Path(directory) / name} is not a readable commit marker: shard {shard_dir.shard_index(Path(name))} "
+        "counts as uncommitted; rerun the `prep shards` command to rebuild it"
+        for name in health["corrupt_markers"]
+    ]
 
 
 def _histogram(values: list[float]) -> dict[str, int]:
@@ -95,17 +106,17 @@ def _label_names(meta: dict) -> list[str]:
     return out
 
 
-def collect(shard_dir: str | Path, *, top_labels: int = 25, examples: int = 3) -> dict:
+def collect(directory: str | Path, *, top_labels: int = 25, examples: int = 3) -> dict:
     """The figures `prep inspect` prints, as one JSON-serializable dict."""
-    shard_dir = Path(shard_dir)
-    health = shard_health(shard_dir)
-    header = read_json(shard_dir / DATASET_FILE) if (shard_dir / DATASET_FILE).exists() else {}
+    directory = Path(directory)
+    health = shard_health(directory)
+    header = read_header(directory)
     durations, rates, channels = [], collections.Counter(), collections.Counter()
     types, type_seconds, labels = collections.Counter(), collections.Counter(), collections.Counter()
     failures, failure_examples = collections.Counter(), collections.defaultdict(list)
     items = 0
     for shard in health["committed"]:
-        table = pq.read_table(parquet_path(shard_dir, shard), columns=_MANIFEST_COLUMNS)
+        table = pq.read_table(shard_dir.parquet_path(directory, shard), columns=_MANIFEST_COLUMNS)
         for row in table.to_pylist():
             items += 1
             if row["status"] != WRITTEN:
@@ -122,7 +133,7 @@ def collect(shard_dir: str | Path, *, top_labels: int = 25, examples: int = 3) -
             labels.update(_label_names(json.loads(row["meta"])))
     written = len(durations)
     return {
-        "dir": str(shard_dir),
+        "dir": str(directory),
         "items_total": header.get("items_total"),
         "items_in_committed_shards": items,
         "written": written,
@@ -150,22 +161,22 @@ def collect(shard_dir: str | Path, *, top_labels: int = 25, examples: int = 3) -
 # verify
 
 
-def verify_shard(shard_dir: str | Path, shard: int) -> dict:
+def verify_shard(directory: str | Path, shard: int) -> dict:
     """Check one committed shard: its tar against the commit marker (sha256) and the manifest
     (same keys, same order), and every sample against the format."""
-    shard_dir = Path(shard_dir)
-    tar = tar_path(shard_dir, shard)
-    stats = read_json(stats_path(shard_dir, shard))
+    directory = Path(directory)
+    tar = shard_dir.tar_path(directory, shard)
+    stats = shard_dir.read_stats(shard_dir.stats_path(directory, shard)) or {}
     problems, keys = [], []
     sha = hashlib.sha256()
     with open(tar, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
-        problems.append(f"{tar.name}: sha256 differs from {stats_path(shard_dir, shard).name}")
-    expected = [r["key"] for r in read_rows(parquet_path(shard_dir, shard)) if r["status"] == WRITTEN]
+        problems.append(f"{tar.name}: sha256 differs from {shard_dir.stats_path(directory, shard).name}")
+    expected = [r["key"] for r in manifest.read_rows(shard_dir.parquet_path(directory, shard)) if r["status"] == WRITTEN]
     try:
-        for sample in iter_tar_samples(tar):
+        for sample in shard_dir.iter_tar_samples(tar):
             key = sample["__key__"]
             keys.append(key)
             unknown = set(sample) - {"__key__", *fmt.MEMBER_EXTS}
@@ -179,17 +190,17 @@ def verify_shard(shard_dir: str | Path, shard: int) -> dict:
     return {"tar": tar.name, "keys": keys, "problems": problems}
 
 
-def verify(shard_dir: str | Path, *, workers: int = 1, progress: bool = True, max_problems: int = 50) -> dict:
+def verify(directory: str | Path, *, workers: int = 1, progress: bool = True, max_problems: int = 50) -> dict:
     """Decode every sample of every committed shard (``verify_shard``, ``workers`` shards at a
     time); keys must also be unique across the directory."""
     from tqdm import tqdm
 
-    shard_dir = Path(shard_dir)
-    health = shard_health(shard_dir)
+    directory = Path(directory)
+    health = shard_health(directory)
     problems, checked, seen = [], 0, {}
     todo = health["committed"]
     with concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        results = pool.map(verify_shard, [shard_dir] * len(todo), todo) if pool else map(verify_shard, [shard_dir] * len(todo), todo)
+        results = pool.map(verify_shard, [directory] * len(todo), todo) if pool else map(verify_shard, [directory] * len(todo), todo)
         for result in tqdm(results, total=len(todo), desc="verify", unit="shard", disable=not progress):
             problems += result["problems"]
             checked += len(result["keys"])
@@ -199,6 +210,7 @@ def verify(shard_dir: str | Path, *, workers: int = 1, progress: bool = True, ma
                 seen[key] = result["tar"]
     for name in health["uncommitted_tars"] + health["partial_files"]:
         problems.append(f"{name}: left by an interrupted build (rerun the build command to finish it)")
+    problems += corrupt_marker_notes(directory, health)
     return {"samples_checked": checked, "problems": len(problems), "problem_list": problems[:max_problems]}
 
 
@@ -236,11 +248,11 @@ def spectrogram_image(clip: np.ndarray, valid_seconds: float, size: tuple[int, i
     return picture
 
 
-def _pick(shard_dir: Path, committed: list[int], n: int) -> list[tuple[int, str]]:
+def _pick(directory: Path, committed: list[int], n: int) -> list[tuple[int, str]]:
     """``n`` written samples spread evenly over the directory, as (shard, key)."""
     written = []
     for shard in committed:
-        table = pq.read_table(parquet_path(shard_dir, shard), columns=["key", "status"])
+        table = pq.read_table(shard_dir.parquet_path(directory, shard), columns=["key", "status"])
         written += [(shard, k) for k, s in zip(table["key"].to_pylist(), table["status"].to_pylist()) if s == WRITTEN]
     if len(written) <= n:
         return written
@@ -248,17 +260,17 @@ def _pick(shard_dir: Path, committed: list[int], n: int) -> list[tuple[int, str]
     return [written[int(i * step)] for i in range(n)]
 
 
-def contact_sheet(shard_dir: str | Path, n: int, out: str | Path, *, columns: int = 4) -> int:
+def contact_sheet(directory: str | Path, n: int, out: str | Path, *, columns: int = 4) -> int:
     """Draw ``n`` samples (image, spectrogram, key, labels or caption) into one PNG; returns the
     number drawn."""
-    shard_dir = Path(shard_dir)
-    picks = _pick(shard_dir, shard_health(shard_dir)["committed"], n)
+    directory = Path(directory)
+    picks = _pick(directory, shard_health(directory)["committed"], n)
     wanted = collections.defaultdict(set)
     for shard, key in picks:
         wanted[shard].add(key)
     samples = {}
     for shard, keys in wanted.items():
-        for sample in iter_tar_samples(tar_path(shard_dir, shard)):
+        for sample in shard_dir.iter_tar_samples(shard_dir.tar_path(directory, shard)):
             if sample["__key__"] in keys:
                 samples[sample["__key__"]] = sample
                 if len(keys & samples.keys()) == len(keys):
@@ -322,7 +334,7 @@ def _print_report(report: dict) -> None:
         table.add_row(f"labels ({report['labels_distinct']} distinct), top", ", ".join(f"{k} {v}" for k, v in report["labels_top"].items()))
     for kind, n in report["failures"].items():
         table.add_row(f"failed: {kind}", f"{n}   e.g. {report['failure_examples'][kind][0][:110]}")
-    for name in ("uncommitted_tars", "partial_files", "markers_without_tar", "size_mismatch"):
+    for name in ("uncommitted_tars", "corrupt_markers", "partial_files", "markers_without_tar", "size_mismatch"):
         if health[name]:
             table.add_row(f"health: {name.replace('_', ' ')}", ", ".join(health[name][:8]) + (" …" if len(health[name]) > 8 else ""))
     if health["shards_missing"]:
@@ -352,6 +364,8 @@ def command(
     reports: list[dict[str, Any]] = []
     for d in dirs:
         report = collect(d)
+        for note in corrupt_marker_notes(d, report["health"]):
+            typer.echo(f"warning: {note}", err=True)
         if verify_samples:
             report["verify"] = verify(d, workers=workers, progress=not as_json)
         if show:

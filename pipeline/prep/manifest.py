@@ -31,7 +31,7 @@ ROW_SCHEMA = pa.schema(
         ("meta", pa.string()),  # the sample's json member
     ]
 )
-HEADER_FIELDS = ("items_total", "shard_size", "shards_total", "loader", "key", "desc")
+HEADER_FIELDS = ("items_total", "shard_size", "shards_total", "loader", "key", "desc", "input_warnings")
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

@@ -13,7 +13,9 @@ also copied to ``caption``.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -24,8 +26,8 @@ import typer
 from pipeline import audio, image
 from pipeline import format as fmt
 from pipeline.prep import commands
-from pipeline.prep.build import DEFAULT_SHARD_SIZE
 from pipeline.prep.media import Media, SkipItem, resolve_under
+from pipeline.prep.options import BuildOptions, with_build_options
 
 SOURCE = "places"
 # Extra entry fields that would overwrite a field the sample json defines are stored under
@@ -49,6 +51,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[list[dict], dict]:
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise MetadataError(f"{path} has no top-level 'data' list; is it a PlacesAudio metadata file?")
     items = [_item(row, entry) for row, entry in enumerate(doc["data"])]
+    _mark_shared_keys(items)
     header = {k: v for k, v in doc.items() if k != "data"}
     return items, header
 
@@ -56,6 +59,17 @@ def read_metadata(path: str | os.PathLike) -> tuple[list[dict], dict]:
 def _item(row: int, entry: Any) -> dict:
     if not isinstance(entry, dict):
         return {"row": row, "error": f"bad_row: data[{row}] is {type(entry).__name__}, not an object"}
+    for name, value in entry.items():
+        bad = _non_utf8(name) or _non_utf8(value)
+        if bad is not None:
+            # JSON spells a file name that is not UTF-8 as a lone surrogate (\udcff): it can be
+            # neither opened portably nor written to the manifest, so the row fails on its own.
+            return {
+                "row": row,
+                "error": f"bad_row: data[{row}] field {ascii(name)} holds {ascii(bad)}, which is not valid UTF-8; "
+                "rename the file to a UTF-8 name and fix the metadata",
+                "raw": ascii(entry)[:300],
+            }
     for field in ("wav", "image"):
         if not isinstance(entry.get(field), str) or not entry[field].strip():
             return {"row": row, "error": f"bad_row: data[{row}] has no {field!r} path", "entry": entry}
@@ -63,11 +77,47 @@ def _item(row: int, entry: Any) -> dict:
     return {"row": row, "wav": entry["wav"], "image": entry["image"], "extra": extra}
 
 
+def _non_utf8(value: Any) -> str | None:
+    """The first string inside ``value`` that cannot be encoded as UTF-8, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((bad for v in value if (bad := _non_utf8(v)) is not None), None)
+    return None
+
+
+def _plain_key(wav: str) -> str:
+    return fmt.make_key(SOURCE, *PurePosixPath(wav).with_suffix("").parts)
+
+
+def _mark_shared_keys(items: list[dict]) -> None:
+    """Flag the items whose wav path spells the same plain key as a different wav path
+    (``wavs/a_b.wav`` and ``wavs/a/b.wav``): their keys get the path's hash, every other key
+    stays as it was."""
+    paths = collections.defaultdict(set)
+    for item in items:
+        if "error" not in item:
+            paths[_plain_key(item["wav"])].add(item["wav"])
+    for item in items:
+        if "error" not in item and len(paths[_plain_key(item["wav"])]) > 1:
+            item["shared_key"] = True
+
+
 def item_key(item: dict) -> str:
-    """``places_<wav path without extension, '/' -> '_'>``: unique as long as the wav paths are."""
+    """``places_<wav path without extension, '/' -> '_'>``, plus ``-<hash of the path>`` when
+    another wav path of the metadata spells the same key: distinct wav paths get distinct keys."""
     if "error" in item:
         return f"places_row{item['row']}"
-    return fmt.make_key(SOURCE, *PurePosixPath(item["wav"]).with_suffix("").parts)
+    key = _plain_key(item["wav"])
+    if item.get("shared_key"):
+        key += "-" + hashlib.sha1(item["wav"].encode()).hexdigest()[:8]
+    return key
 
 
 def load_item(item: dict, *, audio_root: str, image_root: str) -> Media:
@@ -116,9 +166,9 @@ def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_r
     return audio_root, image_root
 
 
+@with_build_options
 def command(
     metadata: Annotated[Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")],
-    out: commands.OutOpt,
     audio_root: Annotated[
         Path | None,
         typer.Option(help="Folder the 'wav' paths are relative to. Default: the metadata's audio_base_path, else the folder holding metadata/."),
@@ -126,11 +176,8 @@ def command(
     image_root: Annotated[
         Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path.")
     ] = None,
-    workers: commands.WorkersOpt = 1,
-    part: commands.PartOpt = "0/1",
-    shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE,
-    limit: commands.LimitOpt = None,
-    progress: commands.ProgressOpt = True,
+    *,
+    opts: BuildOptions,
 ) -> None:
     """PlacesAudio spoken captions + Places205 images -> speech shards."""
     try:
@@ -139,7 +186,4 @@ def command(
         raise commands.fail(str(exc)) from exc
     audio_root, image_root = resolve_roots(metadata, header, audio_root, image_root)
     load = functools.partial(load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve()))
-    commands.run_build(
-        items, load, out, key=item_key, workers=workers, part=part, shard_size=shard_size,
-        limit=limit, progress=progress, desc="places",
-    )
+    opts.run(items, load, key=item_key, desc="places")
