@@ -1,10 +1,10 @@
-"""Outputs of an evaluation run: ``results.json``, Markdown tables laid out like the paper's,
-heatmap archives (npz) and overlay pictures (PNG) like the paper's Figure 3.
+"""Files of an evaluation run: ``results.json``, ``tables.md``, heatmap archives (npz) and
+overlay pictures (PNG) like the paper's Figure 3.
 
-``results.json`` holds one section per experiment (``table1`` ... ``table7``,
-``disentanglement``); running another experiment into the same folder adds or replaces its
-section and leaves the others, and ``tables.md`` is rebuilt from the whole file each time.
-Numbers are stored as fractions (0..1) and printed in the tables as percentages.
+``results.json`` holds one section per experiment (``table1`` ... ``table7``); running another
+experiment into the same folder adds or replaces its section and leaves the others, and
+``tables.md`` is rebuilt from the whole file each time (``evaluation.tables.write_section``).
+Numbers are stored as fractions (0..1).
 """
 
 from __future__ import annotations
@@ -50,165 +50,24 @@ def load_results(out_dir: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({exc}); move it away or pick another --out") from exc
 
 
-def write_section(out_dir: Path, name: str, section: dict) -> dict:
-    """Add or replace one experiment's section, then rewrite results.json and tables.md."""
+def update_results(out_dir: Path, name: str, section: dict) -> dict:
+    """Add or replace one experiment's section of results.json; returns the whole file's content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_results(out_dir)
     results[name] = _jsonable(section)
     _atomic_write(out_dir / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _atomic_write(out_dir / TABLES_FILE, markdown_tables(results))
     return results
+
+
+def write_tables(out_dir: Path, text: str) -> None:
+    _atomic_write(Path(out_dir) / TABLES_FILE, text)
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown
-
-
-def pct(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{100 * float(value):.1f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _note(section: dict) -> str:
-    parts = [f"normalization: {section.get('normalization', 'n/a')}"]
-    for key, value in sorted(section.get("settings", {}).items()):
-        parts.append(f"{key}: {value}")
-    counts = section.get("counts", {})
-    if counts:
-        parts.append("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return "_" + "; ".join(parts) + "_"
-
-
-def _seg(d: dict | None) -> list[str]:
-    d = d or {}
-    return [pct(d.get("mAP")), pct(d.get("mIoU"))]
-
-
-def _table1(s: dict) -> str:
-    out = []
-    for pairing, r in sorted(s["results"].items()):
-        out.append(f"**{pairing}-object pairs**\n")
-        out.append(_table(
-            ["Method", "Sim-Sound mAP", "Sim-Sound mIoU", "Sim-Speech mAP", "Sim-Speech mIoU"],
-            [[s["label"], *_seg(r["sound"]), *_seg(r["speech"])]]))
-        extras = []
-        for kind in ("sound", "speech"):
-            e = r[kind].get("extras", {})
-            extras.append([s["label"], kind, pct(e.get("cIoU")), pct(e.get("AUC")), pct(e.get("IIoU")),
-                           pct(e.get("cIoU_adaptive")), pct(e.get("AUC_adaptive"))])
-        out.append("\n" + _table(["Method", "head", "cIoU", "AUC", "IIoU", "cIoU (adaptive)", "AUC (adaptive)"],
-                                 extras))
-        out.append(f"\nBoth heads localized (IoU >= 0.5) in the same query: {pct(r.get('joint_hit'))}\n")
-        opp = r.get("opposite_head")
-        if opp:
-            out.append("Each object scored with the other head (lower than the right head = disentangled):\n")
-            out.append(_table(["Method", "speech head on the sounding object mAP", "mIoU",
-                               "sound head on the named object mAP", "mIoU"],
-                              [[s["label"], *_seg(opp.get("sound")), *_seg(opp.get("speech"))]]))
-    return "\n".join(out)
-
-
-def _table_seg(s: dict) -> str:
-    r = s["results"]
-    sound, speech = r.get("sound", {}), r.get("speech", {})
-    main = _table(
-        ["Method", "Sound Total mAP", "Total mIoU", "Sound Head mAP", "Sound Head mIoU",
-         "Speech Total mAP", "Total mIoU", "Speech Head mAP", "Speech Head mIoU"],
-        [[s["label"], *_seg(sound.get("total")), *_seg(sound.get("head")),
-          *_seg(speech.get("total")), *_seg(speech.get("head"))]])
-    text = main + "\n\nSpeech over the object word's frames (\"advanced\"); over all frames (\"basic\"):\n\n"
-    text += _table(["Method", "Total mAP (basic)", "Total mIoU (basic)", "Speech Head mAP (basic)",
-                    "Speech Head mIoU (basic)"],
-                   [[s["label"], *_seg(speech.get("basic_total")), *_seg(speech.get("basic_head"))]])
-    return text
-
-
-def _recall_cells(r: dict | None, k: int = 10) -> list[str]:
-    r = r or {}
-    return [pct(r.get("I->A", {}).get(str(k))), pct(r.get("A->I", {}).get(str(k)))]
-
-
-def _table_retrieval(s: dict) -> str:
-    r = s["results"]
-    a, p = r.get("audioset", {}), r.get("places", {})
-    main = _table(["Method", "AudioSet Total I→A", "A→I", "Sound I→A", "A→I",
-                   "Places Total I→A", "A→I", "Speech I→A", "A→I"],
-                  [[s["label"], *_recall_cells(a.get("total")), *_recall_cells(a.get("sound_head")),
-                    *_recall_cells(p.get("total")), *_recall_cells(p.get("speech_head"))]])
-    rows = []
-    for set_name, d in (("AudioSet", a), ("Places", p)):
-        for head, rr in sorted(d.items()):
-            rows.append([set_name, head] + [pct(rr[direction][str(k)]) for direction in ("I->A", "A->I")
-                                            for k in (1, 5, 10)])
-    full = _table(["set", "scores", "I→A R@1", "R@5", "R@10", "A→I R@1", "R@5", "R@10"], rows)
-    return main + "\n\nAll heads, R@1/5/10:\n\n" + full
-
-
-def _table6(s: dict) -> str:
-    r = s["results"]
-    row = [s["label"]]
-    for cond in ("clean", "mixed"):
-        c = r.get(cond, {})
-        row += _recall_cells(c.get("places", {}).get("sound_head")) + _recall_cells(
-            c.get("audioset", {}).get("speech_head"))
-    table = _table(["Method", "Clean Places Sound I→A", "A→I", "Clean AudioSet Speech I→A", "A→I",
-                    "Mixed Places Sound I→A", "A→I", "Mixed AudioSet Speech I→A", "A→I"], [row])
-    d = r.get("disentanglement")
-    if d:
-        table += f"\n\nPred.Dis {pct(d.get('pred_dis'))}, Act.Dis {pct(d.get('act_dis'))}"
-    return table
-
-
-def _table7(s: dict) -> str:
-    rows_a, rows_b = [], []
-    for row in s["results"]["rows"]:
-        rows_a.append([row["label"], *_recall_cells(row.get("audioset_sound_head"))])
-        rows_b.append([row["label"], *_recall_cells(row.get("places_sound_head"))])
-    return ("(a) AudioSet, sound head\n\n" + _table(["Method", "I→A", "A→I"], rows_a)
-            + "\n\n(b) Places, sound head\n\n" + _table(["Method", "I→A", "A→I"], rows_b))
-
-
-def _disentanglement(s: dict) -> str:
-    r = s["results"]
-    return _table(["Method", "Pred.Dis", "Act.Dis"], [[s["label"], pct(r["pred_dis"]), pct(r["act_dis"])]])
-
-
-TITLES = {
-    "table1": ("Table 1. Simultaneous audio-visual segmentation (Extended IS3, mixed audio)", _table1),
-    "table2": ("Table 2. Audio-visual semantic segmentation with individual audio (ADE20K)", _table_seg),
-    "table3": ("Table 3. Cross-modal retrieval R@10 (clean)", _table_retrieval),
-    "table4": ("Table 4. Semantic segmentation with off-screen audio mixed in (ADE20K)", _table_seg),
-    "table5": ("Table 5. Cross-modal retrieval R@10 with off-screen audio mixed in", _table_retrieval),
-    "table6": ("Table 6. Disentanglement: retrieval R@10 with the opposite head (lower is better)", _table6),
-    "table7": ("Table 7. Ablation of the training losses (sound head, R@10)", _table7),
-    "disentanglement": ("Pred.Dis / Act.Dis (DenseAV protocol)", _disentanglement),
-}
-
-
-def markdown_tables(results: dict) -> str:
-    parts = ["# Evaluation results\n", "Numbers are percentages.\n"]
-    for name, (title, render) in TITLES.items():
-        section = results.get(name)
-        if not section:
-            continue
-        parts.append(f"## {title}\n")
-        parts.append(render(section) + "\n")
-        parts.append(_note(section) + "\n")
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Retrieval experiments: Tables 3, 5, 6, 7 and DenseAV's Pred.Dis / Act.Dis.
+"""Retrieval experiments: Tables 3, 5, 6, 7 (``run_table3`` ... ``table7_row``) and DenseAV's
+Pred.Dis / Act.Dis.
 
 Sets: 1,000 pairs of PlacesAudio val (speech) and of AudioSet eval (sound), read from ``prep``
 shards. Every image and clip is encoded once; per-head score matrices ``[K, N, N]`` come from
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evaluation import metrics as M
+from evaluation import metrics
 from pipeline.testsets.retrieval import RetrievalSet
 from evaluation.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
@@ -99,9 +100,9 @@ class RetrievalSession:
     def recalls(self, name: str, mixed: bool = False) -> dict:
         """R@1/5/10 both directions for ``total`` (sum over heads) and every head."""
         s = self.scores(name, mixed)
-        out = {"total": M.recall_at_k(s.sum(0), KS)}
+        out = {"total": metrics.recall_at_k(s.sum(0), KS)}
         for k, head in enumerate(self.head_names()):
-            out[head] = M.recall_at_k(s[k], KS)
+            out[head] = metrics.recall_at_k(s[k], KS)
         return out
 
     def counts(self) -> dict:
@@ -121,8 +122,17 @@ class RetrievalSession:
         return s
 
 
-def run_table3(session: RetrievalSession, mixed: bool = False) -> dict:
-    """Table 3 (clean) or Table 5 (``mixed``): whatever sets are given."""
+def run_table3(session: RetrievalSession) -> dict:
+    """Table 3: clean retrieval on whichever sets are given."""
+    return _recall_table(session, mixed=False)
+
+
+def run_table5(session: RetrievalSession) -> dict:
+    """Table 5: Table 3 with an off-screen clip of the other set's audio type mixed into every query."""
+    return _recall_table(session, mixed=True)
+
+
+def _recall_table(session: RetrievalSession, mixed: bool) -> dict:
     if not session.sets:
         raise ValueError("give at least one retrieval set (--places, --audioset)")
     if mixed:
@@ -139,7 +149,7 @@ def disentanglement(session: RetrievalSession) -> dict:
         raise ValueError(f"Pred.Dis / Act.Dis are defined for two heads, the model has {session.runner.num_heads}")
     speech = np.stack([np.diag(m) for m in session.scores("places")], axis=1)
     sound = np.stack([np.diag(m) for m in session.scores("audioset")], axis=1)
-    return M.disentanglement(speech, sound)
+    return metrics.disentanglement(speech, sound)
 
 
 def run_table6(session: RetrievalSession) -> dict:

@@ -1,5 +1,6 @@
-"""Segmentation experiments: Table 1 (simultaneous grounding on Extended IS3) and Tables 2 / 4
-(ADE20K speech- and sound-prompted segmentation, clean and with off-screen audio mixed in).
+"""Segmentation experiments: Table 1 (``run_table1``, simultaneous grounding on Extended IS3),
+Table 2 (``run_table2``, ADE20K speech- and sound-prompted segmentation) and Table 4
+(``run_table4``, the same with off-screen audio mixed in).
 
 Protocol (reference §5): the matched pair's heatmap, heads aggregated by element-wise max
 ("total") or one head, averaged over the valid frames (speech "advanced": the object word's
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from evaluation import metrics as M
+from evaluation import metrics
 from evaluation import report
 from pipeline.testsets.ade20k import PromptedSet, load_ade_class_mask
 from pipeline.testsets.common import Clip, load_binary_mask, load_clip, open_image
@@ -44,8 +45,8 @@ class SegSettings:
     workers: int = 4  # threads decoding images and audio ahead of the model
 
     def __post_init__(self) -> None:
-        if self.normalization not in M.NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {M.NORMALIZATIONS}, got {self.normalization!r}")
+        if self.normalization not in metrics.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {metrics.NORMALIZATIONS}, got {self.normalization!r}")
 
 
 @dataclass
@@ -88,7 +89,7 @@ class MaskStore:
 
 
 def _normalized(ms: MapSet, mode: str) -> np.ndarray:
-    return M.normalize_heatmaps(np.stack(ms.maps), mode)
+    return metrics.normalize_heatmaps(np.stack(ms.maps), mode)
 
 
 def score_variant(ms: MapSet, masks: MaskStore, settings: SegSettings) -> tuple[dict, np.ndarray]:
@@ -99,7 +100,7 @@ def score_variant(ms: MapSet, masks: MaskStore, settings: SegSettings) -> tuple[
     def fetch(idx):
         return upsample(norm[idx], settings.mask_size), masks.get(list(ids[idx]))
 
-    res = M.pooled_segmentation_by_class(ms.classes, fetch)
+    res = metrics.pooled_segmentation_by_class(ms.classes, fetch)
     out = res.as_dict()
     out["window_fallbacks"] = ms.window_fallbacks
     return out, norm
@@ -115,10 +116,10 @@ def localization_extras(norm: np.ndarray, mask_ids: Sequence[str], masks: MaskSt
         gts = masks.get([mask_ids[i] for i in idx])
         for h, g in zip(maps, gts):
             for mode in ious:
-                ious[mode].append(M.sample_iou(h, g, mode))
+                ious[mode].append(metrics.sample_iou(h, g, mode))
     med, ada = np.asarray(ious["median"]), np.asarray(ious["adaptive"])
-    extras = {"cIoU": M.ciou(med), "AUC": M.auc(med), "IIoU": M.iiou(med, groups),
-              "cIoU_adaptive": M.ciou(ada), "AUC_adaptive": M.auc(ada), "IIoU_adaptive": M.iiou(ada, groups)}
+    extras = {"cIoU": metrics.ciou(med), "AUC": metrics.auc(med), "IIoU": metrics.iiou(med, groups),
+              "cIoU_adaptive": metrics.ciou(ada), "AUC_adaptive": metrics.auc(ada), "IIoU_adaptive": metrics.iiou(ada, groups)}
     return extras, med
 
 
@@ -225,7 +226,7 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
             res[var.name], norms[var.name] = score_variant(sets[var.name], masks, settings)
             res[var.name]["extras"], ious[var.name] = localization_extras(
                 norms[var.name], sets[var.name].mask_ids, masks, groups, settings.mask_size)
-        res["joint_hit"] = float(np.mean((ious["sound"] >= M.IOU_HIT) & (ious["speech"] >= M.IOU_HIT)))
+        res["joint_hit"] = float(np.mean((ious["sound"] >= metrics.IOU_HIT) & (ious["speech"] >= metrics.IOU_HIT)))
         # Each head scored against the *other* audio type's object: the speech head on the sounding
         # object, the sound head on the named one. A disentangled model scores lower here than
         # with the right head (in cross pairs the two objects differ).
@@ -323,10 +324,21 @@ def _class_mask(path: Path, class_id: int, size: int) -> np.ndarray:
     return load_ade_class_mask(path, size) == class_id
 
 
-def run_ade_tables(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
-                   settings: SegSettings, mixed: bool, offscreen_snr_db: float = 0.0) -> dict:
-    """Table 2 (``mixed=False``) or Table 4 (``mixed=True``: each query gets an off-screen clip of
-    the other audio type, drawn deterministically from the other prompted set)."""
+def run_table2(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
+               settings: SegSettings) -> dict:
+    """Table 2: prompted segmentation of whichever ADE20K sets are given, clean prompts."""
+    return _prompted_tables(runner, speech, sound, settings, mixed=False)
+
+
+def run_table4(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
+               settings: SegSettings, offscreen_snr_db: float = 0.0) -> dict:
+    """Table 4: Table 2 with each query mixed with an off-screen clip of the other audio type,
+    drawn deterministically from the other prompted set."""
+    return _prompted_tables(runner, speech, sound, settings, mixed=True, offscreen_snr_db=offscreen_snr_db)
+
+
+def _prompted_tables(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
+                     settings: SegSettings, mixed: bool, offscreen_snr_db: float = 0.0) -> dict:
     table = "table4" if mixed else "table2"
     if speech is None and sound is None:
         raise ValueError("give at least one of the ADE20K speech- and sound-prompted sets")

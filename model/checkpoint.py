@@ -3,7 +3,9 @@
 ``config.json`` holds the ``ModelConfig`` with the *actual* backbone configs written in and
 ``pretrained`` set to false, so loading rebuilds the exact architecture from configs and never
 downloads; it also holds the training stage and any JSON metadata the caller passes. Nothing is
-unpickled on load.
+unpickled on load. Whatever is wrong with a checkpoint on load (a missing, truncated or empty
+file, a config that is not JSON or has fields this code does not know, weights that do not fit)
+is a ``CheckpointError`` naming the file, how it is written, and what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -24,6 +27,20 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "seeing-speech-and-sound/model"
 VERSION = 1
+DOC_FIELDS = ("format", "version", "model", "stage", "meta")  # the keys of config.json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded; the message names it and says how it was written."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"checkpoint file {path} {problem}; it was written by train.py / "
+                         "model.checkpoint.save_checkpoint: re-export it")
+        self.path = path
+
+
+class MissingCheckpointFile(CheckpointError, FileNotFoundError):
+    """A checkpoint directory lacks one of its two files."""
 
 
 def _backbone_config(module: torch.nn.Module) -> dict[str, Any]:
@@ -70,13 +87,40 @@ def read_checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``config.json`` of a checkpoint: ``model`` (config dict), ``stage``, ``meta``."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint config at {path}")
-    doc = json.loads(path.read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a model checkpoint (format {doc.get('format')!r})")
+        raise MissingCheckpointFile(path, "does not exist (no checkpoint config there)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"is not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(path, f"is not a model checkpoint (format {found!r}, expected {FORMAT!r})")
     if doc.get("version") != VERSION:
-        raise ValueError(f"{path} has checkpoint version {doc.get('version')}, this code reads {VERSION}")
+        raise CheckpointError(path, f"has checkpoint version {doc.get('version')}, this code reads {VERSION}")
+    unknown = sorted(set(doc) - set(DOC_FIELDS))
+    if unknown or not isinstance(doc.get("model"), dict):
+        problem = f"unknown fields {unknown}" if unknown else "no 'model' section"
+        raise CheckpointError(path, f"has {problem} (expected {list(DOC_FIELDS)})")
     return doc
+
+
+def _build(info: dict[str, Any], config_path: Path) -> AVModel:
+    """The model ``config.json`` describes, in its saved stage."""
+    try:
+        model = build_model(ModelConfig.from_dict(info["model"]))
+        model.set_stage(info.get("stage", "full"))
+    except (ValueError, TypeError) as exc:  # unknown or ill-typed fields, an unknown stage
+        raise CheckpointError(config_path, f"does not describe a model this code builds ({exc})") from exc
+    return model
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise MissingCheckpointFile(path, "does not exist (no checkpoint weights there)")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:  # empty, truncated or not safetensors at all
+        raise CheckpointError(path, f"is not a readable safetensors file ({exc}; {path.stat().st_size} bytes)") from exc
 
 
 def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> AVModel:
@@ -84,15 +128,23 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     stage it was saved in."""
     info = read_checkpoint_info(directory)
     weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"no checkpoint weights at {weights}")
-    model = build_model(ModelConfig.from_dict(info["model"]))
-    state = load_file(str(weights), device="cpu")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"checkpoint {directory} does not fit its config: {err}") from err
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not fit its config: missing {missing}, unexpected {unexpected}")
-    model.set_stage(info.get("stage", "full"))
+    state = _read_weights(weights)
+    model = _build(info, Path(directory) / CONFIG_FILE)
+    problem = _misfit(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(weights, f"does not fit its {CONFIG_FILE} ({problem})")
+    model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What keeps ``found`` from loading into a model with state ``expected``, on one line ("" if
+    nothing): missing and unexpected tensors, tensors of another shape (the first few of each)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in found and found[k].shape != v.shape]
+    parts = [f"{len(items)} {what}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+             for what, items in (("missing", missing), ("unexpected", unexpected),
+                                 ("of another shape (file vs config)", shapes)) if items]
+    return "; ".join(parts)

@@ -13,9 +13,9 @@ from tests.support.oracle_model import OracleModel
 from pipeline.testsets.ade20k import read_ade20k_prompted
 from pipeline.testsets.is3 import read_is3
 from pipeline.testsets.retrieval import read_retrieval_set
-from evaluation import retrieval as R
+from evaluation.retrieval import RetrievalSession, run_table3, run_table5, run_table6, table7_row
 from evaluation.runner import ModelRunner
-from evaluation.segmentation import SegSettings, Table1Settings, run_ade_tables, run_table1
+from evaluation.segmentation import SegSettings, Table1Settings, run_table1, run_table2, run_table4
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def test_table1_swapped_heads_would_fail(tmp_path, runner):
 def test_ade_tables_geometry_and_mixing(tmp_path, runner):
     speech = read_ade20k_prompted(make_ade_tree(tmp_path, "speech"), "speech")
     sound = read_ade20k_prompted(make_ade_tree(tmp_path, "sound"), "sound")
-    for mixed in (False, True):
-        body = run_ade_tables(runner, speech, sound, SegSettings(progress=False, normalization="per_image"), mixed)
+    for mixed, run_table in ((False, run_table2), (True, run_table4)):
+        body = run_table(runner, speech, sound, SegSettings(progress=False, normalization="per_image"))
         for kind, variants in (("sound", ("total", "head")),
                                ("speech", ("total", "head", "basic_total", "basic_head"))):
             for v in variants:
@@ -76,21 +76,21 @@ def test_retrieval_tables(tmp_path, runner):
     make_retrieval_shards(tmp_path / "places", 12, "speech")
     make_retrieval_shards(tmp_path / "audioset", 12, "sound")
     sets = {"places": read_retrieval_set(tmp_path / "places"), "audioset": read_retrieval_set(tmp_path / "audioset")}
-    session = R.RetrievalSession(runner, sets, progress=False)
-    clean = R.run_table3(session)["results"]
+    session = RetrievalSession(runner, sets, progress=False)
+    clean = run_table3(session)["results"]
     for name, head in (("places", "speech_head"), ("audioset", "sound_head")):
         for direction in ("I->A", "A->I"):
             assert clean[name][head][direction][1] == 1.0
             assert clean[name]["total"][direction][1] == 1.0
     # the opposite head hears nothing of its type: a constant score, chance level k / N
     assert clean["places"]["sound_head"]["I->A"][10] == pytest.approx(10 / 12)
-    mixed = R.run_table3(session, mixed=True)["results"]
+    mixed = run_table5(session)["results"]
     assert mixed["places"]["speech_head"]["I->A"][1] == 1.0  # the specialized head ignores the distractor
     assert mixed["audioset"]["sound_head"]["A->I"][1] == 1.0
     assert mixed["places"]["total"]["I->A"][1] < 1.0  # the sum of heads is distracted
-    t6 = R.run_table6(session)["results"]
+    t6 = run_table6(session)["results"]
     assert t6["disentanglement"]["pred_dis"] == pytest.approx(1.0)
     assert t6["disentanglement"]["act_dis"] == pytest.approx(1.0)
     assert t6["clean"]["places"]["sound_head"]["A->I"][1] == pytest.approx(1 / 12)
-    row = R.table7_row(session, "oracle")
+    row = table7_row(session, "oracle")
     assert row["audioset_sound_head"]["I->A"][10] == 1.0
