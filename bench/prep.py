@@ -84,7 +84,8 @@ def bare_loop(items: list[dict], audio_root: str, image_root: str, out: Path) ->
     writer = TarShardWriter(out / "bare.tar")
     for item in items:
         t0 = clock()
-        samples, sr = audio.read(Path(audio_root) / item["wav"])
+        decoded = audio.read_clip(Path(audio_root) / item["wav"])  # what places.load_item decodes
+        samples, sr = decoded.samples, decoded.sample_rate
         picture = image.open_image(Path(image_root) / item["image"])
         t1 = clock()
         clip, duration = audio.standardize(samples, sr)
