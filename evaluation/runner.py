@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as F
 from PIL import Image
 
 from pipeline.testsets.common import Clip

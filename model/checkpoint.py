@@ -104,7 +104,7 @@ def read_checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def _build(info: dict[str, Any], config_path: Path) -> AVModel:
+def _model_from_config(info: dict[str, Any], config_path: Path) -> AVModel:
     """The model ``config.json`` describes, in its saved stage."""
     try:
         model = build_model(ModelConfig.from_dict(info["model"]))
@@ -129,7 +129,7 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     info = read_checkpoint_info(directory)
     weights = Path(directory) / WEIGHTS_FILE
     state = _read_weights(weights)
-    model = _build(info, Path(directory) / CONFIG_FILE)
+    model = _model_from_config(info, Path(directory) / CONFIG_FILE)
     problem = _misfit(model.state_dict(), state)
     if problem:
         raise CheckpointError(weights, f"does not fit its {CONFIG_FILE} ({problem})")

@@ -302,6 +302,9 @@ def heatmaps(
 ) -> torch.Tensor:
     """Heatmaps of matched pairs averaged over time: ``[B, h, w]`` (``[B, K, h, w]`` for ``"all"``).
 
+    ``head=N`` maps one head's volume (Eq. 4): for a clean clip, the similarity of its head-N
+    features ``a^A[N]`` / ``a^P[N']`` (Eq. 8); for a mixture, of ``a^m[N]`` (Eq. 10).
+
     Averages over the valid frames, or over a window of them when ``frame_weights`` ``[B, T]``
     (bool or float, e.g. ``word_window``) is given. Heads are aggregated per frame before the
     average (element-wise max for ``"max"``/``"total"``).
