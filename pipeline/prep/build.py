@@ -205,7 +205,6 @@ def build_shards(
         raise ValueError(f"part {part} must satisfy 0 <= i < n")
     check_picklable(load, workers)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     items = list(items)
     n_shards = math.ceil(len(items) / shard_size)
@@ -221,19 +220,21 @@ def build_shards(
         "input_warnings": input_warnings or {},  # e.g. AudioSet MIDs its labels CSV lacks
     }
     tasks = make_tasks(items, key)
-    with output_errors(out), shard_dir.build_lock(out, selected):
-        plans = []
-        for shard in selected:
-            shard_tasks = tasks[shard * shard_size : (shard + 1) * shard_size]
-            if shard_dir.is_committed(out, shard):
-                _check_same_input(out, shard, shard_tasks)
-                summary.shards_skipped += 1
-                continue
-            shard_dir.remove_uncommitted(out, shard)
-            plans.append(ShardPlan(shard, shard_tasks))
-        update_dataset_summary(out, header)
-        extra = {"shard_size": shard_size}
-        run_plans(out, plans, load, workers, desc, progress, summary, extra, on_commit=lambda _: update_dataset_summary(out, header))
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with shard_dir.build_lock(out, selected):
+            plans = []
+            for shard in selected:
+                shard_tasks = tasks[shard * shard_size : (shard + 1) * shard_size]
+                if shard_dir.is_committed(out, shard):
+                    _check_same_input(out, shard, shard_tasks)
+                    summary.shards_skipped += 1
+                    continue
+                shard_dir.remove_uncommitted(out, shard)
+                plans.append(ShardPlan(shard, shard_tasks))
+            update_dataset_summary(out, header)
+            extra = {"shard_size": shard_size}
+            run_plans(out, plans, load, workers, desc, progress, summary, extra, on_commit=lambda _: update_dataset_summary(out, header))
     summary.wall_seconds = round(time.perf_counter() - started, 3)
     return summary
 
