@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
@@ -73,13 +72,8 @@ def test_retrieval_tables(data, tmp_path, table):
     assert res[table]["counts"]["places_pairs"] == 6
 
 
-def test_table7_with_an_ablation_checkpoint(data, tmp_path):
-    from model.checkpoint import save_checkpoint
-    from model.config import ModelConfig
-    from model.factory import build_model
-
-    torch.manual_seed(1)
-    ckpt = save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path / "ablated")
+def test_table7_with_an_ablation_checkpoint(data, tmp_path, tiny_checkpoint):
+    ckpt = tiny_checkpoint
     res, md = invoke(tmp_path / "out", "--checkpoint", str(ckpt), "--label", "Ours", "table7",
                      "--places", str(data / "places"), "--audioset", str(data / "audioset"),
                      "--ablation", f"L_cor only={ckpt}", base=OPTS)

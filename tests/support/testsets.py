@@ -17,6 +17,7 @@ import soundfile as sf
 from PIL import Image
 
 from pipeline import format as fmt
+from pipeline import shard_dir
 
 # (classA, classB, id or None): the real release has both 4-token and 3-token stems, and target
 # tokens that differ from the class strings (subwaytrain -> subway)
@@ -145,8 +146,7 @@ def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 
     out.mkdir(parents=True, exist_ok=True)
     keys = []
     for shard in range((n + shard_size - 1) // shard_size):
-        name = f"{shard:06d}"
-        with tarfile.open(out / f"{name}.tar", "w") as tar:
+        with tarfile.open(shard_dir.tar_path(out, shard), "w") as tar:
             for i in range(shard * shard_size, min(n, (shard + 1) * shard_size)):
                 key = f"{audio_type}_{i:04d}"
                 audio = np.zeros(fmt.CLIP_SAMPLES, np.float32)
@@ -160,10 +160,10 @@ def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 
                 for ext in fmt.MEMBER_EXTS:
                     _add(tar, f"{key}.{ext}", sample[ext])
                 keys.append(key)
-        (out / f"{name}.parquet").write_bytes(b"")  # not read by the evaluator
-        (out / f"{name}_stats.json").write_text(json.dumps({"ok": True}))
+        shard_dir.parquet_path(out, shard).write_bytes(b"")  # not read by the evaluator
+        shard_dir.stats_path(out, shard).write_text(json.dumps({"ok": True}))
     if unfinished:
-        with tarfile.open(out / "999999.tar", "w") as tar:
+        with tarfile.open(shard_dir.tar_path(out, 999999), "w") as tar:
             _add(tar, "partial_0.json", b"{}")
     return keys
 
