@@ -52,11 +52,11 @@ def _run(run, name: str, data, opts) -> None:
 def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
     """One table's command: the test sets (``DataPaths`` fields) and options it was given; errors
     as one line."""
-    from evaluation.tables import DataPaths, TableOptions
+    from evaluation.tables import DataPaths, EvalRun, TableOptions
     from model.checkpoint import CheckpointError
 
     try:
-        _run(ctx.obj, name, DataPaths(**sets), TableOptions(**options))
+        _run(EvalRun(**ctx.obj), name, DataPaths(**sets), TableOptions(**options))
     except CheckpointError as exc:
         raise _checkpoint_failure(exc) from exc
     except (ValueError, OSError) as exc:
@@ -84,10 +84,11 @@ def main(
 ) -> None:
     if normalization not in ("global", "per_image"):
         raise typer.BadParameter("normalization must be global or per_image")
-    from evaluation.tables import EvalRun
-
-    ctx.obj = EvalRun(checkpoint, preset, label, out, device, batch_size, normalization, save_heatmaps, overlays,
-                      list(overlay_key or []), seed, progress, workers)
+    # the fields of evaluation.tables.EvalRun, built by the command (importing it loads torch,
+    # which `COMMAND --help` does not need)
+    ctx.obj = dict(checkpoint=checkpoint, preset=preset, label=label, out=out, device=device, batch_size=batch_size,
+                   normalization=normalization, save_heatmaps=save_heatmaps, overlays=overlays,
+                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,9 +172,10 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
             offscreen_snr_db: OffSnr = 0.0, ablation: Ablation = None, strict: Strict = False) -> None:
     """Every experiment the given test sets allow (Table 7 only with --ablation); the others are
     reported as skipped."""
-    from evaluation.tables import TABLES, DataPaths, TableOptions, plan
+    from evaluation.tables import TABLES, DataPaths, EvalRun, TableOptions, plan
     from model.checkpoint import CheckpointError
 
+    run = EvalRun(**ctx.obj)
     data = DataPaths(is3, ade_speech, ade_sound, places, audioset)
     opts = TableOptions(strict=strict, offscreen_snr_db=offscreen_snr_db, pairs=pairs, pair_seed=pair_seed,
                         ablations=tuple(ablation or ()))
@@ -186,7 +188,7 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
     failures = 0
     for name in planned:
         try:
-            _run(ctx.obj, name, data, opts)
+            _run(run, name, data, opts)
         except CheckpointError as exc:  # the model is unusable: every table would fail the same way
             raise _checkpoint_failure(exc) from exc
         except (ValueError, OSError) as exc:
