@@ -23,7 +23,7 @@ from pipeline.prep.build import build_shards
 from pipeline.prep.cli import app
 from pipeline.prep.manifest import read_rows
 from pipeline.prep.media import Media
-from tests.support import media
+from tests.support import media, procs
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -281,27 +281,6 @@ def test_places_metadata_holding_nan_gives_null_through_the_cli(tmp_path):
 # item 19: no orphaned pool workers
 
 
-def _children(pid: int) -> set[int]:
-    """Live processes whose parent is ``pid``, from /proc/*/stat (field 4 is the parent pid)."""
-    kids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.add(int(stat.parent.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_kill_9_of_the_driver_takes_its_pool_workers_with_it(tmp_path):
     meta, image_root = _tree(tmp_path, [_entry(i, seconds=6.0) for i in range(40)])
@@ -310,17 +289,17 @@ def test_kill_9_of_the_driver_takes_its_pool_workers_with_it(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        workers: set[int] = set()
+        workers: list[int] = []
         while len(workers) < 2 and driver.poll() is None and time.monotonic() < deadline:
-            workers = _children(driver.pid)
+            workers = procs.children(driver.pid)
             time.sleep(0.02)
         assert len(workers) >= 2, "the pool never started"
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         deadline = time.monotonic() + 5
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(procs.alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        survivors = [p for p in workers if _alive(p)]
+        survivors = [p for p in workers if procs.alive(p)]
     finally:
         if driver.poll() is None:
             driver.kill()
