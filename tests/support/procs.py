@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -27,3 +28,20 @@ def alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie has exited."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def wait_for_children(proc, n: int, timeout: float = 120) -> list[int]:
+    """The children of the running ``proc`` (a Popen) once it has at least ``n``, or fewer if it
+    ends or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while len(kids := children(proc.pid)) < n and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return kids
+
+
+def survivors(pids: list[int], timeout: float) -> list[int]:
+    """Those of ``pids`` still running after up to ``timeout`` seconds of waiting for them to exit."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]

@@ -288,21 +288,14 @@ def test_kill_9_of_the_driver_takes_its_pool_workers_with_it(tmp_path):
     driver = subprocess.Popen(_cli(meta, image_root, out, "--workers", "2", "--shard-size", "4"), cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        workers: list[int] = []
-        while len(workers) < 2 and driver.poll() is None and time.monotonic() < deadline:
-            workers = procs.children(driver.pid)
-            time.sleep(0.02)
+        workers = procs.wait_for_children(driver, 2)
         assert len(workers) >= 2, "the pool never started"
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        deadline = time.monotonic() + 5
-        while any(procs.alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        survivors = [p for p in workers if procs.alive(p)]
+        left = procs.survivors(workers, timeout=5)
     finally:
         if driver.poll() is None:
             driver.kill()
-    for p in survivors:
+    for p in left:
         os.kill(p, signal.SIGKILL)  # do not leave them to the next test
-    assert survivors == [], f"pool workers outlived their driver: {survivors}"
+    assert left == [], f"pool workers outlived their driver: {left}"
