@@ -16,6 +16,7 @@ for `train.py audio_init=...`, plus a JSON of what was done.
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,16 +25,16 @@ import numpy as np
 import torch
 import torchaudio
 import typer
-import webdataset as wds
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import HubertConfig, HubertModel
 
-import train
 from model.encoders import normalize_waveform, prefix_mask
 from model.factory import build_backbones
 from pipeline import format as fmt
-from pipeline.data.loader import list_shards
+from pipeline.data.sources import Shard, list_shards
+from pipeline.shard_dir import iter_tar_samples
+from training.config import TrainConfig, load_config
 
 HOP = 320  # HuBERT's frame hop at 16 kHz (50 Hz); the MFCC targets use the same
 
@@ -44,16 +45,15 @@ def load_clips(spec: str, clips: int, samples: int) -> tuple[torch.Tensor, torch
     per_source = max(1, clips // len(sources))
     waves, valid = [], []
     for source in sources:
-        urls = [{"url": s.path} for s in list_shards(source)]
         taken = 0
-        for sample in wds.tarfile_to_samples()(iter(urls)):
+        for sample in _samples(list_shards(source)):
             if taken == per_source:
                 break
             try:
                 audio = fmt.decode_audio(sample[fmt.AUDIO_EXT], frames=samples)
                 n = fmt.valid_samples(fmt.decode_meta(sample[fmt.META_EXT]), samples)
             except Exception as exc:  # noqa: BLE001 - a bad sample is reported and skipped
-                print(f"skipping {sample.get('__key__')} in {sample.get('__url__')}: {exc}")
+                print(f"skipping {sample.get('__key__')} in {sample['__url__']}: {exc}")
                 continue
             waves.append(audio)
             valid.append(n)
@@ -63,6 +63,16 @@ def load_clips(spec: str, clips: int, samples: int) -> tuple[torch.Tensor, torch
     wave = torch.from_numpy(np.stack(waves))
     mask = torch.arange(samples).unsqueeze(0) < torch.tensor(valid).unsqueeze(1)
     return wave, mask
+
+
+def _samples(shards: list[Shard]):
+    """Raw samples of the shards in order, read by this process (a file name is never a URL)."""
+    for shard in shards:
+        try:
+            for sample in iter_tar_samples(shard.path):
+                yield {**sample, "__url__": shard.path}
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            print(f"skipping the rest of {shard.path}: unreadable tar ({exc})")
 
 
 def mfcc_targets(wave: torch.Tensor, mask: torch.Tensor, clusters: int, seed: int,
@@ -99,13 +109,13 @@ def span_mask(batch: int, frames: int, prob: float, span: int, g: torch.Generato
     return masked
 
 
-def pretrain(cfg: train.TrainConfig, shards: str, out: Path, steps: int, clips: int, batch_size: int,
+def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, batch_size: int,
              clusters: int, lr: float, seed: int) -> dict:
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     if model_cfg.pretrained:
         raise typer.BadParameter("this model loads a pretrained audio backbone (pretrained: true); nothing to do")
     torch.manual_seed(seed)
-    samples = int(round(cfg.data.clip_seconds * fmt.SAMPLE_RATE))
+    samples = cfg.data.clip_samples
     started = time.perf_counter()
     wave, mask = load_clips(shards, clips, samples)
     labels, real = mfcc_targets(wave, mask, clusters, seed)
@@ -164,7 +174,7 @@ def main(
     seed: int = typer.Option(0),
 ):
     """Masked prediction of MFCC clusters; writes weights for `train.py audio_init=...`."""
-    report = pretrain(train.load_config(config, overrides or []), shards, out, steps, clips, batch_size, clusters, lr, seed)
+    report = pretrain(load_config(config, overrides or []), shards, out, steps, clips, batch_size, clusters, lr, seed)
     print(f"wrote {out}: masked-prediction loss {report['loss_first']:.2f} -> {report['loss_last']:.2f} "
           f"(chance {report['chance_loss']:.2f}), {report['seconds']} s")
 

@@ -34,13 +34,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import format as fmt
-from pipeline.data.loader import LoaderConfig, MixedStream, TrainLoader, finish_batch, list_shards, release
+from pipeline.data.arena import release
+from pipeline.data.config import LoaderConfig
+from pipeline.data.loader import MixedStream, TrainLoader, finish_batch
+from pipeline.data.sources import list_shards
 from pipeline.prep.build import build_shards
 from pipeline.prep.media import Media
+from pipeline.shard_dir import iter_tar_samples
 
 SR = 16_000
 
@@ -94,9 +97,10 @@ def decode_ceiling(speech: str, sound: str, items: int, warmup: int = 0) -> floa
     (shard switches included); the first ``warmup`` items are not timed, as for the loader.
     """
     def samples(spec):
-        urls = [{"url": s.path} for s in list_shards(spec)]
+        shards = list_shards(spec)
         while True:
-            yield from wds.tarfile_to_samples()(iter(urls))
+            for shard in shards:
+                yield from iter_tar_samples(shard.path)
 
     speeches, sounds = samples(speech), samples(sound)
     pcm = np.empty(fmt.CLIP_SAMPLES, dtype=np.int16)
@@ -176,7 +180,7 @@ def main():
 
     def config(workers: int) -> LoaderConfig:
         return LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
-                            image_size=args.image_size, clip_samples=int(args.clip_seconds * SR),
+                            image_size=args.image_size, clip_seconds=args.clip_seconds,
                             epoch_samples=args.items, shuffle_buffer=200)
 
     def report(workers: int, label: str, rate: float, ceiling: float, rss: dict, note: str = ""):

@@ -25,8 +25,10 @@ import torch
 from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
-import train
+from model.config import ModelConfig
 from model.factory import build_model
+from training.config import TrainConfig
+from training.step import configure_backends, step_loss
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
@@ -63,13 +65,13 @@ def make_batch(b: int, image_size: int, clip: int, seed: int = 0) -> dict:
 def run(preset: str, batch_size: int, steps: int, warmup: int, device: str, precision: str,
         stage: str, clip_seconds: float, checkpointing: bool, audio_channels_last: bool = False,
         count_flops: bool = False) -> dict:
-    cfg = train.TrainConfig(model={"preset": preset, "pretrained": False, "gradient_checkpointing": checkpointing,
-                                   "audio_channels_last": audio_channels_last},
-                            mixed_precision=precision)
+    model_cfg = ModelConfig.preset(preset, pretrained=False, gradient_checkpointing=checkpointing,
+                                   audio_channels_last=audio_channels_last)
+    cfg = TrainConfig(model=model_cfg, mixed_precision=precision)
     accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
-    train.configure_backends(accelerator.device)
+    configure_backends(accelerator.device)
     torch.manual_seed(0)
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model)
     model.set_stage(stage)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-5, eps=1e-7)
@@ -80,7 +82,7 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str, prec
     def step(i):
         optimizer.zero_grad(set_to_none=True)
         with accelerator.autocast():
-            total, _, _ = train.step_loss(net, model, batch, cfg, stage, i, accelerator)
+            total, _, _ = step_loss(net, model, batch, cfg, stage, i, accelerator)
         accelerator.backward(total)
         accelerator.clip_grad_norm_(params, 10.0)
         optimizer.step()

@@ -13,15 +13,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from safetensors.torch import load_file, save_file
 
-import train
+from model.config import ModelConfig
 from model.factory import build_model
+from training.config import TrainConfig
+from training.step import pad_batch, step_loss
 
 
 def main(batch_file: str, out_file: str, stage: str) -> None:
     accelerator = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    cfg = train.TrainConfig(model={"preset": "tiny"}, mosaic_prob=0.0, seed=0)
+    cfg = TrainConfig(model=ModelConfig.preset("tiny"), mosaic_prob=0.0, seed=0)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model)
     model.set_stage("full")
     net = accelerator.prepare(model)
     model.set_stage(stage)
@@ -31,9 +33,9 @@ def main(batch_file: str, out_file: str, stage: str) -> None:
     per = full["speech_audio"].shape[0] // world
     local = {k: v[rank * per : (rank + 1) * per] for k, v in full.items()}
     local["speech_key"] = [f"item{rank * per + i}" for i in range(per)]
-    local, local["valid"] = train.pad_batch(local, per, model.config.image_size, full["speech_audio"].shape[1])
+    local, local["valid"] = pad_batch(local, per, model.config.image_size, full["speech_audio"].shape[1])
 
-    total, terms, items = train.step_loss(net, model, local, cfg, stage, step=0, accelerator=accelerator)
+    total, terms, items = step_loss(net, model, local, cfg, stage, step=0, accelerator=accelerator)
     accelerator.backward(total)
     if accelerator.is_main_process:
         out = {f"loss/{k}": v.reshape(1).float() for k, v in terms.items()}

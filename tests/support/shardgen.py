@@ -36,3 +36,24 @@ def build(out, kind: str, n: int, shard_size: int, seed0: int = 0) -> list[str]:
     items = [{"type": kind, "seed": seed0 + i, "seconds": float(rng.uniform(0.6, 3.0))} for i in range(n)]
     build_shards(items, load_item, out, key=item_key, shard_size=shard_size, workers=0, progress=False)
     return [item_key(it) for it in items]
+
+
+def rewrite_tar(path, edit) -> None:
+    """Rewrite a shard tar in place, each member's bytes replaced by ``edit(name, data)``."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(info.name, edit(info.name, tar.extractfile(info).read())) for info in tar]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def with_duration(data: bytes, duration) -> bytes:
+    """A sample's json with ``duration`` replaced (NaN and infinities as Python's json writes them)."""
+    import json
+
+    return json.dumps({**json.loads(data), "duration": duration}).encode()

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 import pretrain_audio
-import train
 from model.factory import build_model
+from training.config import load_config
+from training.state import load_audio_backbone
 from tests.support import shardgen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_pretraining_learns_and_its_weights_load_into_the_model(tmp_path):
     shardgen.build(tmp_path / "speech", "speech", 16, 8)
     shardgen.build(tmp_path / "sound", "sound", 16, 8, seed0=300)
-    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["data.clip_seconds=1.0"])
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.clip_seconds=1.0"])
     out = tmp_path / "init" / "audio.safetensors"
     report = pretrain_audio.pretrain(cfg, f"{tmp_path / 'speech'},{tmp_path / 'sound'}", out, steps=40, clips=32,
                                      batch_size=8, clusters=8, lr=2e-3, seed=0)
@@ -26,12 +27,12 @@ def test_pretraining_learns_and_its_weights_load_into_the_model(tmp_path):
     assert report["loss_last"] < report["loss_first"], report
     assert json.loads(out.with_suffix(".json").read_text())["steps"] == 40
 
-    model = build_model(cfg.model_config())
-    train.load_audio_backbone(model, str(out))
+    model = build_model(cfg.model)
+    load_audio_backbone(model, str(out))
     saved = load_file(str(out))
     for name, value in model.audio_encoder.backbone.state_dict().items():
         torch.testing.assert_close(value, saved[name], msg=name)
 
-    other = train.load_config(ROOT / "configs" / "demo.yaml", [])  # another audio architecture
+    other = load_config(ROOT / "configs" / "demo.yaml", [])  # another audio architecture
     with pytest.raises(ValueError, match="does not match"):
-        train.load_audio_backbone(build_model(other.model_config()), str(out))
+        load_audio_backbone(build_model(other.model), str(out))

@@ -13,10 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import train
 from model.checkpoint import load_checkpoint
 from model.factory import build_model
-from tests.support import shardgen
+from pipeline.data.loader import TrainLoader
+from training.config import load_config
+from training.loop import train
+from training.step import lr_at
+from tests.support import procs, shardgen
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -39,27 +42,27 @@ def _overrides(shards, out, **kw):
 
 
 def _cfg(shards, out, **kw):
-    return train.load_config(ROOT / "configs" / "tiny.yaml", _overrides(shards, out, **kw))
+    return load_config(ROOT / "configs" / "tiny.yaml", _overrides(shards, out, **kw))
 
 
 def test_config_presets_and_overrides(tmp_path):
-    paper = train.load_config(ROOT / "configs" / "paper.yaml", [])
+    paper = load_config(ROOT / "configs" / "paper.yaml", [])
     assert (paper.optim.lr, paper.optim.eps, paper.optim.lr_warmup_steps, paper.optim.grad_clip) == (5e-5, 1e-7, 1000, 10.0)
-    assert (paper.warmup_steps, paper.steps, paper.model_config().lora_rank) == (3000, 800_000, 8)
-    assert paper.loss["regularizers"]["specialization"] == 0.05
-    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=3e-3", "data.snr_db=[-1, 2]",
-                                                             "out_dir=runs/x-1"])
-    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.snr_db, cfg.out_dir) == (3, 0.003, (-1, 2), "runs/x-1")
+    assert (paper.warmup_steps, paper.steps, paper.model.lora_rank) == (3000, 800_000, 8)
+    assert paper.loss.regularizers.specialization == 0.05
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=3e-3", "data.mix.snr_db=[-1, 2]",
+                                                       "out_dir=runs/x-1"])
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.mix.snr_db, cfg.out_dir) == (3, 0.003, (-1, 2), "runs/x-1")
     with pytest.raises(Exception, match="unknown"):
-        train.load_config(None, ["data.batch_sise=3"])
-    assert [train.lr_at(s, paper.optim) for s in (0, 499, 999, 5000)] == pytest.approx([5e-8, 2.5e-5, 5e-5, 5e-5])
+        load_config(None, ["data.batch_sise=3"])
+    assert [lr_at(s, paper.optim) for s in (0, 499, 999, 5000)] == pytest.approx([5e-8, 2.5e-5, 5e-5, 5e-5])
 
 
 def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_path):
     cfg = _cfg(shards, tmp_path / "run", steps=2, warmup_steps=2, ckpt_every=0)
     torch.manual_seed(cfg.seed)
-    initial = {k: v.clone() for k, v in build_model(cfg.model_config()).state_dict().items()}
-    train.train(cfg)
+    initial = {k: v.clone() for k, v in build_model(cfg.model).state_dict().items()}
+    train(cfg)
     warm = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(initial[k], warm[k])}
     assert any(k.startswith("image_aligner") for k in changed) and any(k.startswith("audio_aligner") for k in changed)
@@ -67,9 +70,9 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
     assert not any(k.startswith(("image_encoder", "audio_encoder")) for k in changed), "backbones frozen in warm-up"
 
     # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
-    train.train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
-                     **{"val.every": 2, "val.speech": shards / "speech", "val.sound": shards / "sound", "val.pairs": 8}),
-                resume=True)
+    train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
+                 **{"val.every": 2, "val.speech": shards / "speech", "val.sound": shards / "sound", "val.pairs": 8}),
+          resume=True)
     full = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(warm[k], full[k])}
     assert any(k.startswith("audio_encoder") for k in changed)
@@ -127,7 +130,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
 
 
 def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monkeypatch):
-    real_iterate = train.TrainLoader.iterate
+    real_iterate = TrainLoader.iterate
     poisoned = {"every": 0}
 
     def iterate(self, skip=0, device="cpu"):
@@ -137,20 +140,20 @@ def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monk
                 batch["sound_audio"] = batch["sound_audio"] * float("nan")
             yield batch
 
-    monkeypatch.setattr(train.TrainLoader, "iterate", iterate)
+    monkeypatch.setattr(TrainLoader, "iterate", iterate)
     poisoned["every"] = 3
-    train.train(_cfg(shards, tmp_path / "nan", steps=6, ckpt_every=0))
+    train(_cfg(shards, tmp_path / "nan", steps=6, ckpt_every=0))
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["step"] == 6 and summary["bad_steps_total"] == 2
     final = load_checkpoint(tmp_path / "nan" / "final").state_dict()
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
     poisoned["every"] = 1
-    monkeypatch.setattr(train.TrainLoader, "iterate",
+    monkeypatch.setattr(TrainLoader, "iterate",
                         lambda self, skip=0, device="cpu": ({**b, "sound_audio": b["sound_audio"] * float("nan")}
                                                             for b in real_iterate(self, skip, device)))
     with pytest.raises(RuntimeError, match="in a row"):
-        train.train(_cfg(shards, tmp_path / "nan2", steps=6, ckpt_every=0, max_bad_steps=3))
+        train(_cfg(shards, tmp_path / "nan2", steps=6, ckpt_every=0, max_bad_steps=3))
 
 
 def _free_port() -> int:
@@ -201,3 +204,74 @@ def test_accelerate_launch_two_processes_trains(shards, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["step"] == 4 and summary["bad_steps_total"] == 0
     assert load_checkpoint(tmp_path / "ddp" / "final") is not None
+
+
+def _speech_with(shards, tmp_path, edit):
+    """A copy of the speech shards with every member rewritten by ``edit(name, data)``."""
+    import shutil
+
+    from pipeline.data.sources import list_shards
+
+    speech = tmp_path / "speech"
+    shutil.copytree(shards / "speech", speech)
+    for shard in list_shards(str(speech)):
+        shardgen.rewrite_tar(shard.path, edit)
+    return speech
+
+
+def test_no_valid_speech_stops_train_py_with_one_line(shards, tmp_path):
+    speech = _speech_with(shards, tmp_path, lambda name, data: shardgen.with_duration(data, 0) if name.endswith(".json") else data)
+    result = _run(["train.py", "--config", "configs/tiny.yaml",
+                   *_overrides(shards, tmp_path / "run", **{"data.speech": speech, "data.num_workers": 2})], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the speech stream yields no usable sample") and str(speech) in last
+    assert "json duration is not a positive number" in last
+
+
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted((run_dir / "train").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        values += [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return sorted(values)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_skips_are_counted_over_the_run_with_invalid_samples(shards, tmp_path):
+    firsts = {f"speech_{i}.flac" for i in range(0, 24, 6)}  # one undecodable clip per speech shard
+    speech = _speech_with(shards, tmp_path, lambda name, data: b"not a flac file" if name in firsts else data)
+    args = ["train.py", "--config", "configs/tiny.yaml"]
+    common = {"data.speech": speech, "data.num_workers": 2, "ckpt_every": 10}
+    straight = _run([*args, *_overrides(shards, tmp_path / "straight", steps=20, **common)], timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    part = _run([*args, *_overrides(shards, tmp_path / "resumed", steps=10, **common)], timeout=600)
+    assert part.returncode == 0, part.stderr[-2000:]
+    resumed = _run([*args, *_overrides(shards, tmp_path / "resumed", steps=20, **common), "--resume"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
+    assert [name for name in a if not torch.equal(a[name], b[name])] == [], "resume must be bit-identical"
+    skipped = json.loads((tmp_path / "straight" / "summary.json").read_text())["skipped_samples"]
+    assert skipped and all(reason.startswith("speech: undecodable") for reason in skipped)
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["skipped_samples"] == skipped
+    logged = _scalars(tmp_path / "resumed", "data/skipped_samples")
+    assert [s for s, _ in logged] == list(range(2, 21, 2))
+    assert all(x <= y for (_, x), (_, y) in zip(logged, logged[1:])), "the count is over the whole run"
+    assert logged[-1][1] == sum(skipped.values()) and logged == _scalars(tmp_path / "straight", "data/skipped_samples")
+
+
+def test_loader_workers_exit_when_the_trainer_is_killed(shards, tmp_path):
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", "configs/tiny.yaml",
+                             *_overrides(shards, tmp_path / "run", steps=10_000, ckpt_every=0, **{"data.num_workers": 2})],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = procs.wait_for_children(proc, 2)
+    assert len(workers) >= 2, "the loader workers did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not procs.survivors(workers, timeout=30), "loader workers outlived the killed trainer"

@@ -1,14 +1,15 @@
 """The streaming loader on shards written by the real `prep` shard builder."""
 
 import io
-import tarfile
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.data.loader import LoaderConfig, TrainLoader, list_shards, plan_finite_epoch, Shard
+from pipeline.data.config import LoaderConfig
+from pipeline.data.loader import TrainLoader
+from pipeline.data.sources import Shard, list_shards, plan_finite_epoch
 from pipeline.data.mixing import MixConfig, active_rms
 from pipeline.data.transform import denormalize
 from tests.support import shardgen
@@ -26,7 +27,7 @@ def shards(tmp_path_factory):
 
 def _cfg(root, **kw):
     base = dict(speech=str(root / "speech"), sound=str(root / "sound"), batch_size=4, num_workers=0,
-                image_size=32, clip_samples=3 * SR, shuffle_buffer=8, seed=0)
+                image_size=32, clip_seconds=3.0, shuffle_buffer=8, seed=0)
     base.update(kw)
     return LoaderConfig(**base)
 
@@ -63,10 +64,10 @@ def test_batch_contents_and_mixing_invariants(shards):
 
 def _stored(root) -> dict[str, dict]:
     """Every raw sample of the speech and sound shards, by key."""
-    import webdataset as wds
+    from pipeline.shard_dir import iter_tar_samples
 
-    urls = [{"url": s.path} for kind in ("speech", "sound") for s in list_shards(str(root / kind))]
-    return {sample["__key__"]: sample for sample in wds.tarfile_to_samples()(iter(urls))}
+    shards = [s for kind in ("speech", "sound") for s in list_shards(str(root / kind))]
+    return {sample["__key__"]: sample for s in shards for sample in iter_tar_samples(s.path)}
 
 
 def test_batches_match_the_stored_clips(shards):
@@ -142,21 +143,6 @@ def test_resume_mid_epoch_continues_the_same_stream(shards):
             assert all(torch.equal(x["mix_audio"], y["mix_audio"]) for x, y in zip(rest, full[skip:]))
 
 
-def _rewrite_tar(path, corrupt_key):
-    members = []
-    with tarfile.open(path) as tar:
-        for info in tar:
-            data = tar.extractfile(info).read()
-            if info.name == f"{corrupt_key}.flac":
-                data = b"not a flac file" * 10
-            members.append((info.name, data))
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_member_and_truncated_tar_are_skipped_and_counted(shards, tmp_path, caplog, workers):
     import shutil
@@ -165,7 +151,8 @@ def test_corrupt_member_and_truncated_tar_are_skipped_and_counted(shards, tmp_pa
     speech = tmp_path / "speech"
     shutil.copytree(root / "speech", speech)
     shards_ = list_shards(str(speech))
-    _rewrite_tar(shards_[0].path, speech_keys[0])  # one corrupt member
+    corrupt = f"{speech_keys[0]}.flac"  # one corrupt member
+    shardgen.rewrite_tar(shards_[0].path, lambda name, data: b"not a flac file" * 10 if name == corrupt else data)
     with open(shards_[1].path, "r+b") as f:  # a truncated shard: cut in the middle of a member
         f.truncate(f.seek(0, 2) // 2 + 100)
     cfg = _cfg(root, speech=str(speech), resampled=False, num_workers=workers, log_interval_s=0.0)
@@ -235,7 +222,7 @@ def test_eval_mode_gives_centre_crops_of_the_stored_images(shards):
 
 
 def test_arena_pool_reuses_only_released_buffers_and_grows_keeping_data():
-    from pipeline.data.loader import Arena, ArenaPool, release, unpack
+    from pipeline.data.arena import Arena, ArenaPool, release, unpack
 
     pool = ArenaPool(slots=2, shared=False)
     a = pool.take(Arena.HEADER + 1000)
@@ -258,7 +245,7 @@ def test_arena_pool_reuses_only_released_buffers_and_grows_keeping_data():
 def test_workers_hand_over_each_shared_buffer_once(shards):
     # Small fields cross as pickled numpy; the batch's arena crosses as a shared buffer the first
     # time its pool slot is used and by reference afterwards (each tensor crossing costs an fd).
-    from pipeline.data.loader import _PREFETCH, release
+    from pipeline.data.arena import PREFETCH, release
 
     root, _ = shards
     loader = TrainLoader(_cfg(root, epoch_samples=4 * 24, num_workers=1))
@@ -269,11 +256,11 @@ def test_workers_hand_over_each_shared_buffer_once(shards):
         buffers.add(b["arena"].untyped_storage().data_ptr())
         release(b)
         n += 1
-    assert n == 24 and len(buffers) <= _PREFETCH + 2
+    assert n == 24 and len(buffers) <= PREFETCH + 2
 
 
 def test_arena_handoff_ships_a_buffer_once_per_generation():
-    from pipeline.data.loader import Arena, ArenaPool
+    from pipeline.data.arena import Arena, ArenaPool
 
     pool = ArenaPool(slots=1, shared=True)
     first = pool.handoff(a := pool.take(Arena.HEADER + 100))

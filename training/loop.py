@@ -1,0 +1,214 @@
+"""The training loop (paper §3.3), from one CPU process to many GPUs.
+
+Top to bottom: build model and optimizer -> (resume) -> for each step: set the stage (warm-up:
+aligners + temperature on L_cor; then everything on L_cor + L_dis + regularizers), take
+``grad_accum`` micro-batches from the streaming loader, encode them, gather features from every
+process *with gradient* so the negatives span the global batch, compute the loss, backward, clip,
+step with the learning rate of this step index, log, checkpoint.
+
+Choices worth knowing:
+* Negatives are the global micro-batch (processes × data.batch_size). With ``grad_accum > 1`` the
+  gradients of several such contrastive batches are summed before a step: the optimizer sees
+  processes × batch × accum items, each InfoNCE sees processes × batch candidates.
+* Every process computes the same global loss; ``all_gather``'s backward sums the gradient of the
+  local rows over processes and DDP averages, which gives exactly the single-process gradient on
+  the global batch (tested with two CPU processes).
+* The learning rate is a pure function of the step (linear warm-up, then constant): nothing to
+  step, nothing to drift on resume. The webdataset loader is not passed to ``accelerator.prepare``:
+  it already splits by rank.
+* Resume is exact, skipped samples included: the loader re-creates the same stream for (seed,
+  epoch, rank, worker) and each worker fast-forwards to the cursor of its last consumed batch
+  without decoding; torch RNG states are restored per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from tqdm import tqdm
+
+from model.checkpoint import save_checkpoint
+from model.factory import build_model
+from pipeline.data.loader import TrainLoader
+from training.config import TrainConfig, flat_scalars
+from training.meter import Meter
+from training.state import checkpoint_dirs, load_audio_backbone, load_training_state, save_training_state
+from training.step import configure_backends, lr_at, pad_batch, step_loss
+from training.validate import validate
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. non-finite steps in a row); the message says what to do."""
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    out = Path(cfg.out_dir)
+    accelerator = _accelerator(cfg, out)
+    model, net, optimizer, trainable = _model_and_optimizer(cfg, accelerator, resume)
+    data = dataclasses.replace(cfg.data, image_size=cfg.model.image_size, seed=cfg.seed, train=True)
+    loader = TrainLoader(data, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    state = {"step": 0, "micro_step": 0, "bad_steps_total": 0}
+    if resume:
+        state = _resume(out, model, optimizer, loader, accelerator)
+    _write_run_files(cfg, out, accelerator)
+
+    stream = _micro_batches(loader, state["micro_step"], accelerator.device)
+    step, bad_in_row, parts = state["step"], 0, {}
+    meter = Meter(count_from=step + 1)
+    with tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train") as bar:
+        while step < cfg.steps:
+            stage = "warmup" if step < cfg.warmup_steps else "full"
+            model.set_stage(stage)
+            lr = lr_at(step, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            total, parts, finite = _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelerator, meter)
+            grad_norm = torch.tensor(float("nan"))
+            if finite:
+                grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+                finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                bad_in_row = 0
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                bad_in_row += 1
+                state["bad_steps_total"] += 1
+                _bad_step(cfg, step, bad_in_row, state, accelerator)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                logs = {f"loss/{k}": float(v) for k, v in parts.items()}
+                logs.update({"lr": lr, "temperature": float(model.logit_scale().detach()), "grad_norm": float(grad_norm),
+                             **meter.window(), "bad_steps_total": state["bad_steps_total"],
+                             "data/skipped_samples": sum(_run_skips(loader, accelerator).values())})
+                accelerator.log(logs, step=step)
+                bar.set_postfix(loss=f"{float(total.detach()):.3f}", stage=stage, lr=f"{lr:.1e}")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)
+            if cfg.val.every and step % cfg.val.every == 0:
+                validate(model, cfg, accelerator, step)
+    state["step"] = step
+    save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)
+    skipped = _run_skips(loader, accelerator)
+    if accelerator.is_main_process:
+        save_checkpoint(model, out / "final")
+        summary = {"step": step, "bad_steps_total": state["bad_steps_total"], **meter.summary(),
+                   "skipped_samples": dict(skipped), "final_model": str(out / "final"),
+                   "last_loss": {k: float(v) for k, v in parts.items()}}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        accelerator.print(f"done: {step} steps, final model in {out / 'final'}")
+    accelerator.end_training()
+    return state
+
+
+def _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelerator, meter):
+    """Zero the gradients, then forward and backward ``grad_accum`` micro-batches.
+    Returns (the last loss, its terms, whether every micro-batch gave a finite loss on >= 2 items)."""
+    finite = True
+    optimizer.zero_grad(set_to_none=True)
+    clip = cfg.data.clip_samples
+    for micro in range(cfg.grad_accum):
+        t0 = time.perf_counter()
+        batch = next(stream)
+        state["micro_step"] += 1
+        t1 = time.perf_counter()
+        size = int(accelerator.gather(torch.tensor([len(batch.get("speech_key", []))], device=accelerator.device)).max())
+        batch, batch["valid"] = pad_batch(batch, max(size, 1), cfg.model.image_size, clip)
+        sync = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(net):
+            with accelerator.autocast():
+                total, parts, n_items = step_loss(net, model, batch, cfg, stage, step, accelerator)
+            ok = bool(torch.isfinite(total)) and n_items >= 2
+            finite = finite and ok
+            if ok:
+                accelerator.backward(total / cfg.grad_accum)
+        meter.add(step, t1 - t0, time.perf_counter() - t1, n_items)
+    return total, parts, finite
+
+
+def _bad_step(cfg: TrainConfig, step: int, bad_in_row: int, state: dict, accelerator: Accelerator):
+    accelerator.print(f"step {step}: non-finite loss or gradient (or < 2 items), step skipped "
+                      f"({bad_in_row} in a row, {state['bad_steps_total']} in total)")
+    if bad_in_row >= cfg.max_bad_steps:
+        raise TrainingStopped(
+            f"{bad_in_row} steps in a row had a non-finite loss/gradient (last at step {step}); "
+            "stopping. Check the data (prep inspect --verify) and lower optim.lr, or resume "
+            "from the last checkpoint.")
+
+
+def _accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    on_gpu = torch.cuda.is_available()
+    precision = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    accelerator = Accelerator(
+        mixed_precision=precision, log_with="tensorboard", project_dir=str(out),
+        # the warm-up freezes the backbones: DDP must tolerate parameters without gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.warmup_steps > 0)],
+    )
+    configure_backends(accelerator.device)
+    if accelerator.device.type == "cpu":
+        # Leave the loader workers their cores: OpenMP threads spinning against busy workers
+        # slow CPU steps down by an order of magnitude.
+        cores = max(1, (os.cpu_count() or 1) // accelerator.num_processes)
+        torch.set_num_threads(max(1, cores - cfg.data.num_workers))
+    return accelerator
+
+
+def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: bool):
+    torch.manual_seed(cfg.seed)  # identical initial weights on every process
+    model = build_model(cfg.model)
+    if cfg.audio_init and not resume:
+        load_audio_backbone(model, cfg.audio_init)
+    model.set_stage("full")  # DDP registers every parameter that will ever train...
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                 weight_decay=cfg.optim.weight_decay)
+    net, optimizer = accelerator.prepare(model, optimizer)
+    return model, net, optimizer, trainable
+
+
+def _resume(out: Path, model, optimizer, loader: TrainLoader, accelerator: Accelerator) -> dict:
+    ckpts = checkpoint_dirs(out)
+    if not ckpts:
+        raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}; start without --resume")
+    state, loader_state = load_training_state(ckpts[-1], model, optimizer, accelerator)
+    if loader_state is not None:
+        loader.restore(loader_state)
+    accelerator.print(f"resumed from {ckpts[-1]} at step {state['step']}")
+    return state
+
+
+def _write_run_files(cfg: TrainConfig, out: Path, accelerator: Accelerator):
+    tree = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+        (out / "model_config.json").write_text(cfg.model.to_json())
+    accelerator.init_trackers("train", config=flat_scalars(tree))
+
+
+def _micro_batches(loader: TrainLoader, micro_step: int, device):
+    """Endless micro-batches starting at a global micro-step (exact resume), finished on ``device``."""
+    epoch, offset = divmod(micro_step, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader.iterate(skip=offset, device=device)
+        epoch, offset = epoch + 1, 0
+
+
+def _run_skips(loader: TrainLoader, accelerator: Accelerator) -> Counter:
+    """Samples skipped so far by every process's loader, by reason (a collective: all call it)."""
+    total: Counter = Counter()
+    for counts in gather_object([dict(loader.skipped)]) if accelerator.num_processes > 1 else [loader.skipped]:
+        total.update(counts)
+    return total
