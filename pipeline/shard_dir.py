@@ -1,4 +1,4 @@
-"""The shard directory: file names, the commit rule, and reading a shard's samples.
+"""The shard directory: file names, the commit rule, the build lock, and reading a shard's samples.
 
 One directory holds the shards of one corpus split, each as::
 
@@ -14,6 +14,9 @@ builds, inspects or reads shards calls this module, so the rule is spelled once.
 
 A tar's members are grouped into samples the way webdataset groups them: consecutive members
 sharing the name before the first dot.
+
+**The build lock** (``.prep.lock``): a build holds its shards, a retry all of them, so two runs
+never write one shard while ``--part`` runs share the directory.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import struct
 import sys
 import tarfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,12 +204,18 @@ def build_lock(directory: str | os.PathLike, shards: Sequence[int] | None) -> It
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
             except OSError as exc:
+                if exc.errno in _NO_LOCKS:
+                    warnings.warn(f"{d} does not support file locks: make sure no other prep run writes into it", stacklevel=3)
+                    break
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 raise ShardDirError(_lock_holder(fd, start, length, d)) from None
         yield
     finally:
         os.close(fd)  # releases every lock this process holds on the file
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # e.g. an NFS mount without a lock daemon
 
 
 def _runs(shards: Sequence[int] | None) -> list[tuple[int, int]]:
