@@ -4,7 +4,6 @@ metadata, and a killed driver's pool workers."""
 
 import hashlib
 import json
-import math
 import os
 import resource
 import signal
