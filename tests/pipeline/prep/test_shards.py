@@ -1,5 +1,6 @@
 """pipeline.prep.build and retry: the generic builder (pool, manifests, commit markers, resume, parts, retry)."""
 
+import functools
 import hashlib
 import json
 import os
@@ -14,10 +15,13 @@ from PIL import Image
 from tests.support import media
 from pipeline import format as fmt
 from pipeline import shard_dir
+from pipeline.prep import loaders
 from pipeline.prep.build import build_shards, parse_part
 from pipeline.prep.manifest import ROW_SCHEMA, read_rows
 from pipeline.prep.media import Media, SkipItem, resolve_under
 from pipeline.prep.retry import retry_failed
+from pipeline.prep.synthetic.samples import load_pair, sample_key
+from pipeline.prep.synthetic.world import world_config
 from pipeline.prep.worker import FAILED, STAGES
 
 
@@ -200,3 +204,14 @@ def test_parse_part():
 def test_parquet_schema_is_stable(tmp_path):
     build_shards(items(2), load_synthetic, tmp_path, key=key_of, shard_size=4, workers=0, progress=False)
     assert pq.read_schema(tmp_path / "000000.parquet").names == ROW_SCHEMA.names
+
+
+def test_registered_loaders_round_trip_by_name_and_others_record_nothing():
+    cfg = world_config("ci").to_dict()
+    spec = loaders.describe_loader(functools.partial(load_pair, cfg))
+    assert spec == {"name": "synthetic", "args": [cfg], "kwargs": {}}
+    again = loaders.resolve_loader(json.loads(json.dumps(spec)), Path("dataset.json"))
+    assert again.func is load_pair and again.args == (cfg,)
+    assert loaders.describe_key(sample_key) == "synthetic"
+    assert loaders.describe_loader(load_synthetic) is None and loaders.describe_key(key_of) is None
+    assert loaders.describe_loader(functools.partial(load_pair, object())) is None  # arguments must be JSON
