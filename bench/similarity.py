@@ -20,14 +20,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.loss import info_nce  # noqa: E402
-from model.similarity import batch_scores, naive_batch_scores  # noqa: E402
+from model.loss import info_nce
+from model.similarity import batch_scores, naive_batch_scores
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 

@@ -9,6 +9,7 @@ Unknown keys are refused (a typo must not be silently ignored).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -74,12 +75,22 @@ def load_config(path: Optional[Path], overrides: list[str]) -> TrainConfig:
     return _build(TrainConfig, tree)
 
 
+def config_tree(cfg: TrainConfig) -> dict:
+    """``cfg`` as plain data that ``load_config`` reads back to ``cfg`` (the run's config.yaml)."""
+    tree = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for name in LoaderConfig.TRAINER_FIELDS:
+        del tree["data"][name]
+    return tree
+
+
 def model_from_tree(spec: dict) -> ModelConfig:
-    """A ``model:`` block: its ``preset`` (default paper), with the other keys deep-merged over it."""
+    """A ``model:`` block. With ``preset``, the other keys are deep-merged over that preset (a
+    backbone dict lists only what it changes); without, it is a whole ModelConfig (config.yaml)."""
     spec = dict(spec)
     try:
-        base = ModelConfig.preset(spec.pop("preset", "paper")).to_dict()
-        return ModelConfig.from_dict(_deep_merge(base, spec))
+        if "preset" in spec:
+            spec = _deep_merge(ModelConfig.preset(spec.pop("preset")).to_dict(), spec)
+        return ModelConfig.from_dict(spec)
     except (ValueError, TypeError) as exn:
         raise ConfigError(f"model: {exn}") from None
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from model.checkpoint import save_checkpoint
 from model.factory import build_model
 from pipeline.data.loader import TrainLoader
-from training.config import TrainConfig, flat_scalars
+from training.config import TrainConfig, config_tree, flat_scalars
 from training.meter import Meter
 from training.state import checkpoint_dirs, load_audio_backbone, load_training_state, save_training_state
 from training.step import configure_backends, lr_at, pad_batch, step_loss
@@ -189,7 +189,7 @@ def _resume(out: Path, model, optimizer, loader: TrainLoader, accelerator: Accel
 
 
 def _write_run_files(cfg: TrainConfig, out: Path, accelerator: Accelerator):
-    tree = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    tree = config_tree(cfg)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -139,6 +139,12 @@ class MixedStream(torch.utils.data.IterableDataset):
         assignment, sizes = plan_finite_epoch(self.speech_shards, self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch)
         return assignment[slot], iter(assignment[slot]), sizes[slot]
 
+    def _resume_point(self, slot: int, items: int) -> StreamCursor:
+        """Where the stream of ``slot`` resumes: its saved cursor, or else (no cursor saved) the
+        position after ``items`` items as if none had been skipped."""
+        saved = self.cursors.get(slot)
+        return StreamCursor(**saved) if saved else StreamCursor.without_skips(items)
+
     def __iter__(self):
         # The DataLoader takes the rank's batch j from worker j % workers, always starting at
         # worker 0. A resume after `skip` batches must continue with the stream whose turn is
@@ -158,13 +164,7 @@ class MixedStream(torch.utils.data.IterableDataset):
         raw = {role: count(shuffle(read_samples(shards, guards[role]), cfg.shuffle_buffer,
                                    random.Random(seed_from(*base, role))), cursor, role)
                for role, shards in (("speech", speech_shards), ("sound", sound_shards))}
-        resume = self.cursors.get(slot)
-        for guard in guards.values():
-            guard.watching = False
-        fast_forward(raw, cursor, StreamCursor(**resume) if resume else StreamCursor.without_skips(sum(sizes[:done])))
-        skip.by_reason = Counter(resume["skipped"] if resume else {})
-        for guard in guards.values():
-            guard.watching = True
+        fast_forward(raw, cursor, self._resume_point(slot, sum(sizes[:done])), list(guards.values()), skip)
         batch = BatchAssembly(ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None),
                               cfg.clip_samples)
         draft = None if cfg.train else cfg.image_size

@@ -65,10 +65,6 @@ class SkipCounter:
                         self.where, self._unlogged, reason, os.path.basename(shard), key)
             self._last_log, self._unlogged = now, 0
 
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
 
 class StreamGuard:
     """One stream's skips: counted (reason prefixed with the role), and a stream that yields no good
@@ -178,13 +174,21 @@ def count(src: Iterator[dict], cursor: StreamCursor, role: str) -> Iterator[dict
         yield sample
 
 
-def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: StreamCursor) -> None:
-    """Take from each counted raw stream until ``cursor`` reaches ``done`` (a finite stream may end)."""
+def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: StreamCursor,
+                 guards: list[StreamGuard], skip: SkipCounter) -> None:
+    """Take from each counted raw stream, decoding nothing, until ``cursor`` reaches ``done`` (a
+    finite stream may end first); the skips so far are then ``done``'s. The guards judge no
+    stream meanwhile: nothing is decoded."""
+    for guard in guards:
+        guard.watching = False
     for role, stream in raw.items():
         for _ in range(getattr(done, role) - getattr(cursor, role)):
             if next(stream, None) is None:
                 break
     cursor.items = done.items
+    skip.by_reason = Counter(done.skipped)
+    for guard in guards:
+        guard.watching = True
 
 
 def decode(src: Iterator[dict], guard: StreamGuard, clip_samples: int = fmt.CLIP_SAMPLES,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from bench.train_step import flop_counter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,9 +39,6 @@ def test_train_step_benchmark_runs_the_real_step(tmp_path):
 
 def test_flop_count_of_a_grouped_convolution_step_is_three_forwards():
     # torch's own backward formula ignores the groups in one term (HuBERT's positional conv has 16)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from train_step import flop_counter
-
     for groups in (1, 16):
         conv = torch.nn.Conv1d(32, 32, 8, padding=4, groups=groups)
         x = torch.randn(2, 32, 50, requires_grad=True)

@@ -11,17 +11,14 @@ import pretrain_audio
 from model.factory import build_model
 from training.config import load_config
 from training.state import load_audio_backbone
-from tests.support import shardgen
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pretraining_learns_and_its_weights_load_into_the_model(tmp_path):
-    shardgen.build(tmp_path / "speech", "speech", 16, 8)
-    shardgen.build(tmp_path / "sound", "sound", 16, 8, seed0=300)
+def test_pretraining_learns_and_its_weights_load_into_the_model(shards, tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.clip_seconds=1.0"])
     out = tmp_path / "init" / "audio.safetensors"
-    report = pretrain_audio.pretrain(cfg, f"{tmp_path / 'speech'},{tmp_path / 'sound'}", out, steps=40, clips=32,
+    report = pretrain_audio.pretrain(cfg, f"{shards.root / 'speech'},{shards.root / 'sound'}", out, steps=40, clips=32,
                                      batch_size=8, clusters=8, lr=2e-3, seed=0)
     assert report["clips"] == 32 and report["frames_with_audio"] > 0
     assert report["loss_last"] < report["loss_first"], report

@@ -25,16 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-shards")
-    shardgen.build(root / "speech", "speech", 24, 6)
-    shardgen.build(root / "sound", "sound", 12, 6, seed0=500)
-    return root
-
-
 def _overrides(shards, out, **kw):
-    base = {"data.speech": shards / "speech", "data.sound": shards / "sound", "data.batch_size": 4,
+    base = {"data.speech": shards.root / "speech", "data.sound": shards.root / "sound", "data.batch_size": 4,
             "data.num_workers": 0, "data.clip_seconds": 1.0, "data.shuffle_buffer": 8, "out_dir": out,
             "steps": 6, "warmup_steps": 2, "log_every": 2, "ckpt_every": 3, "optim.lr_warmup_steps": 2}
     base.update(kw)
@@ -71,7 +63,7 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
 
     # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
     train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
-                 **{"val.every": 2, "val.speech": shards / "speech", "val.sound": shards / "sound", "val.pairs": 8}),
+                 **{"val.every": 2, "val.speech": shards.root / "speech", "val.sound": shards.root / "sound", "val.pairs": 8}),
           resume=True)
     full = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(warm[k], full[k])}
@@ -213,7 +205,7 @@ def _speech_with(shards, tmp_path, edit):
     from pipeline.data.sources import list_shards
 
     speech = tmp_path / "speech"
-    shutil.copytree(shards / "speech", speech)
+    shutil.copytree(shards.root / "speech", speech)
     for shard in list_shards(str(speech)):
         shardgen.rewrite_tar(shard.path, edit)
     return speech
@@ -230,6 +222,22 @@ def test_no_valid_speech_stops_train_py_with_one_line(shards, tmp_path):
     assert "json duration is not a positive number" in last
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.speech=pipe:touch X", "shards are read from local paths only"),
+    ("data.batch_sise=3", r"unknown config.data keys \['batch_sise'\]"),
+    ("data.sound=.", "no committed shards in '.'"),
+])
+def test_train_py_refuses_bad_input_with_one_line(shards, tmp_path, override, message):
+    import re
+
+    result = _run(["train.py", "--config", "configs/tiny.yaml", *_overrides(shards, tmp_path / "run"), override],
+                  timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(message, last), last
+    assert not (ROOT / "X").exists()
+
+
 def _scalars(run_dir, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -243,7 +251,7 @@ def _scalars(run_dir, tag):
 
 @pytest.mark.slow
 def test_resume_is_exact_and_skips_are_counted_over_the_run_with_invalid_samples(shards, tmp_path):
-    firsts = {f"speech_{i}.flac" for i in range(0, 24, 6)}  # one undecodable clip per speech shard
+    firsts = {f"{key}.flac" for key in shards.speech_keys[::6]}  # one undecodable clip per speech shard
     speech = _speech_with(shards, tmp_path, lambda name, data: b"not a flac file" if name in firsts else data)
     args = ["train.py", "--config", "configs/tiny.yaml"]
     common = {"data.speech": speech, "data.num_workers": 2, "ckpt_every": 10}

@@ -3,7 +3,6 @@
 import io
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,14 +14,6 @@ from pipeline.data.transform import denormalize
 from tests.support import shardgen
 
 SR = 16_000
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    speech_keys = shardgen.build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
-    shardgen.build(root / "sound", "sound", 20, 5, seed0=1000)
-    return root, speech_keys
 
 
 def _cfg(root, **kw):

@@ -1,0 +1,1 @@
+"""Benchmarks, each a script: `python bench/<name>.py --help`."""

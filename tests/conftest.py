@@ -1,0 +1,20 @@
+"""Fixtures shared by every test package: one set of tiny shards from the real shard builder."""
+
+from typing import NamedTuple
+
+import pytest
+
+from tests.support import shardgen
+
+
+class TinyShards(NamedTuple):
+    root: object  # pathlib.Path holding speech/ and sound/ shard directories (read only: copy to damage)
+    speech_keys: list[str]  # in input order: shard i holds keys [6i, 6i + 6)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> TinyShards:
+    root = tmp_path_factory.mktemp("tiny-shards")
+    speech_keys = shardgen.build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
+    shardgen.build(root / "sound", "sound", 20, 5, seed0=1000)
+    return TinyShards(root, speech_keys)
