@@ -17,7 +17,8 @@ from pipeline.testsets.is3 import read_is3
 from pipeline.testsets.retrieval import read_retrieval_set
 from pipeline import format as fmt
 from pipeline.prep.cli import app
-from pipeline.data.loader import LoaderConfig, TrainLoader
+from pipeline.data.config import LoaderConfig
+from pipeline.data.loader import TrainLoader
 from pipeline.shard_dir import iter_tar_samples
 from pipeline.prep.synthetic.generate import PENDING_FILE, WORLD_FILE, WorldExists, generate_world
 from pipeline.prep.synthetic.samples import render_eval_scene
