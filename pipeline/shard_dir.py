@@ -26,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import struct
 import sys
 import tarfile
@@ -91,6 +92,8 @@ def read_stats(path: str | os.PathLike) -> dict | None:
         st = os.stat(path)
     except OSError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a fifo or device would block the reader: not a commit
     stamp = (st.st_mtime_ns, st.st_size)
     cached = _STATS_CACHE.get(os.fspath(path))
     if cached is None or cached[0] != stamp:

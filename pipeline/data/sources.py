@@ -65,7 +65,8 @@ def _from_files(part: str, spec: str) -> list[Shard]:
         if not os.path.isfile(path):
             if pattern:
                 continue  # a directory, fifo or dangling link matched by the glob: not a shard
-            raise FileNotFoundError(f"shard {path!r} does not exist (from {spec!r}): build shards with "
+            what = "is not a regular file" if os.path.exists(path) else "does not exist"
+            raise FileNotFoundError(f"shard {path!r} {what} (from {spec!r}): build shards with "
                                     "`prep shards ...` or fix the path")
         marker = path.removesuffix(".tar") + shard_dir.STATS_SUFFIX if path.endswith(".tar") else None
         if marker and os.path.exists(marker):

@@ -6,6 +6,7 @@ nothing named by the data, never hang, never crash in a worker, and count every 
 
 import logging
 import math
+import os
 import shutil
 import time
 
@@ -137,3 +138,23 @@ def test_committed_shards_without_samples_are_refused_at_start(shards, tmp_path,
     assert len(list_shards(str(empty))) == 2
     with pytest.raises(LoaderError, match=f"no samples in the committed shards of {empty}.*data.{role}"):
         TrainLoader(_cfg(root, **{role: str(empty)}))
+
+
+def test_fifos_named_as_shards_or_markers_are_ignored_without_blocking(shards, tmp_path, caplog):
+    root, speech_keys = shards
+    speech = _copy(root, tmp_path)
+    os.mkfifo(speech / "000100.tar")  # reading either would block forever
+    os.mkfifo(speech / "000101_stats.json")
+    marker = sorted(speech.glob("*_stats.json"))[0]
+    marker.unlink()
+    os.mkfifo(marker)
+    with caplog.at_level(logging.WARNING):
+        loader = TrainLoader(_cfg(root, speech=str(speech), resampled=False))
+    assert any("unreadable commit marker" in r.message and marker.name in r.message for r in caplog.records)
+    seen = [k for b in loader for k in b.get("speech_key", [])]
+    uncommitted = tar_keys(str(marker).replace("_stats.json", ".tar"))
+    assert sorted(seen) == sorted(set(speech_keys) - set(uncommitted))
+    with pytest.raises(FileNotFoundError, match="is not a regular file"):
+        list_shards(str(speech / "000100.tar"))
+    with pytest.raises(FileNotFoundError, match="no committed shards"):
+        list_shards(f"{speech}/000100*.tar")  # a glob that matches only the fifo
