@@ -218,12 +218,10 @@ def _decode_one(raw: dict, clip_samples: int, draft_size: int | None, into) -> d
     try:
         meta = fmt.decode_meta(raw[fmt.META_EXT])
         duration = float(meta["duration"])
-    except (ValueError, KeyError, TypeError) as exn:
+        valid = fmt.valid_samples(meta, clip_samples) if math.isfinite(duration) and duration > 0 else 0
+    except (ValueError, KeyError, TypeError, OverflowError) as exn:
         return f"json unreadable or without a duration ({type(exn).__name__})"
-    if not math.isfinite(duration) or duration <= 0:
-        return "json duration is not a positive number"  # an all-silent clip would be used as data
-    valid = fmt.valid_samples(meta, clip_samples)
-    if valid <= 0:
+    if valid <= 0:  # an all-silent clip would be used as data
         return "json duration is not a positive number"
     try:
         audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples, out=None if into is None else into())

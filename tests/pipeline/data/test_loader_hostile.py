@@ -91,20 +91,26 @@ def test_consecutive_skips_stop_the_stream_at_the_configured_limit(shards, tmp_p
         list(TrainLoader(_cfg(root, speech=str(broken), max_consecutive_skips=3)))
 
 
-def test_non_positive_durations_are_skipped_and_counted(shards, tmp_path):
+def test_bad_durations_are_skipped_and_counted_by_reason(shards, tmp_path):
     root, speech_keys = shards
     speech = _copy(root, tmp_path)
-    bad = {speech_keys[0]: 0, speech_keys[5]: -2.5, speech_keys[9]: math.nan, speech_keys[11]: math.inf}
+    bad = {speech_keys[0]: 0, speech_keys[5]: -2.5, speech_keys[9]: math.nan, speech_keys[11]: math.inf,
+           speech_keys[20]: 1e-9}
+    absurd = {speech_keys[30]: 1e308, speech_keys[31]: "ten", speech_keys[32]: None}
 
     def edit(name, data):
         key = name.split(".", 1)[0]
-        return shardgen.with_duration(data, bad[key]) if key in bad and name.endswith(".json") else data
+        value = {**bad, **absurd}.get(key, "keep")
+        return shardgen.with_duration(data, value) if value != "keep" and name.endswith(".json") else data
 
     _edit_every_sample(speech, edit)
     loader = TrainLoader(_cfg(root, speech=str(speech), resampled=False))
     seen = [k for b in loader for k in b.get("speech_key", [])]
-    assert sorted(seen) == sorted(set(speech_keys) - set(bad))
-    assert loader.skipped == {"speech: json duration is not a positive number": 4}
+    assert sorted(seen) == sorted(set(speech_keys) - set(bad) - set(absurd))
+    assert loader.skipped == {"speech: json duration is not a positive number": 5,
+                              "speech: json unreadable or without a duration (OverflowError)": 1,
+                              "speech: json unreadable or without a duration (ValueError)": 1,
+                              "speech: json unreadable or without a duration (TypeError)": 1}
 
 
 def test_a_corrupt_commit_marker_is_an_uncommitted_shard(shards, tmp_path, caplog):
