@@ -10,7 +10,6 @@ by which a resumed worker fast-forwards to where its last consumed batch left th
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -35,6 +34,7 @@ from pipeline.data.config import LoaderConfig
 from pipeline.data.mixing import draw_levels, draw_masked_span, splice_negative
 from pipeline.data.sources import LoaderError, Shard
 from pipeline.data.transform import NO_JITTER, cut_train_crop, eval_image
+from pipeline.image import open_image
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _decode_one(raw: dict, clip_samples: int, draft_size: int | None, into) -> d
         return "json duration is not a positive number"
     try:
         audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples, out=None if into is None else into())
-        image = Image.open(io.BytesIO(raw[fmt.IMAGE_EXT]))
+        image = open_image(raw[fmt.IMAGE_EXT])  # refuses a decompression bomb before decoding it
         if draft_size and min(image.size) >= 2 * draft_size:
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # decode here, where a failure is a counted skip

@@ -164,3 +164,21 @@ def test_fifos_named_as_shards_or_markers_are_ignored_without_blocking(shards, t
         list_shards(str(speech / "000100.tar"))
     with pytest.raises(FileNotFoundError, match="no committed shards"):
         list_shards(f"{speech}/000100*.tar")  # a glob that matches only the fifo
+
+
+def test_a_decompression_bomb_image_is_a_counted_skip(shards, tmp_path):
+    import io
+
+    from PIL import Image
+
+    root, speech_keys = shards
+    speech = _copy(root, tmp_path)
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")  # 100 MP in a few kB
+    target = f"{speech_keys[3]}.jpg"
+    _edit_every_sample(speech, lambda name, data: bomb.getvalue() if name == target else data)
+    loader = TrainLoader(_cfg(root, speech=str(speech), resampled=False))
+    seen = [k for b in loader for k in b.get("speech_key", [])]
+    assert sorted(seen) == sorted(set(speech_keys) - {speech_keys[3]})
+    [(reason, n)] = loader.skipped.items()
+    assert n == 1 and reason.startswith("speech: undecodable (BadImage: image_too_large")
