@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from evaluation.validation import validate
 from pipeline.data.sources import LoaderError
 from training.config import ConfigError, load_config
 from training.loop import TrainingStopped, train
@@ -29,7 +30,7 @@ def main(
 ):
     """Train; the effective configuration is written to <out_dir>/config.yaml."""
     try:
-        train(load_config(config, overrides or []), resume=resume)
+        train(load_config(config, overrides or []), resume=resume, validate=validate)
     except (ConfigError, LoaderError, FileNotFoundError, TrainingStopped) as exn:
         typer.echo(f"error: {exn}", err=True)
         raise typer.Exit(2) from None

@@ -29,6 +29,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,14 +45,15 @@ from training.config import TrainConfig, config_tree, flat_scalars
 from training.meter import Meter
 from training.state import checkpoint_dirs, load_audio_backbone, load_training_state, save_training_state
 from training.step import configure_backends, lr_at, pad_batch, step_loss
-from training.validate import validate
 
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. non-finite steps in a row); the message says what to do."""
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = None) -> dict:
+    """Run ``cfg``; ``validate(model, cfg, accelerator, step)`` is called every ``val.every`` steps
+    (train.py passes evaluation.validation.validate)."""
     out = Path(cfg.out_dir)
     accelerator = _accelerator(cfg, out)
     model, net, optimizer, trainable = _model_and_optimizer(cfg, accelerator, resume)
@@ -96,7 +98,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 bar.set_postfix(loss=f"{float(total.detach()):.3f}", stage=stage, lr=f"{lr:.1e}")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)
-            if cfg.val.every and step % cfg.val.every == 0:
+            if validate is not None and cfg.val.every and step % cfg.val.every == 0:
                 validate(model, cfg, accelerator, step)
     state["step"] = step
     save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from evaluation.validation import validate
 from model.checkpoint import load_checkpoint
 from model.factory import build_model
 from pipeline.data.loader import TrainLoader
@@ -64,7 +65,7 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
     # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
     train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
                  **{"val.every": 2, "val.speech": shards.root / "speech", "val.sound": shards.root / "sound", "val.pairs": 8}),
-          resume=True)
+          resume=True, validate=validate)
     full = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(warm[k], full[k])}
     assert any(k.startswith("audio_encoder") for k in changed)

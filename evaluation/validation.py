@@ -1,4 +1,7 @@
-"""Validation during training: retrieval R@k on held-out shard sets (``val.*``), logged per head."""
+"""Validation during training: retrieval R@k on held-out shard sets (``val.*``), logged per head.
+
+An evaluation experiment that the training command hands to the loop (``train(..., validate=...)``),
+so the trainer itself never imports the evaluation package."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ from accelerate import Accelerator
 from evaluation.retrieval import RetrievalSession
 from evaluation.runner import ModelRunner
 from pipeline.testsets.retrieval import read_retrieval_set
-from training.config import TrainConfig
 
 
-def validate(model, cfg: TrainConfig, accelerator: Accelerator, step: int) -> dict:
-    """Retrieval R@k on held-out shard sets (main process only; the others wait)."""
+def validate(model, cfg, accelerator: Accelerator, step: int) -> dict:
+    """Retrieval R@k on held-out shard sets (main process only; the others wait).
+
+    ``cfg`` is the run's ``training.config.TrainConfig``; its ``val`` section names the sets."""
     logs = {}
     if accelerator.is_main_process:
         sets = {name: read_retrieval_set(Path(path), n=cfg.val.pairs)
