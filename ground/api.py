@@ -1,0 +1,190 @@
+"""``Grounder``: a loaded model that grounds one image against one clip.
+
+What ``ground`` computes, from the model's own quantities (``model.similarity``):
+
+* per frame t and head k the map ``mean_f S[k, f, t, h, w]`` (Eq. 2's volume of that head, Eq. 4),
+  and for ``total`` the element-wise max over heads (Eq. 3), as ``similarity.frame_heatmaps``;
+* the mean map over the valid frames, or the frames whose centre lies in ``window``
+  (``ModelRunner.pair_heatmaps`` / ``similarity.heatmaps``);
+* a head's activation at frame t: ``mean_f max_(h,w) S[k, f, t, h, w]``, so its mean over the valid
+  frames is exactly the head's score ``s_N`` (Eq. 6), and for ``total`` the score ``s_M`` (Eq. 5).
+
+The image goes through the evaluation transform (shorter side to the model's input size, centre
+square crop); maps cover that crop, placed back onto the input, NaN outside it (docs/ground.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evaluation.runner import ModelRunner
+from ground import inputs
+from ground.result import TOTAL, FrameMaps, Grounding, place
+from model import similarity
+from model.config import ModelConfig
+from model.factory import build_model
+from pipeline.data.mixing import valid_mask
+from pipeline.format import SAMPLE_RATE
+
+
+def _load(path: Path, device: str):
+    """The model of a project checkpoint directory or of a DenseAV file, with a description."""
+    try:
+        from model.loading import load_any
+    except ImportError:  # the DenseAV loader is not part of this tree
+        from model.checkpoint import load_checkpoint as load_any
+    return load_any(path, device=device)
+
+
+def crop_box(size: tuple[int, int], model_size: int) -> tuple[int, int, int, int]:
+    """The centre square the evaluation transform keeps (``pipeline.data.transform.eval_image``),
+    as (left, top, right, bottom) in input pixels."""
+    width, height = size
+    scale = model_size / min(width, height)
+    nw, nh = max(model_size, round(width * scale)), max(model_size, round(height * scale))
+    left, top = (nw - model_size) // 2, (nh - model_size) // 2
+    return (round(left * width / nw), round(top * height / nh),
+            round((left + model_size) * width / nw), round((top + model_size) * height / nh))
+
+
+class Grounder:
+    """A model ready to ground: ``Grounder.from_checkpoint(path).ground(image, audio)``."""
+
+    def __init__(self, model: torch.nn.Module, description: dict, *, device: str = "cpu",
+                 speech_head: int | None = None):
+        self.device = torch.device(device)
+        self.runner = ModelRunner(model.to(self.device).eval(), self.device, batch_size=1)
+        self.head_names = self._names(speech_head)
+        self.description = {**description, "heads": {n: i for i, n in enumerate(self.head_names)},
+                            "image_size": self.runner.image_size,
+                            "preprocessing": "audio: 16 kHz mono, real length (at most "
+                                             f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to "
+                                             f"{self.runner.image_size} px, centre square crop, ImageNet "
+                                             "normalization; maps NaN outside the crop"}
+
+    def _names(self, speech_head: int | None) -> list[str]:
+        k, sound, speech = self.runner.num_heads, self.runner.sound_head, self.runner.speech_head
+        if k == 1:
+            return ["audio"]
+        if speech_head is not None:
+            if not 0 <= speech_head < k:
+                raise ValueError(f"speech head {speech_head} is outside 0..{k - 1}")
+            speech = speech_head
+            sound = next(i for i in (sound, *range(k)) if i != speech)
+        names = [f"head{i}" for i in range(k)]
+        names[sound], names[speech] = "sound", "speech"
+        return names
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu",
+                        speech_head: int | None = None) -> "Grounder":
+        """A project checkpoint directory (train.py's ``final``), or a DenseAV file where
+        ``model.loading`` reads them."""
+        model = _load(Path(path), device)
+        return cls(model, {"checkpoint": str(path), "config": model.config.to_dict()},
+                   device=device, speech_head=speech_head)
+
+    @classmethod
+    def from_pretrained(cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper",
+                        device: str = "cpu") -> "Grounder":
+        """A fresh model of ``preset`` whose backbones come from transformers' ``from_pretrained``
+        (a hub id, a local directory or the local cache); the aligners are random."""
+        config = ModelConfig.preset(preset, pretrained=True, image_model_id=str(image_backbone),
+                                    audio_model_id=str(audio_backbone))
+        model = build_model(config)
+        desc = {"pretrained": {"image": str(image_backbone), "audio": str(audio_backbone)}, "preset": preset,
+                "weights": "backbones from from_pretrained; aligners random (untrained): maps carry no "
+                           "grounding until trained", "config": config.to_dict()}
+        return cls(model, desc, device=device)
+
+    # ------------------------------------------------------------------ grounding
+
+    @torch.no_grad()
+    def encode_audio(self, audio, sample_rate: int | None = None) -> tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]:
+        """(16 kHz clip, preprocessing notes, features ``[1, C, K, F, T]``, frame mask ``[1, T]``)."""
+        clip, notes = inputs.load_audio(audio, sample_rate)
+        wave = torch.from_numpy(clip).unsqueeze(0).to(self.device)
+        mask = valid_mask(torch.tensor([clip.shape[0]], device=self.device), clip.shape[0])
+        a, frame_mask = self.runner.model.encode_audio(wave, mask)
+        return clip, notes, a, frame_mask
+
+    @torch.no_grad()
+    def encode_image(self, image) -> tuple[Image.Image, torch.Tensor]:
+        pil = inputs.load_image(image)
+        return pil, self.runner.encode_images([pil])
+
+    def ground(self, image, audio, sample_rate: int | None = None, *,
+               window: tuple[float, float] | None = None) -> Grounding:
+        """Maps, mean maps and activations of every head and the total for ``image`` x ``audio``."""
+        pil, v = self.encode_image(image)
+        clip, notes, a, frame_mask = self.encode_audio(audio, sample_rate)
+        return self.assemble(pil, [v], clip, notes, a, frame_mask, window)
+
+    @torch.no_grad()
+    def assemble(self, image: Image.Image, features: list[torch.Tensor], clip: np.ndarray, notes: dict,
+                 a: torch.Tensor, frame_mask: torch.Tensor, window: tuple[float, float] | None = None,
+                 frames: list[Image.Image] | None = None) -> Grounding:
+        """The ``Grounding`` of encoded inputs. ``features`` holds one image's features, or one per
+        audio frame (a video's frames at the frames' times; ``frames`` are those pictures)."""
+        num_frames = frame_mask.shape[1]
+        times = (np.arange(num_frames) + 0.5) * (clip.shape[0] / num_frames) / SAMPLE_RATE
+        v = features[0] if len(features) == 1 else torch.cat(features)
+        low, activation = self._per_frame(a, frame_mask, v)
+        weights = self._window(times, window)
+        box = crop_box(image.size, self.runner.image_size)
+        mean_maps = {}
+        for name, head in self._heads():
+            if v.shape[0] == 1:
+                w = None if weights is None else torch.from_numpy(weights).unsqueeze(0).to(frame_mask.device)
+                mean, _ = self.runner.pair_heatmaps(a, frame_mask, v, head, window=w)
+            else:  # a different picture at every frame: the average of the per-frame maps
+                keep = frame_mask[0].cpu().numpy() & (True if weights is None else weights)
+                mean = low[name][keep].mean(0, keepdims=True)
+            mean_maps[name] = place(mean, box, image.size)[0]
+        description = {**self.description, "audio": notes, "crop_box": list(box), "frames": num_frames,
+                       "window_s": None if window is None else [float(window[0]), float(window[1])],
+                       "image": "one picture" if frames is None else f"{len(frames)} video frames"}
+        return Grounding(heads=[*self.head_names, TOTAL], maps=FrameMaps(low, box, image.size),
+                         mean_maps=mean_maps, activation=activation, times=times, image=image, audio=clip,
+                         description=description, frames=frames)
+
+    def _heads(self):
+        yield from ((name, i) for i, name in enumerate(self.head_names))
+        yield TOTAL, "max"
+
+    def _window(self, times: np.ndarray, window: tuple[float, float] | None) -> np.ndarray | None:
+        if window is None:
+            return None
+        start, end = float(window[0]), float(window[1])
+        if not end > start:
+            raise inputs.GroundInputError(f"window {start}:{end} is empty; give START:END with END > START")
+        keep = (times >= start) & (times <= end)
+        if not keep.any():
+            raise inputs.GroundInputError(
+                f"window {start}:{end} s holds no audio frame (frames are centred at "
+                f"{times[0]:.2f}..{times[-1]:.2f} s)")
+        return keep
+
+    def _per_frame(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor):
+        """Per-frame maps ``[T, h, w]`` and activations ``[T]`` of every head and the total.
+
+        ``v`` is one image's features, or one per frame (then frame t pairs with image t)."""
+        if v.shape[0] == 1:
+            volume = similarity.pair_volume(a, v)[0]  # [K, F, T, h, w]
+        else:
+            # Eq. 2 with picture t at frame t only (pair_volume would pair every frame with every picture)
+            volume = torch.einsum("ckft,tckhw->kfthw", a[0], v)
+        invalid = ~frame_mask[0].cpu().numpy()
+        low, activation = {}, {}
+        for name, head in self._heads():
+            vol = similarity.max_over_heads(volume, 0).values if head == "max" else volume[head]  # [F, T, h, w]
+            maps = vol.mean(0).float().cpu().numpy()
+            act = vol.flatten(-2).max(-1).values.mean(0).float().cpu().numpy()
+            maps[invalid], act[invalid] = np.nan, np.nan
+            low[name], activation[name] = maps, act
+        return low, activation
