@@ -16,7 +16,9 @@ A tar's members are grouped into samples the way webdataset groups them: consecu
 sharing the name before the first dot.
 
 **The build lock** (``.prep.lock``): a build holds its shards, a retry all of them, so two runs
-never write one shard while ``--part`` runs share the directory.
+never write one shard while ``--part`` runs share the directory. **The write lock**
+(``.prep.write.lock``): the process writing one shard on behalf of a build (a Ray task, on any
+node) holds that shard, so a retried attempt never writes over one still running.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import stat
 import struct
 import sys
 import tarfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ DATASET_FILE = "dataset.json"
 PARTIAL_SUFFIX = ".partial"
 STATS_SUFFIX = "_stats.json"
 LOCK_FILE = ".prep.lock"
+WRITE_LOCK_FILE = ".prep.write.lock"
 
 
 class ShardDirError(ValueError):
@@ -216,6 +220,32 @@ def build_lock(directory: str | os.PathLike, shards: Sequence[int] | None) -> It
         yield
     finally:
         os.close(fd)  # releases every lock this process holds on the file
+
+
+@contextlib.contextmanager
+def write_lock(directory: str | os.PathLike, shard: int, wait: float) -> Iterator[None]:
+    """Hold ``shard``'s write lock, waiting up to ``wait`` seconds for a process still writing it
+    (an earlier attempt whose node was lost); ShardDirError naming the holder after that. The
+    kernel drops the lock of a killed writer, so a retry after a crash finds it free."""
+    d = Path(directory)
+    fd = os.open(d / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, shard)
+                break
+            except OSError as exc:
+                if exc.errno in _NO_LOCKS:
+                    break  # the build lock already warned about this filesystem
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise ShardDirError(_lock_holder(fd, shard, 1, d)) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
 
 
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # e.g. an NFS mount without a lock daemon

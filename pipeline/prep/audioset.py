@@ -33,7 +33,7 @@ import typer
 
 from pipeline import audio, ffmpeg, image
 from pipeline import format as fmt
-from pipeline.prep import commands
+from pipeline.prep import commands, ratelimit
 from pipeline.prep.media import Media, SkipItem
 from pipeline.prep.options import BuildOptions, with_build_options
 
@@ -355,6 +355,7 @@ def download_clip(ytid: str, start: float, end: float, cache_dir: str | os.PathL
         for attempt in range(options.retries + 1):
             if attempt:
                 time.sleep(options.retry_wait * 2 ** (attempt - 1))
+            ratelimit.acquire()  # the cluster-wide pace of a Ray build (a no-op otherwise)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
@@ -368,6 +369,8 @@ def download_clip(ytid: str, start: float, end: float, cache_dir: str | os.PathL
             if proc.returncode != 0:
                 text = proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace")
                 kind, detail = classify_download_failure(text), _error_line(text)
+                if kind == "rate_limited":  # every node pauses, not only this one
+                    ratelimit.back_off(options.retry_wait * 2**attempt)
                 if kind in _RETRYABLE:
                     continue
                 break
@@ -433,13 +436,21 @@ def command(
     retries: Annotated[int, typer.Option(help="Extra attempts after rate limiting or network errors.")] = 3,
     retry_wait: Annotated[float, typer.Option(help="First back-off in seconds; doubles per attempt.")] = 30.0,
     yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
+    downloads_per_second: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster (a rate-limit "
+                     "answer pauses them all)."),
+    ] = None,
     *,
     opts: BuildOptions,
 ) -> None:
     """AudioSet segments -> sound shards, from local media or downloaded with yt-dlp.
 
-    With downloads, --workers is also the number of concurrent downloads.
+    With downloads, --workers (or with --engine ray, the shard tasks each node runs: its CPUs
+    divided by --ray-task-cpus) is also the number of concurrent downloads.
     """
+    if downloads_per_second is not None and opts.engine != commands.Engine.ray:
+        raise commands.fail("--downloads-per-second paces a Ray build (--engine ray); with the local engine use --sleep")
     items, unknown = read_items(segments, labels, opts.limit)
     if media_dir is not None:
         load = local_loader(media_dir, items)
@@ -449,7 +460,10 @@ def command(
             sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
         )
         load = download_loader(download_dir or opts.out / "media", options)
-    opts.run(items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None)
+    opts.run(
+        items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None,
+        ray_extra={"download_rate": downloads_per_second} if downloads_per_second else None,
+    )
 
 
 def read_items(segments: Path, labels: Path, limit: int | None) -> tuple[list[dict], dict[str, int]]:

@@ -1,5 +1,6 @@
-"""Building (or resuming) a shard directory: input items -> tasks with keys -> the pool -> one
-tar, manifest and commit marker per shard, under the directory's build lock.
+"""Building (or resuming) a shard directory: input items -> tasks with keys -> an engine (this
+machine's process pool, or Ray: ``pipeline.prep.ray_engine``) -> one tar, manifest and commit
+marker per shard (``write_shard``, the same writer on either engine), under the build lock.
 
 A corpus reader supplies an ordered list of JSON-serializable *items*, a picklable
 ``load(item) -> Media`` and ``key(item) -> str``. Shard ``i`` always holds input items
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import format as fmt
 from pipeline import shard_dir
@@ -30,6 +31,9 @@ from pipeline.prep.media import Media, reason_kind
 from pipeline.prep.pool import OrderedRunner, Task
 from pipeline.prep.worker import STAGES, WRITTEN, Outcome
 from pipeline.prep.writer import TarShardWriter, write_json
+
+if TYPE_CHECKING:
+    from pipeline.prep.ray_engine import RayOptions
 
 DEFAULT_SHARD_SIZE = 1000
 
@@ -72,13 +76,43 @@ def check_picklable(load: Callable, workers: int) -> None:
         ) from exc
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+class Progress:
+    """The build's one progress bar: clips done and their rate, written, and failed by reason.
+    The local engine counts each outcome; the Ray engine sets the cluster-wide totals."""
 
-    return tqdm(total=total, desc=desc or "shards", unit="clip", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    def __init__(self, total: int, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc or "shards", unit="clip", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.written, self.failures = 0, collections.Counter()
+
+    def item(self, out: Outcome) -> None:
+        if out.status == WRITTEN:
+            self.written += 1
+        else:
+            self.failures[reason_kind(out.reason)] += 1
+        self.bar.update(1)
+        self._postfix()
+
+    def set(self, done: int, written: int, failures: dict) -> None:
+        self.written, self.failures = written, collections.Counter(failures)
+        self._postfix()
+        self.bar.update(done - self.bar.n)
+
+    def _postfix(self) -> None:
+        top = ", ".join(f"{k} {n}" for k, n in self.failures.most_common(3))
+        self.bar.set_postfix_str(f"ok={self.written} failed={sum(self.failures.values())}" + (f" ({top})" if top else ""), refresh=False)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
-def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], bar, summary: BuildSummary, extra: dict) -> None:
+def write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
+    """The per-shard writer both engines run: the plan's outcomes (in order) -> tar, manifest and,
+    last, the commit marker. Returns the marker's contents; a failed write leaves no partial tar."""
     start = time.perf_counter()
     writer = TarShardWriter(shard_dir.tar_path(out_dir, plan.shard))
     rows, seconds = [], dict.fromkeys(STAGES, 0.0)
@@ -98,10 +132,7 @@ def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], ba
             else:
                 failures[reason_kind(out.reason)] += 1
             rows.append(out.row())
-            bar.update(1)
-            summary.written += out.status == WRITTEN
-            summary.failed += out.status != WRITTEN
-            bar.set_postfix(ok=summary.written, failed=summary.failed, refresh=False)
+            on_item(out)
         t0 = time.perf_counter()
         tar_bytes, sha = writer.close()
     except BaseException:
@@ -131,12 +162,19 @@ def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], ba
         **extra,
     }
     write_json(shard_dir.stats_path(out_dir, plan.shard), stats)  # last: the commit marker
+    return stats
+
+
+def record_shard(summary: BuildSummary, stats: dict) -> None:
+    """Add one committed shard's marker to the run's summary."""
     summary.shards_built += 1
-    summary.items_processed += len(rows)
-    summary.audio_hours += audio_seconds / 3600
-    for kind, n in failures.items():
+    summary.items_processed += stats["items"]
+    summary.written += stats["written"]
+    summary.failed += stats["failed"]
+    summary.audio_hours += stats["audio_seconds"] / 3600
+    for kind, n in stats["failures"].items():
         summary.failures[kind] = summary.failures.get(kind, 0) + n
-    for stage, s in seconds.items():
+    for stage, s in stats["stage_seconds"].items():
         summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + s
 
 
@@ -191,10 +229,12 @@ def build_shards(
     desc: str = "",
     progress: bool = True,
     input_warnings: dict | None = None,
+    ray: RayOptions | None = None,
 ) -> BuildSummary:
     """Build (or resume) the shards of ``items`` in ``out_dir``; see the module docstring.
 
-    ``workers=0`` runs in this process (debugging); ``workers>=1`` uses a process pool.
+    ``workers=0`` runs in this process (debugging); ``workers>=1`` uses a process pool; ``ray``
+    runs each shard as a Ray task instead (``workers`` is then unused).
     ``part=(i, n)`` builds only shards whose index % n == i. Raises ShardDirError (a ValueError)
     when another run holds these shards or the output cannot be written.
     """
@@ -203,7 +243,7 @@ def build_shards(
     part_i, part_n = part
     if part_n < 1 or not 0 <= part_i < part_n:
         raise ValueError(f"part {part} must satisfy 0 <= i < n")
-    check_picklable(load, workers)
+    check_picklable(load, 1 if ray else workers)
     out = Path(out_dir)
     started = time.perf_counter()
     items = list(items)
@@ -234,7 +274,10 @@ def build_shards(
                 plans.append(ShardPlan(shard, shard_tasks))
             update_dataset_summary(out, header)
             extra = {"shard_size": shard_size}
-            run_plans(out, plans, load, workers, desc, progress, summary, extra, on_commit=lambda _: update_dataset_summary(out, header))
+            run_plans(
+                out, plans, load, workers, desc, progress, summary, extra,
+                on_commit=lambda _: update_dataset_summary(out, header), ray=ray,
+            )
     summary.wall_seconds = round(time.perf_counter() - started, 3)
     return summary
 
@@ -258,19 +301,27 @@ def run_plans(
     summary: BuildSummary,
     extra: dict,
     on_commit: Callable[[int], None],
+    ray: RayOptions | None = None,
 ) -> None:
-    """Run every plan's tasks through one pool and write each shard once its items are done.
+    """Run every plan's tasks and write each shard once its items are done: on this machine's
+    process pool, or as one Ray task per shard when ``ray`` is given (``pipeline.prep.ray_engine``).
     If writing fails, the shard being written is removed whole before the error propagates."""
+    if ray is not None:
+        from pipeline.prep import ray_engine
+
+        ray_engine.run_plans(out, plans, load, ray, desc, progress, summary, extra, on_commit)
+        return
     total = sum(len(p.tasks) for p in plans)
     outcomes = OrderedRunner(load, workers).run(task for plan in plans for task in plan.tasks)
-    with _progress(total, desc, progress) as bar:
+    with Progress(total, desc, progress) as bar:
         try:
             for plan in plans:
                 try:
-                    _write_shard(out, plan, outcomes, bar, summary, extra)
+                    stats = write_shard(out, plan, outcomes, extra, on_item=bar.item)
                 except OSError:
                     shard_dir.remove_uncommitted(out, plan.shard)
                     raise
+                record_shard(summary, stats)
                 on_commit(plan.shard)
         finally:
             outcomes.close()  # shuts the pool down, also on Ctrl-C or an error

@@ -3,12 +3,14 @@ option types, the one-line error, the summary table, and the build/retry calls b
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.prep.build import BuildSummary, build_shards, parse_part
+from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.retry import retry_failed
 
 
@@ -22,6 +24,35 @@ PartOpt = Annotated[
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Input items per shard.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N input items (trial runs).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+class Engine(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine", help="Where items run: this machine's process pool, or one Ray task per shard (docs/prep-on-ray.md)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="With --engine ray: a running cluster (auto or HOST:PORT); default: start Ray here with --workers CPUs."
+    ),
+]
+RayTaskCpusOpt = Annotated[
+    float, typer.Option("--ray-task-cpus", min=0.01, help="With --engine ray: CPUs one shard task reserves (0.25: four downloads per core).")
+]
+
+
+def ray_options(engine: Engine, address: str | None, workers: int, task_cpus: float, **extra) -> RayOptions | None:
+    """The Ray engine's options, or None for the local engine."""
+    if engine != Engine.ray:
+        if address is not None:
+            raise fail("--ray-address needs --engine ray")
+        return None
+    return RayOptions(address=address, num_cpus=max(workers, 1), cpus_per_task=task_cpus, **extra)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -46,7 +77,9 @@ def print_summary(summary: BuildSummary) -> None:
     Console(stderr=True).print(table)
 
 
-def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None) -> BuildSummary:
+def run_build(
+    items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None, ray: RayOptions | None = None
+) -> BuildSummary:
     """What every `prep shards <corpus>` command does once it has its items and loader;
     ``input_warnings`` (what the reader noticed about its input) goes into dataset.json."""
     try:
@@ -58,7 +91,7 @@ def run_build(items, load, out: Path, *, key, workers, part, shard_size, limit, 
     try:
         summary = build_shards(
             items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress,
-            input_warnings=input_warnings,
+            input_warnings=input_warnings, ray=ray,
         )
     except ValueError as exc:  # e.g. a resume over shards built from other input
         raise fail(str(exc)) from exc
@@ -73,10 +106,14 @@ def retry_command(
     ] = None,
     workers: WorkersOpt = 1,
     progress: ProgressOpt = True,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    ray_task_cpus: RayTaskCpusOpt = 1.0,
 ) -> None:
     """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""
+    ray = ray_options(engine, ray_address, workers, ray_task_cpus)
     try:
-        summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress)
+        summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress, ray=ray)
     except ValueError as exc:
         raise fail(str(exc)) from exc
     print_summary(summary)

@@ -2,7 +2,8 @@
 
 A corpus command declares only its own options plus one ``opts: BuildOptions`` parameter and is
 registered through ``with_build_options``, which shows Typer the shared flags (``--out``,
-``--workers``, ``--part``, ``--shard-size``, ``--limit``, ``--progress``) in its place and hands
+``--workers``, ``--part``, ``--shard-size``, ``--limit``, ``--progress``, ``--engine``,
+``--ray-address``, ``--ray-task-cpus``) in its place and hands
 the command their values as one ``BuildOptions``.
 """
 
@@ -28,12 +29,19 @@ class BuildOptions:
     shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE
     limit: commands.LimitOpt = None
     progress: commands.ProgressOpt = True
+    engine: commands.EngineOpt = commands.Engine.local
+    ray_address: commands.RayAddressOpt = None
+    ray_task_cpus: commands.RayTaskCpusOpt = 1.0
 
-    def run(self, items: list, load: Callable, *, key: Callable, desc: str, input_warnings: dict | None = None) -> BuildSummary:
-        """Build the shards of ``items`` with these options (see ``commands.run_build``)."""
+    def run(
+        self, items: list, load: Callable, *, key: Callable, desc: str, input_warnings: dict | None = None, ray_extra: dict | None = None
+    ) -> BuildSummary:
+        """Build the shards of ``items`` with these options (see ``commands.run_build``);
+        ``ray_extra`` adds to the Ray engine's options (e.g. a download rate)."""
+        ray = commands.ray_options(self.engine, self.ray_address, self.workers, self.ray_task_cpus, **(ray_extra or {}))
         return commands.run_build(
             items, load, Path(self.out), key=key, workers=self.workers, part=self.part, shard_size=self.shard_size,
-            limit=self.limit, progress=self.progress, desc=desc, input_warnings=input_warnings,
+            limit=self.limit, progress=self.progress, desc=desc, input_warnings=input_warnings, ray=ray,
         )
 
 

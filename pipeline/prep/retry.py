@@ -18,6 +18,7 @@ from pipeline.prep.build import BuildSummary, ShardPlan, check_picklable, output
 from pipeline.prep.manifest import read_header, read_rows, update_dataset_summary
 from pipeline.prep.media import Media
 from pipeline.prep.pool import Task
+from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.worker import FAILED, WRITTEN, Outcome
 
 _NOT_RETRIED = ("duplicate_key", "bad_key")  # the same input gives the same key: retrying cannot help
@@ -30,10 +31,12 @@ def retry_failed(
     workers: int = 1,
     progress: bool = True,
     load: Callable[[Any], Media] | None = None,
+    ray: RayOptions | None = None,
 ) -> BuildSummary:
     """Re-run the failed rows of every committed shard (only ``kinds`` if given) and rewrite the
     shards they belong to. Kept samples are copied from the old tar; the shard's item range and
-    sample order do not change. ``load`` defaults to the registered loader dataset.json names."""
+    sample order do not change. ``load`` defaults to the registered loader dataset.json names;
+    ``ray`` runs the shards on Ray as ``build_shards`` does."""
     out = Path(out_dir)
     header = read_header(out)
     if load is None:
@@ -42,7 +45,7 @@ def retry_failed(
                 f"{out / shard_dir.DATASET_FILE} records no re-creatable loader; rerun the original `prep shards` command instead"
             )
         load = loaders.resolve_loader(header["loader"], out / shard_dir.DATASET_FILE)
-    check_picklable(load, workers)
+    check_picklable(load, 1 if ray else workers)
     started = time.perf_counter()
     summary = BuildSummary(out_dir=str(out), items_total=header.get("items_total", 0))
     extra = {"retried": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -62,23 +65,39 @@ def retry_failed(
                 summary.shards_skipped += 1
                 continue
             plans.append(_retry_plan(out, committed.index, rows, retry))
-        _run_retry(out, plans, load, workers, progress, summary, extra)
+        _run_retry(out, plans, load, workers, progress, summary, extra, ray)
     summary.wall_seconds = round(time.perf_counter() - started, 3)
     return summary
 
 
+class _OldSamples:
+    """The old tar's samples in one streaming pass (both tars follow input order). Picklable
+    before its first use, so a retry plan can travel to a Ray task and read the tar there."""
+
+    def __init__(self, path: Path):
+        self.path, self._iter = path, None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_iter": None}
+
+    def find(self, key: str) -> dict:
+        if self._iter is None:
+            self._iter = shard_dir.iter_tar_samples(self.path)
+        for sample in self._iter:
+            if sample["__key__"] == key:
+                return sample
+        raise RuntimeError(f"{self.path} lacks sample {key} that its parquet lists")
+
+
 def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
-    old_samples = shard_dir.iter_tar_samples(shard_dir.tar_path(out, shard))
+    old_samples = _OldSamples(shard_dir.tar_path(out, shard))
 
     def kept(row: dict) -> Callable[[], Outcome]:
         def outcome() -> Outcome:
             item = json.loads(row["item"])
             if row["status"] == FAILED:
                 return Outcome(row["index"], row["key"], item, reason=row["reason"])
-            for sample in old_samples:  # both tars follow input order: one streaming pass
-                if sample["__key__"] == row["key"]:
-                    return Outcome(row["index"], row["key"], item, WRITTEN, sample=sample, meta=json.loads(row["meta"]))
-            raise RuntimeError(f"{shard_dir.tar_path(out, shard)} lacks sample {row['key']} that its parquet lists")
+            return Outcome(row["index"], row["key"], item, WRITTEN, sample=old_samples.find(row["key"]), meta=json.loads(row["meta"]))
 
         return outcome
 
@@ -89,7 +108,7 @@ def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> Sha
     return ShardPlan(shard, tasks)
 
 
-def _run_retry(out: Path, plans, load, workers, progress, summary, extra) -> None:
+def _run_retry(out: Path, plans, load, workers, progress, summary, extra, ray) -> None:
     # New tar and parquet are first written to a staging directory. Only then is the stats file
     # (the commit marker) removed, the new files renamed over the old, and stats moved in last:
     # an interruption leaves either the old committed shard or an uncommitted one that the
@@ -105,7 +124,7 @@ def _run_retry(out: Path, plans, load, workers, progress, summary, extra) -> Non
         update_dataset_summary(out)
 
     try:
-        run_plans(staging, plans, load, workers, "retry", progress, summary, extra, on_commit=swap_in)
+        run_plans(staging, plans, load, workers, "retry", progress, summary, extra, on_commit=swap_in, ray=ray)
     finally:
         for leftover in staging.iterdir():
             leftover.unlink()

@@ -1,0 +1,189 @@
+"""Where items run with ``--engine ray``: one Ray task per shard, on any node of a cluster.
+
+The driver makes the shard plan (``pipeline.prep.build``) and holds the build lock; each task
+runs the same per-shard writer as the local engine (``build.write_shard``) under the shard's
+write lock and commits with the same marker into the same directory, so every node must see
+``--out`` at the same path (a shared filesystem). A task whose worker or node dies is re-run by
+Ray; one that keeps dying is re-run once more with each item in a child process, so only an item
+that kills its process is recorded, as ``worker_crashed``. One progress actor sums every task's
+counts for the driver's bar; a limiter actor (``pipeline.prep.ratelimit``) paces downloads.
+``ray`` is imported only here, and only when a build uses it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import shard_dir
+from pipeline.prep import ratelimit
+from pipeline.prep.build import BuildSummary, Progress, ShardPlan, keys_digest, record_shard, write_shard
+from pipeline.prep.media import reason_kind
+from pipeline.prep.pool import OrderedRunner
+from pipeline.prep.worker import WRITTEN, Outcome
+
+_REPORT_SECONDS = 0.5  # how often a task sends its counts, and the driver redraws the bar
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start Ray on this machine; "auto" or HOST:PORT: join a cluster
+    num_cpus: int | None = None  # CPUs of the Ray started on this machine (None: all)
+    cpus_per_task: float = 1.0  # CPUs a shard task reserves: shard tasks per node = node CPUs / this
+    max_retries: int = 3  # re-runs of a task whose worker process or node died
+    download_rate: float | None = None  # cluster-wide downloads started per second (None: no limit)
+    download_burst: int = 1
+    lock_wait: float = 600.0  # seconds a task waits for an earlier attempt still writing its shard
+
+
+class ProgressActor:
+    """Every task's latest counts, by shard: a retried task starts its shard's counts again."""
+
+    def __init__(self):
+        self.shards: dict[int, tuple[int, int, dict]] = {}
+
+    def update(self, shard: int, done: int, written: int, failures: dict) -> None:
+        self.shards[shard] = (done, written, failures)
+
+    def totals(self) -> tuple[int, int, dict]:
+        failures: collections.Counter = collections.Counter()
+        for _, _, f in self.shards.values():
+            failures.update(f)
+        return sum(s[0] for s in self.shards.values()), sum(s[1] for s in self.shards.values()), dict(failures)
+
+
+class _Reporter:
+    """A task's side of the progress actor: absolute counts, sent at most every half second."""
+
+    def __init__(self, actor, shard: int):
+        self.actor, self.shard = actor, shard
+        self.done = self.written = 0
+        self.failures: collections.Counter = collections.Counter()
+        self.sent = 0.0
+
+    def item(self, out: Outcome) -> None:
+        self.done += 1
+        if out.status == WRITTEN:
+            self.written += 1
+        else:
+            self.failures[reason_kind(out.reason)] += 1
+        if time.monotonic() - self.sent > _REPORT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.actor.update.remote(self.shard, self.done, self.written, dict(self.failures))
+        self.sent = time.monotonic()
+
+
+def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float) -> dict:
+    """One shard, in a Ray worker: its items in this process (or, with ``isolate``, each in a
+    child process), written by ``build.write_shard``. Returns the commit marker's contents."""
+    out = Path(out_dir)
+    with shard_dir.write_lock(out, plan.shard, lock_wait):
+        if shard_dir.is_committed(out, plan.shard):  # an earlier attempt committed, then died
+            stats = shard_dir.read_stats(shard_dir.stats_path(out, plan.shard))
+            if stats.get("keys_sha1") == keys_digest(plan.tasks):
+                return stats
+        shard_dir.remove_uncommitted(out, plan.shard)
+        reporter = _Reporter(progress, plan.shard)
+        outcomes = OrderedRunner(load, 1 if isolate else 0).run(plan.tasks)
+        try:
+            stats = write_shard(out, plan, outcomes, extra, on_item=reporter.item)
+        except OSError:
+            shard_dir.remove_uncommitted(out, plan.shard)
+            raise
+        finally:
+            outcomes.close()
+        reporter.flush()
+        return stats
+
+
+def _connect(options: RayOptions) -> bool:
+    """Join the cluster (or start Ray here); True when this call started it and must stop it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"OMP_NUM_THREADS": "1"}}  # one task per CPU: intra-op threads only oversubscribe
+    if options.address is None:
+        # A Ray of its own on this machine listens on loopback only.
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=options.address, log_to_driver=False, runtime_env=env)
+    return True
+
+
+def run_plans(
+    out: Path,
+    plans: list[ShardPlan],
+    load: Callable,
+    options: RayOptions,
+    desc: str,
+    progress: bool,
+    summary: BuildSummary,
+    extra: dict,
+    on_commit: Callable[[int], None],
+) -> None:
+    """``build.run_plans`` on Ray: submit every plan, record and commit each shard as it returns."""
+    if not plans:
+        return
+    import ray
+
+    started = _connect(options)
+    pending: dict = {}
+    try:
+        counter = ray.remote(ProgressActor).options(num_cpus=0).remote()
+        limiter = None
+        if options.download_rate:
+            limiter = ray.remote(ratelimit.BucketActor).options(name=ratelimit.ACTOR_NAME, num_cpus=0).remote(
+                options.download_rate, options.download_burst
+            )
+            ray.get(limiter.reserve.remote())  # up before any task looks for it
+        task = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=options.max_retries)
+
+        def submit(plan: ShardPlan, isolate: bool) -> None:
+            ref = task.remote(os.fspath(out), plan, load, extra, counter, isolate, options.lock_wait)
+            pending[ref] = (plan, isolate)
+
+        for plan in plans:
+            submit(plan, False)
+        with Progress(sum(len(p.tasks) for p in plans), desc, progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_REPORT_SECONDS, fetch_local=False)
+                bar.set(*ray.get(counter.totals.remote()))
+                for ref in done:
+                    plan, isolated = pending.pop(ref)
+                    stats = _result(ref, out, plan, isolated)
+                    if stats is None:
+                        submit(plan, True)
+                        continue
+                    record_shard(summary, stats)
+                    on_commit(plan.shard)
+            bar.set(*ray.get(counter.totals.remote()))
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def _result(ref, out: Path, plan: ShardPlan, isolated: bool) -> dict | None:
+    """A task's marker; None when its worker kept dying and it should run isolated. An error the
+    task raised (a full disk, a shard still locked) is raised here as itself."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.cause if isinstance(exc.cause, (OSError, ValueError)) else exc
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+        if not isolated:
+            return None
+        raise shard_dir.ShardDirError(
+            f"{shard_dir.tar_path(out, plan.shard)}: its Ray worker died on every "
+            f"attempt ({type(exc).__name__}); rerun the same command to resume"
+        ) from None
