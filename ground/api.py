@@ -28,17 +28,9 @@ from ground.result import TOTAL, FrameMaps, Grounding, place
 from model import similarity
 from model.config import ModelConfig
 from model.factory import build_model
+from model.loading import load_any
 from pipeline.data.mixing import valid_mask
 from pipeline.format import SAMPLE_RATE
-
-
-def _load(path: Path, device: str):
-    """The model of a project checkpoint directory or of a DenseAV file, with a description."""
-    try:
-        from model.loading import load_any
-    except ImportError:  # the DenseAV loader is not part of this tree
-        from model.checkpoint import load_checkpoint as load_any
-    return load_any(path, device=device)
 
 
 def crop_box(size: tuple[int, int], model_size: int) -> tuple[int, int, int, int]:
@@ -60,12 +52,12 @@ class Grounder:
         self.device = torch.device(device)
         self.runner = ModelRunner(model.to(self.device).eval(), self.device, batch_size=1)
         self.head_names = self._names(speech_head)
-        self.description = {**description, "heads": {n: i for i, n in enumerate(self.head_names)},
-                            "image_size": self.runner.image_size,
-                            "preprocessing": "audio: 16 kHz mono, real length (at most "
-                                             f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to "
-                                             f"{self.runner.image_size} px, centre square crop, ImageNet "
-                                             "normalization; maps NaN outside the crop"}
+        preprocessing = ("audio: 16 kHz mono at its real length (at most "
+                         f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to {self.runner.image_size} px, "
+                         "centre square crop, ImageNet normalization; maps NaN outside the crop")
+        self.description = {"preprocessing": preprocessing, **description,
+                            "heads": {n: i for i, n in enumerate(self.head_names)},
+                            "image_size": self.runner.image_size}
 
     def _names(self, speech_head: int | None) -> list[str]:
         k, sound, speech = self.runner.num_heads, self.runner.sound_head, self.runner.speech_head
@@ -73,7 +65,8 @@ class Grounder:
             return ["audio"]
         if speech_head is not None:
             if not 0 <= speech_head < k:
-                raise ValueError(f"speech head {speech_head} is outside 0..{k - 1}")
+                raise inputs.GroundInputError(f"--speech-head {speech_head} is outside 0..{k - 1} "
+                                              f"(the model has {k} heads)")
             speech = speech_head
             sound = next(i for i in (sound, *range(k)) if i != speech)
         names = [f"head{i}" for i in range(k)]
@@ -85,9 +78,8 @@ class Grounder:
                         speech_head: int | None = None) -> "Grounder":
         """A project checkpoint directory (train.py's ``final``), or a DenseAV file where
         ``model.loading`` reads them."""
-        model = _load(Path(path), device)
-        return cls(model, {"checkpoint": str(path), "config": model.config.to_dict()},
-                   device=device, speech_head=speech_head)
+        loaded = load_any(Path(path), device=device, speech_head=speech_head)
+        return cls(loaded.model, loaded.description, device=device)
 
     @classmethod
     def from_pretrained(cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper",
@@ -131,6 +123,7 @@ class Grounder:
                  frames: list[Image.Image] | None = None) -> Grounding:
         """The ``Grounding`` of encoded inputs. ``features`` holds one image's features, or one per
         audio frame (a video's frames at the frames' times; ``frames`` are those pictures)."""
+        a, frame_mask = self._trim(a, frame_mask)
         num_frames = frame_mask.shape[1]
         times = (np.arange(num_frames) + 0.5) * (clip.shape[0] / num_frames) / SAMPLE_RATE
         v = features[0] if len(features) == 1 else torch.cat(features)
@@ -152,6 +145,16 @@ class Grounder:
         return Grounding(heads=[*self.head_names, TOTAL], maps=FrameMaps(low, box, image.size),
                          mean_maps=mean_maps, activation=activation, times=times, image=image, audio=clip,
                          description=description, frames=frames)
+
+    @staticmethod
+    def _trim(a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames up to the clip's last valid one: a model that pads the clip (DenseAV's 164,200
+        samples) reports padded frames, which lie past the audio's end."""
+        valid = frame_mask[0].nonzero()
+        if valid.numel() == 0:
+            raise inputs.GroundInputError("the audio gives the model no valid frame; give a longer clip")
+        keep = int(valid[-1]) + 1
+        return a[..., :keep], frame_mask[:, :keep]
 
     def _heads(self):
         yield from ((name, i) for i, name in enumerate(self.head_names))

@@ -1,0 +1,193 @@
+"""The ``ground`` command: a trained model on your own image (or video) and audio.
+
+``ground --checkpoint CKPT --image x.jpg --audio y.wav [--audio z.wav ...] --out DIR`` writes
+overlay PNGs per head and for the total, ``heatmaps.mp4`` (the maps over time with the clip as
+sound) and ``result.json`` (``Grounding.summary``). Several ``--audio`` files are mixed at equal
+loudness, or grounded one by one into ``DIR/<name>/`` with ``--separate``. ``--video`` takes the
+middle frame (or, with ``--every-frame``, a frame per audio frame) and the video's own sound.
+Bad input stops with one ``error: ...`` line naming the file (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ground.serve import serve_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__.split("\n\n")[0])
+ENCODE_BATCH = 8  # video frames through the image encoder at once
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        fail(f"--window {text!r} is not START:END in seconds (e.g. 1.5:3)")
+    if not end > start >= 0:
+        fail(f"--window {text!r}: need 0 <= START < END")
+    return start, end
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint directory (train.py's final/) or a DenseAV file"),
+    image: Optional[Path] = typer.Option(None, help="the picture"),
+    audio: Optional[list[Path]] = typer.Option(None, help="an audio file; repeat to mix several"),
+    out: Optional[Path] = typer.Option(None, help="folder for the overlays, heatmaps.mp4 and result.json"),
+    separate: bool = typer.Option(False, help="ground each --audio on its own (DIR/<name>/) instead of their mixture"),
+    video: Optional[Path] = typer.Option(None, help="a video: its middle frame and its own sound track"),
+    every_frame: bool = typer.Option(False, help="with --video: a picture per audio frame (~0.18 s)"),
+    window: Optional[str] = typer.Option(None, help="START:END seconds the mean maps average over"),
+    speech_head: Optional[int] = typer.Option(None, help="which head is speech (the other is sound)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    progress: bool = typer.Option(True, help="progress bars for videos"),
+) -> None:
+    """Ground an image (or video) against audio with a trained model."""
+    if ctx.invoked_subcommand is not None:
+        return
+    spans = parse_window(window)
+    _check_arguments(checkpoint, image, audio or [], out, video, every_frame)
+    from ground.api import Grounder  # torch loads here, so `ground --help` stays instant
+    from ground.inputs import GroundInputError
+    from model.checkpoint import CheckpointError
+    from pipeline.ffmpeg import FFmpegError
+
+    try:
+        grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head)
+    except GroundInputError as exc:
+        fail(str(exc))
+    except (CheckpointError, ValueError, OSError) as exc:
+        fail(f"cannot load --checkpoint {checkpoint}: {exc}")
+    try:
+        written = _ground_all(grounder, image, audio or [], out, separate, video, every_frame, spans, progress)
+    except GroundInputError as exc:
+        fail(str(exc))
+    except FFmpegError as exc:
+        fail(f"ffmpeg could not write the heatmap video into {out}: {exc}")
+    for folder in written:
+        typer.echo(f"wrote {folder}/result.json, {folder}/heatmaps.mp4 and the overlays {folder}/overlay_*.png")
+
+
+def _check_arguments(checkpoint, image, audio, out, video, every_frame) -> None:
+    if checkpoint is None or out is None:
+        fail("give --checkpoint CKPT and --out DIR (see ground --help)")
+    if not checkpoint.exists():
+        fail(f"--checkpoint {checkpoint} does not exist")
+    if (image is None) == (video is None):
+        fail("give exactly one of --image (with --audio) or --video")
+    if image is not None and not audio:
+        fail("--image needs at least one --audio")
+    if video is not None and audio:
+        fail("--video is grounded with its own sound track; drop --audio (or use --image with --audio)")
+    if every_frame and video is None:
+        fail("--every-frame needs --video")
+    for path in [p for p in (image, video, *audio) if p is not None]:
+        if not path.is_file():
+            fail(f"{path} does not exist or is not a file")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
+
+
+def _ground_all(grounder, image, audio, out, separate, video, every_frame, window, progress) -> list[Path]:
+    from ground import inputs
+
+    if video is not None:
+        result = _ground_video(grounder, video, every_frame, window, progress)
+        return [_write(result, out, {"video": str(video), "every_frame": every_frame}, progress)]
+    picture, v = grounder.encode_image(image)
+    if separate:
+        written = []
+        for path, name in zip(audio, _folder_names(audio)):
+            clip, notes, a, frame_mask = grounder.encode_audio(path)
+            result = grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
+            written.append(_write(result, out / name, {"image": str(image), "audio": [str(path)]}, progress))
+        return written
+    clips = [inputs.load_audio(p) for p in audio]
+    notes = {str(p): n for p, (_, n) in zip(audio, clips)}
+    clip = clips[0][0] if len(clips) == 1 else inputs.mix([c for c, _ in clips])
+    _, _, a, frame_mask = grounder.encode_audio(clip, inputs.SAMPLE_RATE)
+    if len(clips) > 1:
+        notes["mixed"] = "equal active RMS, summed, peak-limited"
+    result = grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
+    return [_write(result, out, {"image": str(image), "audio": [str(p) for p in audio]}, progress)]
+
+
+def _folder_names(paths: list[Path]) -> list[str]:
+    """A folder name per audio file: its stem, numbered where stems repeat."""
+    names, seen = [], {}
+    for p in paths:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.stem) or "audio"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
+    import torch
+
+    from evaluation.progress import progress_bar
+    from ground import inputs
+
+    duration = inputs.video_duration(video)
+    clip, notes, a, frame_mask = grounder.encode_audio(video)
+    if not every_frame:
+        picture, v = grounder.encode_image(inputs.video_frame(video, duration / 2))
+        return grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
+    num_frames = frame_mask.shape[1]
+    hop = clip.shape[0] / num_frames / inputs.SAMPLE_RATE
+    frames, features = [], []
+    with progress_bar(num_frames, f"frames of {video.name}", enabled=progress) as advance:
+        for t in range(num_frames):
+            frames.append(_frame_shown(video, min((t + 0.5) * hop, duration), frames))
+            if len(frames) % ENCODE_BATCH == 0 or t == num_frames - 1:
+                batch = frames[len(features):]
+                with torch.no_grad():
+                    v = grounder.runner.encode_images(batch)
+                features.extend(v.split(1))
+                advance(len(batch))
+    return grounder.assemble(frames[len(frames) // 2], features, clip, notes, a, frame_mask, window, frames=frames)
+
+
+def _frame_shown(video: Path, at: float, earlier: list):
+    """The picture on screen at ``at``: ffmpeg seeks to the first frame starting at or after it,
+    so past the last frame's start the last frame (still shown) is the answer."""
+    from ground import inputs
+
+    try:
+        return inputs.video_frame(video, at)
+    except inputs.GroundInputError:
+        if not earlier:
+            raise
+        return earlier[-1]
+
+
+def _write(result, folder: Path, given: dict, progress: bool) -> Path:
+    from evaluation.progress import progress_bar
+    from ground import render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in result.heads:
+        render.overlay(result.image, result.mean_maps[name], name).save(folder / f"overlay_{name}.png")
+    with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as advance:
+        render.video(folder / "heatmaps.mp4", result, result.heads, progress=advance)
+    summary = {"inputs": given, **result.summary()}
+    (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return folder
+
+
+app.command("serve")(serve_command)
+from ground.serve import serve_command  # noqa: E402  (after `app` exists)
+
+app.command("serve")(serve_command)

@@ -1,0 +1,36 @@
+"""Fixtures of the ground tests: a real tiny checkpoint and generated media files (real ffmpeg)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support import media
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of the tiny preset as train.py writes it (model.checkpoint.save_checkpoint)."""
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.factory import build_model
+
+    torch.manual_seed(3)
+    return save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """A landscape picture, speech at 22.05 kHz mono, a stereo 44.1 kHz sound, a video (picture +
+    speech track, made by ffmpeg), and the hostile ones: silence, a too-short clip, garbage."""
+    root = tmp_path_factory.mktemp("media")
+    return {
+        "image": media.write_image(root / "scene.png", size=(200, 120)),
+        "speech": media.write_audio(root / "speech.wav", media.speech_like(2.5, 22_050, seed=1), 22_050),
+        "sound": media.write_audio(root / "drum.wav", np.stack([media.noise(2.0, 44_100, seed=2)] * 2), 44_100),
+        "video": media.write_video(root / "clip.mp4", media.speech_like(2.0, 44_100, seed=3), 44_100, size=(96, 64)),
+        "mute_video": media.write_video(root / "mute.mp4", None, seconds=1.0),
+        "silent": media.write_audio(root / "silent.wav", np.zeros(16_000, np.float32), 16_000),
+        "short": media.write_audio(root / "short.wav", media.tone(440, 0.2), 16_000),
+        "garbage": media.write_garbage(root / "noise.wav"),
+        "bad_image": media.write_garbage(root / "broken.png"),
+    }
