@@ -66,7 +66,9 @@ def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
 @app.callback()
 def main(
     ctx: typer.Context,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint directory written by train.py.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Checkpoint directory written by train.py, or a DenseAV release: denseav_*.ckpt, "
+             "its model.safetensors or Hugging Face folder (docs/model.md).")] = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Evaluate a model preset with random weights instead of a checkpoint (e.g. tiny; smoke runs).")] = None,
     label: Annotated[Optional[str], typer.Option(help="Method name in the tables (default: checkpoint folder).")] = None,

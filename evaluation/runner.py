@@ -42,16 +42,16 @@ class LoadedModel:
 
 
 def load_model(checkpoint: Path | None, preset: str | None, device: torch.device, seed: int = 0) -> LoadedModel:
-    """A checkpoint written by training, or a preset with random weights (``preset``, no download
-    when the preset is not pretrained; meant for tests and smoke runs)."""
+    """A checkpoint (this project's directory or a DenseAV file, ``model.loading.load_any``), or a
+    preset with random weights (``preset``, no download when the preset is not pretrained; meant for
+    tests and smoke runs)."""
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of --checkpoint (a trained model) or --preset (random weights)")
     if checkpoint is not None:
-        from model.checkpoint import load_checkpoint, read_checkpoint_info
+        from model.loading import load_any
 
-        model = load_checkpoint(Path(checkpoint), device="cpu")
-        info = read_checkpoint_info(checkpoint)
-        desc = {"checkpoint": str(checkpoint), "stage": info.get("stage"), "meta": info.get("meta", {})}
+        model, desc = load_any(Path(checkpoint), device="cpu")
+        desc = {"checkpoint": str(checkpoint), **desc}
     else:
         from model.config import ModelConfig
         from model.factory import build_model

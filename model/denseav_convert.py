@@ -1,0 +1,271 @@
+"""Reading DenseAV's released checkpoints into ``model.denseav.DenseAVModel``.
+
+Accepted: the Lightning ``.ckpt`` files of DenseAV's torch.hub entries (a dict with ``state_dict``),
+read with ``torch.load(weights_only=True)`` only, and the Hugging Face copies (``model.safetensors``,
+with its ``config.json`` of LitAVAligner's arguments beside it, or their folder). Anything that needs
+unpickling is refused with one line saying what to do.
+
+The state dict is renamed, not guessed: ``image_model.[base_model.model.]model.*`` (DINO, LoRA on
+``qkv`` merged into the base weight as W + (alpha/r)·B·A, peft 0.5's ``qkv.weight`` and peft >= 0.7's
+``qkv.base_layer.weight`` alike), ``audio_model.model.*`` (HuBERT, positional conv weight norm as
+``weight_g``/``weight_v`` or as parametrizations), ``audio_aligner.mod_list.{1,2,3,4}``,
+``image_aligner.{norm.norm,layer,cls_layer}``, ``sim_cal.w``, ``audio_cls``. Sizes come from the
+shapes; what shapes cannot tell (strides, head widths, HuBERT's stable layer norm) are DenseAV's
+published facts, constants below.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError
+from .denseav import DenseAVConfig, DenseAVModel
+
+LORA_ALPHA = 32.0  # DenseAV's LoraConfig(lora_alpha=32); r is read off lora_A's shape
+HEAD_WIDTH = 64  # DINO ViT-S: 384 / 6 heads; HuBERT Large: 1024 / 16 heads
+HUBERT_STRIDES = [5, 2, 2, 2, 2, 2, 2]  # HuBERT's conv front end (320-sample hop)
+HUBERT_FACTS = dict(do_stable_layer_norm=True, hidden_act="gelu", feat_extract_activation="gelu",
+                    layer_norm_eps=1e-4,  # DenseAV raises hubert-large-ls960-ft's eps to 1e-4
+                    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                    layerdrop=0.0, apply_spec_augment=False)
+HF_REPOS = "mhamilton723/DenseAV-{sound-language,language,sound}"
+# LitAVAligner arguments the network depends on, as config.json / hyper_parameters name them
+HPARAMS = ("code_dim", "sim_agg_heads", "sim_use_cls", "mask_silence", "nonneg_sim", "head_agg",
+           "image_model_type", "audio_model_type", "image_aligner_type", "audio_aligner_type", "sim_agg_type")
+
+
+class DenseAVFormatError(CheckpointError):
+    """A DenseAV file this converter cannot read; the message names the file and what to do (its
+    own wording: the project's re-export advice does not apply to DenseAV's files)."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+
+
+def is_denseav(path: Path) -> bool:
+    """Whether ``path`` looks like a DenseAV file or Hugging Face folder rather than this project's
+    checkpoint directory."""
+    if path.is_dir():
+        return _litavaligner_config(path / "config.json")
+    return path.suffix in (".ckpt", ".pt", ".pth", ".safetensors")
+
+
+def _litavaligner_config(path: Path) -> bool:
+    """A Hugging Face copy's config.json: LitAVAligner's arguments, no project ``format`` field."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "format" not in doc and any(k in doc for k in HPARAMS)
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, LitAVAligner arguments found beside or inside it) of a DenseAV file or folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise DenseAVFormatError(f"{path}: no such DenseAV file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DenseAVFormatError(f"{path}: not a readable safetensors file ({exc}); download it again") from exc
+        config = path.parent / "config.json"
+        try:
+            hparams = json.loads(config.read_text()) if config.is_file() else {}
+        except ValueError as exc:
+            raise DenseAVFormatError(f"{config}: not JSON ({exc}); download it again") from exc
+        return state, hparams if isinstance(hparams, dict) else {}
+    return _read_ckpt(path)
+
+
+def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it holds {found.group(1)})" if found else ""
+        raise DenseAVFormatError(
+            f"{path}: needs unpickling{what}, which this loader never does; re-save its state_dict with "
+            f"safetensors in DenseAV's own environment, or use the Hugging Face copy ({HF_REPOS}: "
+            "model.safetensors + config.json)") from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise DenseAVFormatError(f"{path}: not a readable torch checkpoint ({exc}); download it again") from exc
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        hparams = data.get("hyper_parameters")
+        return data["state_dict"], dict(hparams) if isinstance(hparams, dict) else {}
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, {}
+    raise DenseAVFormatError(f"{path}: holds no state_dict of tensors; point it at DenseAV's .ckpt or model.safetensors")
+
+
+# --------------------------------------------------------------------------- renaming
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def merge_lora(vit: dict[str, torch.Tensor], alpha: float = LORA_ALPHA) -> tuple[dict[str, torch.Tensor], str]:
+    """DINO keys with peft's LoRA folded into each base weight; returns the key style found."""
+    out, style = {}, "no LoRA"
+    for key, value in vit.items():
+        if ".lora_" in key:
+            continue
+        base = key.replace(".base_layer.", ".")
+        if base != key:
+            style = "peft >= 0.7 (base_layer)"
+        out[base] = value
+    for key in [k for k in vit if ".lora_A." in k]:
+        module = key.split(".lora_A.")[0]
+        adapter = key.split(".lora_A.")[1].rsplit(".weight", 1)[0]
+        a, b = vit[key], vit.get(f"{module}.lora_B.{adapter}.weight")
+        if b is None:
+            raise ValueError(f"{module}: lora_A without lora_B")
+        target = f"{module.replace('.base_layer', '')}.weight"
+        out[target] = out[target] + (alpha / a.shape[0]) * (b.float() @ a.float()).to(out[target].dtype)
+        if style == "no LoRA":
+            style = "peft 0.5 (qkv.weight)"
+    return out, style
+
+
+def _vit_keys(vit: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINO's block names -> ``DinoViT``'s (its blocks are ``model.aligners.SelfAttentionBlock``)."""
+    names = {"attn.qkv": "qkv", "attn.proj": "out", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2",
+             "patch_embed.proj": "patch_embed"}
+    out = {}
+    for key, value in vit.items():
+        for old, new in names.items():
+            key = re.sub(rf"(^|\.){re.escape(old)}\.", rf"\g<1>{new}.", key)
+        out[key] = value
+    return out
+
+
+def _hubert_keys(hubert: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Weight-norm names of the positional conv as the installed transformers spells them."""
+    pairs = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+    out = {}
+    for key, value in hubert.items():
+        if key not in expected:
+            for old, new in pairs.items():
+                for a, b in ((old, new), (new, old)):
+                    if key.endswith(a) and key[: -len(a)] + b in expected:
+                        key = key[: -len(a)] + b
+        out[key] = value
+    return out
+
+
+def _vit_sizes(vit: dict[str, torch.Tensor]) -> dict[str, int]:
+    dim = vit["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in vit if k.startswith("blocks.")})
+    return dict(dim=dim, depth=depth, heads=max(1, dim // HEAD_WIDTH), mlp=vit["blocks.0.mlp.fc1.weight"].shape[0],
+                patch=vit["patch_embed.proj.weight"].shape[-1], grid=int(round((vit["pos_embed"].shape[1] - 1) ** 0.5)))
+
+
+def _hubert_config(hubert: dict[str, torch.Tensor]) -> dict[str, Any]:
+    convs = sorted({int(k.split(".")[2]) for k in hubert if k.startswith("feature_extractor.conv_layers.")})
+    weights = [hubert[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
+    dim = hubert["feature_projection.projection.weight"].shape[0]
+    pos = next(v for k, v in hubert.items() if k.startswith("encoder.pos_conv_embed.conv.")
+               and (k.endswith("weight_v") or k.endswith("original1")))
+    return dict(
+        HUBERT_FACTS, hidden_size=dim, num_attention_heads=max(1, dim // HEAD_WIDTH),
+        num_hidden_layers=len({k.split(".")[2] for k in hubert if k.startswith("encoder.layers.")}),
+        intermediate_size=hubert["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
+        conv_dim=[w.shape[0] for w in weights], conv_kernel=[w.shape[-1] for w in weights],
+        conv_stride=HUBERT_STRIDES[: len(weights)], conv_bias="feature_extractor.conv_layers.0.conv.bias" in hubert,
+        feat_extract_norm="layer" if "feature_extractor.conv_layers.1.layer_norm.weight" in hubert else "group",
+        feat_proj_layer_norm="feature_projection.layer_norm.weight" in hubert,
+        num_conv_pos_embeddings=pos.shape[-1], num_conv_pos_embedding_groups=dim // pos.shape[1],
+        mask_time_prob=0.05 if "masked_spec_embed" in hubert else 0.0)
+
+
+def _aligner_keys(state: dict[str, torch.Tensor], use_cls: bool) -> dict[str, torch.Tensor]:
+    audio, image = _strip(state, "audio_aligner.mod_list."), _strip(state, "image_aligner.")
+    out = {"audio_norm." + k[len("1.norm."):]: v for k, v in audio.items() if k.startswith("1.norm.")}
+    out.update({"audio_pool1." + k[len("2.layer."):]: v for k, v in audio.items() if k.startswith("2.layer.")})
+    out.update({"audio_cls_layer." + k[len("2.cls_layer."):]: v for k, v in audio.items() if k.startswith("2.cls_layer.")})
+    out.update({"audio_pool2." + k[len("3.layer."):]: v for k, v in audio.items() if k.startswith("3.layer.")})
+    attention = _vit_keys({k[len("4.block."):]: v for k, v in audio.items() if k.startswith("4.block.")})
+    out.update({"attention." + k: v for k, v in attention.items()})
+    out.update({"image_norm." + k[len("norm.norm."):]: v for k, v in image.items() if k.startswith("norm.norm.")})
+    out.update({"image_proj." + k[len("layer."):]: v for k, v in image.items() if k.startswith("layer.")})
+    out.update({"image_cls_layer." + k[len("cls_layer."):]: v for k, v in image.items() if k.startswith("cls_layer.")})
+    out["sim_cal_w"] = state["sim_cal.w"].reshape(1)
+    out["audio_cls"] = state["audio_cls"]
+    return out
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _num_heads(path: Path, hparams: dict[str, Any], num_heads: int | None) -> int:
+    if num_heads is not None:
+        return int(num_heads)
+    if "sim_agg_heads" in hparams:
+        return int(hparams["sim_agg_heads"])
+    name = str(path).lower()
+    if "2head" in name or "sound-language" in name or "sound_language" in name:
+        return 2
+    if "language" in name or "sound" in name:
+        return 1
+    raise DenseAVFormatError(f"{path}: the file does not say how many heads the model has; pass num_heads "
+                             "(2 for denseav_2head / DenseAV-sound-language, 1 for the language or sound model)")
+
+
+def convert(path: str | Path, *, num_heads: int | None = None) -> tuple[DenseAVModel, dict[str, Any]]:
+    """A ``DenseAVModel`` with the file's weights (eval mode, CPU) and what was read, as a dict."""
+    path = Path(path)
+    state, hparams = read_state(path)
+    try:
+        return _convert(path, state, hparams, num_heads)
+    except (KeyError, StopIteration, ValueError, IndexError) as exc:
+        if isinstance(exc, DenseAVFormatError):
+            raise
+        raise DenseAVFormatError(f"{path}: not DenseAV's checkpoint layout ({type(exc).__name__}: {exc}); "
+                                 "point it at denseav_*.ckpt or a DenseAV model.safetensors") from exc
+
+
+def _convert(path, state, hparams, num_heads):
+    if hparams.get("nonneg_sim"):
+        raise DenseAVFormatError(f"{path}: nonneg_sim=True models clamp the volume, which this evaluation's "
+                                 "similarity does not; not supported")
+    vit_raw = _strip(state, "image_model.")
+    vit_raw = _strip(vit_raw, "base_model.model.") or vit_raw
+    vit, lora_style = merge_lora(_strip(vit_raw, "model."))
+    hubert = _strip(state, "audio_model.model.")
+    if not vit or not hubert:
+        raise DenseAVFormatError(f"{path}: no image_model.* / audio_model.model.* weights; not a DenseAV checkpoint")
+    heads = _num_heads(path, hparams, num_heads)
+    code_dim = state["image_aligner.layer.weight"].shape[0]
+    use_cls = bool(hparams.get("sim_use_cls", False))
+    config = DenseAVConfig(vit=_vit_sizes(vit), hubert=_hubert_config(hubert), code_dim=code_dim,
+                           num_heads=heads, sound_head=0, speech_head=1 if heads == 2 else 0, use_cls=use_cls,
+                           mask_silence=bool(hparams.get("mask_silence", True)),
+                           image_size=_vit_sizes(vit)["grid"] * _vit_sizes(vit)["patch"])
+    model = DenseAVModel(config)
+    weights = {"image_backbone." + k: v for k, v in _vit_keys(vit).items()}
+    expected = set(model.audio_backbone.state_dict())
+    weights.update({"audio_backbone." + k: v for k, v in _hubert_keys(hubert, expected).items()})
+    weights.update(_aligner_keys(state, use_cls))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unused = sorted(set(weights) - set(own))
+    misfit = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unused or misfit:
+        raise DenseAVFormatError(f"{path}: weights do not fit DenseAV's layout (missing {missing[:3]}, "
+                                 f"unexpected {unused[:3]}, wrong shape {misfit[:3]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+    info = {"kind": "denseav", "file": str(path), "lora": lora_style, "lora_alpha": LORA_ALPHA,
+            "hyper_parameters": {k: hparams[k] for k in HPARAMS if k in hparams}}
+    return model.eval(), info

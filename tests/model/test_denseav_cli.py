@@ -1,0 +1,39 @@
+"""A DenseAV-layout checkpoint through the real `evaluate.py` CLI and `load_any`'s folder form."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from evaluate import app
+from model.loading import load_any
+from tests.model.test_denseav import HPARAMS, random_state, write
+from tests.support.testsets import make_retrieval_shards
+
+RUN = CliRunner()
+
+
+def test_evaluate_gives_a_denseav_row(tmp_path):
+    ckpt = write(random_state("peft07"), tmp_path / "denseav_2head.ckpt", "ckpt", HPARAMS)
+    places, audioset = tmp_path / "places", tmp_path / "audioset"
+    make_retrieval_shards(places, 6, "speech")
+    make_retrieval_shards(audioset, 6, "sound")
+    out = tmp_path / "out"
+    result = RUN.invoke(app, ["--checkpoint", str(ckpt), "--batch-size", "4", "--no-progress", "--workers", "1",
+                              "--out", str(out), "table3", "--places", str(places), "--audioset", str(audioset)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    t3 = json.loads((out / "results.json").read_text())["table3"]
+    assert t3["label"] == "denseav_2head.ckpt"
+    model = t3["model"]
+    assert model["kind"] == "denseav" and model["lora"] == "peft >= 0.7 (base_layer)"
+    assert model["config"]["num_heads"] == 2 and model["head_assignment"]["method"].startswith("activations")
+    assert "denseav_2head.ckpt" in (out / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("form", ["folder", "file"])
+def test_hugging_face_copy_loads_as_folder_or_file(tmp_path, form):
+    weights = write(random_state("peft05"), tmp_path / "DenseAV-sound-language" / "model.safetensors",
+                    "safetensors", HPARAMS)
+    model, desc = load_any(weights.parent if form == "folder" else weights, speech_head=0)
+    assert desc["kind"] == "denseav" and desc["hyper_parameters"]["sim_agg_heads"] == 2
+    assert (model.config.speech_head, model.config.sound_head) == (0, 1)
