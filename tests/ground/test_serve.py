@@ -1,0 +1,244 @@
+"""`ground serve` in a real browser: Debian's chromium driven by Playwright against the real server
+(a subprocess with a tiny checkpoint), plus the page's refusals and the command's one-line errors.
+
+Without /usr/bin/chromium (or Playwright) the browser tests are skipped, except under CI=true where
+they fail: .ci/run installs chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ground.cli import app
+from ground.serve import CURVE_ID, map_id
+from tests.support import media
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download is not reachable: its driver runs Debian's binary with these.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+START_TIMEOUT_S = 120.0  # a cold import of gradio + torch on a loaded 2-core machine
+RESULT_TIMEOUT_MS = 60_000
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "ground_serve.png"
+HEADS = ["sound", "speech", "total"]
+
+
+def _missing(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must run the browser test: .ci/run installs chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.factory import build_model
+
+    torch.manual_seed(3)
+    return save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path_factory.mktemp("serve-ckpt") / "tiny")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ground serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"ground serve did not answer {url} within {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """The real `ground serve` on a free 127.0.0.1 port; always stopped (terminate, then kill)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    port, log = _free_port(), tmp / "server.log"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "uploads"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-c", "from ground.cli import app; app(prog_name='ground')",
+           "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_until_up(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Debian chromium with a fresh profile, driven by Playwright."""
+    if not CHROMIUM.is_file():
+        _missing(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("Playwright's Python package is missing (pip install -e '.[dev]')")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 860}, timeout=60_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    page = browser.new_page()
+    hosts = []
+    page.on("request", lambda request: hosts.append(request.url.split("/")[2] if "://" in request.url else ""))
+    page.goto(server, timeout=60_000)
+    page.wait_for_selector("#run", timeout=60_000)
+    yield page
+    page.close()
+    # the page never calls out: every request went to the local server
+    assert set(hosts) <= {server.split("/")[2]}, hosts
+
+
+def _scene(tmp: Path) -> tuple[Path, Path, Path]:
+    """A picture with two objects and a speech-like clip plus a tone to mix with it."""
+    picture = Image.new("RGB", (200, 150), (70, 110, 160))
+    picture.paste((230, 40, 40), (20, 40, 80, 110))
+    picture.paste((240, 220, 30), (120, 30, 180, 120))
+    picture.save(tmp / "scene.png")
+    speech = media.write_audio(tmp / "speech.wav", media.speech_like(3.0, 16_000, seed=2), 16_000)
+    sound = media.write_audio(tmp / "drum.wav", media.tone(220.0, 3.0, 44_100), 44_100)
+    return tmp / "scene.png", speech, sound
+
+
+def test_page_grounds_an_image_and_a_mixture(page, tmp_path):
+    image, speech, sound = _scene(tmp_path)
+    page.locator("#image input[type=file]").set_input_files(str(image))
+    page.locator("#audio input[type=file]").set_input_files(str(speech))
+    page.locator("#more-audio input[type=file]").set_input_files(str(sound))
+    page.wait_for_selector("#image img", timeout=30_000)
+    page.wait_for_selector("#more-audio [aria-label='drum.wav']", timeout=30_000)
+    page.click("#run")
+    loaded = " && ".join(f"document.querySelector('#{map_id(h)} img')?.naturalWidth > 0" for h in HEADS)
+    page.wait_for_function(loaded, timeout=RESULT_TIMEOUT_MS)
+    for head in HEADS:
+        size = page.eval_on_selector(f"#{map_id(head)} img", "i => [i.naturalWidth, i.naturalHeight, i.src]")
+        assert size[0] > 200 and size[1] > 150 and size[2], (head, size)  # the overlay: picture + colour bar + label
+    page.wait_for_selector(f"#{CURVE_ID} svg .mark-line path", timeout=RESULT_TIMEOUT_MS)
+    assert page.locator(f"#{CURVE_ID} svg .mark-line path").count() == 2  # one curve per head
+    summary = page.locator("#summary").inner_text()
+    assert "Dominant head over time" in summary and "| speech |" not in summary  # rendered as a table
+    assert page.locator("#summary td", has_text="speech").count() == 1
+    shot = tmp_path / "ground_serve.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert Image.open(shot).size[0] >= 1280
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":  # refresh the README's picture of the page
+        Image.open(shot).convert("RGB").quantize(128).save(SCREENSHOT, optimize=True)
+
+
+def test_page_refuses_missing_and_silent_audio_in_one_line(page, tmp_path):
+    image, _, _ = _scene(tmp_path)
+    page.locator("#image input[type=file]").set_input_files(str(image))
+    page.wait_for_selector("#image img", timeout=30_000)
+    page.click("#run")
+    page.wait_for_selector(":text('give audio')", timeout=RESULT_TIMEOUT_MS)
+    silent = media.write_audio(tmp_path / "silent.wav", media.tone(440.0, 2.0, amp=0.0), 16_000)
+    page.locator("#audio input[type=file]").set_input_files(str(silent))
+    page.wait_for_timeout(500)
+    page.click("#run")
+    page.wait_for_selector(":text('is silent')", timeout=RESULT_TIMEOUT_MS)
+    assert page.locator(f"#{map_id('total')} img").count() == 0
+
+
+# ------------------------------------------------------------------ the page's run, without a browser
+
+
+@pytest.fixture(scope="module")
+def grounder(checkpoint):
+    from ground.api import Grounder
+
+    return Grounder.from_checkpoint(checkpoint)
+
+
+def test_a_video_is_grounded_on_its_middle_frame_with_its_own_soundtrack(grounder, tmp_path):
+    from ground.serve import run_page
+
+    clip = media.write_video(tmp_path / "clip.mp4", media.tone(330.0, 2.0, 44_100), 44_100, size=(96, 64))
+    *overlays, curve, headline, summary = run_page(grounder, None, str(clip), None, None)
+    assert len(overlays) == len(HEADS) and all(o.width > 96 and o.height > 64 for o in overlays)
+    assert summary["image_size"] == [96, 64] and abs(summary["duration_s"] - 2.0) < 0.1
+    assert list(curve.columns) == ["time (s)", "activation", "head"] and set(curve["head"]) == {"sound", "speech"}
+    assert headline.startswith("**Dominant head over time** (2.00 s): ") and "| total |" in headline
+
+
+@pytest.mark.parametrize("case, message", [
+    ("image and video", "give an image or a video (one of them)"),
+    ("video and audio", "a video is grounded with its own sound track"),
+    ("no picture", "give an image or a video (one of them)"),
+    ("garbage audio", "cannot be decoded"),
+    ("too short", "too short"),
+])
+def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, message):
+    import gradio as gr
+
+    from ground.serve import run_page
+
+    image = Image.new("RGB", (64, 48), "white")
+    speech = str(media.write_audio(tmp_path / "speech.wav", media.speech_like(1.0), 16_000))
+    video = str(media.write_video(tmp_path / "v.mp4", media.tone(330.0, 1.0, 44_100), 44_100))
+    args = {
+        "image and video": (image, video, speech),
+        "video and audio": (None, video, speech),
+        "no picture": (None, None, speech),
+        "garbage audio": (image, None, str(media.write_garbage(tmp_path / "noise.wav"))),
+        "too short": (image, None, str(media.write_audio(tmp_path / "blip.wav", media.tone(440.0, 0.01), 16_000))),
+    }[case]
+    with pytest.raises(gr.Error) as err:
+        run_page(grounder, *args, None)
+    assert message in err.value.message and "\n" not in err.value.message
+
+
+# ------------------------------------------------------------------ the command's own errors
+
+
+def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(tmp_path / "nothing")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "nothing" in result.output
+
+
+def test_serve_refuses_a_busy_port_in_one_line(checkpoint):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"error: cannot serve on 127.0.0.1:{port}" in result.output and "--port" in result.output
