@@ -10,7 +10,8 @@ feature layout (``[B, C, K, h, w]`` images, ``[B, C, K, F, T]`` audio, head-majo
   padded clip (Wav2Vec2's processor), HuBERT without an attention mask -> mean over frequency ->
   ChannelNorm -> two width-3 stride-3 convs (the first also maps the learned audio CLS) -> one
   self-attention block over [CLS, frames] (``audio_sa_3_3_pool_2``); the frame mask is DenseAV's
-  bilinear interpolation of the sample mask, true above 0.01;
+  bilinear interpolation of the sample mask, true above 0.01; frames lying wholly in the padding
+  added here are dropped (masked silence in DenseAV, so no score changes);
 * with ``use_cls`` DenseAV adds the CLS similarity to every cell of the volume; here that term is
   carried exactly by appending each CLS as extra channels of every feature vector.
 
@@ -177,7 +178,11 @@ class DenseAVModel(nn.Module):
         return m.reshape(mask.shape[0], frames) > 0.01
 
     def encode_audio(self, wave: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """16 kHz ``[B, L]`` with bool validity ``[B, L]`` -> (``[B, C, K, 1, T]``, bool ``[B, T]``)."""
+        """16 kHz ``[B, L]`` with bool validity ``[B, L]`` -> (``[B, C, K, 1, T]``, bool ``[B, T]``).
+
+        The network runs on the padded clip (56 frames for 164,200 samples); the frames returned are
+        those that start inside the first ``L`` samples (55 for a 10 s clip).
+        """
         x, mask = self.prepare_audio(wave, mask)
         hidden = self.audio_backbone(input_values=x).last_hidden_state  # [B, T50, D]
         feats = self.audio_norm(hidden).transpose(1, 2).unsqueeze(2)  # mean over the one frequency bin
@@ -188,7 +193,11 @@ class DenseAVModel(nn.Module):
         tokens = torch.cat([cls.unsqueeze(1), feats.flatten(2).transpose(1, 2)], 1)
         tokens = self.attention(F.pad(tokens, (self.attention_padding, 0)))[..., self.attention_padding:]
         feats = tokens[:, 1:].transpose(1, 2).unsqueeze(2)
-        return self._with_cls(feats, tokens[:, 0]), self.frame_mask(mask, feats.shape[-1])
+        frame_mask = self.frame_mask(mask, feats.shape[-1])
+        # Frames that start inside the padding added here are silence DenseAV masks out; dropping
+        # them keeps frames spanning the caller's clip (frame times = clip length / T).
+        keep = math.ceil(wave.shape[1] * feats.shape[-1] / x.shape[1])
+        return self._with_cls(feats, tokens[:, 0])[..., :keep], frame_mask[:, :keep]
 
     def logit_scale(self) -> torch.Tensor:
         """DenseAV's calibration weight w = clamp(exp(sim_cal.w), 0.01, 100)."""

@@ -37,3 +37,18 @@ def test_hugging_face_copy_loads_as_folder_or_file(tmp_path, form):
     model, desc = load_any(weights.parent if form == "folder" else weights, speech_head=0)
     assert desc["kind"] == "denseav" and desc["hyper_parameters"]["sim_agg_heads"] == 2
     assert (model.config.speech_head, model.config.sound_head) == (0, 1)
+
+
+def test_ground_runs_a_denseav_checkpoint(tmp_path):
+    import numpy as np
+    from ground.api import Grounder
+
+    ckpt = write(random_state("peft05"), tmp_path / "denseav_2head.ckpt", "ckpt", HPARAMS)
+    grounder = Grounder.from_checkpoint(ckpt, speech_head=1)
+    r = np.random.default_rng(0)
+    image = r.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    audio = (0.1 * r.standard_normal(3 * 16000)).astype(np.float32)
+    result = grounder.ground(image, audio, 16000)
+    assert grounder.head_names == ["sound", "speech"]
+    assert result.maps["speech"].shape[1:] == (48, 64) and result.maps["total"].shape[0] == len(result.times)
+    assert result.times[-1] < 3.0 and result.description["kind"] == "denseav"
