@@ -1,8 +1,8 @@
 """`ground serve` in a real browser: Debian's chromium driven by Playwright against the real server
 (a subprocess with a tiny checkpoint), plus the page's refusals and the command's one-line errors.
 
-Without /usr/bin/chromium (or Playwright) the browser tests are skipped, except under CI=true where
-they fail: .ci/run installs chromium.
+Without /usr/bin/chromium (or $CHROMIUM_BINARY) or Playwright the browser tests are skipped, except
+under CI=true where they fail: .ci/run installs chromium.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ground.serve import CURVE_ID, map_id
 from tests.support import media
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium"))  # Debian's package
 # Playwright's own browser download is not reachable: its driver runs Debian's binary with these.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
