@@ -3,8 +3,8 @@
 Upload or record audio (several clips are mixed), upload an image or a video (its middle frame and its
 own soundtrack), and see every head's map and the total next to the heads' activation over time.
 The page binds to 127.0.0.1 unless told otherwise and makes no network calls: Gradio's analytics are
-off, there is no share link, no server-side rendering (it would start node) and the theme's fonts are
-served by Gradio itself. Gradio is the ``serve`` extra, imported only when the command runs.
+off, there is no share link, no server-side rendering (it would start node) and the default theme's
+fonts are served by Gradio itself. Gradio is the ``serve`` extra, imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -145,12 +145,12 @@ def serve_command(
     checkpoint: Annotated[Path, typer.Option(help="a project checkpoint directory or a DenseAV checkpoint file")],
     host: Annotated[str, typer.Option(help="address to bind; the default keeps the page on this machine")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port of the page")] = DEFAULT_PORT,
-    device: Annotated[str, typer.Option(help="torch device of the model")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     speech_head: Annotated[Optional[int], typer.Option(help="index of the speech head (overrides the checkpoint's)")] = None,
 ) -> None:
     """Start the local web page: upload an image or video and audio, see both heads' maps and the time curve."""
     try:
-        gr = _gradio()
+        _gradio()
     except ImportError:
         _fail("`ground serve` needs Gradio: pip install -e '.[serve]'")
     if not checkpoint.exists():
@@ -163,8 +163,9 @@ def serve_command(
         _fail(f"cannot load --checkpoint {checkpoint}: {str(err).splitlines()[0]}")
     page = build_page(grounder)
     typer.echo(f"ground serve: http://{host}:{port} (Ctrl+C stops)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"note: bound to {host}: anyone who can reach this port can use the model", err=True)
     try:
-        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True,
-                    show_error=True, theme=gr.themes.Default())
+        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True, show_error=True)
     except OSError as err:
         _fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port)")
