@@ -27,9 +27,10 @@ from tests.support import media
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path(os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium"))  # Debian's package
-# Playwright's own browser download is not reachable: its driver runs Debian's binary with these.
+# Playwright's own browser download is not reachable: its driver runs Debian's binary with these
+# (no sandbox: CI runs as root; no /dev/shm: containers give it 64 MB).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 START_TIMEOUT_S = 120.0  # a cold import of gradio + torch on a loaded 2-core machine
 RESULT_TIMEOUT_MS = 60_000
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "ground_serve.png"
