@@ -1,7 +1,7 @@
 """The ``ground`` command: a trained model on your own image (or video) and audio.
 
 ``ground --checkpoint CKPT --image x.jpg --audio y.wav [--audio z.wav ...] --out DIR`` writes
-overlay PNGs per head and for the total, ``heatmaps.mp4`` (the maps over time with the clip as
+overlay PNGs per head and for the total (and all side by side, ``overlays.png``), ``heatmaps.mp4`` (the maps over time with the clip as
 sound) and ``result.json`` (``Grounding.summary``). Several ``--audio`` files are mixed at equal
 loudness, or grounded one by one into ``DIR/<name>/`` with ``--separate``. ``--video`` takes the
 middle frame (or, with ``--every-frame``, a frame per audio frame) and the video's own sound.
@@ -77,7 +77,8 @@ def run(
     except FFmpegError as exc:
         fail(f"ffmpeg could not write the heatmap video into {out}: {exc}")
     for folder in written:
-        typer.echo(f"wrote {folder}/result.json, {folder}/heatmaps.mp4 and the overlays {folder}/overlay_*.png")
+        typer.echo(f"wrote {folder}/overlays.png (every head and the total; one per head: overlay_<head>.png), "
+                   f"{folder}/heatmaps.mp4 and {folder}/result.json")
 
 
 def _check_arguments(checkpoint, image, audio, out, video, every_frame) -> None:
@@ -178,8 +179,10 @@ def _write(result, folder: Path, given: dict, progress: bool) -> Path:
     from ground import render
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name in result.heads:
-        render.overlay(result.image, result.mean_maps[name], name).save(folder / f"overlay_{name}.png")
+    panels = [render.overlay(result.image, result.mean_maps[name], name) for name in result.heads]
+    for name, panel in zip(result.heads, panels):
+        panel.save(folder / f"overlay_{name}.png")
+    render.sheet(panels).save(folder / "overlays.png")
     with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as advance:
         render.video(folder / "heatmaps.mp4", result, result.heads, progress=advance)
     summary = {"inputs": given, **result.summary()}

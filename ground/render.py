@@ -61,31 +61,42 @@ def _colour_bar(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, h
     draw.text((x + 18, y + height - 12), f"{lo:.3g}", fill="black")
 
 
+def sheet(panels: list[Image.Image]) -> Image.Image:
+    """Pictures side by side, top-aligned, on white."""
+    row = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
+    x = 0
+    for p in panels:
+        row.paste(p, (x, 0))
+        x += p.width
+    return row
+
+
 def video(path: Path, grounding, names: list[str], progress=None) -> Path:
     """An MP4 with one frame per audio frame (~0.18 s): the panels of ``names`` side by side over
     the frame's picture, one colour scale per head over the whole clip, and the clip as sound."""
     path = Path(path)
     times = grounding.times
-    fps = len(times) / grounding.duration
     ranges = {n: value_range(grounding.maps.low[n]) for n in names}
     with tempfile.TemporaryDirectory(prefix="ground-video-") as tmp:
         tmp = Path(tmp)
-        for t in range(len(times)):
-            picture = grounding.frames[t] if grounding.frames else grounding.image
-            scale = VIDEO_HEIGHT / picture.height
-            small = picture.resize((max(1, round(picture.width * scale)), VIDEO_HEIGHT), Image.BILINEAR)
-            panels = [overlay(small, grounding.maps.frame_at(n, t, small.size), f"{n}  t={times[t]:.2f} s",
-                              vmin=ranges[n][0], vmax=ranges[n][1]) for n in names]
-            row = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
-            for i, p in enumerate(panels):
-                row.paste(p, (sum(q.width for q in panels[:i]), 0))
-            row.save(tmp / f"{t:05d}.png")
-            if progress is not None:
-                progress(1)
+        size = None
+        # Raw RGB frames in one file: PNG-compressing every frame would cost more than encoding the video.
+        with open(tmp / "frames.rgb", "wb") as raw:
+            for t in range(len(times)):
+                picture = grounding.frames[t] if grounding.frames else grounding.image
+                scale = VIDEO_HEIGHT / picture.height
+                small = picture.resize((max(1, round(picture.width * scale)), VIDEO_HEIGHT), Image.BILINEAR)
+                row = sheet([overlay(small, grounding.maps.frame_at(n, t, small.size), f"{n}  t={times[t]:.2f} s",
+                                     vmin=ranges[n][0], vmax=ranges[n][1]) for n in names])
+                size = size or row.size
+                raw.write(row.tobytes())
+                if progress is not None:
+                    progress(1)
         sf.write(tmp / "audio.wav", grounding.audio, SAMPLE_RATE, subtype="PCM_16")
         path.parent.mkdir(parents=True, exist_ok=True)
-        ffmpeg.run(["-y", "-framerate", f"{fps:.6f}", "-i", str(tmp / "%05d.png"), "-i", str(tmp / "audio.wav"),
-                    "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                    "-c:a", "aac", "-shortest", "file:" + str(path.resolve())])
+        ffmpeg.run(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
+                    "-framerate", f"{len(times) / grounding.duration:.6f}", "-i", str(tmp / "frames.rgb"),
+                    "-i", str(tmp / "audio.wav"), "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white",
+                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    "file:" + str(path.resolve())])
     return path
-

@@ -24,6 +24,8 @@ def check_folder(folder, image_size, seconds):
     for name in HEADS:
         with Image.open(folder / f"overlay_{name}.png") as im:
             assert im.size == (image_size[0] + render.BAR_WIDTH, image_size[1] + render.CAPTION)
+    with Image.open(folder / "overlays.png") as im:
+        assert im.size == (3 * (image_size[0] + render.BAR_WIDTH), image_size[1] + render.CAPTION)
     clip, rate = paudio.read(folder / "heatmaps.mp4")  # the MP4's sound track is the clip grounded
     assert rate == 16_000 and abs(clip.shape[1] / rate - seconds) < 0.1
     frame = ffmpeg.extract_frame(folder / "heatmaps.mp4", seconds / 2)
@@ -42,7 +44,7 @@ def test_an_image_and_a_mixture_of_two_files(tiny_ckpt, files, tmp_path):
     summary = check_folder(tmp_path, (200, 120), 2.5)  # the mixture lasts as long as its longest part
     assert summary["inputs"]["audio"] == [str(files["speech"]), str(files["sound"])]
     assert summary["model"]["audio"]["mixed"].startswith("equal active RMS")
-    assert f"wrote {tmp_path}/result.json" in result.output
+    assert f"wrote {tmp_path}/overlays.png" in result.output
 
 
 def test_separate_grounds_each_file_in_its_own_folder(tiny_ckpt, files, tmp_path):
