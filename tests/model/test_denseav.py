@@ -282,10 +282,23 @@ def test_checkpoint_needing_unpickling_is_refused_with_one_line(tmp_path):
     assert "LightningThing" in message and "safetensors" in message and "DenseAV-" in message
 
 
-@pytest.mark.parametrize("case", ["truncated", "not_denseav", "no_heads"])
+@pytest.mark.parametrize("case", ["truncated", "not_denseav", "no_heads", "misfit", "lora_without_b", "no_tensors",
+                                  "missing"])
 def test_hostile_denseav_files(tmp_path, case):
     state = random_state("peft05")
-    if case == "truncated":
+    if case == "misfit":
+        state["audio_aligner.mod_list.3.layer.weight"] = torch.zeros(3, 3, 1, 3)
+        path, expected = write(state, tmp_path / "denseav_2head.ckpt", "ckpt"), "do not fit DenseAV's layout"
+    elif case == "lora_without_b":
+        del state["image_model.base_model.model.model.blocks.0.attn.qkv.lora_B.default.weight"]
+        path, expected = write(state, tmp_path / "denseav_2head.ckpt", "ckpt"), "lora_A without lora_B"
+    elif case == "no_tensors":
+        path = tmp_path / "denseav_2head.ckpt"
+        torch.save({"state_dict": [1, 2, 3]}, path)
+        expected = "holds no state_dict of tensors"
+    elif case == "missing":
+        path, expected = tmp_path / "denseav_2head.ckpt", "no such DenseAV file"
+    elif case == "truncated":
         path = write(state, tmp_path / "denseav_2head.ckpt", "ckpt")
         path.write_bytes(path.read_bytes()[:1000])
         expected = "not a readable torch checkpoint"

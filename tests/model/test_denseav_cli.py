@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from evaluate import app
 from model.loading import load_any
-from tests.model.test_denseav import HPARAMS, random_state, write
+from tests.model.test_denseav import HPARAMS, LightningThing, random_state, write
 from tests.support.testsets import make_retrieval_shards
 
 RUN = CliRunner()
@@ -52,3 +52,18 @@ def test_ground_runs_a_denseav_checkpoint(tmp_path):
     assert grounder.head_names == ["sound", "speech"]
     assert result.maps["speech"].shape[1:] == (48, 64) and result.maps["total"].shape[0] == len(result.times)
     assert result.times[-1] < 3.0 and result.description["kind"] == "denseav"
+
+
+def test_evaluate_refuses_a_pickled_denseav_checkpoint_in_one_line(tmp_path):
+    import torch
+
+    ckpt = tmp_path / "denseav_2head.ckpt"
+    torch.save({"state_dict": random_state("peft05"), "hyper_parameters": LightningThing()}, ckpt)
+    places = tmp_path / "places"
+    make_retrieval_shards(places, 4, "speech")
+    result = RUN.invoke(app, ["--checkpoint", str(ckpt), "--no-progress", "--out", str(tmp_path / "out"),
+                              "table3", "--places", str(places)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {ckpt}: needs unpickling") and "safetensors" in lines[0]
+    assert not (tmp_path / "out" / "results.json").exists()
