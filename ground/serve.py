@@ -123,7 +123,9 @@ def build_page(grounder):
                     "several clips are mixed. Each head's map and the total are shown with the heads' activation over time.")
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="pil", sources=["upload"], label="image", elem_id="image")
+                # a path, not pixels: the project's own image checks (decompression bombs, EXIF
+                # orientation, truncated files) apply, with their one-line errors
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="image", elem_id="image")
                 video = gr.Video(sources=["upload"], label="or a video (middle frame, its own audio)", elem_id="video")
                 recorded = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio", elem_id="audio")
                 uploads = gr.File(file_count="multiple", file_types=["audio"], label="more audio (mixed in)", elem_id="more-audio")

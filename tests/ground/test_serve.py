@@ -205,13 +205,15 @@ def test_a_video_is_grounded_on_its_middle_frame_with_its_own_soundtrack(grounde
     ("no picture", "give an image or a video (one of them)"),
     ("garbage audio", "cannot be decoded"),
     ("too short", "too short"),
+    ("garbage image", "give a readable"),
+    ("decompression bomb", "give a readable"),
 ])
 def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, message):
     import gradio as gr
 
     from ground.serve import run_page
 
-    image = Image.new("RGB", (64, 48), "white")
+    image = str(media.write_image(tmp_path / "white.png", size=(64, 48), colour=(255, 255, 255)))
     speech = str(media.write_audio(tmp_path / "speech.wav", media.speech_like(1.0), 16_000))
     video = str(media.write_video(tmp_path / "v.mp4", media.tone(330.0, 1.0, 44_100), 44_100))
     args = {
@@ -220,6 +222,8 @@ def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, messag
         "no picture": (None, None, speech),
         "garbage audio": (image, None, str(media.write_garbage(tmp_path / "noise.wav"))),
         "too short": (image, None, str(media.write_audio(tmp_path / "blip.wav", media.tone(440.0, 0.01), 16_000))),
+        "garbage image": (str(media.write_garbage(tmp_path / "photo.jpg")), None, speech),
+        "decompression bomb": (str(media.write_huge_png_header(tmp_path / "bomb.png")), None, speech),
     }[case]
     with pytest.raises(gr.Error) as err:
         run_page(grounder, *args, None)
