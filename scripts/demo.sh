@@ -78,3 +78,14 @@ fi
 
 echo "== 5/5 results"
 $py scripts/demo_report.py "${report_args[@]}"
+
+# The model on files of your own: one generated Extended-IS3 image with two objects, the first
+# object's sound mixed with the spoken name of the second (the sound head should find the first,
+# the speech head the second).
+first=("$world"/is3/audio_wav/*.wav)
+pair=$(basename "${first[0]}" .wav); pair=${pair%_*}        # <classA>_<classB>_<id>
+object_a=${pair%%_*}; rest=${pair#*_}; object_b=${rest%%_*}
+echo "== ground: $world/is3/images/${pair}_${object_a}.jpg with the sound of the $object_a and the spoken name of the $object_b"
+.venv/bin/ground --checkpoint "$runs/demo/final" --image "$world/is3/images/${pair}_${object_a}.jpg" \
+  --audio "$world/is3/audio_wav/${pair}_${object_a}.wav" --audio "$world/is3/speech_wav/${pair}_${object_b}.wav" \
+  --out "$runs/demo/ground" --no-progress   # prints where the overlays, the MP4 and result.json are
