@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,19 +103,45 @@ def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, prog
         return stats
 
 
+class RayConnectError(ValueError):
+    """Ray cannot be used from here; the message says what to do."""
+
+
 def _connect(options: RayOptions) -> bool:
     """Join the cluster (or start Ray here); True when this call started it and must stop it."""
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise RayConnectError("--engine ray needs Ray: pip install -e '.[ray]' (or use --engine local)") from None
     if ray.is_initialized():
         return False
     env = {"env_vars": {"OMP_NUM_THREADS": "1"}}  # one task per CPU: intra-op threads only oversubscribe
     if options.address is None:
         # A Ray of its own on this machine listens on loopback only.
         ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env, _node_ip_address="127.0.0.1")
-    else:
+        return True
+    _probe(options.address)
+    try:
         ray.init(address=options.address, log_to_driver=False, runtime_env=env)
+    except ConnectionError as exc:
+        raise RayConnectError(f"--ray-address {options.address}: {exc}") from None
     return True
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on an address nothing listens at: Ray itself retries for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        if address == "auto":
+            return
+        raise RayConnectError(f"--ray-address {address!r}: give auto or HOST:PORT (the head's GCS port, 6379 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayConnectError(
+            f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the head with "
+            "`ray start --head` and pass the address it prints"
+        ) from None
 
 
 def run_plans(

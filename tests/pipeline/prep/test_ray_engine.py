@@ -303,3 +303,35 @@ def test_prep_shards_places_engine_ray_on_the_command_line(cluster, tmp_path):
               "--image-root", str(tmp_path / "tree" / "places205"), "--out", str(tmp_path / "x"), "--ray-address", "auto"],
     )
     assert refused.exit_code == 2 and "error: --ray-address needs --engine ray" in refused.output
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("127.0.0.1:1", "--ray-address 127.0.0.1:1: nothing answers there"),  # Ray alone would retry for minutes
+        ("no-port-here", "give auto or HOST:PORT"),
+    ],
+)
+def test_an_unreachable_ray_address_is_one_line_in_seconds(tmp_path, address, message):
+    entries = [{"wav": "wavs/0/u0.wav", "image": "b/bakery/i0.jpg", "audio": media.speech_like(2.0, 16_000), "sr": 16_000,
+                "image_size": (96, 80), "uttid": "U0", "speaker": "S", "asr_text": "words"}]
+    meta = media.places_tree(tmp_path / "tree", entries)
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.prep.cli", "shards", "places", "--metadata", str(meta),
+         "--audio-root", str(tmp_path / "tree" / "PlacesAudio_400k_distro"), "--image-root", str(tmp_path / "tree" / "places205"),
+         "--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address", address, "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and time.monotonic() - t0 < 30
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"] and message in result.stderr
+    assert not shard_dir.committed_shards(tmp_path / "out")
+
+
+def test_downloads_per_second_needs_the_ray_engine(tmp_path):
+    seg, lab = media.audioset_csvs(tmp_path, [("abcdefghijk", 0, 10, ["/m/09x0r"])], {"/m/09x0r": "Speech"})
+    result = CliRunner().invoke(
+        app, ["shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(tmp_path / "out"),
+              "--downloads-per-second", "2"],
+    )
+    assert result.exit_code == 2 and "error: --downloads-per-second paces a Ray build (--engine ray)" in result.output
