@@ -8,7 +8,7 @@ under CI=true where they fail: .ci/run installs chromium.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
@@ -30,7 +30,9 @@ CHROMIUM = Path(os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium"))  # Debia
 # Playwright's own browser download is not reachable: its driver runs Debian's binary with these
 # (no sandbox: CI runs as root; no /dev/shm: containers give it 64 MB).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 # the microphone is chromium's fake device (a beep), allowed without a prompt
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 START_TIMEOUT_S = 120.0  # a cold import of gradio + torch on a loaded 2-core machine
 RESULT_TIMEOUT_MS = 60_000
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "ground_serve.png"
@@ -162,6 +164,22 @@ def test_page_grounds_an_image_and_a_mixture(page, tmp_path):
     assert Image.open(shot).size[0] >= 1280
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":  # refresh the README's picture of the page
         Image.open(shot).convert("RGB").quantize(128).save(SCREENSHOT, optimize=True)
+
+
+def test_page_grounds_a_clip_recorded_from_the_microphone(page, tmp_path):
+    image, _, _ = _scene(tmp_path)
+    page.locator("#image input[type=file]").set_input_files(str(image))
+    page.locator("#audio button[aria-label='Record audio']").click()
+    page.locator("#audio button:visible", has_text="Record").first.click()
+    page.wait_for_timeout(2_000)
+    page.locator("#audio button:visible", has_text="Stop").first.click()
+    page.wait_for_selector("#audio button[aria-label='Play']", timeout=30_000)  # the recording is in place
+    page.click("#run")
+    page.wait_for_function(f"document.querySelector('#{map_id('total')} img')?.naturalWidth > 0",
+                           timeout=RESULT_TIMEOUT_MS)
+    headline = page.locator("#summary").inner_text()
+    seconds = float(re.search(r"Dominant head over time \(([0-9.]+) s\)", headline).group(1))
+    assert 1.0 < seconds < 5.0, headline  # the ~2 s recorded, not a stray file
 
 
 def test_page_refuses_missing_and_silent_audio_in_one_line(page, tmp_path):
