@@ -19,6 +19,7 @@ import typer
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 CURVE_ID = "curve"
+HEADLINE_SPANS = 12  # dominant-head runs spelled out above the table; result.json has them all
 
 
 def map_id(head: str) -> str:
@@ -98,7 +99,10 @@ def run_page(grounder, image, video, recorded, uploads):
 
 def _headline(summary: dict) -> str:
     """The summary in words: which head dominates when, and where each head's map peaks."""
-    spans = ", ".join(f"{s['head']} {s['start']:.2f}-{s['end']:.2f} s" for s in summary["dominant_segments"])
+    segments = summary["dominant_segments"]
+    spans = ", ".join(f"{s['head']} {s['start']:.2f}-{s['end']:.2f} s" for s in segments[:HEADLINE_SPANS])
+    if len(segments) > HEADLINE_SPANS:
+        spans += f", ... ({len(segments) - HEADLINE_SPANS} more in result.json)"
     rows = [f"| {name} | {_xy(head['peak'])} | {_num(head['mean_activation'])} |" for name, head in summary["heads"].items()]
     return "\n".join([f"**Dominant head over time** ({summary['duration_s']:.2f} s): {spans}", "",
                       "| map | peak (x, y) in pixels | mean activation |", "|---|---|---|", *rows])

@@ -265,3 +265,14 @@ def test_serve_refuses_a_busy_port_in_one_line(checkpoint):
         result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--port", str(port)])
     assert result.exit_code == 2, result.output
     assert f"error: cannot serve on 127.0.0.1:{port}" in result.output and "--port" in result.output
+
+
+def test_the_headline_spells_out_a_dozen_dominant_runs_and_counts_the_rest():
+    from ground.serve import HEADLINE_SPANS, _headline
+
+    runs = [{"head": ("sound", "speech")[i % 2], "start": 0.2 * i, "end": 0.2 * i + 0.2} for i in range(20)]
+    heads = {"sound": {"peak": {"x": 3, "y": 4}, "mean_activation": 0.5},
+             "total": {"peak": {"x": None, "y": None}, "mean_activation": None}}
+    text = _headline({"dominant_segments": runs, "duration_s": 4.0, "heads": heads})
+    assert text.count(" s, ") == HEADLINE_SPANS and f"({20 - HEADLINE_SPANS} more in result.json)" in text
+    assert "| sound | (3, 4) | 0.500 |" in text and "| total | - | - |" in text
