@@ -37,5 +37,7 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     summary = json.loads((tmp_path / "runs" / "demo" / "summary.json").read_text())
     assert summary["step"] == 150 and summary["bad_steps_total"] == 0
     assert list((tmp_path / "runs" / "demo" / "eval" / "overlays").glob("*.png"))
+    grounded = json.loads((tmp_path / "runs" / "demo" / "ground" / "result.json").read_text())  # the last step
+    assert set(grounded["heads"]) == {"sound", "speech", "total"} and "runs/demo/ground/overlays.png" in result.stdout
     pretrain = json.loads((tmp_path / "runs" / "audio_init.json").read_text())
     assert pretrain["steps"] == 100 and pretrain["loss_last"] < pretrain["loss_first"]
