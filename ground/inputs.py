@@ -57,7 +57,7 @@ def load_image(image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise GroundInputError(f"image of type {type(image).__name__}: give a PIL image, an array, a tensor or a path")
     if min(image.size) < 1:
-        raise GroundInputError(f"image {_name(getattr(image, 'filename', ''), 'array')} is empty ({image.size})")
+        raise GroundInputError(f"the image is empty ({image.size[0]}x{image.size[1]} px)")
     return image.convert("RGB")
 
 

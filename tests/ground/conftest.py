@@ -21,7 +21,7 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def files(tmp_path_factory):
     """A landscape picture, speech at 22.05 kHz mono, a stereo 44.1 kHz sound, a video (picture +
-    speech track, made by ffmpeg), and the hostile ones: silence, a too-short clip, garbage."""
+    speech track, made by ffmpeg), and the hostile ones: silence, a too-short clip, garbage, a PNG claiming 900 MP."""
     root = tmp_path_factory.mktemp("media")
     return {
         "image": media.write_image(root / "scene.png", size=(200, 120)),
@@ -33,4 +33,6 @@ def files(tmp_path_factory):
         "short": media.write_audio(root / "short.wav", media.tone(440, 0.2), 16_000),
         "garbage": media.write_garbage(root / "noise.wav"),
         "bad_image": media.write_garbage(root / "broken.png"),
+        "bomb": media.write_huge_png_header(root / "bomb.png"),
+        "cut_image": media.write_truncated(media.write_image(root / "whole.jpg", size=(320, 240)), root / "cut.jpg"),
     }

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from ground.api import Grounder, crop_box
-from ground.inputs import GroundInputError, load_audio
+from ground.inputs import MAX_SECONDS, GroundInputError, load_audio
 from model import similarity
 from pipeline import audio as paudio
+from pipeline.data.transform import eval_image
 
 HEADS = ["sound", "speech", "total"]
 
@@ -127,3 +128,23 @@ def test_unreadable_files_are_refused_naming_them(grounder, files, key, kind):
 def test_a_window_without_frames_is_refused(grounder, files):
     with pytest.raises(GroundInputError, match="holds no audio frame"):
         grounder.ground(files["image"], files["speech"], window=(5.0, 6.0))
+
+
+@pytest.mark.parametrize("size", [(200, 120), (120, 200), (640, 480), (113, 500), (112, 112)])
+def test_the_crop_box_is_what_the_model_sees(size):
+    """Red encodes x and green y of the input: the model's crop shows the box's edges."""
+    width, height = size
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    picture = Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).round().astype(np.uint8))
+    seen = np.asarray(eval_image(picture, 112), dtype=np.float64)
+    left, top, right, bottom = crop_box(size, 112)
+    for got, edge, extent in [(seen[:, 0, 0].mean(), left, width), (seen[:, -1, 0].mean(), right - 1, width),
+                              (seen[0, :, 1].mean(), top, height), (seen[-1, :, 1].mean(), bottom - 1, height)]:
+        assert abs(got - 255 * edge / (extent - 1)) < 255 * 1.5 / extent + 2
+
+
+def test_long_audio_is_cut_and_says_so(grounder, files):
+    long = np.tile(paudio.read(files["speech"])[0][0], 14)  # 35 s at 22.05 kHz
+    result = grounder.ground(files["image"], long, 22_050)
+    assert result.duration == pytest.approx(MAX_SECONDS) and result.description["audio"]["cut_to_s"] == MAX_SECONDS

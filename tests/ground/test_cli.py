@@ -85,6 +85,9 @@ def hostile_cases(files):
         "too short audio": (["--image", image, "--audio", str(files["short"])], f"{files['short']} is too short"),
         "garbage audio": (["--image", image, "--audio", str(files["garbage"])], f"audio {files['garbage']} cannot be decoded"),
         "garbage image": (["--image", str(files["bad_image"]), "--audio", speech], f"image {files['bad_image']}"),
+        "decompression bomb": (["--image", str(files["bomb"]), "--audio", speech], f"image {files['bomb']}: image_too_large"),
+        "truncated image": (["--image", str(files["cut_image"]), "--audio", speech], f"image {files['cut_image']}"),
+        "video without picture": (["--video", speech], f"video {speech}: no picture"),
         "missing audio": (["--image", image, "--audio", "nope.wav"], "nope.wav does not exist"),
         "video without sound": (["--video", str(files["mute_video"])], f"audio {files['mute_video']} cannot be decoded"),
         "window past the end": (["--image", image, "--audio", speech, "--window", "7:9"], "holds no audio frame"),
@@ -97,7 +100,8 @@ def hostile_cases(files):
     }
 
 
-CASES = ["silent audio", "too short audio", "garbage audio", "garbage image", "missing audio", "video without sound",
+CASES = ["silent audio", "too short audio", "garbage audio", "garbage image", "decompression bomb", "truncated image",
+         "video without picture", "missing audio", "video without sound",
          "window past the end", "window not a range", "image without audio", "image and video", "video and audio",
          "every frame without video", "speech head out of range"]
 
