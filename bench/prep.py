@@ -1,6 +1,6 @@
 """Shard-building throughput on PlacesAudio-style input, against a bare loop over the same files.
 
-    python bench/prep.py [--clips 256 --sample-rate 16000 --workdir /tmp/bench-prep]
+    python bench/prep.py [--clips 256 --sample-rate 16000 --rounds 3 --engine local|ray --workdir /tmp/bench-prep]
 
 Generates a PlacesAudio-layout tree (16-bit PCM wavs of 3-15 s, speech-like; 256x256 JPEGs as in
 Places205's images256), then prints:
@@ -9,10 +9,16 @@ Places205's images256), then prints:
   image resized, the sample encoded and appended to a tar, each stage timed;
 * `build_shards` (the code `prep shards places` runs) with 1 and 2 workers: clips/s, clips/s per
   worker, its own per-stage split, the ratio of its wall time to the bare loop's stage sum;
-* the speed-up from 1 to 2 workers.
+* the speed-up from 1 to 2 workers, the cores the 2-worker run really had (its driver's and
+  workers' CPU seconds over its wall time: under 2 when others use the machine), and the
+  speed-up those CPU seconds would give with both cores free;
+* with ``--engine ray``: the same build as one Ray task per shard on a local Ray with the same
+  2 CPUs (started once, its workers warmed up), its clips/s, the ratio to local with 2 workers
+  and its per-stage split; and how long Ray took to start.
 
-Other work on the machine makes single timings noisy, so every figure is measured in this run
-and the best of --repeat runs is kept.
+Other work on the machine makes single timings noisy, so every figure is measured in this run:
+each round runs every configuration once, in turn, and the median over --rounds rounds is
+reported with the spread (min-max).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pipeline import audio, image
 from pipeline.prep import places
 from pipeline import format as fmt
 from pipeline.prep.build import build_shards
+from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.worker import STAGES
 from pipeline.prep.writer import TarShardWriter
 
@@ -111,16 +118,26 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pipeline_run(items, load, out: Path, workers: int, shard_size: int) -> tuple[float, dict[str, float], float, float]:
+def pipeline_run(items, load, out: Path, workers: int, shard_size: int, ray: RayOptions | None = None) -> dict:
     """Wall time, stage split, and CPU seconds of this process and of the (reaped) workers: with
-    no idle core left on the machine, those show where the time went."""
+    no idle core left on the machine, those show where the time went. (Ray's workers are not
+    this process's children: their CPU is not counted.)"""
     shutil.rmtree(out, ignore_errors=True)
     main0, children0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    summary = build_shards(items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False)
+    summary = build_shards(items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False, ray=ray)
     wall = time.perf_counter() - t0
     assert summary.written == len(items), summary.failures
-    return wall, summary.stage_seconds, _cpu(resource.RUSAGE_SELF) - main0, _cpu(resource.RUSAGE_CHILDREN) - children0
+    return {
+        "wall": wall, "stages": summary.stage_seconds,
+        "main_cpu": _cpu(resource.RUSAGE_SELF) - main0, "worker_cpu": _cpu(resource.RUSAGE_CHILDREN) - children0,
+    }
+
+
+def _median_run(runs: list[dict]) -> tuple[dict, float, float]:
+    """The run of median wall time, and the min and max wall time."""
+    walls = sorted(r["wall"] for r in runs)
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2], walls[0], walls[-1]
 
 
 def _split(seconds: dict[str, float], n: int) -> str:
@@ -133,7 +150,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--sample-rate", type=int, default=16_000, help="rate of the generated wavs")
     parser.add_argument("--shard-size", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration; medians are reported")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: also measure --engine ray")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-prep"))
     args = parser.parse_args()
 
@@ -159,23 +177,48 @@ def main() -> None:
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
     bare_loop(items[:4], audio_root, image_root, out)
-    bare = min((bare_loop(items, audio_root, image_root, out) for _ in range(args.repeat)), key=lambda s: sum(s.values()))
+    configs = {"local w=1": (1, None), "local w=2": (2, None)}
+    ray_start = None
+    if args.engine == "ray":
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray_start = time.perf_counter() - t0
+        configs["ray 2 CPUs"] = (0, RayOptions())
+        pipeline_run(items[: 2 * args.shard_size], load, out / "warm", 0, args.shard_size, RayOptions())  # workers import torch once
+    bare_runs, runs = [], {name: [] for name in configs}
+    for _ in range(args.rounds):  # alternate: a busy spell on the machine hits every configuration alike
+        bare_runs.append(bare_loop(items, audio_root, image_root, out))
+        for name, (workers, ray_options) in configs.items():
+            runs[name].append(pipeline_run(items, load, out / name.replace(" ", "_"), workers, args.shard_size, ray_options))
+    bare = sorted(bare_runs, key=lambda b: sum(b.values()))[len(bare_runs) // 2]
     bare_total = sum(bare.values())
-    runs = {}
-    for workers in (1, 2):
-        runs[workers] = min((pipeline_run(items, load, out / f"w{workers}", workers, args.shard_size) for _ in range(args.repeat)), key=lambda r: r[0])
 
     audio_mb = sum((Path(audio_root) / i["wav"]).stat().st_size for i in items) / 1e6
     print(f"input: {n} PlacesAudio-style clips, {args.sample_rate} Hz 16-bit wavs ({audio_mb:.1f} MB), 256x256 JPEGs; "
-          f"shards of {args.shard_size}; best of {args.repeat}; {os.cpu_count()} CPUs, load average "
+          f"shards of {args.shard_size}; median of {args.rounds} alternating rounds (min-max); {os.cpu_count()} CPUs, load average "
           f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
     print(f"bare loop        : {n / bare_total:6.1f} clips/s   stage sum {bare_total:6.2f} s   per clip: {_split(bare, n)}")
-    for workers, (wall, stages, main_cpu, worker_cpu) in runs.items():
-        rate = n / wall
-        print(f"build_shards w={workers} : {rate:6.1f} clips/s  ({rate / workers:5.1f} per worker)   wall {wall:6.2f} s   "
-              f"wall / bare stage sum = {wall / bare_total:4.2f}   CPU s: main {main_cpu:.2f}, workers {worker_cpu:.2f}   "
-              f"per clip: {_split(stages, n)}")
-    print(f"speed-up 1 -> 2 workers: {runs[1][0] / runs[2][0]:.2f}x")
+    medians = {}
+    for name, (workers, _) in configs.items():
+        run, lo, hi = _median_run(runs[name])
+        medians[name] = run["wall"]
+        rate = n / run["wall"]
+        cpu = f"CPU s: main {run['main_cpu']:.2f}, workers {run['worker_cpu']:.2f}" if workers else f"CPU s: driver {run['main_cpu']:.2f}"
+        print(f"{name:<11}: {rate:6.1f} clips/s ({n / hi:5.1f}-{n / lo:5.1f})   wall {run['wall']:6.2f} s   "
+              f"wall / bare stage sum = {run['wall'] / bare_total:4.2f}   {cpu}   per clip: {_split(run['stages'], n)}")
+    one, two = _median_run(runs["local w=1"])[0], _median_run(runs["local w=2"])[0]
+    speedups = sorted(a["wall"] / b["wall"] for a, b in zip(runs["local w=1"], runs["local w=2"]))
+    work = two["main_cpu"] + two["worker_cpu"]
+    print(f"speed-up 1 -> 2 workers: {medians['local w=1'] / medians['local w=2']:.2f}x (per round {speedups[0]:.2f}-{speedups[-1]:.2f}); "
+          f"the 2-worker run had {work / two['wall']:.2f} cores busy for it (driver {two['main_cpu']:.2f} s + workers "
+          f"{two['worker_cpu']:.2f} s CPU), so with both cores free: {one['wall'] / (work / 2):.2f}x")
+    if ray_start is not None:
+        ratios = sorted(r["wall"] / l["wall"] for r, l in zip(runs["ray 2 CPUs"], runs["local w=2"]))
+        print(f"ray / local w=2 clips/s: {medians['local w=2'] / medians['ray 2 CPUs']:.2f} (per round "
+              f"{1 / ratios[-1]:.2f}-{1 / ratios[0]:.2f}); Ray started in {ray_start:.1f} s")
     shutil.rmtree(out, ignore_errors=True)
 
 
