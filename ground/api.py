@@ -98,12 +98,13 @@ class Grounder:
 
     @torch.no_grad()
     def encode_audio(self, audio, sample_rate: int | None = None) -> tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]:
-        """(16 kHz clip, preprocessing notes, features ``[1, C, K, F, T]``, frame mask ``[1, T]``)."""
+        """(16 kHz clip, preprocessing notes, features ``[1, C, K, F, T]``, frame mask ``[1, T]``), the
+        frames ending with the clip's last valid one."""
         clip, notes = inputs.load_audio(audio, sample_rate)
         wave = torch.from_numpy(clip).unsqueeze(0).to(self.device)
         mask = valid_mask(torch.tensor([clip.shape[0]], device=self.device), clip.shape[0])
         a, frame_mask = self.runner.model.encode_audio(wave, mask)
-        return clip, notes, a, frame_mask
+        return (clip, notes, *self._trim(a, frame_mask))
 
     @torch.no_grad()
     def encode_image(self, image) -> tuple[Image.Image, torch.Tensor]:
@@ -123,7 +124,6 @@ class Grounder:
                  frames: list[Image.Image] | None = None) -> Grounding:
         """The ``Grounding`` of encoded inputs. ``features`` holds one image's features, or one per
         audio frame (a video's frames at the frames' times; ``frames`` are those pictures)."""
-        a, frame_mask = self._trim(a, frame_mask)
         num_frames = frame_mask.shape[1]
         times = (np.arange(num_frames) + 0.5) * (clip.shape[0] / num_frames) / SAMPLE_RATE
         v = features[0] if len(features) == 1 else torch.cat(features)
