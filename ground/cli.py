@@ -136,10 +136,8 @@ def _folder_names(paths: list[Path]) -> list[str]:
 
 
 def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
-    import torch
-
     from evaluation.progress import progress_bar
-    from ground import inputs
+    from ground import inputs, render
 
     duration = inputs.video_duration(video)
     clip, notes, a, frame_mask = grounder.encode_audio(video)
@@ -148,20 +146,23 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
         return grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
     num_frames = frame_mask.shape[1]
     hop = clip.shape[0] / num_frames / inputs.SAMPLE_RATE
-    frames, features = [], []
+    # Full pictures live only until encoded; the MP4 needs them at its own height (bounded memory
+    # for long HD videos). The middle one is kept whole for the overlays.
+    frames, features, pending, last, middle = [], [], [], None, None
     with progress_bar(num_frames, f"frames of {video.name}", enabled=progress) as advance:
         for t in range(num_frames):
-            frames.append(_frame_shown(video, min((t + 0.5) * hop, duration), frames))
-            if len(frames) % ENCODE_BATCH == 0 or t == num_frames - 1:
-                batch = frames[len(features):]
-                with torch.no_grad():
-                    v = grounder.runner.encode_images(batch)
-                features.extend(v.split(1))
-                advance(len(batch))
-    return grounder.assemble(frames[len(frames) // 2], features, clip, notes, a, frame_mask, window, frames=frames)
+            last = _frame_shown(video, min((t + 0.5) * hop, duration), last)
+            pending.append(last)
+            middle = last if t == num_frames // 2 else middle
+            if len(pending) == ENCODE_BATCH or t == num_frames - 1:
+                features.extend(grounder.runner.encode_images(pending).split(1))
+                frames.extend(render.thumbnail(p) for p in pending)
+                advance(len(pending))
+                pending = []
+    return grounder.assemble(middle, features, clip, notes, a, frame_mask, window, frames=frames)
 
 
-def _frame_shown(video: Path, at: float, earlier: list):
+def _frame_shown(video: Path, at: float, earlier):
     """The picture on screen at ``at``: ffmpeg seeks to the first frame starting at or after it,
     so past the last frame's start the last frame (still shown) is the answer."""
     from ground import inputs
@@ -169,9 +170,9 @@ def _frame_shown(video: Path, at: float, earlier: list):
     try:
         return inputs.video_frame(video, at)
     except inputs.GroundInputError:
-        if not earlier:
+        if earlier is None:
             raise
-        return earlier[-1]
+        return earlier
 
 
 def _write(result, folder: Path, given: dict, progress: bool) -> Path:

@@ -61,6 +61,14 @@ def _colour_bar(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, h
     draw.text((x + 18, y + height - 12), f"{lo:.3g}", fill="black")
 
 
+def thumbnail(picture: Image.Image) -> Image.Image:
+    """``picture`` scaled to the MP4's height."""
+    if picture.height == VIDEO_HEIGHT:
+        return picture
+    scale = VIDEO_HEIGHT / picture.height
+    return picture.resize((max(1, round(picture.width * scale)), VIDEO_HEIGHT), Image.BILINEAR)
+
+
 def sheet(panels: list[Image.Image]) -> Image.Image:
     """Pictures side by side, top-aligned, on white."""
     row = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
@@ -83,9 +91,7 @@ def video(path: Path, grounding, names: list[str], progress=None) -> Path:
         # Raw RGB frames in one file: PNG-compressing every frame would cost more than encoding the video.
         with open(tmp / "frames.rgb", "wb") as raw:
             for t in range(len(times)):
-                picture = grounding.frames[t] if grounding.frames else grounding.image
-                scale = VIDEO_HEIGHT / picture.height
-                small = picture.resize((max(1, round(picture.width * scale)), VIDEO_HEIGHT), Image.BILINEAR)
+                small = thumbnail(grounding.frames[t] if grounding.frames else grounding.image)
                 row = sheet([overlay(small, grounding.maps.frame_at(n, t, small.size), f"{n}  t={times[t]:.2f} s",
                                      vmin=ranges[n][0], vmax=ranges[n][1]) for n in names])
                 size = size or row.size

@@ -96,7 +96,8 @@ class Grounding:
     image: Image.Image  # the input, RGB
     audio: np.ndarray  # the 16 kHz mono clip used
     description: dict  # model, which head is which, preprocessing
-    frames: list[Image.Image] | None = field(default=None)  # per-frame images (a video, every frame)
+    # a video grounded at every frame: the picture of each frame, at the MP4's height (render.thumbnail)
+    frames: list[Image.Image] | None = field(default=None)
 
     @property
     def duration(self) -> float:

@@ -75,7 +75,8 @@ def test_every_frame_maps_follow_the_pictures(tiny_ckpt, files, tmp_path):
     colours = [im.getpixel((48, 32)) for im in result.frames]
     first, last = colours[0], colours[-1]
     assert first != last and len(set(colours)) == 2  # seconds 0 and 1 of the clip
-    assert result.maps["total"].shape == (len(result.times), 64, 96)
+    assert result.maps["total"].shape == (len(result.times), 64, 96) and result.image.size == (96, 64)
+    assert {im.height for im in result.frames} == {render.VIDEO_HEIGHT}  # kept at the MP4's size only
 
 
 def hostile_cases(files):
