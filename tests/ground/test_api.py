@@ -148,3 +148,11 @@ def test_long_audio_is_cut_and_says_so(grounder, files):
     long = np.tile(paudio.read(files["speech"])[0][0], 14)  # 35 s at 22.05 kHz
     result = grounder.ground(files["image"], long, 22_050)
     assert result.duration == pytest.approx(MAX_SECONDS) and result.description["audio"]["cut_to_s"] == MAX_SECONDS
+
+
+def test_exif_orientation_is_applied(grounder, files, tmp_path):
+    from tests.support import media
+
+    rotated = media.write_rotated_jpeg(tmp_path / "rotated.jpg", size=(160, 100))  # stored landscape, shown portrait
+    result = grounder.ground(rotated, files["speech"])
+    assert result.image.size == (100, 160) and result.maps["sound"].shape[1:] == (160, 100)
