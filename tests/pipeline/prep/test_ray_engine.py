@@ -4,9 +4,13 @@ download rate limit; and the token bucket against a fake clock."""
 
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -266,6 +270,14 @@ def test_a_killed_driver_leaves_a_directory_that_a_rerun_finishes(cluster, tmp_p
     }
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
@@ -335,3 +347,76 @@ def test_downloads_per_second_needs_the_ray_engine(tmp_path):
               "--downloads-per-second", "2"],
     )
     assert result.exit_code == 2 and "error: --downloads-per-second paces a Ray build (--engine ray)" in result.output
+
+
+def test_audioset_downloads_on_ray_through_yt_dlp_with_the_cluster_rate(cluster, tmp_path):
+    served = tmp_path / "served"
+    tone = media.stepped_tone(16.0, 44_100)
+    media.write_video(served / "dlvideo0001.mp4", np.stack([tone, 0.5 * tone]), 44_100)
+    segments = [("dlvideo0001", float(s), float(s) + 5, ["/m/04rlf"]) for s in range(4)] + [("ratelimited", 0, 10, ["/m/04rlf"])]
+    seg, lab = media.audioset_csvs(tmp_path, segments, {"/m/04rlf": "Music"})
+    with media.serve_directory(served) as base:
+        t0 = time.monotonic()
+        result = CliRunner().invoke(
+            app, ["shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(tmp_path / "out"),
+                  "--url-template", base + "/{ytid}.mp4", "--retries", "1", "--retry-wait", "0", "--shard-size", "2",
+                  "--engine", "ray", "--downloads-per-second", "2", "--no-progress"],
+        )
+        seconds = time.monotonic() - t0
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["written"] == 4 and dataset["failures"] == {"rate_limited": 1}
+    assert seconds >= 5 / 2 - 0.5  # six download starts (one retried) at 2/s over the cluster
+    print(f"\n5 segments, 6 yt-dlp runs on Ray: {seconds:.1f} s")
+
+
+def test_a_cluster_started_with_ray_start_is_joined_by_address(tmp_path):
+    """The `ray start --head` path of docs/prep-on-ray.md, on loopback; the driver is a separate
+    process (this one may already be in a Ray session)."""
+    entries = [
+        {"wav": f"wavs/0/u{i}.wav", "image": f"b/bakery/i{i}.jpg", "audio": media.speech_like(2.0, 16_000, seed=i), "sr": 16_000,
+         "image_size": (96, 80), "uttid": f"U{i}", "speaker": "S", "asr_text": "words"}
+        for i in range(5)
+    ]
+    meta = media.places_tree(tmp_path / "tree", entries)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    ray_bin = Path(sys.executable).with_name("ray")
+    # Ray 2.60 authenticates every client with a shared token: this cluster's own, given to both.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard=false", "--temp-dir", str(temp), "--block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+    )
+    try:
+        while not _listening(port):
+            assert head.poll() is None and time.monotonic() - t0 < 90, "ray start --head did not come up"
+            time.sleep(0.2)
+        print(f"\nray start --head answered after {time.monotonic() - t0:.1f} s")
+        common = ["shards", "places", "--metadata", str(meta), "--audio-root", str(tmp_path / "tree" / "PlacesAudio_400k_distro"),
+                  "--image-root", str(tmp_path / "tree" / "places205"), "--shard-size", "2", "--no-progress"]
+        joined = subprocess.run(
+            [sys.executable, "-m", "pipeline.prep.cli", *common, "--out", str(tmp_path / "ray"), "--engine", "ray",
+             "--ray-address", f"127.0.0.1:{port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
+        )
+        assert joined.returncode == 0, joined.stderr[-2000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its daemons on SIGTERM ...
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # ... not always all of them: the rest of its session
+        except ProcessLookupError:
+            pass
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+    local = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "local"), "--workers", "2"])
+    assert local.exit_code == 0, local.output
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
