@@ -2,6 +2,7 @@
 manifests as the local engine, resume, retry, a killed worker and a killed driver, the shared
 download rate limit; and the token bucket against a fake clock."""
 
+import functools
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from pipeline.prep import ratelimit
 from pipeline.prep.build import build_shards
 from pipeline.prep.cli import app
 from pipeline.prep.manifest import read_rows
+from pipeline.prep.media import SkipItem
 from pipeline.prep.ratelimit import TokenBucket
 from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.retry import retry_failed
@@ -76,8 +78,6 @@ def rows_by_index(out: Path) -> list[int]:
 def load_flaky(marker_dir: str, item: dict):
     """Fails (rate_limited) for odd seeds until ``marker_dir/ok`` exists."""
     if item["seed"] % 2 and not (Path(marker_dir) / "ok").exists():
-        from pipeline.prep.media import SkipItem
-
         raise SkipItem("rate_limited: HTTP Error 429")
     return shardgen.load_item(item)
 
@@ -173,8 +173,6 @@ def test_retry_on_ray_rewrites_only_the_failed_rows(cluster, tmp_path):
     items = [{"type": "speech", "seed": i, "seconds": 1.0 + 0.1 * i} for i in range(10)]
     markers = tmp_path / "markers"
     markers.mkdir()
-    import functools
-
     load = functools.partial(load_flaky, str(markers))
     out = tmp_path / "shards"
     first = build_shards(items, load, out, key=shardgen.item_key, shard_size=4, ray=RayOptions(), progress=False)
@@ -189,8 +187,6 @@ def test_retry_on_ray_rewrites_only_the_failed_rows(cluster, tmp_path):
 
 
 def test_a_worker_killed_mid_shard_is_retried_and_every_row_lands_once(cluster, tmp_path):
-    import functools
-
     items = make_items(20)
     out = tmp_path / "ray"
     load = functools.partial(load_killing_once, str(tmp_path))
@@ -310,6 +306,18 @@ def test_prep_shards_places_engine_ray_on_the_command_line(cluster, tmp_path):
         )
         assert result.exit_code == 0, result.output
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    # a wav that was missing is there now: `prep retry --engine ray` rebuilds only its shard
+    missing = media.places_tree(tmp_path / "tree2", [*entries[:6], {**entries[6], "audio": None}])
+    roots = ["--audio-root", str(tmp_path / "tree2" / "PlacesAudio_400k_distro"), "--image-root", str(tmp_path / "tree2" / "places205")]
+    built = runner.invoke(app, ["shards", "places", "--metadata", str(missing), *roots, "--out", str(tmp_path / "retry"),
+                                "--shard-size", "3", "--no-progress"])
+    assert built.exit_code == 0 and json.loads((tmp_path / "retry" / "dataset.json").read_text())["failed"] == 1
+    media.write_audio(tmp_path / "tree2" / "PlacesAudio_400k_distro" / entries[6]["wav"], entries[6]["audio"], 16_000)
+    retried = runner.invoke(app, ["retry", str(tmp_path / "retry"), "--engine", "ray", "--no-progress"])
+    assert retried.exit_code == 0, retried.output
+    assert {k: v for k, v in snapshot(tmp_path / "retry").items() if k.endswith((".tar", ".parquet"))} == {
+        k: v for k, v in snapshot(tmp_path / "local").items() if k.endswith((".tar", ".parquet"))
+    }
     refused = runner.invoke(
         app, ["shards", "places", "--metadata", str(meta), "--audio-root", str(tmp_path / "tree" / "PlacesAudio_400k_distro"),
               "--image-root", str(tmp_path / "tree" / "places205"), "--out", str(tmp_path / "x"), "--ray-address", "auto"],
@@ -408,7 +416,7 @@ def test_a_cluster_started_with_ray_start_is_joined_by_address(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its daemons on SIGTERM ...
         try:
-            head.wait(timeout=15)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
         try:
