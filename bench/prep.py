@@ -118,20 +118,40 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pipeline_run(items, load, out: Path, workers: int, shard_size: int, ray: RayOptions | None = None) -> dict:
-    """Wall time, stage split, and CPU seconds of this process and of the (reaped) workers: with
-    no idle core left on the machine, those show where the time went. (Ray's workers are not
-    this process's children: their CPU is not counted.)"""
+def _ray_cpu(session: str) -> dict[str, float]:
+    """CPU seconds so far of this Ray session's processes, split into task workers and daemons."""
+    tick, total = os.sysconf("SC_CLK_TCK"), {"tasks": 0.0, "daemons": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if cmd.startswith("ray::") and not cmd.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+            total["tasks"] += (int(fields[11]) + int(fields[12])) / tick
+        elif session in cmd:
+            total["daemons"] += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def pipeline_run(items, load, out: Path, workers: int, shard_size: int, ray: RayOptions | None = None, session: str = "") -> dict:
+    """Wall time, stage split, and CPU seconds of this process and of the (reaped) workers (or
+    Ray's task workers and daemons): with no idle core left on the machine, those show where the
+    time went."""
     shutil.rmtree(out, ignore_errors=True)
     main0, children0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    ray0 = _ray_cpu(session) if ray else {}
     t0 = time.perf_counter()
     summary = build_shards(items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False, ray=ray)
     wall = time.perf_counter() - t0
     assert summary.written == len(items), summary.failures
-    return {
+    run = {
         "wall": wall, "stages": summary.stage_seconds,
         "main_cpu": _cpu(resource.RUSAGE_SELF) - main0, "worker_cpu": _cpu(resource.RUSAGE_CHILDREN) - children0,
     }
+    if ray:
+        run["ray_cpu"] = {k: v - ray0[k] for k, v in _ray_cpu(session).items()}
+    return run
 
 
 def _median_run(runs: list[dict]) -> tuple[dict, float, float]:
@@ -178,7 +198,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     bare_loop(items[:4], audio_root, image_root, out)
     configs = {"local w=1": (1, None), "local w=2": (2, None)}
-    ray_start = None
+    ray_start, session = None, ""
     if args.engine == "ray":
         import ray
 
@@ -186,13 +206,14 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
         ray_start = time.perf_counter() - t0
+        session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
         configs["ray 2 CPUs"] = (0, RayOptions())
         pipeline_run(items[: 2 * args.shard_size], load, out / "warm", 0, args.shard_size, RayOptions())  # workers import torch once
     bare_runs, runs = [], {name: [] for name in configs}
     for _ in range(args.rounds):  # alternate: a busy spell on the machine hits every configuration alike
         bare_runs.append(bare_loop(items, audio_root, image_root, out))
         for name, (workers, ray_options) in configs.items():
-            runs[name].append(pipeline_run(items, load, out / name.replace(" ", "_"), workers, args.shard_size, ray_options))
+            runs[name].append(pipeline_run(items, load, out / name.replace(" ", "_"), workers, args.shard_size, ray_options, session))
     bare = sorted(bare_runs, key=lambda b: sum(b.values()))[len(bare_runs) // 2]
     bare_total = sum(bare.values())
 
@@ -206,7 +227,10 @@ def main() -> None:
         run, lo, hi = _median_run(runs[name])
         medians[name] = run["wall"]
         rate = n / run["wall"]
-        cpu = f"CPU s: main {run['main_cpu']:.2f}, workers {run['worker_cpu']:.2f}" if workers else f"CPU s: driver {run['main_cpu']:.2f}"
+        if workers:
+            cpu = f"CPU s: main {run['main_cpu']:.2f}, workers {run['worker_cpu']:.2f}"
+        else:
+            cpu = f"CPU s: driver {run['main_cpu']:.2f}, tasks {run['ray_cpu']['tasks']:.2f}, Ray daemons {run['ray_cpu']['daemons']:.2f}"
         print(f"{name:<11}: {rate:6.1f} clips/s ({n / hi:5.1f}-{n / lo:5.1f})   wall {run['wall']:6.2f} s   "
               f"wall / bare stage sum = {run['wall'] / bare_total:4.2f}   {cpu}   per clip: {_split(run['stages'], n)}")
     one, two = _median_run(runs["local w=1"])[0], _median_run(runs["local w=2"])[0]

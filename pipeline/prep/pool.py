@@ -1,5 +1,6 @@
 """The builder's process pool: runs items in worker processes and yields their outcomes in input
-order, survives workers that die on an item, and never leaves a worker behind its driver."""
+order, survives workers that die on an item, and never leaves a worker behind its driver.
+``new_pool`` is also the pool whose workers build whole shards (``build.run_plans``)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _preload_for_workers() -> None:
         pass
 
 
-def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
+def new_pool(workers: int) -> cf.ProcessPoolExecutor:
     _preload_for_workers()
     # fork: workers inherit the imported modules (no per-worker import of torch/pyarrow) and any
     # index a reader built before the pool started. The parent-death signal fires when the
@@ -95,7 +96,7 @@ class OrderedRunner:
 
     def _executor(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = _new_pool(self.workers)
+            self._pool = new_pool(self.workers)
             self._generation += 1
         return self._pool
 
@@ -113,7 +114,7 @@ class OrderedRunner:
         return future, self._generation
 
     def _isolated(self, task: Task) -> Outcome:
-        with _new_pool(1) as pool:
+        with new_pool(1) as pool:
             try:
                 return pool.submit(process_item, self.load, task.index, task.key, task.item).result()
             except BrokenProcessPool:

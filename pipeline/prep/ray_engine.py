@@ -5,9 +5,9 @@ runs the same per-shard writer as the local engine (``build.write_shard``) under
 write lock and commits with the same marker into the same directory, so every node must see
 ``--out`` at the same path (a shared filesystem). A task whose worker or node dies is re-run by
 Ray; one that keeps dying is re-run once more with each item in a child process, so only an item
-that kills its process is recorded, as ``worker_crashed``. One progress actor sums every task's
-counts for the driver's bar; a limiter actor (``pipeline.prep.ratelimit``) paces downloads.
-``ray`` is imported only here, and only when a build uses it.
+that kills its process is recorded, as ``worker_crashed``. When there is a progress bar, one
+actor sums every task's counts for it (``ray_progress``); a limiter actor
+(``pipeline.prep.ratelimit``) paces downloads. ``ray`` is imported only here, when a build uses it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pipeline import shard_dir
 from pipeline.prep import ratelimit
-from pipeline.prep.build import BuildSummary, Progress, ShardPlan, keys_digest, record_shard, write_shard
+from pipeline.prep.ray_progress import ProgressActor
+from pipeline.prep.build import BuildSummary, Progress, ShardPlan, build_one_shard, keys_digest, record_shard
 from pipeline.prep.media import reason_kind
-from pipeline.prep.pool import OrderedRunner
 from pipeline.prep.worker import WRITTEN, Outcome
 
 _REPORT_SECONDS = 0.5  # how often a task sends its counts, and the driver redraws the bar
@@ -39,22 +39,6 @@ class RayOptions:
     download_rate: float | None = None  # cluster-wide downloads started per second (None: no limit)
     download_burst: int = 1
     lock_wait: float = 600.0  # seconds a task waits for an earlier attempt still writing its shard
-
-
-class ProgressActor:
-    """Every task's latest counts, by shard: a retried task starts its shard's counts again."""
-
-    def __init__(self):
-        self.shards: dict[int, tuple[int, int, dict]] = {}
-
-    def update(self, shard: int, done: int, written: int, failures: dict) -> None:
-        self.shards[shard] = (done, written, failures)
-
-    def totals(self) -> tuple[int, int, dict]:
-        failures: collections.Counter = collections.Counter()
-        for _, _, f in self.shards.values():
-            failures.update(f)
-        return sum(s[0] for s in self.shards.values()), sum(s[1] for s in self.shards.values()), dict(failures)
 
 
 class _Reporter:
@@ -76,13 +60,14 @@ class _Reporter:
             self.flush()
 
     def flush(self) -> None:
-        self.actor.update.remote(self.shard, self.done, self.written, dict(self.failures))
+        if self.actor is not None:
+            self.actor.update.remote(self.shard, self.done, self.written, dict(self.failures))
         self.sent = time.monotonic()
 
 
 def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float) -> dict:
-    """One shard, in a Ray worker: its items in this process (or, with ``isolate``, each in a
-    child process), written by ``build.write_shard``. Returns the commit marker's contents."""
+    """One shard in a Ray worker, under its write lock: ``build.build_one_shard``, unless an
+    earlier attempt committed it. Returns the commit marker's contents."""
     out = Path(out_dir)
     with shard_dir.write_lock(out, plan.shard, lock_wait):
         if shard_dir.is_committed(out, plan.shard):  # an earlier attempt committed, then died
@@ -91,14 +76,7 @@ def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, prog
                 return stats
         shard_dir.remove_uncommitted(out, plan.shard)
         reporter = _Reporter(progress, plan.shard)
-        outcomes = OrderedRunner(load, 1 if isolate else 0).run(plan.tasks)
-        try:
-            stats = write_shard(out, plan, outcomes, extra, on_item=reporter.item)
-        except OSError:
-            shard_dir.remove_uncommitted(out, plan.shard)
-            raise
-        finally:
-            outcomes.close()
+        stats = build_one_shard(out, plan, load, extra, reporter.item, isolate)
         reporter.flush()
         return stats
 
@@ -163,7 +141,8 @@ def run_plans(
     started = _connect(options)
     pending: dict = {}
     try:
-        counter = ray.remote(ProgressActor).options(num_cpus=0).remote()
+        # The actor is a process of its own (about 0.8 CPU-seconds to start): only for a bar.
+        counter = ray.remote(ProgressActor).options(num_cpus=0).remote() if progress else None
         limiter = None
         if options.download_rate:
             limiter = ray.remote(ratelimit.BucketActor).options(name=ratelimit.ACTOR_NAME, num_cpus=0).remote(
@@ -181,7 +160,8 @@ def run_plans(
         with Progress(sum(len(p.tasks) for p in plans), desc, progress) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_REPORT_SECONDS, fetch_local=False)
-                bar.set(*ray.get(counter.totals.remote()))
+                if counter is not None:
+                    bar.set(*ray.get(counter.totals.remote()))
                 for ref in done:
                     plan, isolated = pending.pop(ref)
                     stats = _result(ref, out, plan, isolated)
@@ -190,7 +170,8 @@ def run_plans(
                         continue
                     record_shard(summary, stats)
                     on_commit(plan.shard)
-            bar.set(*ray.get(counter.totals.remote()))
+            if counter is not None:
+                bar.set(*ray.get(counter.totals.remote()))
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def retry_failed(
 
 class _OldSamples:
     """The old tar's samples in one streaming pass (both tars follow input order). Picklable
-    before its first use, so a retry plan can travel to a Ray task and read the tar there."""
+    before its first use, so a retry plan can travel to a worker or a Ray task and read the tar
+    there."""
 
     def __init__(self, path: Path):
         self.path, self._iter = path, None
@@ -89,20 +91,25 @@ class _OldSamples:
         raise RuntimeError(f"{self.path} lacks sample {key} that its parquet lists")
 
 
+@dataclass
+class _Kept:
+    """A row the retry keeps: its old failure, or its sample from the old tar."""
+
+    row: dict
+    old_samples: _OldSamples
+
+    def __call__(self) -> Outcome:
+        row = self.row
+        item = json.loads(row["item"])
+        if row["status"] == FAILED:
+            return Outcome(row["index"], row["key"], item, reason=row["reason"])
+        return Outcome(row["index"], row["key"], item, WRITTEN, sample=self.old_samples.find(row["key"]), meta=json.loads(row["meta"]))
+
+
 def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
     old_samples = _OldSamples(shard_dir.tar_path(out, shard))
-
-    def kept(row: dict) -> Callable[[], Outcome]:
-        def outcome() -> Outcome:
-            item = json.loads(row["item"])
-            if row["status"] == FAILED:
-                return Outcome(row["index"], row["key"], item, reason=row["reason"])
-            return Outcome(row["index"], row["key"], item, WRITTEN, sample=old_samples.find(row["key"]), meta=json.loads(row["meta"]))
-
-        return outcome
-
     tasks = [
-        Task(r["index"], r["key"], json.loads(r["item"])) if r["index"] in retry else Task(r["index"], r["key"], None, ready=kept(r))
+        Task(r["index"], r["key"], json.loads(r["item"])) if r["index"] in retry else Task(r["index"], r["key"], None, ready=_Kept(r, old_samples))
         for r in sorted(rows, key=lambda r: r["index"])
     ]
     return ShardPlan(shard, tasks)

@@ -1,6 +1,7 @@
 """`--engine ray` on a local Ray cluster started here (loopback, 2 CPUs): the same shards and
 manifests as the local engine, resume, retry, a killed worker and a killed driver, the shared
-download rate limit; and the token bucket against a fake clock."""
+download rate limit; the local engine's workers building whole shards (the per-shard path a
+Ray task runs); and the token bucket against a fake clock."""
 
 import functools
 import json
@@ -102,6 +103,11 @@ def load_slow(item: dict):
     return shardgen.load_item(item)
 
 
+def load_very_slow(item: dict):
+    time.sleep(0.5)
+    return shardgen.load_item(item)
+
+
 def load_paced(item: dict):
     """Records when the cluster-wide limiter let it start; seed 5 answers "too many requests"."""
     ratelimit.acquire()
@@ -111,6 +117,75 @@ def load_paced(item: dict):
     media_ = shardgen.load_item(item)
     media_.meta["granted"] = granted
     return media_
+
+
+# ---------------------------------------------------------------------------------------------
+# the local engine's workers building whole shards (the per-shard path a Ray task runs)
+
+
+def test_local_workers_building_whole_shards_write_what_one_process_writes(tmp_path):
+    items = make_items(26)  # 5 shards of 6 for 2 workers: whole shards in the workers
+    inline = build_shards(items, shardgen.load_item, tmp_path / "inline", key=shardgen.item_key, shard_size=6, workers=0, progress=False)
+    pooled = build_shards(items, shardgen.load_item, tmp_path / "pooled", key=shardgen.item_key, shard_size=6, workers=2, progress=False)
+    assert snapshot(tmp_path / "pooled") == snapshot(tmp_path / "inline")
+    assert (pooled.shards_built, pooled.written, pooled.failures) == (5, 24, {"error": 1, "duplicate_key": 1})
+    assert pooled.written == inline.written
+
+
+def test_a_local_worker_killed_mid_shard_leaves_every_row_once(tmp_path):
+    items = make_items(26)
+    summary = build_shards(items, functools.partial(load_killing_once, str(tmp_path)), tmp_path / "out", key=shardgen.item_key,
+                           shard_size=6, workers=2, progress=False)
+    assert (tmp_path / "killed-9").exists() and summary.items_processed == 26
+    assert rows_by_index(tmp_path / "out") == list(range(26)) and not shard_dir.list_dir(tmp_path / "out").partial_files
+    build_shards(items, shardgen.load_item, tmp_path / "inline", key=shardgen.item_key, shard_size=6, workers=0, progress=False)
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "inline")
+
+
+def test_an_item_that_always_kills_a_local_worker_is_one_worker_crashed_row(tmp_path):
+    items = [{"type": "speech", "seed": i, "seconds": 1.0} for i in range(16)]
+    summary = build_shards(items, load_killing_always, tmp_path / "out", key=shardgen.item_key, shard_size=4, workers=2, progress=False)
+    assert summary.failures == {"worker_crashed": 1} and summary.written == 15
+    assert rows_by_index(tmp_path / "out") == list(range(16))
+
+
+def test_a_local_retry_of_many_shards_keeps_the_old_samples(tmp_path):
+    items = [{"type": "speech", "seed": i, "seconds": 1.0 + 0.05 * i} for i in range(20)]
+    (tmp_path / "markers").mkdir()
+    load = functools.partial(load_flaky, str(tmp_path / "markers"))
+    out = tmp_path / "out"
+    build_shards(items, load, out, key=shardgen.item_key, shard_size=4, workers=2, progress=False)
+    (tmp_path / "markers" / "ok").write_text("")
+    summary = retry_failed(out, kinds=["rate_limited"], workers=2, progress=False, load=load)  # 5 shards: whole ones per worker
+    assert (summary.shards_built, summary.written, summary.failed) == (5, 20, 0)
+    build_shards(items, shardgen.load_item, tmp_path / "clean", key=shardgen.item_key, shard_size=4, workers=0, progress=False)
+    for shard in range(5):
+        assert shard_dir.tar_path(out, shard).read_bytes() == shard_dir.tar_path(tmp_path / "clean", shard).read_bytes()
+
+
+def test_ctrl_c_stops_local_workers_mid_shard_at_once_and_a_rerun_finishes(tmp_path):
+    items = [{"type": "speech", "seed": i, "seconds": 0.8} for i in range(40)]  # 4 shards of 10 s each
+    out = tmp_path / "out"
+    script = (
+        "import json, sys\n"
+        "from tests.pipeline.prep.test_ray_engine import load_very_slow\n"
+        "from tests.support import shardgen\n"
+        "from pipeline.prep.build import build_shards\n"
+        "build_shards(json.loads(sys.argv[1]), load_very_slow, sys.argv[2], key=shardgen.item_key, shard_size=10, workers=2,"
+        " progress=False)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script, json.dumps(items), str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    kids = procs.wait_for_children(driver, 2, timeout=60)
+    time.sleep(2.0)  # both workers are mid-shard
+    driver.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode != 0 and "KeyboardInterrupt" in err
+    assert time.monotonic() - started < 5, "waited for the shards in flight"
+    assert not procs.survivors(kids, timeout=10)
+    assert not shard_dir.committed_shards(out)
+    rerun = build_shards(items, shardgen.load_item, out, key=shardgen.item_key, shard_size=10, workers=2, progress=False)
+    assert rerun.shards_built == 4 and rows_by_index(out) == list(range(40))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +232,13 @@ def test_ray_engine_writes_what_the_local_engine_writes_and_resumes(cluster, tmp
     assert on_ray.failures == {"error": 1, "duplicate_key": 1}
     again = build_shards(items, shardgen.load_item, tmp_path / "ray", key=shardgen.item_key, shard_size=6, ray=RayOptions(), progress=False)
     assert (again.shards_skipped, again.shards_built) == (4, 0)
+
+
+def test_one_progress_bar_counts_every_task_by_reason(cluster, tmp_path, capsys):
+    build_shards(make_items(20), shardgen.load_item, tmp_path / "ray", key=shardgen.item_key, shard_size=6, ray=RayOptions(), desc="bar")
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("bar: 100%") and "20/20" in bar
+    assert "ok=18 failed=2 (" in bar and "error 1" in bar and "duplicate_key 1" in bar
 
 
 def test_parts_on_ray_then_the_rest_locally_equal_one_run(cluster, tmp_path):
