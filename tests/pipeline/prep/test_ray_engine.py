@@ -510,3 +510,14 @@ def test_a_cluster_started_with_ray_start_is_joined_by_address(tmp_path):
     local = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "local"), "--workers", "2"])
     assert local.exit_code == 0, local.output
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_the_prep_benchmark_measures_ray_against_the_local_engine(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "bench/prep.py", "--clips", "16", "--shard-size", "4", "--rounds", "1", "--engine", "ray", "--workdir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in ("local w=1", "local w=2", "ray 2 CPUs", "speed-up 1 -> 2 workers", "ray / local w=2 clips/s", "Ray started in"):
+        assert line in result.stdout, result.stdout
+    assert "tasks" in result.stdout and "Ray daemons" in result.stdout
