@@ -109,9 +109,15 @@ def retry_command(
     engine: EngineOpt = Engine.local,
     ray_address: RayAddressOpt = None,
     ray_task_cpus: RayTaskCpusOpt = 1.0,
+    downloads_per_second: Annotated[
+        float | None, typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster.")
+    ] = None,
 ) -> None:
     """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""
-    ray = ray_options(engine, ray_address, workers, ray_task_cpus)
+    if downloads_per_second is not None and engine != Engine.ray:
+        raise fail("--downloads-per-second paces a Ray build (--engine ray)")
+    extra = {"download_rate": downloads_per_second} if downloads_per_second else {}
+    ray = ray_options(engine, ray_address, workers, ray_task_cpus, **extra)
     try:
         summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress, ray=ray)
     except ValueError as exc:

@@ -395,7 +395,7 @@ def test_prep_shards_places_engine_ray_on_the_command_line(cluster, tmp_path):
                                 "--shard-size", "3", "--no-progress"])
     assert built.exit_code == 0 and json.loads((tmp_path / "retry" / "dataset.json").read_text())["failed"] == 1
     media.write_audio(tmp_path / "tree2" / "PlacesAudio_400k_distro" / entries[6]["wav"], entries[6]["audio"], 16_000)
-    retried = runner.invoke(app, ["retry", str(tmp_path / "retry"), "--engine", "ray", "--no-progress"])
+    retried = runner.invoke(app, ["retry", str(tmp_path / "retry"), "--engine", "ray", "--downloads-per-second", "50", "--no-progress"])
     assert retried.exit_code == 0, retried.output
     assert {k: v for k, v in snapshot(tmp_path / "retry").items() if k.endswith((".tar", ".parquet"))} == {
         k: v for k, v in snapshot(tmp_path / "local").items() if k.endswith((".tar", ".parquet"))
