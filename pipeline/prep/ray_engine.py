@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pipeline import shard_dir
 from pipeline.prep import ratelimit
-from pipeline.prep.ray_progress import ProgressActor
 from pipeline.prep.build import BuildSummary, Progress, ShardPlan, build_one_shard, keys_digest, record_shard
 from pipeline.prep.media import reason_kind
+from pipeline.prep.ray_progress import ProgressActor
 from pipeline.prep.worker import WRITTEN, Outcome
 
 _REPORT_SECONDS = 0.5  # how often a task sends its counts, and the driver redraws the bar
