@@ -52,16 +52,33 @@ def read_header(out_dir: Path) -> dict:
 def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = None) -> dict:
     """Rewrite dataset.json from the committed shards' stats files (cheap: one small file each).
 
-    Several ``--part`` runs may share ``out_dir``; each rewrite rescans every stats file and
-    replaces the file atomically, so the last writer leaves a complete picture.
+    Several ``--part`` runs may share ``out_dir`` and rewrite it concurrently, so a run could
+    replace a newer summary with its own older scan. Hence each rewrite scans again after writing
+    and writes again until its scan did not change: whichever rewrite lands last was followed by
+    a scan that saw every commit made before it, so the last writer leaves a complete picture,
+    without a lock that a stopped run could hold.
     """
     out = Path(out_dir)
+    scan = _scan_committed(out)
+    while True:
+        summary = _summary(out, header, scan)
+        write_json(out / shard_dir.DATASET_FILE, summary)
+        again = _scan_committed(out)
+        if again == scan:
+            return summary
+        scan = again
+
+
+def _scan_committed(out: Path) -> list[dict]:
+    return [committed.stats for committed in shard_dir.committed_shards(out)]
+
+
+def _summary(out: Path, header: dict | None, scan: list[dict]) -> dict:
     previous = read_header(out)
     summary = {k: previous[k] for k in HEADER_FIELDS if k in previous}
     summary.update({k: v for k, v in (header or {}).items() if v is not None})
     shards, failures = [], collections.Counter()
-    for committed in shard_dir.committed_shards(out):
-        stats = committed.stats
+    for stats in scan:
         shards.append(
             {
                 "shard": stats["shard"],
@@ -84,5 +101,4 @@ def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = Non
             "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    write_json(out / shard_dir.DATASET_FILE, summary)
     return summary

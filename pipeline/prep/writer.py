@@ -17,7 +17,9 @@ from pipeline.shard_dir import PARTIAL_SUFFIX
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    # a temporary name of this process's own: two runs sharing a directory (--part) never write
+    # into one temporary file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
