@@ -297,8 +297,11 @@ def test_the_download_limiter_is_shared_by_every_task(cluster, tmp_path):
     rows = [r for s in shard_dir.committed_shards(out) for r in read_rows(shard_dir.parquet_path(out, s.index))]
     granted = {r["index"]: json.loads(r["meta"])["granted"] for r in rows}
     times = sorted(granted.values())
-    gaps = np.diff(times)
-    assert gaps.min() >= 0.8 / rate  # 4 shard tasks on 2 CPUs, one pace (a little clock slack)
+    # 4 shard tasks on 2 CPUs, one pace: any j - i grants span at least (j - i) intervals. Measured
+    # where the task starts its download, so one actor round trip of jitter (a loaded machine
+    # answers one task late and the next on time) is allowed, but never a missing pace.
+    spans = [times[j] - times[i] - (j - i) / rate for i in range(len(times)) for j in range(i + 1, len(times))]
+    assert min(spans) >= -0.15, spans
     assert max(t for t in times if t > granted[5]) - granted[5] >= 1.0  # the back-off paused everyone
     with pytest.raises(ValueError):
         ray.get_actor(ratelimit.ACTOR_NAME)  # gone with its build
