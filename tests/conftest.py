@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: one set of tiny shards from the real shard builder."""
+"""Fixtures shared by every test package: one set of tiny shards from the real shard builder, and
+one real tiny checkpoint."""
 
 from typing import NamedTuple
 
@@ -18,3 +19,16 @@ def shards(tmp_path_factory) -> TinyShards:
     speech_keys = shardgen.build(root / "speech", "speech", 46, 6)  # 8 shards of unequal size (last has 4)
     shardgen.build(root / "sound", "sound", 20, 5, seed0=1000)
     return TinyShards(root, speech_keys)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint of the tiny preset as train.py writes it (model.checkpoint.save_checkpoint)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.factory import build_model
+
+    torch.manual_seed(1)
+    return save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -1,21 +1,9 @@
-"""Fixtures of the ground tests: a real tiny checkpoint and generated media files (real ffmpeg)."""
+"""Fixtures of the ground tests: generated media files (real ffmpeg); the tiny checkpoint is tests/conftest.py's."""
 
 import numpy as np
 import pytest
-import torch
 
 from tests.support import media
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    """A checkpoint of the tiny preset as train.py writes it (model.checkpoint.save_checkpoint)."""
-    from model.checkpoint import save_checkpoint
-    from model.config import ModelConfig
-    from model.factory import build_model
-
-    torch.manual_seed(3)
-    return save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ HEADS = ["sound", "speech", "total"]
 
 
 @pytest.fixture(scope="module")
-def grounder(tiny_ckpt):
-    return Grounder.from_checkpoint(tiny_ckpt)
+def grounder(tiny_checkpoint):
+    return Grounder.from_checkpoint(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_audio_of_any_rate_becomes_16k_mono(files):
     assert clip.shape == (32_000,) and clip.dtype == np.float32
 
 
-def test_speech_head_override_swaps_the_names(tiny_ckpt, files, result):
-    swapped = Grounder.from_checkpoint(tiny_ckpt, speech_head=0)
+def test_speech_head_override_swaps_the_names(tiny_checkpoint, files, result):
+    swapped = Grounder.from_checkpoint(tiny_checkpoint, speech_head=0)
     assert swapped.head_names == ["speech", "sound"]
     other = swapped.ground(files["image"], files["speech"])
     np.testing.assert_allclose(other.activation["speech"], result.activation["sound"], rtol=1e-5)

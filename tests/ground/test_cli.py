@@ -37,8 +37,8 @@ def check_folder(folder, image_size, seconds):
     return summary
 
 
-def test_an_image_and_a_mixture_of_two_files(tiny_ckpt, files, tmp_path):
-    result = ground(tiny_ckpt, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
+def test_an_image_and_a_mixture_of_two_files(tiny_checkpoint, files, tmp_path):
+    result = ground(tiny_checkpoint, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
                     "--audio", str(files["sound"]))
     assert result.exit_code == 0, result.output
     summary = check_folder(tmp_path, (200, 120), 2.5)  # the mixture lasts as long as its longest part
@@ -47,8 +47,8 @@ def test_an_image_and_a_mixture_of_two_files(tiny_ckpt, files, tmp_path):
     assert f"wrote {tmp_path}/overlays.png" in result.output
 
 
-def test_separate_grounds_each_file_in_its_own_folder(tiny_ckpt, files, tmp_path):
-    result = ground(tiny_ckpt, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
+def test_separate_grounds_each_file_in_its_own_folder(tiny_checkpoint, files, tmp_path):
+    result = ground(tiny_checkpoint, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
                     "--audio", str(files["sound"]), "--separate", "--window", "0.5:1.5")
     assert result.exit_code == 0, result.output
     speech = check_folder(tmp_path / "speech", (200, 120), 2.5)
@@ -57,8 +57,8 @@ def test_separate_grounds_each_file_in_its_own_folder(tiny_ckpt, files, tmp_path
 
 
 @pytest.mark.parametrize("every", [False, True])
-def test_a_video_with_its_own_sound(tiny_ckpt, files, tmp_path, every):
-    result = ground(tiny_ckpt, tmp_path, "--video", str(files["video"]), *(["--every-frame"] if every else []))
+def test_a_video_with_its_own_sound(tiny_checkpoint, files, tmp_path, every):
+    result = ground(tiny_checkpoint, tmp_path, "--video", str(files["video"]), *(["--every-frame"] if every else []))
     assert result.exit_code == 0, result.output
     summary = check_folder(tmp_path, (96, 64), 2.0)
     frames = len(summary["times_s"])
@@ -66,12 +66,12 @@ def test_a_video_with_its_own_sound(tiny_ckpt, files, tmp_path, every):
     assert summary["inputs"] == {"video": str(files["video"]), "every_frame": every}
 
 
-def test_every_frame_maps_follow_the_pictures(tiny_ckpt, files, tmp_path):
+def test_every_frame_maps_follow_the_pictures(tiny_checkpoint, files, tmp_path):
     """Frame t is grounded on the picture shown at t: the video's colour changes each second."""
     from ground.cli import _ground_video
     from ground.api import Grounder
 
-    result = _ground_video(Grounder.from_checkpoint(tiny_ckpt), files["video"], True, None, False)
+    result = _ground_video(Grounder.from_checkpoint(tiny_checkpoint), files["video"], True, None, False)
     colours = [im.getpixel((48, 32)) for im in result.frames]
     first, last = colours[0], colours[-1]
     assert first != last and len(set(colours)) == 2  # seconds 0 and 1 of the clip
@@ -108,9 +108,9 @@ CASES = ["silent audio", "too short audio", "garbage audio", "garbage image", "d
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hostile_input_stops_with_one_line(tiny_ckpt, files, tmp_path, case):
+def test_hostile_input_stops_with_one_line(tiny_checkpoint, files, tmp_path, case):
     args, expected = hostile_cases(files)[case]
-    result = ground(tiny_ckpt, tmp_path / "out", *args)
+    result = ground(tiny_checkpoint, tmp_path / "out", *args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
