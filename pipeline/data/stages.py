@@ -76,13 +76,20 @@ class StreamGuard:
     def __init__(self, role: str, spec: str, shards: list[Shard], counter: SkipCounter, limit: int):
         self.role, self.spec, self.counter, self.limit = role, spec, counter, limit
         self.samples = {s.path: s.samples for s in shards}
+        self.empty = frozenset(p for p, n in self.samples.items() if n == 0)  # failed from the start
         self.watching = True  # off while a resumed worker fast-forwards
-        self.good()
+        self._reset()
 
     def good(self):
+        """A good sample (called for every one): the skips in a row start over. Only ``skip``
+        changes the state, and it counts ``in_a_row``: at 0 there is nothing to reset."""
+        if self.in_a_row:
+            self._reset()
+
+    def _reset(self):
         self.in_a_row, self.reasons = 0, Counter()
         self.failed_keys: dict[str, set] = {}
-        self.failed = {p for p, n in self.samples.items() if n == 0}
+        self.failed = set(self.empty)
 
     def skip(self, reason: str, shard: str = "?", key: str = "?"):
         reason = f"{self.role}: {reason}"
