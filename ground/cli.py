@@ -192,6 +192,3 @@ def _write(result, folder: Path, given: dict, progress: bool) -> Path:
 
 
 app.command("serve")(serve_command)
-from ground.serve import serve_command  # noqa: E402  (after `app` exists)
-
-app.command("serve")(serve_command)
