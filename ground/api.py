@@ -4,8 +4,8 @@ What ``ground`` computes, from the model's own quantities (``model.similarity``)
 
 * per frame t and head k the map ``mean_f S[k, f, t, h, w]`` (Eq. 2's volume of that head, Eq. 4),
   and for ``total`` the element-wise max over heads (Eq. 3), as ``similarity.frame_heatmaps``;
-* the mean map over the valid frames, or the frames whose centre lies in ``window``
-  (``ModelRunner.pair_heatmaps`` / ``similarity.heatmaps``);
+* the mean map: the average of those maps over the valid frames, or the frames whose centre lies
+  in ``window`` (as ``similarity.heatmaps``);
 * a head's activation at frame t: ``mean_f max_(h,w) S[k, f, t, h, w]``, so its mean over the valid
   frames is exactly the head's score ``s_N`` (Eq. 6), and for ``total`` the score ``s_M`` (Eq. 5).
 
@@ -130,15 +130,8 @@ class Grounder:
         low, activation = self._per_frame(a, frame_mask, v)
         weights = self._window(times, window)
         box = crop_box(image.size, self.runner.image_size)
-        mean_maps = {}
-        for name, head in self._heads():
-            if v.shape[0] == 1:
-                w = None if weights is None else torch.from_numpy(weights).unsqueeze(0).to(frame_mask.device)
-                mean, _ = self.runner.pair_heatmaps(a, frame_mask, v, head, window=w)
-            else:  # a different picture at every frame: the average of the per-frame maps
-                keep = frame_mask[0].cpu().numpy() & (True if weights is None else weights)
-                mean = low[name][keep].mean(0, keepdims=True)
-            mean_maps[name] = place(mean, box, image.size)[0]
+        keep = frame_mask[0].cpu().numpy() & (True if weights is None else weights)
+        mean_maps = {name: place(maps[keep].mean(0, keepdims=True), box, image.size)[0] for name, maps in low.items()}
         description = {**self.description, "audio": notes, "crop_box": list(box), "frames": num_frames,
                        "window_s": None if window is None else [float(window[0]), float(window[1])],
                        "image": "one picture" if frames is None else f"{len(frames)} video frames"}
