@@ -120,8 +120,7 @@ def is_committed(out_dir: Path, shard: int) -> bool:
 
 def remove_uncommitted(out_dir: Path, shard: int) -> list[Path]:
     """Delete the leftovers of an interrupted build of ``shard``; returns what was removed."""
-    stem = shard_stem(shard)
-    doomed = [p for p in Path(out_dir).glob(f"{stem}*") if p.name.split(".")[0].split("_")[0] == stem]
+    doomed = [p for p in Path(out_dir).glob(f"{shard_stem(shard)}*") if shard_index(p) == shard]
     for p in doomed:
         p.unlink()
     return doomed
