@@ -190,7 +190,7 @@ def _hubert_config(hubert: dict[str, torch.Tensor]) -> dict[str, Any]:
         mask_time_prob=0.05 if "masked_spec_embed" in hubert else 0.0)
 
 
-def _aligner_keys(state: dict[str, torch.Tensor], use_cls: bool) -> dict[str, torch.Tensor]:
+def _aligner_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     audio, image = _strip(state, "audio_aligner.mod_list."), _strip(state, "image_aligner.")
     out = {"audio_norm." + k[len("1.norm."):]: v for k, v in audio.items() if k.startswith("1.norm.")}
     out.update({"audio_pool1." + k[len("2.layer."):]: v for k, v in audio.items() if k.startswith("2.layer.")})
@@ -248,16 +248,17 @@ def _convert(path, state, hparams, num_heads):
         raise DenseAVFormatError(f"{path}: no image_model.* / audio_model.model.* weights; not a DenseAV checkpoint")
     heads = _num_heads(path, hparams, num_heads)
     code_dim = state["image_aligner.layer.weight"].shape[0]
-    use_cls = bool(hparams.get("sim_use_cls", False))
-    config = DenseAVConfig(vit=_vit_sizes(vit), hubert=_hubert_config(hubert), code_dim=code_dim,
-                           num_heads=heads, sound_head=0, speech_head=1 if heads == 2 else 0, use_cls=use_cls,
+    sizes = _vit_sizes(vit)
+    config = DenseAVConfig(vit=sizes, hubert=_hubert_config(hubert), code_dim=code_dim,
+                           num_heads=heads, sound_head=0, speech_head=1 if heads == 2 else 0,
+                           use_cls=bool(hparams.get("sim_use_cls", False)),
                            mask_silence=bool(hparams.get("mask_silence", True)),
-                           image_size=_vit_sizes(vit)["grid"] * _vit_sizes(vit)["patch"])
+                           image_size=sizes["grid"] * sizes["patch"])
     model = DenseAVModel(config)
     weights = {"image_backbone." + k: v for k, v in _vit_keys(vit).items()}
     expected = set(model.audio_backbone.state_dict())
     weights.update({"audio_backbone." + k: v for k, v in _hubert_keys(hubert, expected).items()})
-    weights.update(_aligner_keys(state, use_cls))
+    weights.update(_aligner_keys(state))
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unused = sorted(set(weights) - set(own))
