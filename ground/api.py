@@ -47,11 +47,10 @@ def crop_box(size: tuple[int, int], model_size: int) -> tuple[int, int, int, int
 class Grounder:
     """A model ready to ground: ``Grounder.from_checkpoint(path).ground(image, audio)``."""
 
-    def __init__(self, model: torch.nn.Module, description: dict, *, device: str = "cpu",
-                 speech_head: int | None = None):
+    def __init__(self, model: torch.nn.Module, description: dict, *, device: str = "cpu"):
         self.device = torch.device(device)
         self.runner = ModelRunner(model.to(self.device).eval(), self.device, batch_size=1)
-        self.head_names = self._names(speech_head)
+        self.head_names = self._names()
         preprocessing = ("audio: 16 kHz mono at its real length (at most "
                          f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to {self.runner.image_size} px, "
                          "centre square crop, ImageNet normalization; maps NaN outside the crop")
@@ -59,16 +58,11 @@ class Grounder:
                             "heads": {n: i for i, n in enumerate(self.head_names)},
                             "image_size": self.runner.image_size}
 
-    def _names(self, speech_head: int | None) -> list[str]:
+    def _names(self) -> list[str]:
+        """Head names from the model's config (``model.loading.load_any`` applies a ``speech_head``)."""
         k, sound, speech = self.runner.num_heads, self.runner.sound_head, self.runner.speech_head
         if k == 1:
             return ["audio"]
-        if speech_head is not None:
-            if not 0 <= speech_head < k:
-                raise inputs.GroundInputError(f"--speech-head {speech_head} is outside 0..{k - 1} "
-                                              f"(the model has {k} heads)")
-            speech = speech_head
-            sound = next(i for i in (sound, *range(k)) if i != speech)
         names = [f"head{i}" for i in range(k)]
         names[sound], names[speech] = "sound", "speech"
         return names
