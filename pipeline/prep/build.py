@@ -124,7 +124,16 @@ class Progress:
 
 def write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
     """The per-shard writer both engines run: the plan's outcomes (in order) -> tar, manifest and,
-    last, the commit marker. Returns the marker's contents; a failed write leaves no partial tar."""
+    last, the commit marker. Returns the marker's contents; a failed write (OSError) leaves
+    nothing of the shard behind."""
+    try:
+        return _write_shard(out_dir, plan, outcomes, extra, on_item)
+    except OSError:
+        shard_dir.remove_uncommitted(out_dir, plan.shard)
+        raise
+
+
+def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
     start = time.perf_counter()
     writer = TarShardWriter(shard_dir.tar_path(out_dir, plan.shard))
     rows, seconds = [], dict.fromkeys(STAGES, 0.0)
@@ -197,9 +206,6 @@ def build_one_shard(out_dir: Path, plan: ShardPlan, load: Callable, extra: dict,
     outcomes = OrderedRunner(load, 1 if isolate else 0).run(plan.tasks)
     try:
         return write_shard(out_dir, plan, outcomes, extra, on_item or (lambda _: None))
-    except OSError:
-        shard_dir.remove_uncommitted(out_dir, plan.shard)
-        raise
     finally:
         outcomes.close()
 
@@ -380,11 +386,7 @@ def _items_in_workers(out, plans, load, workers, bar: Progress, summary, extra, 
     outcomes = OrderedRunner(load, workers).run(task for plan in plans for task in plan.tasks)
     try:
         for plan in plans:
-            try:
-                stats = write_shard(out, plan, outcomes, extra, on_item=bar.item)
-            except OSError:
-                shard_dir.remove_uncommitted(out, plan.shard)
-                raise
+            stats = write_shard(out, plan, outcomes, extra, on_item=bar.item)
             record_shard(summary, stats)
             on_commit(plan.shard)
     finally:
