@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import format as fmt
 from pipeline import shard_dir
 from pipeline.prep import commands, manifest
+from pipeline.prep.manifest import read_header
 from pipeline.prep.worker import WRITTEN
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
@@ -37,16 +38,6 @@ def find_shard_dirs(root: str | Path) -> list[Path]:
     if shard_dir.looks_like_shard_dir(root):
         return [root]
     return sorted(d for d in root.rglob("*") if d.is_dir() and shard_dir.looks_like_shard_dir(d))
-
-
-def read_header(directory: Path) -> dict:
-    """dataset.json, or {} when it is missing or unreadable (the figures then come from the
-    shards alone; `prep shards` rewrites it)."""
-    try:
-        header = shard_dir.read_json(directory / shard_dir.DATASET_FILE)
-    except (OSError, ValueError):
-        return {}
-    return header if isinstance(header, dict) else {}
 
 
 def shard_health(directory: Path) -> dict:

@@ -45,8 +45,14 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def read_header(out_dir: Path) -> dict:
-    path = Path(out_dir) / shard_dir.DATASET_FILE
-    return shard_dir.read_json(path) if path.exists() else {}
+    """dataset.json, or {} when it is missing or unreadable: it is derived from the shards' markers
+    (plus the build's own header), so `prep shards` rewrites a torn one and `prep inspect` takes
+    its figures from the shards alone."""
+    try:
+        header = shard_dir.read_json(Path(out_dir) / shard_dir.DATASET_FILE)
+    except (OSError, ValueError):
+        return {}
+    return header if isinstance(header, dict) else {}
 
 
 def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = None) -> dict:

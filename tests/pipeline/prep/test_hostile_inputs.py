@@ -154,3 +154,16 @@ def test_corrupt_commit_marker_is_an_uncommitted_shard_that_a_rerun_rebuilds(tmp
     assert (out / "000000.tar").read_bytes() == tar_before
     report = json.loads(invoke("inspect", str(out), "--json").stdout)
     assert report["health"]["corrupt_markers"] == [] and report["written"] == 4
+
+
+def test_torn_dataset_json_is_rewritten_by_a_rerun_and_refused_by_retry_in_one_line(tmp_path):
+    meta = media.places_tree(tmp_path, [entry(i) for i in range(4)])
+    out = tmp_path / "out"
+    build_places(meta, out, "--shard-size", "2")
+    (out / shard_dir.DATASET_FILE).write_text('{"items_total": 4, "load')  # torn by a crash or a full disk
+    retried = invoke("retry", str(out))
+    assert retried.exit_code == 2 and "Traceback" not in retried.output
+    assert "records no re-creatable loader" in retried.output
+    build_places(meta, out, "--shard-size", "2")  # every shard committed: only the summary is rewritten
+    dataset = json.loads((out / shard_dir.DATASET_FILE).read_text())
+    assert dataset["written"] == 4 and dataset["loader"]["name"] == "places"
