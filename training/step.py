@@ -73,8 +73,19 @@ def gather(x: torch.Tensor, world: int) -> torch.Tensor:
 
 
 def loss_weights(cfg: TrainConfig, stage: str) -> LossWeights:
-    """The configured weights; the warm-up trains on L_cor (+ regularizers) only."""
-    return dataclasses.replace(cfg.loss, disentanglement=0.0) if stage == "warmup" else cfg.loss
+    """The configured weights; the warm-up trains on L_cor (+ regularizers) only.
+
+    With L_cor switched off (the L_dis-only ablation, paper Table 7(a)) the warm-up trains on L_dis
+    instead: it must train the aligners on some contrastive term, and L_cor is the one ablated.
+    """
+    if stage != "warmup" or not cfg.loss.correspondence:
+        return cfg.loss
+    return dataclasses.replace(cfg.loss, disentanglement=0.0)
+
+
+def needs_mixture(cfg: TrainConfig, stage: str) -> bool:
+    """Whether this stage's loss uses the mixture's features (L_dis has a non-zero weight)."""
+    return bool(loss_weights(cfg, stage).disentanglement)
 
 
 def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, accelerator: Accelerator):
@@ -86,7 +97,7 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
         if stage == "full" and cfg.mosaic_prob > 0:
             g = torch.Generator().manual_seed(seed_from(cfg.seed, step, accelerator.process_index, kind))
             inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(inputs[f"{kind}_image"], g, cfg.mosaic_prob)
-    feats = net(inputs, include_mix=(stage == "full"))
+    feats = net(inputs, include_mix=needs_mixture(cfg, stage))
 
     keep = gather(batch["valid"].to(device), world).nonzero().squeeze(1)
     feats = {name: gather(x, world)[keep] for name, x in feats.items()}
