@@ -49,6 +49,17 @@ def _run(run, name: str, data, opts) -> None:
     typer.echo(f"{name}: written to {run.out / report.RESULTS_FILE} and {run.out / report.TABLES_FILE}")
 
 
+def _name_heads(run, data, opts) -> None:
+    """Name the heads before the first table (``--heads pred-dis`` needs both retrieval sets)."""
+    if run.heads == "pred-dis" and not (data.places and data.audioset):
+        raise ValueError("--heads pred-dis names the heads from the retrieval pairs: pass --places and --audioset "
+                         "(to `all`, table3, table5, table6 or table7)")
+    heads = run.name_heads(data, opts)
+    if heads["rule"] != "config":
+        typer.echo(f"heads named by Pred.Dis: sound = head {heads['sound_head']}, speech = head {heads['speech_head']} "
+                   f"(Pred.Dis {100 * heads['pred_dis']:.1f})")
+
+
 def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
     """One table's command: the test sets (``DataPaths`` fields) and options it was given; errors
     as one line."""
@@ -56,7 +67,9 @@ def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
     from model.checkpoint import CheckpointError
 
     try:
-        _run(EvalRun(**ctx.obj), name, DataPaths(**sets), TableOptions(**options))
+        run, data, opts = EvalRun(**ctx.obj), DataPaths(**sets), TableOptions(**options)
+        _name_heads(run, data, opts)
+        _run(run, name, data, opts)
     except CheckpointError as exc:
         raise _checkpoint_failure(exc) from exc
     except (ValueError, OSError) as exc:
@@ -83,14 +96,19 @@ def main(
     seed: Annotated[int, typer.Option(help="Seed of mixing, off-screen distractors and sample picks.")] = 0,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Threads decoding images and audio ahead of the model.")] = 4,
+    heads: Annotated[str, typer.Option(
+        help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
+             "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV).")] = "config",
 ) -> None:
     if normalization not in ("global", "per_image"):
         raise typer.BadParameter("normalization must be global or per_image")
+    if heads not in ("config", "pred-dis"):
+        raise typer.BadParameter("heads must be config or pred-dis")
     # the fields of evaluation.tables.EvalRun, built by the command (importing it loads torch,
     # which `COMMAND --help` does not need)
     ctx.obj = dict(checkpoint=checkpoint, preset=preset, label=label, out=out, device=device, batch_size=batch_size,
                    normalization=normalization, save_heatmaps=save_heatmaps, overlays=overlays,
-                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers)
+                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers, heads=heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +205,12 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
             typer.echo(f"{name}: skipped (its test sets were not given)")
     if not planned:
         raise _fail(ValueError("no test set given: pass --is3, --ade-speech/--ade-sound, --places/--audioset"))
+    try:
+        _name_heads(run, data, opts)
+    except CheckpointError as exc:
+        raise _checkpoint_failure(exc) from exc
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
     failures = 0
     for name in planned:
         try:

@@ -21,6 +21,10 @@ def grid(header: list[str], rows: list[list[str]]) -> str:
 
 def note(section: dict) -> str:
     parts = [f"normalization: {section.get('normalization', 'n/a')}"]
+    heads = section.get("heads")
+    if heads and heads.get("rule") != "config":
+        parts.append(f"heads named by {heads['rule'].replace('_', '.').title()}: sound = head {heads['sound_head']}, "
+                     f"speech = head {heads['speech_head']}")
     for key, value in sorted(section.get("settings", {}).items()):
         parts.append(f"{key}: {value}")
     counts = section.get("counts", {})

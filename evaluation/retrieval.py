@@ -1,5 +1,5 @@
-"""Retrieval experiments: Tables 3, 5, 6, 7 (``run_table3`` ... ``table7_row``) and DenseAV's
-Pred.Dis / Act.Dis.
+"""Retrieval experiments: Tables 3, 5, 6, 7 (``run_table3`` ... ``table7_row``), DenseAV's
+Pred.Dis / Act.Dis, and naming the heads of a model by Pred.Dis (``pred_dis_assignment``).
 
 Sets: 1,000 pairs of PlacesAudio val (speech) and of AudioSet eval (sound), read from ``prep``
 shards. Every image and clip is encoded once; per-head score matrices ``[K, N, N]`` come from
@@ -150,6 +150,23 @@ def disentanglement(session: RetrievalSession) -> dict:
     speech = np.stack([np.diag(m) for m in session.scores("places")], axis=1)
     sound = np.stack([np.diag(m) for m in session.scores("audioset")], axis=1)
     return metrics.disentanglement(speech, sound)
+
+
+def pred_dis_assignment(session: RetrievalSession) -> dict:
+    """Which head is the sound head and which the speech head, by the assignment Pred.Dis picks.
+
+    How the paper evaluates DenseAV, whose heads have no names: each head's matched-pair score is
+    a detector of the audio type (clean Places pairs = speech, AudioSet pairs = sound), and of the
+    two one-to-one assignments the one with the higher mean AP names the heads. A model trained
+    without L_dis (the L_cor-only ablation) is evaluated this way too: nothing in L_cor says which
+    head hears which audio type.
+    """
+    dis = disentanglement(session)
+    ap = np.asarray(dis["ap_matrix"])  # rows: heads, columns: (speech, sound)
+    head0_sound = (ap[0, 1] + ap[1, 0]) >= (ap[0, 0] + ap[1, 1])
+    sound, speech = (0, 1) if head0_sound else (1, 0)
+    return {"rule": "pred_dis", "sound_head": sound, "speech_head": speech,
+            "pred_dis": dis["pred_dis"], "ap_matrix": dis["ap_matrix"]}
 
 
 def run_table6(session: RetrievalSession) -> dict:

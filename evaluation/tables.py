@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from evaluation import markdown, report
-from evaluation.retrieval import RetrievalSession, run_table3, run_table5, run_table6, table7_row
+from evaluation.retrieval import (RetrievalSession, pred_dis_assignment, run_table3, run_table5, run_table6,
+                                  table7_row)
 from evaluation.runner import LoadedModel, ModelRunner, load_model, pick_device
 from evaluation.segmentation import SegSettings, Table1Settings, run_table1, run_table2, run_table4
 from model.checkpoint import CheckpointError
@@ -65,6 +66,8 @@ class EvalRun:
     seed: int
     progress: bool
     workers: int
+    heads: str = "config"  # how the heads are named: "config" (the model's own) or "pred-dis" (HEAD_RULES)
+    _heads: dict | None = field(default=None, repr=False)
     _loaded: tuple[ModelRunner, LoadedModel] | None = field(default=None, repr=False)
     _sessions: dict = field(default_factory=dict, repr=False)
 
@@ -78,6 +81,14 @@ class EvalRun:
 
     def runner(self) -> ModelRunner:
         return self.model()[0]
+
+    def name_heads(self, data: DataPaths, opts: TableOptions) -> dict:
+        """Decide which head is the sound and which the speech head before any table runs, and
+        return the record every section keeps (``heads``)."""
+        if self._heads is None:
+            self._heads = assign_heads(self.runner(), self.heads,
+                                       lambda: self.retrieval_session(data, opts, 0.0))
+        return self._heads
 
     @property
     def name(self) -> str:
@@ -103,6 +114,25 @@ class EvalRun:
     def session_for(self, runner: ModelRunner, sets: dict, offscreen_snr_db: float) -> RetrievalSession:
         return RetrievalSession(runner, sets, seed=self.seed, offscreen_snr_db=offscreen_snr_db,
                                 progress=self.progress, workers=self.workers)
+
+
+HEAD_RULES = ("config", "pred-dis")
+
+
+def assign_heads(runner: ModelRunner, rule: str, session: Callable[[], RetrievalSession]) -> dict:
+    """Name ``runner``'s heads by ``rule``: ``config`` keeps the model's own ``sound_head`` /
+    ``speech_head`` (a model trained with L_dis, whose Eq. 10 fixed them); ``pred-dis`` takes the
+    assignment Pred.Dis picks on the clean retrieval pairs (``pred_dis_assignment``), as the paper
+    does for DenseAV and as a model trained without L_dis needs."""
+    if rule not in HEAD_RULES:
+        raise ValueError(f"--heads must be one of {', '.join(HEAD_RULES)}, got {rule!r}")
+    if rule == "config":
+        return {"rule": "config", "sound_head": runner.sound_head, "speech_head": runner.speech_head}
+    if runner.num_heads != 2:
+        raise ValueError(f"--heads pred-dis needs a two-head model, this one has {runner.num_heads}")
+    chosen = pred_dis_assignment(session())
+    runner.sound_head, runner.speech_head = chosen["sound_head"], chosen["speech_head"]
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +188,9 @@ def _table7(run: EvalRun, data: DataPaths, opts: TableOptions) -> dict:
         except CheckpointError as exc:
             raise ValueError(f"--ablation {label}: {exc} or point it at another checkpoint") from exc
         other = run.session_for(ModelRunner(loaded.model, device, run.batch_size), session.sets, 0.0)
+        heads = assign_heads(other.runner, run.heads, lambda: other)
         rows.append(table7_row(other, label))
-        models.append({"label": label, **loaded.description})
+        models.append({"label": label, "heads": heads, **loaded.description})
     return {"results": {"rows": rows}, "counts": session.counts(), "settings": {"ablation_models": models}}
 
 
@@ -220,7 +251,9 @@ def section(run: EvalRun, table: Table, body: dict, data: DataPaths, started: fl
     _, loaded = run.model()
     normalization = run.normalization if table.heatmaps else "n/a (retrieval uses raw scores)"
     paths = {name: str(getattr(data, name)) for name in table.needs if getattr(data, name) is not None}
-    return {"label": run.name, "model": loaded.description, "normalization": normalization, "data": paths,
+    heads = run._heads or {"rule": "config", "sound_head": run.runner().sound_head,
+                           "speech_head": run.runner().speech_head}
+    return {"label": run.name, "model": loaded.description, "heads": heads, "normalization": normalization, "data": paths,
             "seconds": round(time.time() - started, 1), "skipped_total": len(skipped), "skipped": skipped[:200],
             **body}
 

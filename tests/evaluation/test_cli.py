@@ -104,3 +104,20 @@ def test_errors_are_reported(data, tmp_path):
     result = RUN.invoke(app, ["--out", str(tmp_path), "table3", "--places", str(data / "places")])
     assert result.exit_code == 1 and "exactly one of --checkpoint" in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+def test_heads_named_by_pred_dis(data, tmp_path):
+    """`--heads pred-dis` names the heads before the tables run and every section records it."""
+    res, md = invoke(tmp_path, "--heads", "pred-dis", "all", "--is3", str(data / "is3"), "--places",
+                     str(data / "places"), "--audioset", str(data / "audioset"))
+    heads = {name: section["heads"] for name, section in res.items()}
+    assert set(heads) == {"table1", "table3", "table5", "table6"}
+    first = heads["table1"]
+    assert first["rule"] == "pred_dis" and {first["sound_head"], first["speech_head"]} == {0, 1}
+    assert all(h == first for h in heads.values())
+    assert f"sound = head {first['sound_head']}" in md
+    plain, _ = invoke(tmp_path / "plain", "table3", "--places", str(data / "places"))
+    assert plain["table3"]["heads"] == {"rule": "config", "sound_head": 0, "speech_head": 1}
+    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path / "x"), "--heads", "pred-dis", "table3",
+                              "--places", str(data / "places")])
+    assert result.exit_code == 1 and "pass --places and --audioset" in result.output

@@ -94,3 +94,24 @@ def test_retrieval_tables(tmp_path, runner):
     assert t6["clean"]["places"]["sound_head"]["A->I"][1] == pytest.approx(1 / 12)
     row = table7_row(session, "oracle")
     assert row["audioset_sound_head"]["I->A"][10] == 1.0
+
+
+def test_pred_dis_names_the_heads_of_a_model_whose_config_has_them_swapped(tmp_path, runner):
+    """A model trained without L_dis has no named heads: the assignment Pred.Dis picks finds which
+    head hears sound, whatever the config says, and the tables then route by it."""
+    from evaluation.tables import assign_heads
+
+    make_retrieval_shards(tmp_path / "places", 12, "speech")
+    make_retrieval_shards(tmp_path / "audioset", 12, "sound")
+    sets = {"places": read_retrieval_set(tmp_path / "places"), "audioset": read_retrieval_set(tmp_path / "audioset")}
+    runner.sound_head, runner.speech_head = 1, 0  # the config's names are wrong
+    session = RetrievalSession(runner, sets, progress=False)
+    kept = assign_heads(runner, "config", lambda: session)
+    assert kept == {"rule": "config", "sound_head": 1, "speech_head": 0}
+    assert run_table3(session)["results"]["audioset"]["sound_head"]["I->A"][1] < 0.5  # misrouted
+    named = assign_heads(runner, "pred-dis", lambda: session)
+    assert (named["sound_head"], named["speech_head"]) == (0, 1) == (runner.sound_head, runner.speech_head)
+    assert named["pred_dis"] == pytest.approx(1.0)
+    assert run_table3(session)["results"]["audioset"]["sound_head"]["I->A"][1] == 1.0
+    with pytest.raises(ValueError, match="--heads must be one of"):
+        assign_heads(runner, "by-name", lambda: session)
