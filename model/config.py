@@ -98,6 +98,14 @@ TINY_HUBERT = dict(
 )
 
 STAGES = ("warmup", "full")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+CHECKPOINTING = ("off", "front_end", "audio", "all")
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass
@@ -140,10 +148,27 @@ class ModelConfig:
     audio_layerdrop: float = 0.0
     audio_spec_augment: bool = False
     audio_layer_norm_eps: float | None = 1e-4  # DenseAV raises HuBERT's eps for half precision
-    gradient_checkpointing: bool = False
+    # Attention kernel of both backbones (transformers' attn_implementation). "sdpa" is PyTorch's
+    # scaled_dot_product_attention: the same function as "eager" (tested, padding masks included),
+    # without the [heads, T, T] probabilities kept for backward, and FlashAttention-2 / memory-efficient
+    # kernels on a GPU. transformers' "flash_attention_2" needs the flash-attn package or a kernel
+    # downloaded from the hub, so it is not offered.
+    attn_implementation: str = "sdpa"
+    # Activation checkpointing (recompute in backward instead of keeping activations): "off";
+    # "front_end": HuBERT's conv front end only, about 40% of HuBERT's kept activations at 16 kHz for
+    # about 13% of its forward FLOPs recomputed -- the cheap share of the memory; "audio": all of HuBERT
+    # (front end and transformer layers); "all": HuBERT and the ViT. Larger batches per GPU only.
+    gradient_checkpointing: str = "off"
     # HuBERT's layer-norm conv front end in channels-last layout (model.encoders.ChannelsLastFeatureEncoder):
     # the same function without its per-layer transposes; off until measured on a GPU
     audio_channels_last: bool = False
+    # HuBERT's conv front end frozen (wav2vec2 fine-tuning's usual choice): no gradients and no backward
+    # through it. The paper fine-tunes all of HuBERT, so the paper preset keeps it off.
+    freeze_feature_encoder: bool = False
+    # torch.compile of both backbones: "off", or a torch.compile mode. 10 s clips and fixed image
+    # sizes give static shapes; CUDA-graph modes ("reduce-overhead") are not offered, since the
+    # padding mask's presence changes between steps and the backward runs outside the graph.
+    compile_encoders: str = "off"
     # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init).
     logit_scale_init: float = 1.0
     logit_scale_min: float = 0.01
@@ -175,6 +200,12 @@ class ModelConfig:
             raise ValueError(f"frame_valid_fraction must be in (0, 1], got {self.frame_valid_fraction}")
         if not 0.0 < self.logit_scale_min <= self.logit_scale_init <= self.logit_scale_max:
             raise ValueError("need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max")
+        # Configs written before the checkpointing choices had a bool: True meant everything.
+        if isinstance(self.gradient_checkpointing, bool):
+            self.gradient_checkpointing = "all" if self.gradient_checkpointing else "off"
+        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _check_choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
+        _check_choice("compile_encoders", self.compile_encoders, COMPILE_MODES)
         # JSON has lists, not tuples: normalize so a round trip compares equal.
         self.audio_pool = [int(w) for w in self.audio_pool]
         if self.lora_targets is not None:

@@ -126,20 +126,28 @@ class ChannelsLastFeatureEncoder(nn.Module):
                              "(feat_extract_norm='layer')")
         self.conv_layers = encoder.conv_layers
         self._requires_grad = True
+        # set by transformers' activation checkpointing, as on the front end this one replaces
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
 
     def _freeze_parameters(self):  # what transformers' freeze_feature_encoder calls
         for param in self.parameters():
             param.requires_grad = False
         self._requires_grad = False
 
+    @staticmethod
+    def _layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        conv = layer.conv
+        x = nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight.unsqueeze(2),
+                                 conv.bias, stride=(1, conv.stride[0]))
+        t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # [B, 1, T, C], contiguous
+        return layer.activation(layer.layer_norm(t)).permute(0, 3, 1, 2)  # back to [B, C, 1, T], a view
+
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         x = input_values[:, None, None, :]  # [B, 1, 1, L]
+        recompute = self.gradient_checkpointing and self.training and _needs_grad(self)
         for layer in self.conv_layers:
-            conv = layer.conv
-            x = nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight.unsqueeze(2),
-                                     conv.bias, stride=(1, conv.stride[0]))
-            t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # [B, 1, T, C], contiguous
-            x = layer.activation(layer.layer_norm(t)).permute(0, 3, 1, 2)  # back to [B, C, 1, T], a view
+            x = self._gradient_checkpointing_func(self._layer, layer, x) if recompute else self._layer(layer, x)
         return x.squeeze(2)  # [B, C, T] whose memory is [B, T, C]
 
 
@@ -162,15 +170,14 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"wave must be [B, L], got {tuple(wave.shape)}")
         if mask.shape != wave.shape or mask.dtype != torch.bool:
             raise ValueError(f"mask must be bool with the shape of wave {tuple(wave.shape)}, got {mask.dtype} {tuple(mask.shape)}")
-        empty = (~mask.any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"clips {empty} have no valid samples")
+        keep = prefix_mask(mask)
+        # one host sync for both questions (the mask usually lives on the GPU)
+        all_nonempty, unpadded = torch.stack([mask.any(1).all(), keep.all()]).tolist()
+        if not all_nonempty:
+            raise ValueError(f"clips {(~mask.any(1)).nonzero().flatten().tolist()} have no valid samples")
         x = normalize_waveform(wave, mask) if self.normalize else wave * mask.to(wave.dtype)
-        attention = None
-        if self.use_attention_mask:
-            keep = prefix_mask(mask)
-            if not bool(keep.all()):
-                attention = keep.long()
+        # Without padding no mask is passed: SDPA can then pick its FlashAttention kernel.
+        attention = keep.long() if self.use_attention_mask and not unpadded else None
         with torch.set_grad_enabled(_needs_grad(self.backbone)):
             out = self.backbone(input_values=x, attention_mask=attention)
         return out.last_hidden_state.transpose(1, 2).unsqueeze(2)

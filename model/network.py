@@ -119,7 +119,8 @@ class AVModel(nn.Module):
         the image LoRA adapters + all of HuBERT. The ViT's own weights never train.
 
         HuBERT's SpecAugment embedding is left out when SpecAugment is off: it would get no
-        gradient, which DistributedDataParallel rejects.
+        gradient, which DistributedDataParallel rejects; so is its conv front end under
+        ``freeze_feature_encoder``.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -128,6 +129,8 @@ class AVModel(nn.Module):
             params += self.image_encoder.lora_parameters()
             for name, p in self.audio_encoder.backbone.named_parameters():
                 if name == "masked_spec_embed" and not self.config.audio_spec_augment:
+                    continue
+                if name.startswith("feature_extractor.") and self.config.freeze_feature_encoder:
                     continue
                 params.append(p)
         return params
