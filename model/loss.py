@@ -38,6 +38,15 @@ class LossWeights:
     correspondence: float = 1.0  # L_cor (Eq. 7)
     disentanglement: float = 1.0  # L_dis (Eq. 9); 0 in the warm-up, which trains with L_cor only
     regularizers: reg.RegularizerWeights = field(default_factory=reg.RegularizerWeights)
+    # How L_cor scores a clean clip: "max" is the paper's s_M (Eq. 5, max over heads, Eq. 3), so
+    # either head may answer either audio type. "own" scores sound clips with the sound head and
+    # speech clips with the speech head (s_N, Eq. 6): not the paper's objective, a diagnostic that
+    # isolates what the max over heads lets a head learn of the other audio type (docs/ablation.md).
+    correspondence_heads: str = "max"
+
+    def __post_init__(self):
+        if self.correspondence_heads not in ("max", "own"):
+            raise ValueError(f"loss.correspondence_heads must be max or own, got {self.correspondence_heads!r}")
 
 
 def info_nce(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -90,12 +99,19 @@ def _pair_regularizers(
     return out
 
 
-def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | None = None) -> dict[str, torch.Tensor]:
+def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | None = None,
+                        own_heads: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """L_cor (Eq. 7) by audio type: InfoNCE over ``s_M`` (Eq. 5) of each clean clip set against
-    its images, ``{"sound": ..., "speech": ...}``; L_cor is their sum."""
-    return {kind: info_nce(total_scores(_get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"),
-                                        _get(feats, f"{kind}_image"), chunk), logit_scale)
-            for kind in ("sound", "speech")}
+    its images, ``{"sound": ..., "speech": ...}``; L_cor is their sum.
+
+    ``own_heads`` (``{"sound": N, "speech": N'}``, the ``correspondence_heads: own`` diagnostic)
+    scores each audio type with its own head's ``s_N`` (Eq. 6) instead of the max over heads."""
+    out = {}
+    for kind in ("sound", "speech"):
+        a, mask, v = _get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"), _get(feats, f"{kind}_image")
+        scores = total_scores(a, mask, v, chunk) if own_heads is None else head_scores(a, mask, v, own_heads[kind], chunk)
+        out[kind] = info_nce(scores, logit_scale)
+    return out
 
 
 def disentanglement_loss(feats: dict, logit_scale: torch.Tensor, sound_head: int = 0, speech_head: int = 1,
@@ -157,7 +173,8 @@ def mix_separate_loss(
     terms: dict[str, torch.Tensor] = {}
     total = logit_scale.new_zeros(())
     if weights.correspondence:
-        for kind, value in correspondence_loss(feats, logit_scale, chunk).items():
+        own = {"sound": sound_head, "speech": speech_head} if weights.correspondence_heads == "own" else None
+        for kind, value in correspondence_loss(feats, logit_scale, chunk, own).items():
             terms[f"cor/{kind}"] = value
         terms["cor"] = terms["cor/sound"] + terms["cor/speech"]
         total = total + weights.correspondence * terms["cor"]

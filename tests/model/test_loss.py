@@ -94,6 +94,23 @@ def test_disentanglement_uses_each_head_for_its_own_images_only():
     assert not torch.isclose(after["dis/speech"], before["dis/speech"])
 
 
+def test_correspondence_with_own_heads_scores_each_type_with_its_head():
+    """The ``correspondence_heads: own`` diagnostic: s_N of the type's own head instead of s_M."""
+    feats = _feats(seed=5)
+    w = torch.tensor(1.0, dtype=torch.float64)
+    weights = LossWeights(disentanglement=0.0, correspondence_heads="own",
+                          regularizers=reg.RegularizerWeights(0, 0, 0, 0, 0, 0, 0))
+    _, terms = mix_separate_loss(feats, w, weights, sound_head=1, speech_head=0)
+    own_sound = info_nce(batch_scores(feats["sound_audio"], feats["sound_mask"], feats["sound_image"], head=1), w)
+    own_speech = info_nce(batch_scores(feats["speech_audio"], feats["speech_mask"], feats["speech_image"], head=0), w)
+    torch.testing.assert_close(terms["cor/sound"], own_sound)
+    torch.testing.assert_close(terms["cor/speech"], own_speech)
+    _, paper = mix_separate_loss(feats, w, LossWeights(disentanglement=0.0), sound_head=1, speech_head=0)
+    assert not torch.isclose(paper["cor/sound"], terms["cor/sound"])
+    with pytest.raises(ValueError, match="correspondence_heads must be max or own"):
+        LossWeights(correspondence_heads="sum")
+
+
 def test_warmup_weights_skip_the_mixture():
     feats = _feats(with_mix=False)
     total, terms = mix_separate_loss(feats, torch.tensor(1.0, dtype=torch.float64), LossWeights(disentanglement=0.0))
