@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .similarity import SCORE_BACKENDS
+
 # The architecture of the default hub ids, so ``pretrained=False`` builds the paper's network from
 # configs alone. Values follow the published configs of facebook/dino-vits8 and
 # facebook/hubert-large-ll60k.
@@ -169,6 +171,10 @@ class ModelConfig:
     # sizes give static shapes; CUDA-graph modes ("reduce-overhead") are not offered, since the
     # padding mask's presence changes between steps and the backward runs outside the graph.
     compile_encoders: str = "off"
+    # Implementation of the B x B score matrices of the loss (model.similarity.SCORE_BACKENDS): "auto"
+    # runs the fused Triton kernels on CUDA and the blocked torch computation elsewhere; all give
+    # the same scores and gradients.
+    score_backend: str = "auto"
     # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init).
     logit_scale_init: float = 1.0
     logit_scale_min: float = 0.01
@@ -206,6 +212,7 @@ class ModelConfig:
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _check_choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
         _check_choice("compile_encoders", self.compile_encoders, COMPILE_MODES)
+        _check_choice("score_backend", self.score_backend, SCORE_BACKENDS)
         # JSON has lists, not tuples: normalize so a round trip compares equal.
         self.audio_pool = [int(w) for w in self.audio_pool]
         if self.lora_targets is not None:

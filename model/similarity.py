@@ -9,11 +9,14 @@ is selected (Eq. 4, ``S_N``); a score is the mean over valid (f, t) of the max o
 ``batch_scores`` computes the ``[Ba, Bv]`` matrix for contrastive learning without materializing
 ``Ba x Bv x K x F x T x h x w``: it walks blocks of audio x image pairs, keeps for each (pair, f, t)
 only the argmax position, and its backward scatters the gradient to exactly those positions (the
-max has a one-hot gradient). Values and gradients equal ``naive_batch_scores``.
+max has a one-hot gradient). Values and gradients equal ``naive_batch_scores``. Its ``backend``
+picks the implementation (``SCORE_BACKENDS``): the Triton kernels of ``model.fused_scores``, the
+blocked torch computation here (the CPU and fallback path), or the naive einsum.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,6 +24,8 @@ import torch
 # About how many elements the blocks of ``batch_scores`` hold at once: far below the naive volume,
 # large enough for efficient matmuls. GPUs get larger blocks so kernel launches stay few.
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 24}
+# "auto": the fused Triton kernels on CUDA when triton imports, the blocked computation otherwise.
+SCORE_BACKENDS = ("auto", "fused", "blocked", "naive")
 
 
 def _check(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor) -> None:
@@ -212,30 +217,64 @@ class _BlockedMaxMeanScores(torch.autograd.Function):
         )
 
 
+@functools.cache
+def _fused_module():
+    """``model.fused_scores``, or None where triton does not import."""
+    try:
+        from . import fused_scores
+    except ImportError:
+        return None
+    return fused_scores
+
+
+def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The implementation ``backend`` means for inputs on ``device`` with products in ``dtype``."""
+    if backend not in SCORE_BACKENDS:
+        raise ValueError(f"score backend must be one of {', '.join(SCORE_BACKENDS)}; got {backend!r}")
+    if backend != "auto" and backend != "fused":
+        return backend
+    fused = _fused_module() if backend == "fused" or device.type == "cuda" else None
+    if backend == "auto":
+        return "fused" if fused is not None and dtype in fused.SUPPORTED_DTYPES else "blocked"
+    if fused is None:
+        raise ValueError("score backend 'fused' needs triton, which does not import here; install it or use 'blocked'")
+    if device.type != "cuda" and not fused.INTERPRET:
+        raise ValueError(f"score backend 'fused' runs Triton kernels on CUDA tensors, not {device.type}; use 'auto' or "
+                         "'blocked' here (or set TRITON_INTERPRET=1 before triton is imported to interpret them, slowly)")
+    if dtype not in fused.SUPPORTED_DTYPES:
+        raise ValueError(f"score backend 'fused' computes in float16, bfloat16 or float32, not {dtype}; use 'blocked'")
+    return "fused"
+
+
 def batch_scores(
     a: torch.Tensor,
     frame_mask: torch.Tensor,
     v: torch.Tensor,
     head: int | None = None,
     chunk: int | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Score matrix ``[Ba, Bv]``: ``s_M`` (``head=None``) or ``s_N`` (``head=N``) for every pair.
 
-    ``chunk``: about how many elements the blocks of the computation may hold at once (default
-    ``DEFAULT_CHUNK_ELEMENTS``: 4M on the CPU, 16M on accelerators). Under ``torch.autocast`` the products run in the autocast dtype;
-    scores and gradient accumulation stay in float32 (float64 for float64 inputs).
+    ``backend``: one of ``SCORE_BACKENDS``. ``chunk`` (blocked backend): about how many elements
+    its blocks may hold at once (default ``DEFAULT_CHUNK_ELEMENTS``: 4M on the CPU, 16M on
+    accelerators). Under ``torch.autocast`` the products run in the autocast dtype; scores and
+    gradient accumulation stay in float32 (float64 for float64 inputs).
     """
     _check(a, frame_mask, v)
-    a, v = _select_head(a, v, head)
     device_type = a.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(a.dtype, v.dtype)
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else \
+        torch.promote_types(a.dtype, v.dtype)
+    backend = _resolve_backend(backend, a.device, dtype)
+    if backend == "naive":
+        return naive_batch_scores(a, frame_mask, v, head)
+    a, v = _select_head(a, v, head)
     out_dtype = torch.promote_types(dtype, torch.float32)
     num_audio, _, _, freq, frames = a.shape
     weights = masked_mean_weights(frame_mask, freq, out_dtype)
     weights = weights.unsqueeze(1).expand(num_audio, freq, frames).reshape(num_audio, freq * frames)
+    if backend == "fused":
+        return _fused_module().fused_scores(a, v, weights, dtype)
     budget = chunk or DEFAULT_CHUNK_ELEMENTS["cpu" if device_type == "cpu" else "other"]
     plan = _Plan(a.shape, v.shape, budget)
     if torch.is_grad_enabled() and (a.requires_grad or v.requires_grad):
@@ -244,17 +283,18 @@ def batch_scores(
         return _scores_forward(a, v, weights, plan, dtype, keep_argmax=False)[0]
 
 
-def total_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def total_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, chunk: int | None = None,
+                 backend: str = "auto") -> torch.Tensor:
     """Eq. 5: ``s_M(a_i, v_j)`` for every clip i and image j, ``[Ba, Bv]`` (heads max-pooled)."""
-    return batch_scores(a, frame_mask, v, None, chunk)
+    return batch_scores(a, frame_mask, v, None, chunk, backend)
 
 
 def head_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, head: int,
-                chunk: int | None = None) -> torch.Tensor:
+                chunk: int | None = None, backend: str = "auto") -> torch.Tensor:
     """Eq. 6: ``s_N(a_i, v_j)`` of head ``N = head`` for every clip i and image j, ``[Ba, Bv]``."""
     if head is None:
         raise ValueError("head_scores needs a head index; total_scores is the max over heads")
-    return batch_scores(a, frame_mask, v, head, chunk)
+    return batch_scores(a, frame_mask, v, head, chunk, backend)
 
 
 # --------------------------------------------------------------------------- matched pairs, heatmaps
