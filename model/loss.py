@@ -100,7 +100,7 @@ def _pair_regularizers(
 
 
 def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | None = None,
-                        own_heads: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                        own_heads: dict[str, int] | None = None, backend: str = "auto") -> dict[str, torch.Tensor]:
     """L_cor (Eq. 7) by audio type: InfoNCE over ``s_M`` (Eq. 5) of each clean clip set against
     its images, ``{"sound": ..., "speech": ...}``; L_cor is their sum.
 
@@ -109,18 +109,19 @@ def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | Non
     out = {}
     for kind in ("sound", "speech"):
         a, mask, v = _get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"), _get(feats, f"{kind}_image")
-        scores = total_scores(a, mask, v, chunk) if own_heads is None else head_scores(a, mask, v, own_heads[kind], chunk)
+        scores = total_scores(a, mask, v, chunk, backend) if own_heads is None else \
+            head_scores(a, mask, v, own_heads[kind], chunk, backend)
         out[kind] = info_nce(scores, logit_scale)
     return out
 
 
 def disentanglement_loss(feats: dict, logit_scale: torch.Tensor, sound_head: int = 0, speech_head: int = 1,
-                         chunk: int | None = None) -> dict[str, torch.Tensor]:
+                         chunk: int | None = None, backend: str = "auto") -> dict[str, torch.Tensor]:
     """L_dis (Eq. 9) by audio type: InfoNCE over ``s_N`` (Eq. 6) of the mixture's sound head
     ``a^m[N]`` against the sound images and of its speech head ``a^m[N']`` against the speech
     images (Eq. 10), ``{"sound": ..., "speech": ...}``; L_dis is their sum."""
     mix, mix_mask = _get(feats, "mix_audio"), _get(feats, "mix_mask")
-    return {kind: info_nce(head_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk), logit_scale)
+    return {kind: info_nce(head_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk, backend), logit_scale)
             for kind, head in (("sound", sound_head), ("speech", speech_head))}
 
 
@@ -161,6 +162,7 @@ def mix_separate_loss(
     logit_scale_init: float = 1.0,
     generator: torch.Generator | None = None,
     chunk: int | None = None,
+    score_backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_total (Eq. 11) = L_cor + L_dis, each weighted, plus the weighted regularizers; returns
     ``(total, terms)``.
@@ -174,12 +176,13 @@ def mix_separate_loss(
     total = logit_scale.new_zeros(())
     if weights.correspondence:
         own = {"sound": sound_head, "speech": speech_head} if weights.correspondence_heads == "own" else None
-        for kind, value in correspondence_loss(feats, logit_scale, chunk, own).items():
+        for kind, value in correspondence_loss(feats, logit_scale, chunk, own, score_backend).items():
             terms[f"cor/{kind}"] = value
         terms["cor"] = terms["cor/sound"] + terms["cor/speech"]
         total = total + weights.correspondence * terms["cor"]
     if weights.disentanglement:
-        for kind, value in disentanglement_loss(feats, logit_scale, sound_head, speech_head, chunk).items():
+        for kind, value in disentanglement_loss(feats, logit_scale, sound_head, speech_head, chunk,
+                                                 score_backend).items():
             terms[f"dis/{kind}"] = value
         terms["dis"] = terms["dis/sound"] + terms["dis/speech"]
         total = total + weights.disentanglement * terms["dis"]

@@ -105,5 +105,6 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
     g = torch.Generator().manual_seed(seed_from(cfg.seed, step, "loss"))
     total, terms = mix_separate_loss(
         feats, model.logit_scale(), loss_weights(cfg, stage), sound_head=model.config.sound_head,
-        speech_head=model.config.speech_head, logit_scale_init=model.config.logit_scale_init, generator=g)
+        speech_head=model.config.speech_head, logit_scale_init=model.config.logit_scale_init, generator=g,
+        score_backend=model.config.score_backend)
     return total, terms, int(keep.numel())
