@@ -1,15 +1,18 @@
-"""Benchmark: the B x B score matrix + InfoNCE, forward and backward, blocked vs naive einsum.
+"""Benchmark: the B x B score matrix + InfoNCE, forward and backward, for each score backend
+(the naive einsum, the blocked torch computation, the fused Triton kernels).
 
     .venv/bin/python bench/similarity.py                                  # float32 on the CPU
     .venv/bin/python bench/similarity.py --device cuda --dtype bfloat16   # on a GPU, under autocast
 
 Each measurement runs in a fresh process so peak memory is its own: on the CPU the rise of the
-process's resident-set high-water mark (reset just before the first step) over its size then, on CUDA
-``max_memory_allocated`` over the allocation before the first step. Time is the best of
-``--repeats`` forward+backward steps after one warm-up step (the least disturbed by other load on
-the machine). Both implementations run in the same invocation with the same inputs and are
-compared by ratio; a value check (scores and gradients of both against a float64 reference) is
-printed first.
+process's resident-set high-water mark (reset just before the timed steps) over its size then, on
+CUDA ``max_memory_allocated`` over the allocation then. Time is the best of ``--repeats``
+forward+backward steps after one warm-up step at the same shape (kernels compiled and autotuned,
+allocators warm; the least disturbed by other load on the machine). All backends run in the same
+invocation with the same inputs and are compared by ratio to the naive einsum of that run; a value
+check (scores and gradients of each against a float64 reference) is printed first. The fused
+backend needs CUDA (or ``TRITON_INTERPRET=1``, Triton's slow interpreter: small batches only);
+elsewhere it is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import time
 import torch
 
 from model.loss import info_nce
-from model.similarity import batch_scores, naive_batch_scores
+from model.similarity import batch_scores, resolve_backend
 
+BACKENDS = ("naive", "blocked", "fused")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -50,12 +54,9 @@ def autocast(args):
     return torch.autocast(args.device.split(":")[0], dtype=DTYPES[args.dtype], enabled=low)
 
 
-def step(impl: str, a, mask, v, args) -> None:
+def step(backend: str, a, mask, v, args) -> None:
     with autocast(args):
-        if impl == "naive":
-            scores = naive_batch_scores(a, mask, v)
-        else:
-            scores = batch_scores(a, mask, v, chunk=args.chunk)
+        scores = batch_scores(a, mask, v, chunk=args.chunk, backend=backend)
         loss = info_nce(scores, torch.tensor(10.0, device=a.device))
     loss.backward()
 
@@ -88,9 +89,9 @@ def worker(args) -> None:
     torch.manual_seed(0)
     a, mask, v = make_inputs(args, args.batch)
     cuda = args.device.startswith("cuda")
-    # One step on two items before the baseline: the kernels' code pages and one-off buffers are
-    # then resident already and do not count as the step's memory.
-    step(args.worker, a[:2], mask[:2], v[:2], args)
+    # One step before the baseline: the kernels are compiled and autotuned for this shape (the
+    # autotuner's timing buffers are freed again), code pages and one-off buffers are resident.
+    step(args.worker, a, mask, v, args)
     a.grad = v.grad = None
     sync(args.device)
     if cuda:
@@ -99,14 +100,13 @@ def worker(args) -> None:
     else:
         base = reset_peak_rss()
     times = []
-    for i in range(args.repeats + 1):
+    for _ in range(args.repeats):
         sync(args.device)
         start = time.perf_counter()
         step(args.worker, a, mask, v, args)
         a.grad = v.grad = None
         sync(args.device)
-        if i:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -129,7 +129,7 @@ def measure(args, impl: str, batch: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def value_check(args) -> str:
+def value_check(args, backends) -> str:
     """Norm-wise relative error of both implementations against a float64 einsum reference.
 
     Element-wise comparisons between two low-precision runs mislead: bf16 rounding creates ties in
@@ -147,10 +147,11 @@ def value_check(args) -> str:
         a.grad = v.grad = None
         return out
 
-    ref = run(naive_batch_scores, a.detach().double().requires_grad_(), v.detach().double().requires_grad_(), False)
+    ref = run(lambda *x: batch_scores(*x, backend="naive"), a.detach().double().requires_grad_(),
+              v.detach().double().requires_grad_(), False)
     parts = []
-    for name, fn in (("naive", naive_batch_scores), ("ours", batch_scores)):
-        got = run(fn, a, v, True)
+    for name in backends:
+        got = run(lambda *x: batch_scores(*x, chunk=args.chunk, backend=name), a, v, True)
         errs = [((x - y).norm() / y.norm()).item() for x, y in zip(got, ref)]
         parts.append(f"{name}: scores {errs[0]:.1e}, grad a {errs[1]:.1e}, grad v {errs[2]:.1e}")
     return f"value check at B={batch}, relative error against float64: " + "; ".join(parts)
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=None, help="block size in volume elements (default: library's)")
     parser.add_argument("--max-naive-gb", type=float, default=8.0, help="skip naive runs whose volume would need more")
-    parser.add_argument("--worker", choices=["naive", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -181,32 +182,51 @@ def main() -> None:
         f"T={args.frames} h*w={args.hw}; {args.dtype} on {args.device} ({device_name}); "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print(value_check(args))
-    header = f"{'B':>5} {'naive s':>9} {'ours s':>9} {'time ratio':>11} {'naive MB':>10} {'ours MB':>9} {'mem ratio':>10}"
+    skipped = unavailable(args)
+    backends = [name for name in BACKENDS if name not in skipped]
+    for name, reason in skipped.items():
+        print(f"{name}: skipped ({reason})")
+    print(value_check(args, backends))
+    header = f"{'B':>5} " + " ".join(f"{name + ' ms':>10} {name + ' MB':>10}" for name in backends)
+    header += "".join(f" {name + '/naive t':>14} {name + '/naive mem':>16}" for name in backends[1:])
     print(header)
     print("-" * len(header))
     itemsize = torch.tensor([], dtype=DTYPES[args.dtype]).element_size()
     for batch in args.batch_sizes:
         volume_gb = batch * batch * args.heads * args.frames * args.hw * itemsize / 1e9
-        ours = measure(args, "ours", batch)
-        if 3 * volume_gb > args.max_naive_gb:
-            naive = {"error": f"skipped (~{3 * volume_gb:.1f} GB > --max-naive-gb)"}
-        else:
-            naive = measure(args, "naive", batch)
-        for name, res in (("naive", naive), ("ours", ours)):
-            if "error" in res:
-                print(f"{batch:>5} {name}: {res['error']}")
-        if "error" in ours:
-            continue
-        o_t, o_m = ours["time_s"], ours["peak_bytes"] / 2**20
-        if "error" in naive:
-            print(f"{batch:>5} {'-':>9} {o_t:>9.3f} {'-':>11} {'-':>10} {o_m:>9.1f} {'-':>10}")
-            continue
-        n_t, n_m = naive["time_s"], naive["peak_bytes"] / 2**20
-        print(
-            f"{batch:>5} {n_t:>9.3f} {o_t:>9.3f} {o_t / n_t:>11.2f} {n_m:>10.1f} {o_m:>9.1f} {o_m / max(n_m, 1e-9):>10.3f}"
-        )
-    print("ratios are ours / naive: below 1 is better")
+        results = {}
+        for name in backends:
+            if name == "naive" and 3 * volume_gb > args.max_naive_gb:
+                results[name] = {"error": f"skipped (~{3 * volume_gb:.1f} GB > --max-naive-gb)"}
+            else:
+                results[name] = measure(args, name, batch)
+            if "error" in results[name]:
+                print(f"{batch:>5} {name}: {results[name]['error']}")
+        print(f"{batch:>5} " + " ".join(_cells(results[name]) for name in backends)
+              + "".join(_ratios(results[name], results["naive"]) for name in backends[1:]))
+    print("ratios are backend / naive of the same run: below 1 is better")
+
+
+def unavailable(args) -> dict[str, str]:
+    """Backends that cannot run on this device and dtype, with the reason."""
+    try:
+        resolve_backend("fused", torch.device(args.device), DTYPES[args.dtype])
+    except ValueError as err:
+        return {"fused": str(err)}
+    return {}
+
+
+def _cells(res: dict) -> str:
+    if "error" in res:
+        return f"{'-':>10} {'-':>10}"
+    return f"{res['time_s'] * 1e3:>10.2f} {res['peak_bytes'] / 2**20:>10.1f}"
+
+
+def _ratios(res: dict, naive: dict) -> str:
+    if "error" in res or "error" in naive:
+        return f" {'-':>14} {'-':>16}"
+    mem = res["peak_bytes"] / max(naive["peak_bytes"], 1)
+    return f" {res['time_s'] / naive['time_s']:>14.2f} {mem:>16.3f}"
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def _fused_module():
     return fused_scores
 
 
-def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The implementation ``backend`` means for inputs on ``device`` with products in ``dtype``."""
     if backend not in SCORE_BACKENDS:
         raise ValueError(f"score backend must be one of {', '.join(SCORE_BACKENDS)}; got {backend!r}")
@@ -265,7 +265,7 @@ def batch_scores(
     device_type = a.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else \
         torch.promote_types(a.dtype, v.dtype)
-    backend = _resolve_backend(backend, a.device, dtype)
+    backend = resolve_backend(backend, a.device, dtype)
     if backend == "naive":
         return naive_batch_scores(a, frame_mask, v, head)
     a, v = _select_head(a, v, head)

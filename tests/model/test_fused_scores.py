@@ -92,7 +92,7 @@ def test_score_backend_of_the_loss_reaches_the_scores():
 
 def test_auto_is_blocked_on_cpu_and_naive_is_the_einsum():
     a, mask, v = _inputs()
-    assert similarity._resolve_backend("auto", a.device, torch.float32) == "blocked"
+    assert similarity.resolve_backend("auto", a.device, torch.float32) == "blocked"
     torch.testing.assert_close(batch_scores(a, mask, v, backend="auto"), batch_scores(a, mask, v, backend="blocked"))
     torch.testing.assert_close(batch_scores(a, mask, v, head=1, backend="naive"), naive_batch_scores(a, mask, v, head=1))
 
@@ -103,3 +103,16 @@ def test_unknown_backend_is_rejected_by_the_scores_and_the_config():
     with pytest.raises(ValueError, match="score_backend must be one of"):
         ModelConfig.preset("tiny", score_backend="flash")
     assert ModelConfig.from_json(ModelConfig.preset("tiny", score_backend="naive").to_json()).score_backend == "naive"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs fused on the CPU")
+def test_similarity_benchmark_runs_on_the_cpu_and_says_why_fused_is_skipped():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "bench/similarity.py", "--batch-sizes", "3", "--repeats", "1", "--channels", "8",
+                           "--frames", "6", "--hw", "9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("fused: skipped (") and "TRITON_INTERPRET=1" in line for line in lines)
+    row = next(line.split() for line in lines if line.split()[:1] == ["3"])
+    # naive ms, naive MB, blocked ms, blocked MB, then blocked/naive time and memory
+    assert len(row) == 7 and all(float(x) >= 0 for x in row[1:]), row
