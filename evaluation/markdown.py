@@ -110,6 +110,11 @@ def table6(s: dict) -> str:
     d = r.get("disentanglement")
     if d:
         table += f"\n\nPred.Dis {pct(d.get('pred_dis'))}, Act.Dis {pct(d.get('act_dis'))}"
+        wins, sound = d.get("win_share"), s.get("heads", {}).get("sound_head", 0)
+        if wins:
+            table += (f"\n\nClean matched pairs on which the sound head scores above the speech head (those L_cor's "
+                      f"max over heads trains through the sound head): speech {pct(wins[sound][0])}, "
+                      f"sound {pct(wins[sound][1])}")
     return table
 
 

@@ -272,6 +272,7 @@ def disentanglement(speech_scores: np.ndarray, sound_scores: np.ndarray) -> dict
     together; AP[k, d] is the AP of head k's score as a detector of audio type d
     (d = 0 speech, 1 sound); Act[k, d] = 1 - mean of head k's normalized score over type d.
     Pred.Dis (Act.Dis) is the better of the two head-to-type assignments of the mean AP (Act).
+    ``win_share[k, d]``: the share of type d's pairs on which head k's raw score is the higher.
     """
     sp = np.asarray(speech_scores, dtype=np.float64)
     so = np.asarray(sound_scores, dtype=np.float64)
@@ -290,9 +291,13 @@ def disentanglement(speech_scores: np.ndarray, sound_scores: np.ndarray) -> dict
         for d, labels in enumerate((is_speech, ~is_speech)):
             ap[k, d] = binary_average_precision(norm[:, k], labels)
             act[k, d] = 1.0 - norm[labels, k].mean()
+    # which head L_cor's max over heads (Eq. 3) would route each matched pair to: raw scores,
+    # since the max compares them unnormalized (a diagnostic, not one of DenseAV's metrics)
+    wins = np.array([[np.mean(scores[:, k] > scores[:, 1 - k]) for scores in (sp, so)] for k in range(2)])
     return {
         "pred_dis": float(max((ap[0, 0] + ap[1, 1]) / 2, (ap[0, 1] + ap[1, 0]) / 2)),
         "act_dis": float(max((act[0, 0] + act[1, 1]) / 2, (act[0, 1] + act[1, 0]) / 2)),
         "ap_matrix": ap.tolist(),  # rows: heads, columns: (speech, sound)
         "act_matrix": act.tolist(),
+        "win_share": wins.tolist(),  # rows: heads, columns: (speech, sound): share of pairs it scores higher
     }

@@ -8,12 +8,11 @@
 #   5. print the tables and check that both heads learned to localize their audio type.
 #
 #   bash scripts/demo.sh              # the method (about 10 minutes on 2 cores after installation)
-#   bash scripts/demo.sh --ablation   # then: train the same model without L_dis and compare disentanglement
-#                                     # (Tables 6-7 in miniature); reuses the first command's model
+#   bash scripts/demo.sh --ablation   # then: the loss ablation with one seed (L_cor only, L_dis only; Tables
+#                                     # 1, 6, 7 side by side), reusing the first command's model (~12 min);
+#                                     # scripts/ablation.sh runs it over several seeds
 #
-# Environment (for smaller or relocated runs, e.g. the test suite's CI-sized run):
-#   DEMO_WORLD=shards/synthetic DEMO_SIZE=demo DEMO_RUNS=runs DEMO_PRETRAIN_STEPS=600
-#   DEMO_TRAIN_ARGS="steps=200 ..."   extra train.py overrides
+# Environment: see scripts/lib.sh (DEMO_WORLD, DEMO_SIZE, DEMO_RUNS, DEMO_PRETRAIN_STEPS, DEMO_TRAIN_ARGS), and
 #   DEMO_REPORT_ARGS="--min-ratio 1"  extra scripts/demo_report.py options
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,59 +24,31 @@ for arg in "$@"; do
   esac
 done
 
-bash scripts/setup.sh
-export CUDA_VISIBLE_DEVICES="" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# glibc: keep freed memory instead of returning it to the kernel after every large tensor;
-# the mmap/munmap churn otherwise costs CPU training steps about half their time
-export MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
-py=.venv/bin/python
-world=${DEMO_WORLD:-shards/synthetic}
-runs=${DEMO_RUNS:-runs}
-read -r -a train_args <<< "${DEMO_TRAIN_ARGS:-}"
+source scripts/lib.sh
 read -r -a report_extra <<< "${DEMO_REPORT_ARGS:-}"
 
 echo "== 1/5 generating the world in $world"
-.venv/bin/prep synthetic --out "$world" --size "${DEMO_SIZE:-demo}" --seed 0
-
-train() {  # out_dir, extra overrides...
-  local out=$1; shift
-  rm -rf "$out"
-  .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --cpu --mixed_precision no --dynamo_backend no \
-    train.py --config configs/demo.yaml data.speech="$world/speech/train" data.sound="$world/sound/train" \
-    audio_init="$runs/audio_init.safetensors" out_dir="$out" "${train_args[@]}" "$@"
-}
-
-evaluate() {  # checkpoint, out_dir, subcommand...
-  local ckpt=$1 out=$2; shift 2
-  $py evaluate.py --checkpoint "$ckpt" --out "$out" --overlays 3 --batch-size 32 "$@" \
-    --is3 "$world/is3" --ade-speech "$world/ade20k/ADE20KSpeechPrompted" --ade-sound "$world/ade20k/ADE20KSoundPrompted" \
-    --places "$world/speech/val" --audioset "$world/sound/val" --pairs 200
-}
+make_world
 
 if [ "$ablation" = 1 ] && [ -f "$runs/demo/eval/results.json" ] && [ -f "$runs/audio_init.safetensors" ]; then
   echo "== 2-4/5 reusing the trained model in $runs/demo (delete it to retrain)"
 else
   echo "== 2/5 pretraining the audio backbone (masked prediction of MFCC clusters, no labels)"
-  $py pretrain_audio.py --config configs/demo.yaml --shards "$world/speech/train,$world/sound/train" \
-    --out "$runs/audio_init.safetensors" --steps "${DEMO_PRETRAIN_STEPS:-600}" "${train_args[@]}"
+  pretrain_audio --again
   echo "== 3/5 training $runs/demo (warm-up on L_cor, then L_cor + L_dis + regularizers)"
   train "$runs/demo"
   echo "== 4/5 evaluating $runs/demo/final"
   rm -rf "$runs/demo/eval"
-  evaluate "$runs/demo/final" "$runs/demo/eval" all
-fi
-report_args=("$runs/demo/eval" "$world" "${report_extra[@]}")
-
-if [ "$ablation" = 1 ]; then
-  echo "== ablation: training $runs/demo_no_dis without L_dis"
-  train "$runs/demo_no_dis" loss.disentanglement=0
-  rm -rf "$runs/demo_no_dis/eval"
-  evaluate "$runs/demo_no_dis/final" "$runs/demo_no_dis/eval" all
-  report_args+=(--ablation "$runs/demo_no_dis/eval")
+  evaluate "$runs/demo/final" "$runs/demo/eval" --overlays 3 all
 fi
 
 echo "== 5/5 results"
-$py scripts/demo_report.py "${report_args[@]}"
+$py scripts/demo_report.py "$runs/demo/eval" "$world" "${report_extra[@]}"
+
+if [ "$ablation" = 1 ]; then
+  echo "== ablation, one seed: L_cor only and L_dis only next to this model (scripts/ablation.sh)"
+  ABLATION_REUSE_METHOD="$runs/demo" exec bash scripts/ablation.sh --seeds 1
+fi
 
 # The model on files of your own: one generated Extended-IS3 image with two objects, the first
 # object's sound mixed with the spoken name of the second (the sound head should find the first,

@@ -242,3 +242,11 @@ def test_disentanglement_perfect_heads():
     assert d["act_dis"] == pytest.approx(1.0)  # each head is silent on the other type
     swapped = metrics.disentanglement(sp[:, ::-1], so[:, ::-1])
     assert swapped["pred_dis"] == pytest.approx(1.0)  # the max over assignments finds it
+
+
+def test_disentanglement_win_share_counts_which_head_scores_higher():
+    # speech pairs: head 1 higher on 3 of 4; sound pairs: head 0 higher on both
+    sp = np.array([[0.1, 0.5], [0.2, 0.9], [0.7, 0.3], [0.0, 0.4]])
+    so = np.array([[0.8, 0.1], [0.6, 0.5]])
+    wins = metrics.disentanglement(sp, so)["win_share"]
+    assert wins == [[0.25, 1.0], [0.75, 0.0]]

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The paper's loss ablation in miniature, on the generated world, over several seeds:
+#   method     L_cor + L_dis (+ DenseAV's regularizers)    heads named by the config (Eq. 10 fixes them)
+#   cor_only   L_cor only: the DenseAV objective           heads named by Pred.Dis (nothing names them)
+#   dis_only   L_dis only (the warm-up trains on L_dis)    heads named by the config
+# Every run starts from the same pretrained audio backbone (runs/audio_init.safetensors; pretrained
+# once if missing) and differs only in the loss and the training seed (weights, batches, draws).
+# Then Table 1 (Extended IS3, mixed audio), Table 6 and Table 7 side by side, mean ± spread over the
+# seeds, with the differences that exceed the spread (scripts/ablation_report.py, docs/ablation.md).
+#
+#   bash scripts/ablation.sh                 # 3 seeds x 3 losses: about 75 min on 2 cores
+#   bash scripts/ablation.sh --seeds 5
+#   bash scripts/demo.sh --ablation          # one seed, next to the demo's model (about 12 min after demo.sh)
+#
+# Resumable: a run whose evaluation finished is kept (runs/ablation/<loss>/seed<N>/eval/results.json);
+# delete it to run it again. Environment: scripts/lib.sh's, and
+#   ABLATION_DIR=runs/ablation        where the runs go
+#   ABLATION_LOSSES="method cor_only dis_only"
+#   ABLATION_REUSE_METHOD=runs/demo   a finished demo run (seed 0, same config) stands for method seed 0
+#   ABLATION_REPORT_ARGS=...          extra scripts/ablation_report.py options
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) seeds=${2:?--seeds needs a number}; shift 2 ;;
+    --seeds=*) seeds=${1#--seeds=}; shift ;;
+    *) echo "unknown argument $1 (known: --seeds N)" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$seeds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "--seeds must be a whole number >= 1, got $seeds" >&2; exit 2
+fi
+
+source scripts/lib.sh
+out=${ABLATION_DIR:-$runs/ablation}
+read -r -a losses <<< "${ABLATION_LOSSES:-method cor_only dis_only}"
+read -r -a report_extra <<< "${ABLATION_REPORT_ARGS:-}"
+
+overrides() {  # the train.py overrides of one loss
+  case "$1" in
+    method) ;;
+    cor_only) echo "loss.disentanglement=0" ;;
+    dis_only) echo "loss.correspondence=0" ;;
+    *) echo "unknown loss $1 (known: method cor_only dis_only)" >&2; return 2 ;;
+  esac
+}
+heads_rule() { [ "$1" = cor_only ] && echo pred-dis || echo config; }
+for loss in "${losses[@]}"; do overrides "$loss" > /dev/null; done  # fail before any work
+
+echo "== ablation: ${losses[*]} x $seeds seed(s) into $out"
+make_world
+pretrain_audio
+started=$(date +%s)
+for ((seed = 0; seed < seeds; seed++)); do
+  for loss in "${losses[@]}"; do
+    run="$out/$loss/seed$seed"
+    if [ "$loss" = method ] && [ "$seed" = 0 ] && [ -n "${ABLATION_REUSE_METHOD:-}" ]; then
+      mkdir -p "$out/method"
+      ln -sfn "$(realpath "$ABLATION_REUSE_METHOD")" "$run"
+    fi
+    if [ -f "$run/eval/results.json" ]; then
+      echo "== $loss seed $seed: reusing $run"
+      continue
+    fi
+    echo "== $loss seed $seed: training $run"
+    read -r -a extra <<< "$(overrides "$loss")"
+    train "$run" seed="$seed" "${extra[@]}"
+    echo "== $loss seed $seed: evaluating (Tables 1, 3, 5, 6; heads: $(heads_rule "$loss"))"
+    EVAL_ADE=0 evaluate "$run/final" "$run/eval.partial" --heads "$(heads_rule "$loss")" --no-progress all
+    mv "$run/eval.partial" "$run/eval"   # a run counts as done only with its whole evaluation
+  done
+done
+echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"
+$py scripts/ablation_report.py "$out" --losses "${losses[@]}" --seeds "$seeds" "${report_extra[@]}"

@@ -1,0 +1,46 @@
+# Shared by scripts/demo.sh and scripts/ablation.sh (sourced, not run): the environment, the
+# generated world, the audio-backbone pretraining and one training + evaluation of the demo preset.
+#
+# Environment (for smaller or relocated runs, e.g. the test suite's CI-sized runs):
+#   DEMO_WORLD=shards/synthetic DEMO_SIZE=demo DEMO_RUNS=runs DEMO_PRETRAIN_STEPS=600
+#   DEMO_TRAIN_ARGS="steps=200 ..."   extra train.py overrides (every run)
+bash scripts/setup.sh
+export CUDA_VISIBLE_DEVICES="" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# glibc: keep freed memory instead of returning it to the kernel after every large tensor;
+# the mmap/munmap churn otherwise costs CPU training steps about half their time
+export MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
+py=.venv/bin/python
+world=${DEMO_WORLD:-shards/synthetic}
+runs=${DEMO_RUNS:-runs}
+read -r -a train_args <<< "${DEMO_TRAIN_ARGS:-}"
+
+make_world() {  # the generated world (resumes; the same seed and size give the same files)
+  .venv/bin/prep synthetic --out "$world" --size "${DEMO_SIZE:-demo}" --seed 0
+}
+
+pretrain_audio() {  # the label-free audio start every training run shares, once
+  if [ -f "$runs/audio_init.safetensors" ] && [ "${1:-}" != "--again" ]; then
+    echo "   reusing $runs/audio_init.safetensors (delete it to pretrain again)"
+    return
+  fi
+  $py pretrain_audio.py --config configs/demo.yaml --shards "$world/speech/train,$world/sound/train" \
+    --out "$runs/audio_init.safetensors" --steps "${DEMO_PRETRAIN_STEPS:-600}" "${train_args[@]}"
+}
+
+train() {  # out_dir, extra overrides...
+  local out=$1; shift
+  rm -rf "$out"
+  .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --cpu --mixed_precision no --dynamo_backend no \
+    train.py --config configs/demo.yaml data.speech="$world/speech/train" data.sound="$world/sound/train" \
+    audio_init="$runs/audio_init.safetensors" out_dir="$out" "${train_args[@]}" "$@"
+}
+
+evaluate() {  # checkpoint, out_dir, evaluate.py options and subcommand...; on the world's test sets
+  # (the ADE20K sets too unless EVAL_ADE=0: the ablation's tables do not use them)
+  local ckpt=$1 out=$2; shift 2
+  local sets=(--is3 "$world/is3" --places "$world/speech/val" --audioset "$world/sound/val" --pairs 200)
+  if [ "${EVAL_ADE:-1}" = 1 ]; then
+    sets+=(--ade-speech "$world/ade20k/ADE20KSpeechPrompted" --ade-sound "$world/ade20k/ADE20KSoundPrompted")
+  fi
+  $py evaluate.py --checkpoint "$ckpt" --out "$out" --batch-size 32 "$@" "${sets[@]}"
+}
