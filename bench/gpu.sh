@@ -16,9 +16,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 "$py" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/gpu.txt"
 
 if want similarity; then
-echo "== similarity: blocked vs naive, bf16 and fp32 =="
-timeout 150 "$py" bench/similarity.py --device cuda --dtype bfloat16 --batch-sizes 16 64 128 2>&1 | tee "$out/similarity.txt"
-timeout 90 "$py" bench/similarity.py --device cuda --dtype float32 --batch-sizes 64 2>&1 | tee -a "$out/similarity.txt"
+echo "== similarity: naive vs blocked vs fused (Triton) score backends, bf16 and fp32 =="
+# each backend in its own process: time and peak memory of fwd+bwd, ratios to the naive einsum; the
+# fused kernels compile and autotune once per shape (a few seconds) in the untimed warm-up step
+timeout 120 "$py" bench/similarity.py --device cuda --dtype bfloat16 --batch-sizes 64 128 2>&1 | tee "$out/similarity.txt"
+timeout 60 "$py" bench/similarity.py --device cuda --dtype float32 --batch-sizes 64 2>&1 | tee -a "$out/similarity.txt"
 fi
 
 if want steps; then
