@@ -84,6 +84,9 @@ def compile_encoders(model: AVModel) -> AVModel:
     """
     mode = model.config.compile_encoders
     if mode != "off":
+        # transformers' front end marks its input as needing a gradient in training (for reentrant
+        # checkpointing, unused here): a graph break, and an input gradient nobody reads.
+        model.audio_encoder.backbone.feature_extractor._requires_grad = False
         model.image_encoder.backbone.compile(mode=mode, dynamic=False)
         model.audio_encoder.backbone.compile(mode=mode, dynamic=False)
     return model
