@@ -39,7 +39,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
-from model.factory import build_model
+from model.factory import build_model, compile_encoders
 from pipeline.data.loader import TrainLoader
 from training.config import TrainConfig, config_tree, flat_scalars
 from training.meter import Meter
@@ -74,11 +74,15 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
             lr = lr_at(step, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            total, parts, finite = _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelerator, meter)
+            start = time.perf_counter()
+            total, parts, finite, data_s, n_items = _accumulate(cfg, net, model, optimizer, stream, state, stage, step,
+                                                                accelerator)
             grad_norm = torch.tensor(float("nan"))
-            if finite:
+            if finite is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-                finite = bool(torch.isfinite(grad_norm))
+                # the step's one host sync: every loss and the gradient norm finite
+                finite = bool(finite & torch.isfinite(grad_norm))
+            meter.add(step, data_s, time.perf_counter() - start - data_s, n_items)
             if finite:
                 optimizer.step()
                 bad_in_row = 0
@@ -114,29 +118,45 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
     return state
 
 
-def _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelerator, meter):
+def _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelerator):
     """Zero the gradients, then forward and backward ``grad_accum`` micro-batches.
-    Returns (the last loss, its terms, whether every micro-batch gave a finite loss on >= 2 items)."""
-    finite = True
+
+    Returns (the last loss, its terms, a device bool: every loss finite -- None when a micro-batch
+    had < 2 items, seconds waiting for data, items). Nothing here waits for the device: a
+    non-finite loss gives a non-finite gradient norm, and the caller checks both in one read.
+    """
+    finite, data_s, items = torch.ones((), dtype=torch.bool, device=accelerator.device), 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    clip = cfg.data.clip_samples
     for micro in range(cfg.grad_accum):
         t0 = time.perf_counter()
         batch = next(stream)
         state["micro_step"] += 1
-        t1 = time.perf_counter()
-        size = int(accelerator.gather(torch.tensor([len(batch.get("speech_key", []))], device=accelerator.device)).max())
-        batch, batch["valid"] = pad_batch(batch, max(size, 1), cfg.model.image_size, clip)
+        data_s += time.perf_counter() - t0
+        batch, batch["valid"] = pad_batch(batch, _padded_size(cfg, batch, accelerator), cfg.model.image_size,
+                                          cfg.data.clip_samples)
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(net):
             with accelerator.autocast():
                 total, parts, n_items = step_loss(net, model, batch, cfg, stage, step, accelerator)
-            ok = bool(torch.isfinite(total)) and n_items >= 2
-            finite = finite and ok
-            if ok:
+            items += n_items
+            if n_items < 2:  # no contrast to learn from: the step is skipped
+                finite = None
+            elif finite is not None:
+                finite = finite & torch.isfinite(total.detach())
                 accelerator.backward(total / cfg.grad_accum)
-        meter.add(step, t1 - t0, time.perf_counter() - t1, n_items)
-    return total, parts, finite
+    return total, parts, finite, data_s, items
+
+
+def _padded_size(cfg: TrainConfig, batch: dict, accelerator: Accelerator) -> int:
+    """Items every process's micro-batch is padded to. One process needs no padding; several pad
+    to the configured batch size (finite epochs end with shorter batches), which every process
+    knows without a gather of the sizes and the host sync it costs."""
+    n = len(batch.get("speech_key", []))
+    if accelerator.num_processes == 1:
+        return max(n, 1)
+    if n > cfg.data.batch_size:
+        raise ValueError(f"a micro-batch of {n} items exceeds data.batch_size={cfg.data.batch_size}")
+    return cfg.data.batch_size
 
 
 def _bad_step(cfg: TrainConfig, step: int, bad_in_row: int, state: dict, accelerator: Accelerator):
@@ -171,6 +191,7 @@ def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: boo
     model = build_model(cfg.model)
     if cfg.audio_init and not resume:
         load_audio_backbone(model, cfg.audio_init)
+    compile_encoders(model)  # (off unless model.compile_encoders names a mode)
     model.set_stage("full")  # DDP registers every parameter that will ever train...
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,

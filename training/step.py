@@ -99,12 +99,18 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
             inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(inputs[f"{kind}_image"], g, cfg.mosaic_prob)
     feats = net(inputs, include_mix=needs_mixture(cfg, stage))
 
-    keep = gather(batch["valid"].to(device), world).nonzero().squeeze(1)
-    feats = {name: gather(x, world)[keep] for name, x in feats.items()}
+    feats = {name: gather(x, world) for name, x in feats.items()}
+    valid = batch["valid"]
+    if world > 1:  # the other processes' padding is known only after a gather (and a host read)
+        valid = gather(valid.to(device), world).cpu()
+    n_items = int(valid.sum())  # a CPU tensor: no wait for the device
+    if n_items < len(valid):
+        keep = valid.nonzero().squeeze(1).to(device)
+        feats = {name: x[keep] for name, x in feats.items()}
     # same draws on every process: each computes the identical global loss
     g = torch.Generator().manual_seed(seed_from(cfg.seed, step, "loss"))
     total, terms = mix_separate_loss(
         feats, model.logit_scale(), loss_weights(cfg, stage), sound_head=model.config.sound_head,
         speech_head=model.config.speech_head, logit_scale_init=model.config.logit_scale_init, generator=g,
         score_backend=model.config.score_backend)
-    return total, terms, int(keep.numel())
+    return total, terms, n_items

@@ -1,5 +1,6 @@
 """The benchmarks run end to end at toy sizes (their figures are only meaningful at full size)."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bench.train_step import flop_counter
+from bench.train_step import flop_counter, peak_tflops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,11 +31,35 @@ def test_loader_benchmark_prints_every_figure(tmp_path):
     assert re.search(r"finish_batch on \w+ .*: [0-9.]+ ms per item", out)
 
 
-def test_train_step_benchmark_runs_the_real_step(tmp_path):
-    out = _run(["bench/train_step.py", "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--warmup", "1",
-                "--clip-seconds", "1", "--count-flops"], tmp_path)
-    assert re.search(r"tiny stage=full B=2 cpu .*items/s", out), out
-    assert re.search(r"tiny stage=full B=2 cpu .*: [0-9.]+ GFLOP per item .* [0-9.]+ TFLOP/s achieved", out), out
+def test_train_step_benchmark_measures_every_variant_against_the_baseline(tmp_path):
+    # the compiled variants are left out here (minutes of C++ compilation on this CPU);
+    # tests/model/test_levers.py checks a compiled model's loss and gradients
+    variants = ["baseline", "sdpa", "channels_last", "checkpoint_front_end", "freeze_feature_encoder"]
+    ab = tmp_path / "ab.jsonl"
+    out = _run(["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+                "--warmup", "1", "--clip-seconds", "1", "--variants", *variants, "--json", str(ab)], tmp_path)
+    for name in variants:
+        assert re.search(rf"tiny stage=full B=2 {name} +cpu no: [0-9.]+ items/s, [0-9]+ ms/step, [0-9.]+ TFLOP/s, "
+                         rf"MFU n/a, peak n/a, [0-9.]+ GFLOP/item, vs baseline: loss [0-9.e+-]+, grad norm "
+                         rf"[0-9.e+-]+ rel. diff ok", out), out
+    rows = [json.loads(line) for line in ab.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == variants and all(r["ok"] for r in rows)
+    assert max(max(r["loss_rel_diff"], r["grad_rel_diff"]) for r in rows) < 1e-5  # float32
+    # the best checked variant, with selective checkpointing, at the next batch size
+    out = _run(["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "3", "--steps", "1",
+                "--warmup", "1", "--clip-seconds", "1", "--variants", "best", "--best-from", str(ab),
+                "--set", "gradient_checkpointing=front_end", "--until-oom"], tmp_path)
+    best = max((r for r in rows if r["variant"] != "freeze_feature_encoder"), key=lambda r: r["items_per_s"])
+    assert re.search(rf"B=3 {best['variant']}\+gradient_checkpointing=front_end +cpu no: [0-9.]+ items/s", out), out
+    overrides = _run(["bench/train_step.py", "--print-best", str(ab)], tmp_path).split()
+    assert all(o.startswith("model.") and "=" in o for o in overrides)
+    assert len(overrides) == (best["variant"] != "baseline")
+
+
+def test_mfu_uses_the_dense_bf16_peak_of_known_devices():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989 and peak_tflops("NVIDIA H100 PCIe") == 756
+    assert peak_tflops("NVIDIA H200") == 989 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert peak_tflops("NVIDIA L4") is None and peak_tflops("cpu") is None
 
 
 def test_flop_count_of_a_grouped_convolution_step_is_three_forwards():
