@@ -51,6 +51,7 @@ VARIANTS = {
     "sdpa": dict(attn_implementation="sdpa"),
     "channels_last": dict(audio_channels_last=True),
     "checkpoint_front_end": dict(gradient_checkpointing="front_end"),
+    "checkpoint_audio": dict(gradient_checkpointing="audio"),
     # not the paper's recipe (it fine-tunes all of HuBERT): reported, never picked as the best
     "freeze_feature_encoder": dict(freeze_feature_encoder=True),
     "combined": dict(attn_implementation="sdpa", audio_channels_last=True, compile_encoders="default"),

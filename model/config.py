@@ -157,9 +157,9 @@ class ModelConfig:
     # downloaded from the hub, so it is not offered.
     attn_implementation: str = "sdpa"
     # Activation checkpointing (recompute in backward instead of keeping activations): "off";
-    # "front_end": HuBERT's conv front end only, about 40% of HuBERT's kept activations at 16 kHz for
-    # about 13% of its forward FLOPs recomputed -- the cheap share of the memory; "audio": all of HuBERT
-    # (front end and transformer layers); "all": HuBERT and the ViT. Larger batches per GPU only.
+    # "front_end": HuBERT's conv front end only -- at 16 kHz its per-layer activations are the
+    # model's largest tensors, for a small share of its FLOPs; "audio": all of HuBERT (front end and
+    # transformer layers); "all": HuBERT and the ViT. For batches that do not fit otherwise.
     gradient_checkpointing: str = "off"
     # HuBERT's layer-norm conv front end in channels-last layout (model.encoders.ChannelsLastFeatureEncoder):
     # the same function without its per-layer transposes; off until measured on a GPU
