@@ -13,7 +13,7 @@
 #   bash scripts/demo.sh --ablation          # one seed, next to the demo's model (about 12 min after demo.sh)
 #
 # Resumable: a run whose evaluation finished is kept (runs/ablation/<loss>/seed<N>/eval/results.json);
-# delete it to run it again. Environment: scripts/lib.sh's, and
+# delete it to run it again. Copies started side by side share the runs (each takes the next free one). Environment: scripts/lib.sh's, and
 #   ABLATION_DIR=runs/ablation        where the runs go
 #   ABLATION_LOSSES="method cor_only dis_only"
 #   ABLATION_REUSE_METHOD=runs/demo   a finished demo run (seed 0, same config) stands for method seed 0
@@ -63,12 +63,21 @@ for ((seed = 0; seed < seeds; seed++)); do
       echo "== $loss seed $seed: reusing $run"
       continue
     fi
+    # several copies of this script may share the runs (e.g. one per core group): a run is taken
+    # by whoever creates its lock first; a lock left by a killed copy: delete $run.lock
+    mkdir -p "$out/$loss"
+    if ! mkdir "$run.lock" 2> /dev/null; then
+      echo "== $loss seed $seed: in progress elsewhere ($run.lock), skipped here"
+      continue
+    fi
+    trap 'rm -rf "$run.lock"' EXIT
     echo "== $loss seed $seed: training $run"
     read -r -a extra <<< "$(overrides "$loss")"
     train "$run" seed="$seed" "${extra[@]}"
     echo "== $loss seed $seed: evaluating (Tables 1, 3, 5, 6; heads: $(heads_rule "$loss"))"
     EVAL_ADE=0 evaluate "$run/final" "$run/eval.partial" --heads "$(heads_rule "$loss")" --no-progress all
     mv "$run/eval.partial" "$run/eval"   # a run counts as done only with its whole evaluation
+    rm -rf "$run.lock"; trap - EXIT
   done
 done
 echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,18 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     assert set(grounded["heads"]) == {"sound", "speech", "total"} and "runs/demo/ground/overlays.png" in result.stdout
     pretrain = json.loads((tmp_path / "runs" / "audio_init.json").read_text())
     assert pretrain["steps"] == 100 and pretrain["loss_last"] < pretrain["loss_first"]
+
+    # the second command of the README's ablation line: one seed of each loss next to the demo's model
+    result = subprocess.run(["bash", "scripts/demo.sh", "--ablation"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "reusing the trained model" in result.stdout and "== method seed 0: reusing" in result.stdout
+    ablation = tmp_path / "runs" / "ablation"
+    assert (ablation / "method" / "seed0").resolve() == (tmp_path / "runs" / "demo").resolve()
+    summary = json.loads((ablation / "ablation.json").read_text())
+    assert summary["seeds"] == {"method": 1, "cor_only": 1, "dis_only": 1}
+    assert "With one seed there is no spread" in result.stdout and "Table 7." in result.stdout
+    cor_only = json.loads((ablation / "cor_only" / "seed0" / "eval" / "results.json").read_text())
+    assert cor_only["table1"]["heads"]["rule"] == "pred_dis"  # L_cor names no head: Pred.Dis does
+    config = (ablation / "dis_only" / "seed0" / "config.yaml").read_text()
+    assert re.search(r"^  correspondence: 0(\.0)?$", config, re.M) and re.search(r"^seed: 0$", config, re.M)
