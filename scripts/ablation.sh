@@ -3,6 +3,8 @@
 #   method     L_cor + L_dis (+ DenseAV's regularizers)    heads named by the config (Eq. 10 fixes them)
 #   cor_only   L_cor only: the DenseAV objective           heads named by Pred.Dis (nothing names them)
 #   dis_only   L_dis only (the warm-up trains on L_dis)    heads named by the config
+#   own_heads  (a diagnostic, not in the default list) the method with L_cor scoring each audio type
+#              with its own head instead of the max over heads (docs/ablation.md)
 # Every run starts from the same pretrained audio backbone (runs/audio_init.safetensors; pretrained
 # once if missing) and differs only in the loss and the training seed (weights, batches, draws).
 # Then Table 1 (Extended IS3, mixed audio), Table 6 and Table 7 side by side, mean ± spread over the
@@ -15,7 +17,7 @@
 # Resumable: a run whose evaluation finished is kept (runs/ablation/<loss>/seed<N>/eval/results.json);
 # delete it to run it again. Copies started side by side share the runs (each takes the next free one). Environment: scripts/lib.sh's, and
 #   ABLATION_DIR=runs/ablation        where the runs go
-#   ABLATION_LOSSES="method cor_only dis_only"
+#   ABLATION_LOSSES="method cor_only dis_only"   (add own_heads for the diagnostic)
 #   ABLATION_REUSE_METHOD=runs/demo   a finished demo run (seed 0, same config) stands for method seed 0
 #   ABLATION_REPORT_ARGS=...          extra scripts/ablation_report.py options
 set -euo pipefail
@@ -42,7 +44,8 @@ overrides() {  # the train.py overrides of one loss
     method) ;;
     cor_only) echo "loss.disentanglement=0" ;;
     dis_only) echo "loss.correspondence=0" ;;
-    *) echo "unknown loss $1 (known: method cor_only dis_only)" >&2; return 2 ;;
+    own_heads) echo "loss.correspondence_heads=own" ;;
+    *) echo "unknown loss $1 (known: method cor_only dis_only own_heads)" >&2; return 2 ;;
   esac
 }
 heads_rule() { [ "$1" = cor_only ] && echo pred-dis || echo config; }

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 LOSS_LABELS = {"method": "L_cor + L_dis (the method)", "cor_only": "L_cor only (DenseAV's objective)",
-               "dis_only": "L_dis only"}
+               "dis_only": "L_dis only",
+               "own_heads": "L_cor by own head + L_dis (diagnostic)"}
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def heads_note(runs: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="the ablation folder (scripts/ablation.sh's ABLATION_DIR)")
-    ap.add_argument("--losses", nargs="+", default=list(LOSS_LABELS), choices=list(LOSS_LABELS))
+    ap.add_argument("--losses", nargs="+", default=["method", "cor_only", "dis_only"], choices=list(LOSS_LABELS))
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args(argv)
     if args.seeds < 1:
