@@ -12,7 +12,8 @@ clipping, Adam. Batches are random tensors of the real shapes, so the figure is 
 independent of the loader (bench/loader.py measures that side).
 
 Variants (``VARIANTS``): the baseline is eager attention, no compile, transformers' conv front end,
-no checkpointing; every other variant adds one option, ``combined`` the exact ones together. Each
+no checkpointing, the blocked B x B scores; every other variant adds one option (a variant that
+cannot run on this device, e.g. the fused score kernels off CUDA, prints why it is skipped), ``combined`` the exact ones together. Each
 variant starts from the baseline's initial weights, and its first step's loss and gradient norm
 are compared with the baseline's (max relative difference; "ok" within float32 tolerance on the
 CPU, bf16 tolerance on a GPU). Dropout is off in every variant so those steps are comparable
@@ -45,7 +46,7 @@ from training.config import TrainConfig
 from training.step import configure_backends, step_loss
 
 BASELINE = dict(attn_implementation="eager", compile_encoders="off", audio_channels_last=False,
-                gradient_checkpointing="off", freeze_feature_encoder=False)
+                gradient_checkpointing="off", freeze_feature_encoder=False, score_backend="blocked")
 VARIANTS = {
     "baseline": {},
     "sdpa": dict(attn_implementation="sdpa"),
@@ -54,7 +55,9 @@ VARIANTS = {
     "checkpoint_audio": dict(gradient_checkpointing="audio"),
     # not the paper's recipe (it fine-tunes all of HuBERT): reported, never picked as the best
     "freeze_feature_encoder": dict(freeze_feature_encoder=True),
-    "combined": dict(attn_implementation="sdpa", audio_channels_last=True, compile_encoders="default"),
+    "fused_scores": dict(score_backend="fused"),  # the Triton B x B score kernels (model/fused_scores.py)
+    "combined": dict(attn_implementation="sdpa", audio_channels_last=True, score_backend="fused",
+                     compile_encoders="default"),
     "compile": dict(compile_encoders="default"),  # last: the slowest to start
 }
 NOT_PICKED = ("freeze_feature_encoder",)
@@ -205,6 +208,17 @@ def _norm(model, skip: str) -> float:
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
+def _unavailable(options: dict, device: torch.device) -> str | None:
+    """Why a variant cannot run here (e.g. the fused score kernels off CUDA), or None."""
+    from model.similarity import resolve_backend
+
+    try:
+        resolve_backend(options.get("score_backend", BASELINE["score_backend"]), device, torch.float32)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def describe(row: dict) -> str:
     """One printed row (the test reads these)."""
     head = f"{row['preset']} stage={row['stage']} B={row['batch_size']} {row['variant']:<22} {row['device']} {row['precision']}:"
@@ -280,6 +294,11 @@ def main():
                 name, options = best_options(args.best_from)
             options.update(args.set)
             name += "".join(f"+{k}={v}" for k, v in args.set)
+            unavailable = _unavailable(options, bench.accelerator.device)
+            if unavailable:
+                print(f"{args.preset} stage={args.stage} B={b} {name:<22} {bench.device_name}: skipped ({unavailable})",
+                      flush=True)
+                continue
             try:
                 row = bench.run(name, options, b, args.steps, args.warmup)
             except torch.OutOfMemoryError:

@@ -56,6 +56,20 @@ def test_train_step_benchmark_measures_every_variant_against_the_baseline(tmp_pa
     assert len(overrides) == (best["variant"] != "baseline")
 
 
+def test_train_step_benchmark_checks_the_fused_score_kernels_or_says_why_not(tmp_path):
+    """A whole training step with the Triton score kernels (interpreted on the CPU) gives the
+    baseline's loss and gradient norm; without the interpreter the variant is skipped, with why."""
+    args = ["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "1",
+            "--warmup", "0", "--clip-seconds", "1", "--variants", "baseline", "fused_scores"]
+    out = _run(args, tmp_path)
+    assert re.search(r"B=2 fused_scores +cpu: skipped \(score backend 'fused' runs Triton kernels on CUDA", out), out
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"B=2 fused_scores +cpu no: .* vs baseline: loss [0-9.e+-]+, grad norm [0-9.e+-]+ rel. diff ok",
+                     result.stdout), result.stdout
+
+
 def test_mfu_uses_the_dense_bf16_peak_of_known_devices():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989 and peak_tflops("NVIDIA H100 PCIe") == 756
     assert peak_tflops("NVIDIA H200") == 989 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312
