@@ -6,6 +6,7 @@ One directory holds the shards of one corpus split, each as::
     NNNNNN.parquet                          one row per input item (the manifest)
     NNNNNN_stats.json                       written last: the shard's commit marker
     dataset.json                            the dataset-level summary
+    NAME.PID.partial -> NAME                a small file being written by process PID
 
 **The commit rule**: a shard counts once its ``NNNNNN_stats.json`` exists, parses as a JSON
 object and its tar exists. Anything else with its stem is an interrupted build: ``prep shards``
@@ -69,6 +70,18 @@ def stats_path(out_dir: Path, shard: int) -> Path:
     return Path(out_dir) / f"{shard_stem(shard)}{STATS_SUFFIX}"
 
 
+def temp_path(path: Path, pid: int) -> Path:
+    """Where process ``pid`` writes ``path`` before renaming it into place: a name of its own,
+    so two runs sharing a directory (``--part``) never write into one temporary file."""
+    return path.with_name(f"{path.name}.{pid}{PARTIAL_SUFFIX}")
+
+
+def temp_writer(path: Path) -> int | None:
+    """The pid in a ``temp_path`` name (``dataset.json.4242.partial`` -> 4242); None for other names."""
+    base, _, pid = path.name.removesuffix(PARTIAL_SUFFIX).rpartition(".")
+    return int(pid) if path.name.endswith(PARTIAL_SUFFIX) and base and pid.isdigit() else None
+
+
 def shard_index(path: Path) -> int | None:
     """``000012.tar`` / ``000012_stats.json`` / ``000012.parquet`` -> 12; None for other names."""
     stem = Path(path).name.split(".")[0].split("_")[0]
@@ -124,6 +137,39 @@ def remove_uncommitted(out_dir: Path, shard: int) -> list[Path]:
     for p in doomed:
         p.unlink()
     return doomed
+
+
+def remove_dead_temp_files(out_dir: Path, started: float) -> list[Path]:
+    """Delete the temporary files of directory-wide files (``dataset.json``) left by writers that
+    were killed mid-write; returns what was removed. Shards' own leftovers are
+    ``remove_uncommitted``'s. ``--part`` runs share the directory, possibly from other hosts, so a
+    file goes only when its writer's pid is not alive here AND it is older than ``started`` (this
+    run's start, ``time.time()``): a writer still alive elsewhere has rewritten it since."""
+    doomed = [
+        p
+        for p in Path(out_dir).glob(f"*{PARTIAL_SUFFIX}")
+        if shard_index(p) is None and (pid := temp_writer(p)) is not None and not _pid_alive(pid) and _mtime(p) < started
+    ]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # renamed into place meanwhile: nothing to remove
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ def build_shards(
         raise ValueError(f"part {part} must satisfy 0 <= i < n")
     check_picklable(load, 1 if ray else workers)
     out = Path(out_dir)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     items = list(items)
     n_shards = math.ceil(len(items) / shard_size)
     selected = range(part_i, n_shards, part_n)
@@ -296,6 +296,7 @@ def build_shards(
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         with shard_dir.build_lock(out, selected):
+            shard_dir.remove_dead_temp_files(out, started_at)
             plans = []
             for shard in selected:
                 shard_tasks = tasks[shard * shard_size : (shard + 1) * shard_size]

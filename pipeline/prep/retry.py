@@ -47,12 +47,13 @@ def retry_failed(
             )
         load = loaders.resolve_loader(header["loader"], out / shard_dir.DATASET_FILE)
     check_picklable(load, 1 if ray else workers)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     summary = BuildSummary(out_dir=str(out), items_total=header.get("items_total", 0))
     extra = {"retried": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     if "shard_size" in header:
         extra["shard_size"] = header["shard_size"]
     with output_errors(out), shard_dir.build_lock(out, None):
+        shard_dir.remove_dead_temp_files(out, started_at)
         plans = []
         for committed in shard_dir.committed_shards(out):
             summary.shards_selected += 1

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import format as fmt
+from pipeline import shard_dir
 from pipeline.shard_dir import PARTIAL_SUFFIX
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    # a temporary name of this process's own: two runs sharing a directory (--part) never write
-    # into one temporary file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    tmp = shard_dir.temp_path(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -4,6 +4,8 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,27 @@ def test_parts_then_resume_equal_a_single_run_and_partial_shards_are_rebuilt(tmp
         name = f"{shard:06d}.tar"
         assert sha(split / name) == sha(single / name)
     assert json.loads((split / "dataset.json").read_text())["written"] == 10
+
+
+def test_a_rerun_removes_the_temporary_files_of_dead_writers_only(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    dead, dead_elsewhere = (subprocess.Popen(["true"]) for _ in range(2))
+    dead.wait(), dead_elsewhere.wait()
+    old = time.time() - 3600
+    stale = shard_dir.temp_path(out / "dataset.json", dead.pid)  # its writer was killed mid-write
+    fresh = shard_dir.temp_path(out / "dataset.json", dead_elsewhere.pid)  # written since this run began (another host)
+    live = shard_dir.temp_path(out / "dataset.json", os.getppid())  # a writer still running here
+    other_part = shard_dir.temp_path(shard_dir.stats_path(out, 1), dead.pid)  # part 1's shard: not this run's
+    for path in (stale, fresh, live, other_part):
+        path.write_text("{")
+    for path in (stale, live, other_part):
+        os.utime(path, (old, old))
+    future = time.time() + 3600
+    os.utime(fresh, (future, future))
+    build_shards(items(4), load_synthetic, out, key=key_of, shard_size=2, workers=0, part=(0, 2), progress=False)
+    assert sorted(p.name for p in out.glob("*.partial")) == sorted(p.name for p in (fresh, live, other_part))
+    assert json.loads((out / "dataset.json").read_text())["written"] == 2
 
 
 def test_resume_refuses_shards_built_from_other_input(tmp_path):
