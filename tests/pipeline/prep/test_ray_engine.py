@@ -170,8 +170,11 @@ def test_a_local_retry_of_many_shards_keeps_the_old_samples(tmp_path):
 def test_ctrl_c_stops_local_workers_mid_shard_at_once_and_a_rerun_finishes(tmp_path):
     items = [{"type": "speech", "seed": i, "seconds": 0.8} for i in range(40)]  # 4 shards of 10 s each
     out = tmp_path / "out"
+    # The driver takes Ctrl-C as a terminal's foreground job does, even when this suite runs as a
+    # background job of a script (`pytest &`), whose children inherit SIGINT ignored.
     script = (
-        "import json, sys\n"
+        "import json, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from tests.pipeline.prep.test_ray_engine import load_very_slow\n"
         "from tests.support import shardgen\n"
         "from pipeline.prep.build import build_shards\n"
