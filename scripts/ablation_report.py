@@ -31,7 +31,7 @@ class Metric:
     key: str
     label: str
     table: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: a diagnostic with no better direction
     read: Callable[[dict], float]
 
 
@@ -81,8 +81,8 @@ METRICS = (
     Metric("t6_mixed_audioset_a2i", "A→I", "6", False, _t6("mixed", "audioset", "speech_head", "A->I")),
     Metric("pred_dis", "Pred.Dis", "6", True, _path("table6", "results", "disentanglement", "pred_dis")),
     Metric("act_dis", "Act.Dis", "6", True, _path("table6", "results", "disentanglement", "act_dis")),
-    Metric("win_speech", "speech pairs won by the sound head", "6", False, _win_share(0)),
-    Metric("win_sound", "sound pairs won by the sound head", "6", True, _win_share(1)),
+    Metric("win_speech", "speech pairs won by the sound head", "6", None, _win_share(0)),
+    Metric("win_sound", "sound pairs won by the sound head", "6", None, _win_share(1)),
     Metric("t7a_i2a", "(a) AudioSet, sound head I→A", "7", True, _t3("audioset", "sound_head", "I->A")),
     Metric("t7a_a2i", "A→I", "7", True, _t3("audioset", "sound_head", "A->I")),
     Metric("t7b_i2a", "(b) Places, sound head I→A", "7", False, _t3("places", "sound_head", "I->A")),
@@ -179,12 +179,13 @@ def differences(grid: dict[str, dict[str, Cell]], base: str = "method") -> tuple
             diff = a.mean - b.mean
             n = min(len(a.values), len(b.values))
             separated = n > 1 and (min(a.values) > max(b.values) or max(a.values) < min(b.values))
-            better = (diff > 0) == m.higher_is_better
+            better = None if m.higher_is_better is None else (diff > 0) == m.higher_is_better
             rows.append({"loss": loss, "metric": m.key, "table": m.table, "method_minus_ablation": round(diff, 2),
-                         "exceeds_spread": bool(separated), "method_better": bool(better) if separated else None})
+                         "exceeds_spread": bool(separated), "method_better": better if separated else None})
             if separated:
+                verdict = "" if better is None else f"; the method is {'better' if better else 'worse'}"
                 lines.append(f"- Table {m.table}, {_full_label(m)}: method {a.mean:.1f} vs {LOSS_LABELS[loss]} "
-                             f"{b.mean:.1f} ({diff:+.1f}; the method is {'better' if better else 'worse'})")
+                             f"{b.mean:.1f} ({diff:+.1f}{verdict})")
     return rows, lines
 
 
