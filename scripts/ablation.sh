@@ -12,7 +12,7 @@
 #
 #   bash scripts/ablation.sh                 # 3 seeds x 3 losses: about 75 min on 2 cores
 #   bash scripts/ablation.sh --seeds 5
-#   bash scripts/demo.sh --ablation          # one seed, next to the demo's model (about 12 min after demo.sh)
+#   bash scripts/demo.sh --ablation          # one seed, next to the demo's model (about 13 min after demo.sh)
 #
 # Resumable: a run whose evaluation finished is kept (runs/ablation/<loss>/seed<N>/eval/results.json);
 # delete it to run it again. Copies started side by side share the runs (each takes the next free one). Environment: scripts/lib.sh's, and

@@ -9,7 +9,7 @@
 #
 #   bash scripts/demo.sh              # the method (about 10 minutes on 2 cores after installation)
 #   bash scripts/demo.sh --ablation   # then: the loss ablation with one seed (L_cor only, L_dis only; Tables
-#                                     # 1, 6, 7 side by side), reusing the first command's model (~12 min);
+#                                     # 1, 6, 7 side by side), reusing the first command's model (~13 min);
 #                                     # scripts/ablation.sh runs it over several seeds
 #
 # Environment: see scripts/lib.sh (DEMO_WORLD, DEMO_SIZE, DEMO_RUNS, DEMO_PRETRAIN_STEPS, DEMO_TRAIN_ARGS), and
