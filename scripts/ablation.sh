@@ -10,8 +10,8 @@
 # Then Table 1 (Extended IS3, mixed audio), Table 6 and Table 7 side by side, mean ± spread over the
 # seeds, with the differences that exceed the spread (scripts/ablation_report.py, docs/ablation.md).
 #
-#   bash scripts/ablation.sh                 # 3 seeds x 3 losses: about 75 min on 2 cores
-#   bash scripts/ablation.sh --seeds 5
+#   bash scripts/ablation.sh                 # 3 seeds x 3 losses, 2 runs at a time on 2 cores
+#   bash scripts/ablation.sh --seeds 5 --jobs 1
 #   bash scripts/demo.sh --ablation          # one seed, next to the demo's model (about 13 min after demo.sh)
 #
 # Resumable: a run whose evaluation finished is kept (runs/ablation/<loss>/seed<N>/eval/results.json);
@@ -23,16 +23,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=3
+jobs=$(( $(nproc) >= 2 ? 2 : 1 ))
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds=${2:?--seeds needs a number}; shift 2 ;;
     --seeds=*) seeds=${1#--seeds=}; shift ;;
-    *) echo "unknown argument $1 (known: --seeds N)" >&2; exit 2 ;;
+    --jobs) jobs=${2:?--jobs needs a number}; shift 2 ;;
+    --jobs=*) jobs=${1#--jobs=}; shift ;;
+    *) echo "unknown argument $1 (known: --seeds N, --jobs N)" >&2; exit 2 ;;
   esac
 done
-if ! [[ "$seeds" =~ ^[1-9][0-9]*$ ]]; then
-  echo "--seeds must be a whole number >= 1, got $seeds" >&2; exit 2
-fi
+for value in "$seeds" "$jobs"; do
+  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+    echo "--seeds and --jobs take a whole number >= 1, got $value" >&2; exit 2
+  fi
+done
 
 source scripts/lib.sh
 out=${ABLATION_DIR:-$runs/ablation}
@@ -51,9 +56,32 @@ overrides() {  # the train.py overrides of one loss
 heads_rule() { [ "$1" = cor_only ] && echo pred-dis || echo config; }
 for loss in "${losses[@]}"; do overrides "$loss" > /dev/null; done  # fail before any work
 
-echo "== ablation: ${losses[*]} x $seeds seed(s) into $out"
-make_world
-pretrain_audio
+if [ -z "${ABLATION_WORKER:-}" ]; then
+  echo "== ablation: ${losses[*]} x $seeds seed(s) into $out, $jobs run(s) at a time"
+  make_world
+  pretrain_audio
+  started=$(date +%s)
+  if [ "$jobs" -gt 1 ]; then
+    # the demo's small model does not keep two cores busy, so $jobs runs side by side, with the
+    # cores split between them, finish sooner; the same seed gives the same weights at any thread
+    # count on one machine (docs/ablation.md). Each copy takes the next free run (the locks below).
+    mkdir -p "$out"
+    threads=$(( $(nproc) / jobs )); [ "$threads" -ge 1 ] || threads=1
+    pids=()
+    for ((job = 0; job < jobs; job++)); do
+      ABLATION_WORKER=1 OMP_NUM_THREADS=$threads bash "$0" --seeds "$seeds" > "$out/job$job.log" 2>&1 &
+      pids+=($!)
+    done
+    echo "   $jobs copies at $threads thread(s) each; their logs: $out/job*.log"
+    failed=0
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    if [ "$failed" = 1 ]; then
+      echo "a run of the ablation failed: see $out/job*.log" >&2; exit 1
+    fi
+    echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"
+    exec $py scripts/ablation_report.py "$out" --losses "${losses[@]}" --seeds "$seeds" "${report_extra[@]}"
+  fi
+fi
 started=$(date +%s)
 for ((seed = 0; seed < seeds; seed++)); do
   for loss in "${losses[@]}"; do
@@ -83,5 +111,6 @@ for ((seed = 0; seed < seeds; seed++)); do
     rm -rf "$run.lock"; trap - EXIT
   done
 done
+[ -n "${ABLATION_WORKER:-}" ] && exit 0   # the copy that started the workers reports
 echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"
 $py scripts/ablation_report.py "$out" --losses "${losses[@]}" --seeds "$seeds" "${report_extra[@]}"

@@ -47,8 +47,11 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     result = subprocess.run(["bash", "scripts/demo.sh", "--ablation"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "reusing the trained model" in result.stdout and "== method seed 0: reusing" in result.stdout
     ablation = tmp_path / "runs" / "ablation"
+    assert "reusing the trained model" in result.stdout and "2 copies at 1 thread(s) each" in result.stdout
+    logs = "".join(p.read_text() for p in sorted(ablation.glob("job*.log")))
+    assert "== method seed 0: reusing" in logs  # the demo's model stands for the method's seed 0
+    assert logs.count(": training ") == 2 and not list(ablation.glob("*/*.lock"))  # each run once, by one copy
     assert (ablation / "method" / "seed0").resolve() == (tmp_path / "runs" / "demo").resolve()
     summary = json.loads((ablation / "ablation.json").read_text())
     assert summary["seeds"] == {"method": 1, "cor_only": 1, "dis_only": 1}
