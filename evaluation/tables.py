@@ -251,8 +251,7 @@ def section(run: EvalRun, table: Table, body: dict, data: DataPaths, started: fl
     _, loaded = run.model()
     normalization = run.normalization if table.heatmaps else "n/a (retrieval uses raw scores)"
     paths = {name: str(getattr(data, name)) for name in table.needs if getattr(data, name) is not None}
-    heads = run._heads or {"rule": "config", "sound_head": run.runner().sound_head,
-                           "speech_head": run.runner().speech_head}
+    heads = run._heads if run._heads is not None else assign_heads(run.runner(), "config", lambda: None)
     return {"label": run.name, "model": loaded.description, "heads": heads, "normalization": normalization, "data": paths,
             "seconds": round(time.time() - started, 1), "skipped_total": len(skipped), "skipped": skipped[:200],
             **body}
