@@ -23,7 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=3
-jobs=$(( $(nproc) >= 2 ? 2 : 1 ))
+# the machine's cores: plain nproc honours OMP_NUM_THREADS, which a caller may have set to 1
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+jobs=$(( cores >= 2 ? 2 : 1 ))
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds=${2:?--seeds needs a number}; shift 2 ;;
@@ -66,7 +68,7 @@ if [ -z "${ABLATION_WORKER:-}" ]; then
     # cores split between them, finish sooner; the same seed gives the same weights at any thread
     # count on one machine (docs/ablation.md). Each copy takes the next free run (the locks below).
     mkdir -p "$out"
-    threads=$(( $(nproc) / jobs )); [ "$threads" -ge 1 ] || threads=1
+    threads=$(( cores / jobs )); [ "$threads" -ge 1 ] || threads=1
     pids=()
     for ((job = 0; job < jobs; job++)); do
       ABLATION_WORKER=1 OMP_NUM_THREADS=$threads bash "$0" --seeds "$seeds" > "$out/job$job.log" 2>&1 &

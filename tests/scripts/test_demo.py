@@ -48,7 +48,9 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
                             text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ablation = tmp_path / "runs" / "ablation"
-    assert "reusing the trained model" in result.stdout and "2 copies at 1 thread(s) each" in result.stdout
+    assert "reusing the trained model" in result.stdout
+    # two runs side by side on 2+ cores, whatever OMP_NUM_THREADS the test command set
+    assert re.search(r"2 copies at \d+ thread\(s\) each", result.stdout), result.stdout[-3000:]
     logs = "".join(p.read_text() for p in sorted(ablation.glob("job*.log")))
     assert "== method seed 0: reusing" in logs  # the demo's model stands for the method's seed 0
     assert logs.count(": training ") == 2 and not list(ablation.glob("*/*.lock"))  # each run once, by one copy
