@@ -236,6 +236,11 @@ class FusedMaxMeanScores(torch.autograd.Function):
 def fused_scores(a: torch.Tensor, v: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Scores ``[Ba, Bv]`` of features ``a`` ``[Ba, C, K, F, T]`` and ``v`` ``[Bv, C, K, h, w]`` with
     frame weights ``[Ba, F*T]``, products in ``dtype`` (one of ``SUPPORTED_DTYPES``)."""
+    if a.shape[0] == 0 or v.shape[0] == 0:
+        # no clips or no images: nothing to launch (a grid with no blocks); an empty score matrix
+        # that stays in the graph, so backward gives both inputs their (empty or zero) gradients
+        link = (a.sum() + v.sum()).to(weights.dtype) * 0
+        return weights.new_zeros(a.shape[0], v.shape[0]) + link
     if a.device.type == "cuda":
         with torch.cuda.device(a.device):
             return FusedMaxMeanScores.apply(a, v, weights, dtype)

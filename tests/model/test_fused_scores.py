@@ -64,6 +64,12 @@ def test_fused_backend_gives_the_loss_and_gradients_of_naive(interpreted):
     assert interpreted["loss"]["loss"] < 1e-6 and interpreted["loss"]["grads"] < 1e-6, interpreted["loss"]
 
 
+def test_fused_scores_of_an_empty_batch_have_the_naive_shape(interpreted):
+    for name, got in interpreted["empty"].items():
+        assert got["shape"] == got["naive_shape"], (name, got)
+        assert got["grad_shapes"][0][0] == got["shape"][0] and got["grad_shapes"][1][0] == got["shape"][1], got
+
+
 def _inputs():
     gen = torch.Generator().manual_seed(0)
     a, v = torch.randn(3, 4, 2, 1, 5, generator=gen), torch.randn(2, 4, 2, 2, 2, generator=gen)

@@ -83,6 +83,20 @@ def loss_case() -> dict:
             "grads": max(relative(got_grads[name], ref_grads[name].double()) for name in ref_grads)}
 
 
+def empty_batch_case() -> dict:
+    """No clips, then no images: the shape of the naive scores, and a backward that runs."""
+    out = {}
+    for name, (ba, bv) in {"no_clips": (0, 3), "no_images": (3, 0)}.items():
+        a, _, v = features(ba=max(ba, 2), bv=max(bv, 1), c=8, k=2, f=1, t=5, h=2, w=2, seed=0)
+        a, v = a[:ba].float().requires_grad_(), v[:bv].float().requires_grad_()
+        mask = torch.ones(ba, 5, dtype=torch.bool)
+        scores = batch_scores(a, mask, v, None, backend="fused")
+        scores.sum().backward()
+        out[name] = {"shape": list(scores.shape), "naive_shape": list(naive_batch_scores(a, mask, v, None).shape),
+                     "grad_shapes": [list(a.grad.shape), list(v.grad.shape)]}
+    return out
+
+
 def main() -> None:
     small = dict(ba=3, bv=5, c=8, k=2, f=1, t=7, h=3, w=3)
     # several tiles in every dimension: 42 rows, 25 positions, 20 channels against 16-wide tiles
@@ -101,6 +115,7 @@ def main() -> None:
         a, mask, v = features(**shapes, seed=n)
         result[name] = compare(a, mask, v, head, dtype, autocast)
     result["loss"] = loss_case()
+    result["empty"] = empty_batch_case()
     print(json.dumps(result))
 
 
