@@ -12,10 +12,10 @@ clipping, Adam. Batches are random tensors of the real shapes, so the figure is 
 independent of the loader (bench/loader.py measures that side).
 
 Variants (``VARIANTS``): the baseline is eager attention, no compile, transformers' conv front end,
-no checkpointing, the blocked B x B scores; every other variant adds one option (a variant that
-cannot run on this device, e.g. the fused score kernels off CUDA, prints why it is skipped), ``combined`` the exact ones together. Each
-variant starts from the baseline's initial weights, and its first step's loss and gradient norm
-are compared with the baseline's (max relative difference; "ok" within float32 tolerance on the
+no checkpointing, the blocked B x B scores; every other variant adds one option, ``combined`` the
+exact ones together (a variant this device cannot run, e.g. the fused score kernels off CUDA,
+prints why it is skipped). Each variant starts from the baseline's initial weights, and its first
+step's loss and gradient norm are compared with the baseline's (max relative difference; "ok" within float32 tolerance on the
 CPU, bf16 tolerance on a GPU). Dropout is off in every variant so those steps are comparable
 (attention, LoRA and HuBERT dropout draw differently in each kernel); its cost is the same in all.
 

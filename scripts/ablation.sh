@@ -58,61 +58,65 @@ overrides() {  # the train.py overrides of one loss
 heads_rule() { [ "$1" = cor_only ] && echo pred-dis || echo config; }
 for loss in "${losses[@]}"; do overrides "$loss" > /dev/null; done  # fail before any work
 
-if [ -z "${ABLATION_WORKER:-}" ]; then
-  echo "== ablation: ${losses[*]} x $seeds seed(s) into $out, $jobs run(s) at a time"
-  make_world
-  pretrain_audio
-  started=$(date +%s)
-  if [ "$jobs" -gt 1 ]; then
-    # the demo's small model does not keep two cores busy, so $jobs runs side by side, with the
-    # cores split between them, finish sooner; the same seed gives the same weights at any thread
-    # count on one machine (docs/ablation.md). Each copy takes the next free run (the locks below).
-    mkdir -p "$out"
-    threads=$(( cores / jobs )); [ "$threads" -ge 1 ] || threads=1
-    pids=()
-    for ((job = 0; job < jobs; job++)); do
-      ABLATION_WORKER=1 OMP_NUM_THREADS=$threads bash "$0" --seeds "$seeds" > "$out/job$job.log" 2>&1 &
-      pids+=($!)
+run_all() {  # every run not yet finished nor taken by another copy: train, then evaluate
+  local seed loss run extra
+  for ((seed = 0; seed < seeds; seed++)); do
+    for loss in "${losses[@]}"; do
+      run="$out/$loss/seed$seed"
+      if [ "$loss" = method ] && [ "$seed" = 0 ] && [ -n "${ABLATION_REUSE_METHOD:-}" ]; then
+        mkdir -p "$out/method"
+        ln -sfn "$(realpath "$ABLATION_REUSE_METHOD")" "$run"
+      fi
+      if [ -f "$run/eval/results.json" ]; then
+        echo "== $loss seed $seed: reusing $run"
+        continue
+      fi
+      # several copies of this script may share the runs (the --jobs copies): a run is taken by
+      # whoever creates its lock first; a lock left by a killed copy: delete $run.lock
+      mkdir -p "$out/$loss"
+      if ! mkdir "$run.lock" 2> /dev/null; then
+        echo "== $loss seed $seed: in progress elsewhere ($run.lock), skipped here"
+        continue
+      fi
+      trap 'rm -rf "$run.lock"' EXIT
+      echo "== $loss seed $seed: training $run"
+      read -r -a extra <<< "$(overrides "$loss")"
+      train "$run" seed="$seed" "${extra[@]}"
+      echo "== $loss seed $seed: evaluating (Tables 1, 3, 5, 6; heads: $(heads_rule "$loss"))"
+      EVAL_ADE=0 evaluate "$run/final" "$run/eval.partial" --heads "$(heads_rule "$loss")" --no-progress all
+      mv "$run/eval.partial" "$run/eval"   # a run counts as done only with its whole evaluation
+      rm -rf "$run.lock"; trap - EXIT
     done
-    echo "   $jobs copies at $threads thread(s) each; their logs: $out/job*.log"
-    failed=0
-    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-    if [ "$failed" = 1 ]; then
-      echo "a run of the ablation failed: see $out/job*.log" >&2; exit 1
-    fi
-    echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"
-    exec $py scripts/ablation_report.py "$out" --losses "${losses[@]}" --seeds "$seeds" "${report_extra[@]}"
-  fi
-fi
-started=$(date +%s)
-for ((seed = 0; seed < seeds; seed++)); do
-  for loss in "${losses[@]}"; do
-    run="$out/$loss/seed$seed"
-    if [ "$loss" = method ] && [ "$seed" = 0 ] && [ -n "${ABLATION_REUSE_METHOD:-}" ]; then
-      mkdir -p "$out/method"
-      ln -sfn "$(realpath "$ABLATION_REUSE_METHOD")" "$run"
-    fi
-    if [ -f "$run/eval/results.json" ]; then
-      echo "== $loss seed $seed: reusing $run"
-      continue
-    fi
-    # several copies of this script may share the runs (e.g. one per core group): a run is taken
-    # by whoever creates its lock first; a lock left by a killed copy: delete $run.lock
-    mkdir -p "$out/$loss"
-    if ! mkdir "$run.lock" 2> /dev/null; then
-      echo "== $loss seed $seed: in progress elsewhere ($run.lock), skipped here"
-      continue
-    fi
-    trap 'rm -rf "$run.lock"' EXIT
-    echo "== $loss seed $seed: training $run"
-    read -r -a extra <<< "$(overrides "$loss")"
-    train "$run" seed="$seed" "${extra[@]}"
-    echo "== $loss seed $seed: evaluating (Tables 1, 3, 5, 6; heads: $(heads_rule "$loss"))"
-    EVAL_ADE=0 evaluate "$run/final" "$run/eval.partial" --heads "$(heads_rule "$loss")" --no-progress all
-    mv "$run/eval.partial" "$run/eval"   # a run counts as done only with its whole evaluation
-    rm -rf "$run.lock"; trap - EXIT
   done
-done
-[ -n "${ABLATION_WORKER:-}" ] && exit 0   # the copy that started the workers reports
+}
+
+if [ -n "${ABLATION_WORKER:-}" ]; then  # one of the --jobs copies: its share of the runs; the parent reports
+  run_all
+  exit 0
+fi
+echo "== ablation: ${losses[*]} x $seeds seed(s) into $out, $jobs run(s) at a time"
+make_world
+pretrain_audio
+started=$(date +%s)
+if [ "$jobs" -gt 1 ]; then
+  # the demo's small model does not keep two cores busy, so $jobs runs side by side, with the
+  # cores split between them, finish sooner; the same seed gives the same weights at any thread
+  # count on one machine (docs/ablation.md). Each copy takes the next free run (the locks above).
+  mkdir -p "$out"
+  threads=$(( cores / jobs )); [ "$threads" -ge 1 ] || threads=1
+  pids=()
+  for ((job = 0; job < jobs; job++)); do
+    ABLATION_WORKER=1 OMP_NUM_THREADS=$threads bash "$0" --seeds "$seeds" > "$out/job$job.log" 2>&1 &
+    pids+=($!)
+  done
+  echo "   $jobs copies at $threads thread(s) each; their logs: $out/job*.log"
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  if [ "$failed" = 1 ]; then
+    echo "a run of the ablation failed: see $out/job*.log" >&2; exit 1
+  fi
+else
+  run_all
+fi
 echo "== ablation: $(( ($(date +%s) - started) / 60 )) min of training and evaluation in this call"
 $py scripts/ablation_report.py "$out" --losses "${losses[@]}" --seeds "$seeds" "${report_extra[@]}"
