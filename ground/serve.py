@@ -5,11 +5,24 @@ own soundtrack), and see every head's map and the total next to the heads' activ
 The page binds to 127.0.0.1 unless told otherwise and makes no network calls: Gradio's analytics are
 off, there is no share link, no server-side rendering (it would start node) and the default theme's
 fonts are served by Gradio itself. Gradio is the ``serve`` extra, imported only when the command runs.
+
+Uploads reach the project's own readers untouched (the click handler runs with Gradio's preprocessing
+off, so Gradio never opens an image itself): bad files get the same one-line messages as ``ground``,
+naming the upload's original file name, never a path on the server. Uploads are limited in size
+(``--max-file-size``), kept in a folder of their own per server, swept after ``UPLOAD_TTL_S`` and
+removed with the folder when the server stops.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +33,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 CURVE_ID = "curve"
 HEADLINE_SPANS = 12  # dominant-head runs spelled out above the table; result.json has them all
+# Every upload the page takes fits in this: a photo at the pixel limit (64 Mpx, a JPEG of ~20-30 MB),
+# 30 s of audio in any format (the model uses no more; 30 s of 8-channel 96 kHz float WAV is 92 MB)
+# or a few minutes of phone video. Larger files belong to the `ground` command, which reads local files.
+DEFAULT_MAX_FILE_SIZE_MB = 100
+# Uploads and rendered maps older than this are swept every UPLOAD_SWEEP_S while the server runs. They
+# are not removed right after each run: the page keeps its inputs, and a second "Ground" (another clip
+# added, say) sends the same uploads again.
+UPLOAD_TTL_S = 3600
+UPLOAD_SWEEP_S = 600
+CACHE_PREFIX = "ground-serve-"
 
 
 def map_id(head: str) -> str:
@@ -41,18 +64,56 @@ def _gradio():
     return gradio
 
 
-def _audio_paths(recorded: str | None, uploads: list | None) -> list[str]:
-    paths = [recorded] if recorded else []
-    return paths + [str(getattr(f, "name", f)) for f in uploads or []]
+def _upload(value, default: str) -> tuple[str, str] | None:
+    """(path on the server, name to show) of one input: Gradio's file dict (``path``, ``orig_name``),
+    a file object with ``.name`` or a plain path (the Python API and the tests)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        path, name = value.get("path"), value.get("orig_name")
+    else:
+        path, name = getattr(value, "name", value), None
+    if not path:
+        return None
+    path = str(path)
+    return path, Path(name).name if name else (Path(path).name or default)
 
 
-def _inputs(image, video: str | None, audio_paths: list[str]):
+def _audio_uploads(recorded, uploads) -> list[tuple[str, str]]:
+    files = [_upload(recorded, "the recording")] + [_upload(f, "the audio") for f in uploads or []]
+    return [f for f in files if f is not None]
+
+
+def _public(message: str, files: list[tuple[str, str]]) -> str:
+    """``message`` with every server path replaced by the name its user knows: the upload's original
+    file name, or the last component of any other path under the server's upload folder."""
+    known = {}
+    for path, name in files:
+        known[path] = name
+        known[os.path.realpath(path)] = name
+    for path in sorted(known, key=len, reverse=True):
+        message = message.replace(path, known[path])
+    roots = {r for root in _upload_roots() for r in (root, os.path.realpath(root))}
+    for root in sorted(roots, key=len, reverse=True):
+        message = re.sub(re.escape(root) + r"[^\s'\"]*", lambda m: Path(m.group(0)).name or "the upload", message)
+    return " ".join(message.split())  # one line, whatever the reader's message held
+
+
+def _upload_roots() -> list[str]:
+    from_env = os.environ.get("GRADIO_TEMP_DIR")
+    return [r for r in (from_env, str(Path(tempfile.gettempdir()) / "gradio")) if r]
+
+
+def _inputs(image: str | None, video: str | None, audio_paths: list[str]):
     """The picture and the 16 kHz clip of one run, as `ground` takes them: an image with one or more
     clips (mixed at equal loudness), or a video's middle frame with its own sound track."""
     from ground import inputs
 
     if (image is None) == (video is None):
         raise inputs.GroundInputError("give an image or a video (one of them)")
+    for path in (image, video, *audio_paths):
+        if path is not None and not Path(path).is_file():  # swept after UPLOAD_TTL_S
+            raise inputs.GroundInputError(f"{path} is no longer on the server: upload it again")
     if video:
         if audio_paths:
             raise inputs.GroundInputError("a video is grounded with its own sound track: remove the audio, "
@@ -80,18 +141,27 @@ def _curve(result):
 
 
 def run_page(grounder, image, video, recorded, uploads):
-    """One click of "Ground": the overlays (heads then total), the curve and the summary."""
+    """One click of "Ground": the overlays (heads then total), the curve and the summary.
+
+    Each input is Gradio's file dict (the page runs with preprocessing off), a path or None."""
     import gradio as gr
 
     from ground.inputs import GroundInputError
     from ground.render import overlay
     from pipeline.format import SAMPLE_RATE
 
+    picture, film = _upload(image, "the image"), _upload(video, "the video")
+    audio = _audio_uploads(recorded, uploads)
+    files = [f for f in (picture, film, *audio) if f is not None]
     try:
-        picture, clip = _inputs(image, video, _audio_paths(recorded, uploads))
-        result = grounder.ground(picture, clip, SAMPLE_RATE)
+        image_path, clip = _inputs(picture and picture[0], film and film[0], [path for path, _ in audio])
+        result = grounder.ground(image_path, clip, SAMPLE_RATE)
     except GroundInputError as err:  # shown on the page as one line, not a traceback
-        raise gr.Error(str(err), print_exception=False) from None
+        raise gr.Error(_public(str(err), files), print_exception=False) from None
+    except Exception as err:  # a fault of the program: its traceback goes to the server's log only
+        traceback.print_exc()
+        raise gr.Error(f"grounding failed ({type(err).__name__}); the server's log has the details",
+                       print_exception=False) from None
     overlays = [overlay(result.image, result.mean_maps[h], h) for h in result.heads]
     summary = result.summary()
     return (*overlays, _curve(result), _headline(summary), summary)
@@ -122,13 +192,14 @@ def build_page(grounder):
 
     gr = _gradio()
     names = [*grounder.head_names, TOTAL]
-    with gr.Blocks(title="ground: where is the sound, where is the word") as page:
+    with gr.Blocks(title="ground: where is the sound, where is the word",
+                   delete_cache=(UPLOAD_SWEEP_S, UPLOAD_TTL_S)) as page:
         gr.Markdown("## ground\nUpload an image or a video and upload or record audio; "
                     "several clips are mixed. Each head's map and the total are shown with the heads' activation over time.")
         with gr.Row():
             with gr.Column(scale=1):
                 # a path, not pixels: the project's own image checks (decompression bombs, EXIF
-                # orientation, truncated files) apply, with their one-line errors
+                # orientation, truncated files) apply, with their one-line errors (see button.click)
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="image", elem_id="image")
                 video = gr.Video(sources=["upload"], label="or a video (middle frame, its own audio)", elem_id="video")
                 recorded = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio", elem_id="audio")
@@ -142,9 +213,46 @@ def build_page(grounder):
                 headline = gr.Markdown(elem_id="summary")
                 with gr.Accordion("result.json", open=False):
                     summary = gr.JSON(elem_id="result-json")
+        # preprocess=False: run_page gets each upload's path and original name untouched. Gradio's own
+        # preprocessing would open the image with PIL (a text file or a decompression bomb then fails
+        # inside Gradio with a traceback and a message naming server paths) and convert audio.
         button.click(lambda *a: run_page(grounder, *a), [image, video, recorded, uploads],
-                     [*maps, curve, headline, summary])
+                     [*maps, curve, headline, summary], preprocess=False)
     return page
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _stop_on_sigterm() -> object:
+    """Make SIGTERM (``kill``, systemd, a test's terminate()) stop the page as Ctrl+C does, so the
+    upload folder is removed; returns the previous handler (None outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _upload_folder() -> Path:
+    """A folder of this server's own for Gradio's cache (uploads, rendered maps), under
+    $GRADIO_TEMP_DIR when set, else the system's temp dir. Gradio reads the variable at import."""
+    parent = os.environ.get("GRADIO_TEMP_DIR") or None
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=parent))
+    except OSError as err:
+        _fail(f"cannot create the upload folder under {parent or tempfile.gettempdir()} ({err.strerror}); "
+              "set GRADIO_TEMP_DIR to a writable folder")
 
 
 def serve_command(
@@ -153,14 +261,35 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port of the page")] = DEFAULT_PORT,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     speech_head: Annotated[Optional[int], typer.Option(help="index of the speech head (overrides the checkpoint's)")] = None,
+    max_file_size: Annotated[int, typer.Option(min=1, help="largest upload in MB (2^20 bytes, as the page counts "
+                                               "them); larger files are refused before they are stored")] = DEFAULT_MAX_FILE_SIZE_MB,
 ) -> None:
     """Start the local web page: upload an image or video and audio, see both heads' maps and the time curve."""
+    if not _is_loopback(host):
+        typer.echo(f"warning: --host {host} opens the page beyond this machine: anyone who can reach "
+                   f"port {port} can upload files to it and run the model", err=True)
+    if not checkpoint.exists():
+        _fail(f"--checkpoint {checkpoint} does not exist")
+    previous_env, folder = os.environ.get("GRADIO_TEMP_DIR"), _upload_folder()
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # before gradio's import: some of its modules read it then
+    previous_handler = _stop_on_sigterm()
+    try:
+        _serve(checkpoint, host, port, device, speech_head, max_file_size)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if previous_env is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous_env
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _serve(checkpoint: Path, host: str, port: int, device: str, speech_head: int | None, max_file_size: int) -> None:
     try:
         _gradio()
     except ImportError:
         _fail("`ground serve` needs Gradio: pip install -e '.[serve]'")
-    if not checkpoint.exists():
-        _fail(f"--checkpoint {checkpoint} does not exist")
     from ground.api import Grounder  # torch loads here, so `ground serve --help` stays instant
 
     try:
@@ -168,10 +297,10 @@ def serve_command(
     except (ValueError, OSError) as err:  # CheckpointError and GroundInputError are ValueErrors
         _fail(f"cannot load --checkpoint {checkpoint}: {str(err).splitlines()[0]}")
     page = build_page(grounder)
-    typer.echo(f"ground serve: http://{host}:{port} (Ctrl+C stops)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"note: bound to {host}: anyone who can reach this port can use the model", err=True)
+    typer.echo(f"ground serve: http://{host}:{port} (Ctrl+C stops; uploads up to {max_file_size} MB)")
     try:
-        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True, show_error=True)
+        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True, show_error=True,
+                    max_file_size=max_file_size * 2**20)
     except OSError as err:
-        _fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port)")
+        _fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port; "
+              "--host must be an address of this machine)")

@@ -1,5 +1,6 @@
 """`ground serve` in a real browser: Debian's chromium driven by Playwright against the real server
-(a subprocess with a tiny checkpoint), plus the page's refusals and the command's one-line errors.
+(a subprocess with a tiny checkpoint), plus the page's refusals and the command's one-line errors, the
+upload limit, the server's upload folder (gone when it stops) and its loopback-only socket.
 
 Without /usr/bin/chromium (or $CHROMIUM_BINARY) or Playwright the browser tests are skipped, except
 under CI=true where they fail: .ci/run installs chromium.
@@ -7,15 +8,19 @@ under CI=true where they fail: .ci/run installs chromium.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -37,6 +42,7 @@ START_TIMEOUT_S = 120.0  # a cold import of gradio + torch on a loaded 2-core ma
 RESULT_TIMEOUT_MS = 60_000
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "ground_serve.png"
 HEADS = ["sound", "speech", "total"]
+MAX_FILE_SIZE_MB = 1  # the test server's upload limit, so that an upload over it stays small
 
 
 def _missing(reason: str):
@@ -75,27 +81,41 @@ def _wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
     pytest.fail(f"ground serve did not answer {url} within {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    uploads: Path  # the server's $GRADIO_TEMP_DIR: its own upload folder is made inside
+    log: Path
+
+    def stop(self) -> int:
+        """SIGTERM, as `kill` and service managers stop it (kill -9 only if it does not stop)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        return self.proc.returncode
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """The real `ground serve` on a free 127.0.0.1 port; always stopped (terminate, then kill)."""
+    """The real `ground serve` on a free port, started with the default host; always stopped."""
     tmp = tmp_path_factory.mktemp("serve")
-    port, log = _free_port(), tmp / "server.log"
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "uploads"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    port, log, uploads = _free_port(), tmp / "server.log", tmp / "uploads"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-c", "from ground.cli import app; app(prog_name='ground')",
-           "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
+           "serve", "--checkpoint", str(checkpoint), "--port", str(port), "--max-file-size", str(MAX_FILE_SIZE_MB)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    running = Server(proc, f"http://127.0.0.1:{port}/", uploads, log)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_until_up(proc, url, log)
-        yield url
+        _wait_until_up(proc, running.url, log)
+        yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +142,12 @@ def page(browser, server):
     page = browser.new_page()
     hosts = []
     page.on("request", lambda request: hosts.append(request.url.split("/")[2] if "://" in request.url else ""))
-    page.goto(server, timeout=60_000)
+    page.goto(server.url, timeout=60_000)
     page.wait_for_selector("#run", timeout=60_000)
     yield page
     page.close()
     # the page never calls out: every request went to the local server
-    assert set(hosts) <= {server.split("/")[2]}, hosts
+    assert set(hosts) <= {server.url.split("/")[2]}, hosts
 
 
 def _scene(tmp: Path) -> tuple[Path, Path, Path]:
@@ -196,6 +216,74 @@ def test_page_refuses_missing_and_silent_audio_in_one_line(page, tmp_path):
     assert page.locator(f"#{map_id('total')} img").count() == 0
 
 
+def _toast(page, words: str) -> str:
+    """The text of the error shown on the page that holds ``words`` (fails with every error shown)."""
+    page.wait_for_selector(".toast-body", timeout=RESULT_TIMEOUT_MS)
+    shown = page.locator(".toast-body").all_inner_texts()
+    assert any(words in text for text in shown), shown
+    return next(text for text in shown if words in text)
+
+
+@pytest.mark.parametrize("case", ["text file", "decompression bomb"])
+def test_page_refuses_a_bad_image_upload_in_one_line_without_server_paths(page, server, tmp_path, case):
+    if case == "text file":
+        upload, words = tmp_path / "notes.png", "image notes.png: image_decode: cannot open notes.png"
+        upload.write_text("a shopping list, not a picture\n")
+    else:  # 30000x30000 px claimed by a 100-byte file: PIL alone would refuse it with a traceback
+        upload, words = media.write_huge_png_header(tmp_path / "bomb.png"), "image bomb.png: image_too_large"
+    speech = media.write_audio(tmp_path / "speech.wav", media.speech_like(1.0), 16_000)
+    page.locator("#audio input[type=file]").set_input_files(str(speech))
+    page.locator("#image input[type=file]").set_input_files(str(upload))
+    page.wait_for_selector("#image img", state="attached", timeout=30_000)  # the upload is in place
+    page.click("#run")
+    text = _toast(page, words)
+    assert "give a readable JPEG/PNG/WebP file" in text, text
+    assert str(server.uploads) not in text and "ground-serve-" not in text and "/tmp" not in text, text
+    assert "Could not preprocess" not in page.inner_text("body")
+    assert page.locator(f"#{map_id('total')} img").count() == 0
+
+
+def test_page_refuses_an_upload_over_the_size_limit(page, server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_FILE_SIZE_MB * 2**20 + 1))
+    page.locator("#image input[type=file]").set_input_files(str(big))
+    text = _toast(page, "big.png")
+    assert f"maximum allowed size of {MAX_FILE_SIZE_MB}.0 Mb" in text, text  # Gradio's words, refused in the page
+    assert not list(server.uploads.rglob("big.png"))  # never stored on the server
+
+
+# ------------------------------------------------------------------ the server without a browser
+
+
+def _post_upload(server: Server, name: str, data: bytes) -> tuple[int, str]:
+    """A file sent to Gradio's upload route as the page sends it (multipart/form-data)."""
+    boundary = "ground-serve-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(server.url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_upload_route_refuses_a_file_over_the_limit_without_storing_it(server):
+    status, text = _post_upload(server, "huge.wav", b"\0" * (MAX_FILE_SIZE_MB * 2**20 + 1))
+    assert status == 413 and "maximum allowed size" in text, (status, text)
+    assert not list(server.uploads.rglob("huge.wav"))
+
+
+def test_the_server_listens_on_loopback_only_by_default(server):
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    listening = set()
+    for proc in [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]:
+        listening |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", port)}, listening
+
+
 # ------------------------------------------------------------------ the page's run, without a browser
 
 
@@ -225,6 +313,7 @@ def test_a_video_is_grounded_on_its_middle_frame_with_its_own_soundtrack(grounde
     ("too short", "too short"),
     ("garbage image", "give a readable"),
     ("decompression bomb", "give a readable"),
+    ("swept upload", "gone.png is no longer on the server: upload it again"),
 ])
 def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, message):
     import gradio as gr
@@ -242,10 +331,47 @@ def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, messag
         "too short": (image, None, str(media.write_audio(tmp_path / "blip.wav", media.tone(440.0, 0.01), 16_000))),
         "garbage image": (str(media.write_garbage(tmp_path / "photo.jpg")), None, speech),
         "decompression bomb": (str(media.write_huge_png_header(tmp_path / "bomb.png")), None, speech),
+        "swept upload": (str(tmp_path / "gone.png"), None, speech),
     }[case]
     with pytest.raises(gr.Error) as err:
         run_page(grounder, *args, None)
     assert message in err.value.message and "\n" not in err.value.message
+    assert str(tmp_path) not in err.value.message  # file names only, never where they lie
+
+
+def test_the_page_names_an_upload_by_its_original_name_never_its_server_path(grounder, tmp_path):
+    """As the page calls it: Gradio's file dicts, a path in the server's upload folder and the name
+    the file had on the user's machine."""
+    import gradio as gr
+
+    from ground.serve import run_page
+
+    stored = media.write_garbage(tmp_path / "0f3a9c" / "holiday_photo.jpg")
+    speech = media.write_audio(tmp_path / "1b2c" / "speech.wav", media.speech_like(1.0), 16_000)
+    image = {"path": str(stored), "orig_name": "holiday photo.jpg", "meta": {"_type": "gradio.FileData"}}
+    more = [{"path": str(speech), "orig_name": "said.wav"}]
+    with pytest.raises(gr.Error) as err:
+        run_page(grounder, image, None, None, more)
+    text = err.value.message
+    assert text.startswith("image holiday photo.jpg: image_decode: cannot open holiday photo.jpg"), text
+    assert str(tmp_path) not in text and "holiday_photo" not in text and "\n" not in text
+
+
+def test_a_fault_of_the_program_is_one_line_on_the_page_and_its_traceback_in_the_log(tmp_path, capsys):
+    import gradio as gr
+
+    from ground.serve import run_page
+
+    class Broken:  # a grounder with a bug: the page must not show its message (it names server paths)
+        def ground(self, image, clip, sample_rate):
+            raise RuntimeError(f"index out of range in {tmp_path / 'cache' / 'weights.bin'}")
+
+    image = str(media.write_image(tmp_path / "white.png", size=(64, 48)))
+    speech = str(media.write_audio(tmp_path / "speech.wav", media.speech_like(1.0), 16_000))
+    with pytest.raises(gr.Error) as err:
+        run_page(Broken(), image, None, speech, None)
+    assert err.value.message == "grounding failed (RuntimeError); the server's log has the details"
+    assert "Traceback" in capsys.readouterr().err  # the bug is in the server's log, whole
 
 
 # ------------------------------------------------------------------ the command's own errors
@@ -255,6 +381,30 @@ def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["serve", "--checkpoint", str(tmp_path / "nothing")])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "nothing" in result.output
+
+
+# uvicorn's server thread ends in SystemExit after the failed bind; the command itself logs one line
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_host_beyond_loopback_is_warned_about_and_a_failed_start_leaves_no_upload_folder(
+        checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is on no machine: binding fails without opening any socket
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--host", "192.0.2.1",
+                                      "--port", str(_free_port())])
+    assert result.exit_code == 2, result.output
+    assert "warning: --host 192.0.2.1 opens the page beyond this machine" in result.output
+    assert "error: cannot serve on 192.0.2.1:" in result.output and "Traceback" not in result.output
+    assert list((tmp_path / "uploads").iterdir()) == []  # its own upload folder was made and removed
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "uploads")  # put back for the caller
+
+
+def test_an_upload_folder_that_cannot_be_made_is_one_line(checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "file" / "uploads"))
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot create the upload folder under ") and result.output.count("\n") == 1
+    assert "set GRADIO_TEMP_DIR to a writable folder" in result.output
 
 
 def test_serve_refuses_a_busy_port_in_one_line(checkpoint):
@@ -276,3 +426,20 @@ def test_the_headline_spells_out_a_dozen_dominant_runs_and_counts_the_rest():
     text = _headline({"dominant_segments": runs, "duration_s": 4.0, "heads": heads})
     assert text.count(" s, ") == HEADLINE_SPANS and f"({20 - HEADLINE_SPANS} more in result.json)" in text
     assert "| sound | (3, 4) | 0.500 |" in text and "| total | - | - |" in text
+
+
+# ------------------------------------------------------------------ last: stopping the shared server
+
+
+def test_stopping_the_server_removes_its_upload_folder_and_bad_input_left_no_traceback(server):
+    status, text = _post_upload(server, "kept.wav", b"RIFF" + b"\0" * 1000)
+    assert status == 200, text
+    stored = Path(json.loads(text)[0])
+    assert stored.is_file() and server.uploads in stored.parents
+    folder = server.uploads / stored.relative_to(server.uploads).parts[0]
+    assert folder.name.startswith("ground-serve-")
+    assert server.stop() == 0  # SIGTERM: the page closes as on Ctrl+C
+    assert not folder.exists() and list(server.uploads.iterdir()) == []
+    log = server.log.read_text()
+    # the refusals of this module (bad images, silent audio, ...) were one line on the page, nothing in the log
+    assert "Traceback" not in log, log[-3000:]
