@@ -4,7 +4,9 @@
         data.sound=shards/audioset/unbalanced out_dir=runs/paper
     accelerate launch train.py --config configs/paper.yaml out_dir=runs/paper --resume
 
-Bad data or configuration ends the run with one line, ``error: ...``, and exit status 2.
+``--config`` is required (a run never trains the built-in defaults by accident). Bad data or
+configuration ends the run with one line, ``error: ...``, and exit status 2; a configuration error
+does so before any model or data is loaded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import typer
 
 from evaluation.validation import validate
 from pipeline.data.sources import LoaderError
-from training.config import ConfigError, load_config
+from training.config import ConfigError, load_config, require_config
 from training.loop import TrainingStopped, train
 
 app = typer.Typer(add_completion=False)
@@ -25,12 +27,13 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. data.batch_size=16"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, help="YAML preset (configs/*.yaml)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/*.yaml); required"),
     resume: bool = typer.Option(False, help="continue from the newest checkpoint in out_dir"),
 ):
     """Train; the effective configuration is written to <out_dir>/config.yaml."""
     try:
-        train(load_config(config, overrides or []), resume=resume, validate=validate)
+        cfg = load_config(require_config(config, "train.py"), overrides or [])
+        train(cfg, resume=resume, validate=validate)
     except (ConfigError, LoaderError, FileNotFoundError, TrainingStopped) as exn:
         typer.echo(f"error: {exn}", err=True)
         raise typer.Exit(2) from None

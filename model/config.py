@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.fields import check_fields, checked
+
 from .similarity import SCORE_BACKENDS
 
 # The architecture of the default hub ids, so ``pretrained=False`` builds the paper's network from
@@ -103,11 +105,7 @@ STAGES = ("warmup", "full")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 CHECKPOINTING = ("off", "front_end", "audio", "all")
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+PRESETS = ("paper", "tiny")  # the names ModelConfig.preset knows
 
 
 @dataclass
@@ -122,45 +120,46 @@ class ModelConfig:
     audio_model_id: str = "facebook/hubert-large-ll60k"
     image_backbone: dict[str, Any] = field(default_factory=lambda: dict(DINO_VITS8))
     audio_backbone: dict[str, Any] = field(default_factory=lambda: dict(HUBERT_LARGE))
-    image_size: int = 224  # input resolution the loader should produce
+    image_size: int = checked(224, ge=1)  # input resolution the loader should produce
     # Shared feature space: C channels per head, K heads.
-    code_dim: int = 192
-    num_heads: int = 2
-    sound_head: int = 0
-    speech_head: int = 1
+    code_dim: int = checked(192, ge=1)
+    num_heads: int = checked(2, ge=1)
+    sound_head: int = checked(0, ge=0)  # < num_heads
+    speech_head: int = checked(1, ge=0)  # < num_heads, and not the sound head when there are several
     # LoRA on the image backbone's attention projections (DenseAV: alpha 32, dropout 0.1).
-    lora_rank: int = 8
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
+    lora_rank: int = checked(8, ge=0)
+    lora_alpha: float = checked(32.0, gt=0)
+    lora_dropout: float = checked(0.1, ge=0, lt=1)
     lora_targets: list[str] | None = None  # None: the q/k/v projections found in the module tree
     # Aligners (DenseAV): channel-norm + 1x1 conv for images; channel-norm + stride-w convs along
     # time for audio, then an optional self-attention block with a learned CLS token.
-    norm_eps: float = 1e-4
-    audio_pool: list[int] = field(default_factory=lambda: [3, 3])
+    norm_eps: float = checked(1e-4, gt=0)
+    audio_pool: list[int] = checked(factory=lambda: [3, 3], ge=1, nonempty=True)
     audio_self_attention: bool = True
-    audio_attention_heads: int = 6
+    audio_attention_heads: int = checked(6, ge=1)  # divides code_dim * num_heads
     # DenseAV average-pools the aligned image features 2x2 while training (28x28 -> 14x14 at 224 px
     # with patch 8) to cut the cost of the B x B score matrix; evaluation keeps full resolution.
-    image_train_pool: int = 2
+    image_train_pool: int = checked(2, ge=1)
     # Audio input handling.
     normalize_waveform: bool = True  # zero mean / unit variance over the valid samples, as HuBERT's extractor
-    frame_valid_fraction: float = 0.5  # a frame is valid when at least this share of its samples is
+    # a frame is valid when at least this share of its samples is
+    frame_valid_fraction: float = checked(0.5, gt=0, le=1)
     # Overrides applied to the audio backbone config. LayerDrop leaves layers without gradient,
     # which DistributedDataParallel rejects; SpecAugment is off as in DenseAV's recipe.
-    audio_layerdrop: float = 0.0
+    audio_layerdrop: float = checked(0.0, ge=0, le=1)
     audio_spec_augment: bool = False
-    audio_layer_norm_eps: float | None = 1e-4  # DenseAV raises HuBERT's eps for half precision
+    audio_layer_norm_eps: float | None = checked(1e-4, gt=0)  # DenseAV raises HuBERT's eps for half precision
     # Attention kernel of both backbones (transformers' attn_implementation). "sdpa" is PyTorch's
     # scaled_dot_product_attention: the same function as "eager" (tested, padding masks included),
     # without the [heads, T, T] probabilities kept for backward, and FlashAttention-2 / memory-efficient
     # kernels on a GPU. transformers' "flash_attention_2" needs the flash-attn package or a kernel
     # downloaded from the hub, so it is not offered.
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = checked("sdpa", choices=ATTN_IMPLEMENTATIONS)
     # Activation checkpointing (recompute in backward instead of keeping activations): "off";
     # "front_end": HuBERT's conv front end only -- at 16 kHz its per-layer activations are the
     # model's largest tensors, for a small share of its FLOPs; "audio": all of HuBERT (front end and
     # transformer layers); "all": HuBERT and the ViT. For batches that do not fit otherwise.
-    gradient_checkpointing: str = "off"
+    gradient_checkpointing: str = checked("off", choices=CHECKPOINTING)
     # HuBERT's layer-norm conv front end in channels-last layout (model.encoders.ChannelsLastFeatureEncoder):
     # the same function without its per-layer transposes; off until measured on a GPU
     audio_channels_last: bool = False
@@ -170,49 +169,35 @@ class ModelConfig:
     # torch.compile of both backbones: "off", or a torch.compile mode. 10 s clips and fixed image
     # sizes give static shapes; CUDA-graph modes ("reduce-overhead") are not offered, since the
     # padding mask's presence changes between steps and the backward runs outside the graph.
-    compile_encoders: str = "off"
+    compile_encoders: str = checked("off", choices=COMPILE_MODES)
     # Implementation of the B x B score matrices of the loss (model.similarity.SCORE_BACKENDS): "auto"
     # runs the fused Triton kernels on CUDA and the blocked torch computation elsewhere; all give
     # the same scores and gradients.
-    score_backend: str = "auto"
-    # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init).
-    logit_scale_init: float = 1.0
-    logit_scale_min: float = 0.01
-    logit_scale_max: float = 100.0
+    score_backend: str = checked("auto", choices=SCORE_BACKENDS)
+    # Temperature w = clamp(exp(theta), min, max), theta initialized to log(init); min <= init <= max.
+    logit_scale_init: float = checked(1.0, gt=0)
+    logit_scale_min: float = checked(0.01, gt=0)
+    logit_scale_max: float = checked(100.0, gt=0)
 
     def __post_init__(self) -> None:
-        if self.num_heads < 1:
-            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
-        if self.code_dim < 1:
-            raise ValueError(f"code_dim must be >= 1, got {self.code_dim}")
+        # Configs written before the checkpointing choices had a bool: True meant everything.
+        if isinstance(self.gradient_checkpointing, bool):
+            self.gradient_checkpointing = "all" if self.gradient_checkpointing else "off"
+        check_fields(self)  # each field on its own (the declarations above); then the fields together
         for name in ("sound_head", "speech_head"):
             head = getattr(self, name)
             if not 0 <= head < self.num_heads:
                 raise ValueError(f"{name}={head} is outside 0..{self.num_heads - 1}")
         if self.num_heads > 1 and self.sound_head == self.speech_head:
             raise ValueError("sound_head and speech_head must differ when there are several heads")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
-        if not self.audio_pool or any(w < 1 for w in self.audio_pool):
-            raise ValueError(f"audio_pool must be a non-empty list of widths >= 1, got {self.audio_pool}")
         if self.audio_self_attention and (self.code_dim * self.num_heads) % self.audio_attention_heads:
             raise ValueError(
                 f"audio_attention_heads={self.audio_attention_heads} must divide "
                 f"code_dim * num_heads = {self.code_dim * self.num_heads}"
             )
-        if self.image_train_pool < 1:
-            raise ValueError(f"image_train_pool must be >= 1, got {self.image_train_pool}")
-        if not 0.0 < self.frame_valid_fraction <= 1.0:
-            raise ValueError(f"frame_valid_fraction must be in (0, 1], got {self.frame_valid_fraction}")
-        if not 0.0 < self.logit_scale_min <= self.logit_scale_init <= self.logit_scale_max:
-            raise ValueError("need 0 < logit_scale_min <= logit_scale_init <= logit_scale_max")
-        # Configs written before the checkpointing choices had a bool: True meant everything.
-        if isinstance(self.gradient_checkpointing, bool):
-            self.gradient_checkpointing = "all" if self.gradient_checkpointing else "off"
-        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
-        _check_choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
-        _check_choice("compile_encoders", self.compile_encoders, COMPILE_MODES)
-        _check_choice("score_backend", self.score_backend, SCORE_BACKENDS)
+        if not self.logit_scale_min <= self.logit_scale_init <= self.logit_scale_max:
+            raise ValueError(f"need logit_scale_min <= logit_scale_init <= logit_scale_max, got "
+                             f"{self.logit_scale_min}, {self.logit_scale_init}, {self.logit_scale_max}")
         # JSON has lists, not tuples: normalize so a round trip compares equal.
         self.audio_pool = [int(w) for w in self.audio_pool]
         if self.lora_targets is not None:

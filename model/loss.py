@@ -29,24 +29,25 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from pipeline.fields import check_fields, checked
+
 from . import regularizers as reg
 from .similarity import head_scores, pair_volume, total_scores
 
 
 @dataclass
 class LossWeights:
-    correspondence: float = 1.0  # L_cor (Eq. 7)
-    disentanglement: float = 1.0  # L_dis (Eq. 9); 0 in the warm-up, which trains with L_cor only
+    correspondence: float = checked(1.0, ge=0)  # L_cor (Eq. 7)
+    disentanglement: float = checked(1.0, ge=0)  # L_dis (Eq. 9); 0 in the warm-up, which trains with L_cor only
     regularizers: reg.RegularizerWeights = field(default_factory=reg.RegularizerWeights)
     # How L_cor scores a clean clip: "max" is the paper's s_M (Eq. 5, max over heads, Eq. 3), so
     # either head may answer either audio type. "own" scores sound clips with the sound head and
     # speech clips with the speech head (s_N, Eq. 6): not the paper's objective, a diagnostic that
     # isolates what the max over heads lets a head learn of the other audio type (docs/ablation.md).
-    correspondence_heads: str = "max"
+    correspondence_heads: str = checked("max", choices=("max", "own"))
 
     def __post_init__(self):
-        if self.correspondence_heads not in ("max", "own"):
-            raise ValueError(f"loss.correspondence_heads must be max or own, got {self.correspondence_heads!r}")
+        check_fields(self)
 
 
 def info_nce(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from pipeline.fields import checked
+
 # Random audio x image vectors drawn for the non-negativity term, and the most padded frames used by
 # the silence term (DenseAV's sample count).
 SAMPLES = 250
@@ -21,13 +23,13 @@ SAMPLES = 250
 
 @dataclass
 class RegularizerWeights:
-    nonneg: float = 0.01  # min(0, s)^2 over random audio x image vectors
-    silence: float = 0.01  # |s| between padded audio frames and images
-    splice: float = 0.01  # p^2 on frames replaced by negative-audio splicing
-    tv: float = 0.01  # (p[t+1] - p[t])^2
-    temperature: float = 0.1  # max(0, log(w0) - log(w))^2
-    specialization: float = 0.05  # |p_i| * |p_j| over pairs of heads
-    mixup: float = 0.1  # p^2 on foreign quadrants of image mosaics
+    nonneg: float = checked(0.01, ge=0)  # min(0, s)^2 over random audio x image vectors
+    silence: float = checked(0.01, ge=0)  # |s| between padded audio frames and images
+    splice: float = checked(0.01, ge=0)  # p^2 on frames replaced by negative-audio splicing
+    tv: float = checked(0.01, ge=0)  # (p[t+1] - p[t])^2
+    temperature: float = checked(0.1, ge=0)  # max(0, log(w0) - log(w))^2
+    specialization: float = checked(0.05, ge=0)  # |p_i| * |p_j| over pairs of heads
+    mixup: float = checked(0.1, ge=0)  # p^2 on foreign quadrants of image mosaics
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:

@@ -3,44 +3,67 @@
     model: ModelConfig (a preset, its fields deep-merged over it)   data: LoaderConfig
     optim: OptimConfig   loss: LossWeights   val: ValConfig   and the run's own fields
 
-Unknown keys are refused (a typo must not be silently ignored).
+The dataclasses are the schema (``model.config``, ``pipeline.data.config``, ``model.loss`` and the
+sections below), and each field declares the values it accepts next to it
+(``pipeline.fields.checked``). This module is the layer between them and the files, built on
+OmegaConf structured configs: every value is converted to its field's type (YAML 1.1 floats such
+as ``1e-4`` included), the declarations are checked, and ``OmegaConf.to_object`` hands back the
+plain dataclasses, so code that reads ``cfg.x`` gets plain Python values. Unknown keys are refused
+(a typo must not be silently ignored). Every problem is one ``ConfigError`` line that names the
+key, the value, what is accepted and where the value came from (the file or the override).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from model.config import ModelConfig
+from model.config import PRESETS, ModelConfig
 from model.loss import LossWeights
 from pipeline.data.config import LoaderConfig
+from pipeline.fields import FieldError, check_fields, checked
+
+# what a command without --config is told to pass
+CONFIG_FILES = ("configs/paper.yaml (the paper's setting), configs/demo.yaml (the demo) "
+                "or configs/tiny.yaml (smoke runs)")
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key."""
+    """A configuration that cannot be used; one line that names the key (``key``), the value and
+    what is accepted."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-7
-    weight_decay: float = 0.0
-    lr_warmup_steps: int = 1000  # linear from 0, then constant
-    grad_clip: float = 10.0
+    lr: float = checked(5e-5, gt=0)
+    betas: tuple[float, float] = checked((0.9, 0.999), ge=0, lt=1)
+    eps: float = checked(1e-7, gt=0)
+    weight_decay: float = checked(0.0, ge=0)
+    lr_warmup_steps: int = checked(1000, ge=0)  # linear from 0, then constant
+    grad_clip: float = checked(10.0, gt=0)  # the largest gradient norm
 
 
 @dataclass
 class ValConfig:
-    every: int = 0  # steps between validations; 0 = off
+    every: int = checked(0, ge=0)  # steps between validations; 0 = off
     speech: str = ""
     sound: str = ""
-    pairs: int = 1000
+    pairs: int = checked(1000, ge=1)
 
 
 @dataclass
@@ -50,29 +73,47 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     val: ValConfig = field(default_factory=ValConfig)
-    steps: int = 800_000
-    warmup_steps: int = 3_000  # stage 1: backbones frozen, aligners + temperature on L_cor
-    grad_accum: int = 1
-    mixed_precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU; or "no" / "bf16"
-    mosaic_prob: float = 0.1  # DenseAV image mixup: a 2x2 mosaic replaces an image with this probability
+    steps: int = checked(800_000, ge=1)
+    warmup_steps: int = checked(3_000, ge=0)  # stage 1: backbones frozen, aligners + temperature on L_cor
+    grad_accum: int = checked(1, ge=1)
+    # auto = bf16 on GPU, fp32 on CPU; or Accelerate's own names
+    mixed_precision: str = checked("auto", choices=("auto", "no", "bf16", "fp16"))
+    # DenseAV image mixup: a 2x2 mosaic replaces an image with this probability
+    mosaic_prob: float = checked(0.1, ge=0, le=1)
     audio_init: str = ""  # safetensors of HuBERT backbone weights to start from (e.g. pretrain_audio.py's)
-    seed: int = 0
+    seed: int = checked(0, ge=0)
     out_dir: str = "runs/default"
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 3
-    max_bad_steps: int = 5  # NaN/inf losses in a row before the run stops
+    log_every: int = checked(10, ge=1)
+    ckpt_every: int = checked(1000, ge=0)  # 0: the final checkpoint only
+    keep_checkpoints: int = checked(3, ge=0)  # 0 keeps every checkpoint (training/state.py)
+    max_bad_steps: int = checked(5, ge=1)  # NaN/inf losses in a row before the run stops
+
+
+def require_config(path: Optional[Path], command: str) -> Path:
+    """The ``--config`` of a command: a run never falls back to built-in defaults (the tiny random
+    model for 800,000 steps is nobody's run)."""
+    if path is None:
+        raise ConfigError(f"{command} needs --config: {CONFIG_FILES}; overrides such as data.batch_size=16 "
+                          "go after it", "config")
+    return path
 
 
 def load_config(path: Optional[Path], overrides: list[str]) -> TrainConfig:
-    """The YAML file (or nothing) with the overrides applied, as a typed ``TrainConfig``."""
-    tree = (yaml.safe_load(Path(path).read_text()) if path else None) or {}
+    """The YAML file (or nothing: the defaults) with the overrides applied, as a typed ``TrainConfig``.
+
+    ``model: NAME`` (or the override ``model=NAME``) is a preset of ``ModelConfig.preset``;
+    ``model: {preset: NAME, ...}`` deep-merges the other keys over it. Raises ``ConfigError``."""
+    tree = _read_yaml(Path(path)) if path else {}
+    origins: dict[str, str] = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        key, value = item.split("=", 1)
-        _set_dotted(tree, key, _parse_value(value))
-    return _build(TrainConfig, tree)
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value, item)
+        origins[key] = item
+    try:
+        return _build(tree)
+    except ConfigError as exn:
+        where = _origin(exn.key, origins, path)
+        raise ConfigError(f"{exn} ({where})" if where else str(exn), exn.key) from None
 
 
 def config_tree(cfg: TrainConfig) -> dict:
@@ -83,16 +124,176 @@ def config_tree(cfg: TrainConfig) -> dict:
     return tree
 
 
-def model_from_tree(spec: dict) -> ModelConfig:
-    """A ``model:`` block. With ``preset``, the other keys are deep-merged over that preset (a
-    backbone dict lists only what it changes); without, it is a whole ModelConfig (config.yaml)."""
+def model_from_tree(spec: Any) -> ModelConfig:
+    """A ``model:`` block: a preset name, or a mapping. With ``preset``, the other keys are
+    deep-merged over that preset (a backbone dict lists only what it changes); without, the keys
+    are ModelConfig fields over its defaults, dicts taken whole (a run's config.yaml)."""
+    if isinstance(spec, str):
+        spec = {"preset": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model must be a preset name ({' or '.join(PRESETS)}) or a mapping of ModelConfig "
+                          f"fields, got {spec!r}", "model")
     spec = dict(spec)
+    if "preset" in spec:
+        name = spec.pop("preset")
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r} at model.preset; accepted: {', '.join(PRESETS)}",
+                              "model.preset")
+        base = ModelConfig.preset(name)
+        spec = {k: _deep_merge(getattr(base, k), v) if isinstance(v, dict) and isinstance(getattr(base, k, None), dict)
+                else v for k, v in spec.items()}
+    else:
+        base = ModelConfig()
+    node = OmegaConf.structured(base)
+    _apply(node, spec, ModelConfig, "model.")
+    _check(node, ModelConfig, "model.")
     try:
-        if "preset" in spec:
-            spec = _deep_merge(ModelConfig.preset(spec.pop("preset")).to_dict(), spec)
-        return ModelConfig.from_dict(spec)
-    except (ValueError, TypeError) as exn:
-        raise ConfigError(f"model: {exn}") from None
+        return OmegaConf.to_object(node)
+    except ValueError as exn:  # the fields together (heads, temperatures): ModelConfig.__post_init__
+        raise ConfigError(f"model: {exn}", "model") from None
+
+
+def _build(tree: dict) -> TrainConfig:
+    _refuse_interpolations(tree, "")
+    tree = dict(tree)
+    spec = tree.pop("model", None)
+    model = model_from_tree(spec) if spec is not None else TrainConfig.__dataclass_fields__["model"].default_factory()
+    node = OmegaConf.structured(TrainConfig)
+    _apply(node, tree, TrainConfig, "")
+    _check(node, TrainConfig, "")
+    cfg = OmegaConf.to_object(node)
+    cfg.model = model
+    return cfg
+
+
+def _apply(node, data: Any, cls: type, prefix: str) -> None:
+    """Write ``data`` (nested dicts) into the structured node of ``cls``: OmegaConf converts each
+    value to its field's type or refuses it."""
+    section = prefix[:-1]
+    where = f"config.{section}" if section else "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section or 'a config'} must be a mapping of {cls.__name__} fields, got {data!r}", section)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted((k for k in data if k not in names), key=str)
+    if unknown:
+        problem = f"unknown ModelConfig fields {unknown} in {where}" if cls is ModelConfig else \
+            f"unknown {where} keys {unknown}"
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{problem}{hint}; known: {sorted(names)}", f"{prefix}{unknown[0]}")
+    if cls is LoaderConfig and (trainer := sorted(set(data) & set(LoaderConfig.TRAINER_FIELDS))):
+        raise ConfigError(f"{where} keys {trainer} are set by the trainer (the model's image size, the run's seed)",
+                          f"{prefix}{trainer[0]}")
+    hints = _hints(cls)
+    for name, value in data.items():
+        key, hint = f"{prefix}{name}", hints[name]
+        if dataclasses.is_dataclass(hint):
+            if value is not None:  # an empty section sets nothing
+                _apply(getattr(node, name), value, hint, f"{key}.")
+            continue
+        try:
+            OmegaConf.update(node, name, value, merge=False)
+        except OmegaConfBaseException:
+            raise ConfigError(f"{key} must be {_kind(hint)}, got {value!r}", key) from None
+
+
+def _check(node, cls: type, prefix: str) -> None:
+    """The declared ranges and choices (``pipeline.fields``), on the converted values."""
+    try:
+        check_fields(node, prefix, cls)
+    except FieldError as exn:
+        raise ConfigError(str(exn), exn.key) from None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), Any: ("any value", "values")}
+
+
+def _kind(hint: Any, plural: bool = False) -> str:
+    """A field's type in words, for the ``must be ...`` of an error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_kind(a, plural) for a in args if a is not type(None)]
+        return " or ".join(kinds + (["null"] if type(None) in args else []))
+    if origin is tuple:
+        return f"a list of {len(args)} {_kind(args[0], plural=True)}"
+    if origin is list:
+        return f"a list of {_kind(args[0], plural=True)}"
+    if origin is dict:
+        return "mappings" if plural else "a mapping"
+    if hint in _KINDS:
+        return _KINDS[hint][plural]
+    return getattr(hint, "__name__", str(hint))
+
+
+def _refuse_interpolations(tree: Any, key: str) -> None:
+    # A run's config.yaml must say what ran: values are literal, no ${...} resolved at load time.
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _refuse_interpolations(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, list):
+        for v in tree:
+            _refuse_interpolations(v, key)
+    elif isinstance(tree, str) and "${" in tree:
+        raise ConfigError(f"{key} must be a literal value, got the interpolation {tree!r}", key)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; pass {CONFIG_FILES}", "config")
+    try:
+        # OmegaConf's YAML reader: YAML 1.2 numbers (1e-4 is a float), duplicate keys refused
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, OSError) as exn:
+        raise ConfigError(f"{path} is not a readable YAML config: {' '.join(str(exn).split())}", "config") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {tree!r}", "config")
+    return tree
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    if not all(part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: {key!r} is not a key like data.batch_size")
+    try:  # the value as YAML, the same reader as the file's
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
+    except (yaml.YAMLError, OmegaConfBaseException) as exn:
+        raise ConfigError(f"override {item!r}: the value is not YAML ({' '.join(str(exn).split())})") from None
+    return key, value
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
+    *parents, leaf = dotted.split(".")
+    if dotted == "model" and isinstance(value, str):
+        value = {"preset": value}  # model=NAME: that preset in place of the whole model block
+    node = tree
+    for depth, name in enumerate(parents):
+        child = node.get(name)
+        if child is None:
+            child = node[name] = {}
+        elif depth == 0 and name == "model" and isinstance(child, str):
+            child = node[name] = {"preset": child}  # model: tiny, then model.code_dim=8
+        elif not isinstance(child, dict):
+            section = ".".join(parents[: depth + 1])
+            raise ConfigError(f"override {item!r}: {section} is {child!r}, not a section with keys", section)
+        node = child
+    node[leaf] = value
+
+
+def _origin(key: str, origins: dict[str, str], path: Optional[Path]) -> str:
+    """Where the value behind an error came from: the override that set it (or a section above
+    it, or a key below it), else the file."""
+    for set_key, item in reversed(origins.items()):
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return f"from the override {item!r}"
+    return f"in {path}" if path else ""
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -101,48 +302,6 @@ def _deep_merge(base: dict, over: dict) -> dict:
         both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = _deep_merge(merged[key], value) if both_dicts else value
     return merged
-
-
-def _build(cls, data: dict, where: str = "config"):
-    """Nested dicts -> dataclasses, rejecting unknown keys."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    if cls is LoaderConfig and (trainer := sorted(set(data) & set(LoaderConfig.TRAINER_FIELDS))):
-        raise ConfigError(f"{where} keys {trainer} are set by the trainer (the model's image size, the run's seed)")
-    kwargs = {}
-    for name, value in data.items():
-        f = known[name]
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if cls is TrainConfig and name == "model":
-            value = model_from_tree(value or {})
-        elif dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            value = _build(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value) if "tuple" in str(f.type) else value
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any):
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
-
-
-def _parse_value(text: str) -> Any:
-    """YAML, plus numbers YAML 1.1 leaves as strings (``3e-3`` needs a dot there)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def flat_scalars(tree: dict, prefix: str = "") -> dict:

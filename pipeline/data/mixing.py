@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.fields import checked
 from pipeline.format import SAMPLE_RATE
 
 _FRAME = 400  # 25 ms at 16 kHz: the unit over which activity is decided
@@ -28,10 +29,11 @@ _SILENT_RMS = 1e-5  # below this a clip is treated as silent: never amplified (n
 
 @dataclass
 class MixConfig:
-    snr_db: tuple[float, float] = (-5.0, 5.0)  # speech-to-sound ratio, drawn uniformly in dB
-    source_level_db: float = -25.0  # each source is first normalized to this RMS (dBFS)
-    level_db: tuple[float, float] = (-35.0, -15.0)  # output level of the mixture, uniform in dBFS
-    peak_limit: float = 0.99
+    snr_db: tuple[float, float] = checked((-5.0, 5.0), ordered=True)  # speech-to-sound ratio, drawn uniformly in dB
+    source_level_db: float = checked(-25.0, le=0)  # each source is first normalized to this RMS (dBFS)
+    # output level of the mixture, uniform in dBFS
+    level_db: tuple[float, float] = checked((-35.0, -15.0), le=0, ordered=True)
+    peak_limit: float = checked(0.99, gt=0, le=1)
 
 
 @dataclass
@@ -163,9 +165,9 @@ class SpliceConfig:
     The loss then asks the similarity on the foreign frames to be ~0 (DenseAV's regularizer).
     """
 
-    prob: float = 0.0
-    seconds: tuple[float, float] = (1.0, 4.0)
-    crossfade_s: float = 0.05
+    prob: float = checked(0.0, ge=0, le=1)
+    seconds: tuple[float, float] = checked((1.0, 4.0), gt=0, ordered=True)
+    crossfade_s: float = checked(0.05, ge=0)
 
 
 def splice_negative(
@@ -198,8 +200,8 @@ class MaskConfig:
     """Extra masking: with probability ``prob`` a random span (up to ``max_fraction`` of the real
     audio) is zeroed and marked invalid, so the model cannot rely on any single stretch."""
 
-    prob: float = 0.0
-    max_fraction: float = 0.3
+    prob: float = checked(0.0, ge=0, le=1)
+    max_fraction: float = checked(0.3, ge=0, le=1)
 
 
 def draw_masked_span(valid: int, rng: np.random.Generator, cfg: MaskConfig) -> tuple[int, int]:

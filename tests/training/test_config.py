@@ -1,14 +1,23 @@
-"""The typed training configuration: YAML presets, overrides, deep-merged model blocks, typo rejection."""
+"""The typed training configuration: YAML presets, overrides, deep-merged model blocks, typo rejection;
+every value converted to its field's type and checked against its declaration, errors as one line
+through the real commands."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from model.config import TINY_HUBERT, ModelConfig
-from training.config import ConfigError, config_tree, load_config
+from model.config import PRESETS, TINY_HUBERT, ModelConfig
+from model.loss import LossWeights
+from pipeline.data.config import LoaderConfig
+from pipeline.data.mixing import MixConfig
+from pipeline.fields import RULE, FieldError, Rule, check_fields
+from training.config import ConfigError, TrainConfig, config_tree, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+RUN = CliRunner()
 
 
 def test_a_model_block_is_deep_merged_over_its_preset():
@@ -47,3 +56,153 @@ def test_the_written_config_reads_back_to_the_same_config(name, tmp_path):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["data.mix.snr_db=[1, 2]"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_tree(cfg), sort_keys=False))
     assert load_config(tmp_path / "config.yaml", []) == cfg
+
+
+# ------------------------------------------------------------------ typed values (OmegaConf + declared ranges)
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_values_that_crashed_a_run_are_converted(tmp_path):
+    yaml_11 = tmp_path / "lr.yaml"
+    yaml_11.write_text("model: paper\noptim:\n  lr: 1e-4\n  eps: 1e-8\n")  # YAML 1.1 reads both as strings
+    cfg = load_config(yaml_11, [])
+    assert (cfg.optim.lr, cfg.optim.eps) == (1e-4, 1e-8) and type(cfg.optim.lr) is float
+    assert cfg.model == ModelConfig.preset("paper")
+    assert load_config(None, ["model=paper"]).model == ModelConfig.preset("paper")
+    assert load_config(None, ["model=tiny", "model.code_dim=8"]).model == ModelConfig.preset("tiny", code_dim=8)
+    # model: NAME in the file, then a field of it on the command line
+    assert load_config(yaml_11, ["model.code_dim=12"]).model == ModelConfig.preset("paper", code_dim=12)
+    # values come back as the fields' types: tuples, ints from "3", floats from ints
+    cfg = load_config(None, ["data.batch_size='3'", "optim.grad_clip=2", "data.mix.level_db=[-30, -20]"])
+    assert (cfg.data.batch_size, cfg.optim.grad_clip, cfg.data.mix.level_db) == (3, 2.0, (-30.0, -20.0))
+    assert type(cfg.optim.grad_clip) is float and type(cfg.data.mix.level_db) is tuple
+
+
+@pytest.mark.parametrize("override, line", [
+    ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas must be a list, each in [0, 1), got [0.9, 1.0]"),
+    ("steps=0", "steps must be >= 1, got 0"),
+    ("steps=1.5", "steps must be an integer, got 1.5"),
+    ("mosaic_prob=2", "mosaic_prob must be in [0, 1], got 2.0"),
+    ("mixed_precision=fp8", "mixed_precision must be one of auto, no, bf16, fp16, got 'fp8'"),
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.clip_seconds=12", "data.clip_seconds must be in (0, 10], got 12.0"),
+    ("data.epoch_samples=0", "data.epoch_samples must be >= 1, got 0"),
+    ("data.speech=[a, b]", "data.speech must be a string, got ['a', 'b']"),
+    ("data.augment.flip_prob=1.5", "data.augment.flip_prob must be in [0, 1], got 1.5"),
+    ("data.augment.scale=[0.5]", "data.augment.scale must be a list of 2 numbers, got [0.5]"),
+    ("data.mix.snr_db=[5, -5]", "data.mix.snr_db must be a [low, high] pair with low <= high, got [5.0, -5.0]"),
+    ("data.splice.prob=-0.1", "data.splice.prob must be in [0, 1], got -0.1"),
+    ("loss.regularizers.tv=-1", "loss.regularizers.tv must be >= 0, got -1.0"),
+    ("loss.correspondence_heads=sum", "loss.correspondence_heads must be max or own, got 'sum'"),
+    ("model.attn_implementation=flash", "model.attn_implementation must be eager or sdpa, got 'flash'"),
+    ("model.audio_pool=[]", "model.audio_pool must be a non-empty list, each >= 1, got []"),
+    ("model.sound_head=5", "model: sound_head=5 is outside 0..1"),
+    ("model=huge", "unknown model preset 'huge' at model.preset; accepted: paper, tiny"),
+    ("val.pairs=none", "val.pairs must be an integer, got 'none'"),
+    ("out_dir=runs/${seed}", "out_dir must be a literal value, got the interpolation 'runs/${seed}'"),
+])
+def test_a_bad_value_is_one_line_naming_key_value_and_what_is_accepted(override, line):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "tiny.yaml", [override])
+    assert str(err.value) == f"{line} (from the override {override!r})"
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  mix: {level_db: [-10, 5]}\n")
+    with pytest.raises(ConfigError, match=r"^data\.mix\.level_db must be a \[low, high\] pair with low <= high, "
+                                          r"each <= 0, got \[-10\.0, 5\.0\] \(in .*run\.yaml\)$"):
+        load_config(path, [])
+    path.write_text("optim: [1\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml is not a readable YAML config: .*line 2"):
+        load_config(path, [])
+
+
+def test_loader_config_checks_itself_and_its_sections():
+    with pytest.raises(FieldError, match=r"^batch_size must be >= 1, got 0$"):
+        LoaderConfig(batch_size=0)
+    with pytest.raises(FieldError, match=r"^mix\.snr_db must be a \[low, high\] pair"):
+        LoaderConfig(mix=MixConfig(snr_db=(5.0, -5.0)))
+    with pytest.raises(FieldError, match=r"^regularizers\.mixup must be >= 0, got -1"):
+        LossWeights(regularizers=type(LossWeights().regularizers)(mixup=-1))
+
+
+def test_every_declaration_is_a_rule_and_every_default_keeps_it():
+    def sections(cls):
+        yield cls
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(sub):
+                yield from sections(type(sub))
+
+    declared = 0
+    for cls in sections(TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert set(f.metadata) <= {RULE}, (cls.__name__, f.name, dict(f.metadata))
+            declared += RULE in f.metadata and isinstance(f.metadata[RULE], Rule)
+    assert declared >= 60
+    check_fields(TrainConfig())
+    for name in PRESETS:  # the presets are built (and checked) like any config
+        load_config(None, [f"model={name}"])
+
+
+def test_every_shipped_config_loads_and_reads_back(tmp_path):
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path, [])
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_tree(cfg), sort_keys=False))
+        assert load_config(tmp_path / "config.yaml", []) == cfg, path.name
+
+
+def test_the_commands_say_a_config_error_in_one_line_before_loading_a_backbone(tmp_path):
+    import evaluate
+    import pretrain_audio
+    import train
+
+    # configs/paper.yaml loads pretrained backbones, which HF_HUB_OFFLINE would refuse: the line
+    # below comes first
+    line = _one_error_line(RUN.invoke(train.app, ["--config", str(ROOT / "configs/paper.yaml"), "optim.lr=-1e-4"]))
+    assert line == "error: optim.lr must be > 0, got -0.0001 (from the override 'optim.lr=-1e-4')"
+    line = _one_error_line(RUN.invoke(train.app, ["data.batch_size=8"]))
+    assert line.startswith("error: train.py needs --config: configs/paper.yaml")
+    line = _one_error_line(RUN.invoke(train.app, ["--config", str(tmp_path / "missing.yaml")]))
+    assert "missing.yaml: no such config file" in line
+    # model=paper parsed (it died in dict() before), and the next key is checked
+    tiny = str(ROOT / "configs/tiny.yaml")
+    line = _one_error_line(RUN.invoke(train.app, ["--config", tiny, "model=paper", "steps=0"]))
+    assert line == "error: steps must be >= 1, got 0 (from the override 'steps=0')"
+    line = _one_error_line(RUN.invoke(pretrain_audio.app, ["--config", str(ROOT / "configs/demo.yaml"), "--shards", "x",
+                                                           "--out", str(tmp_path / "w.safetensors"),
+                                                           "data.clip_seconds=0"]))
+    assert line == "error: data.clip_seconds must be in (0, 10], got 0.0 (from the override 'data.clip_seconds=0')"
+    assert "needs --config" in _one_error_line(
+        RUN.invoke(pretrain_audio.app, ["--shards", "x", "--out", str(tmp_path / "w.safetensors")]))
+    line = _one_error_line(RUN.invoke(evaluate.app, ["--preset", "huge", "--out", str(tmp_path / "e"), "table1",
+                                                     "--is3", str(tmp_path)]))
+    assert line == "error: --preset must be paper or tiny, got 'huge'"
+    assert not (tmp_path / "e").exists() and not (tmp_path / "w.safetensors").exists()
+
+
+def test_a_run_from_a_yaml_11_float_and_a_named_preset_writes_a_config_that_reads_back(shards, tmp_path):
+    import train
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: paper\noptim:\n  lr: 1e-4\n  lr_warmup_steps: 1\n")
+    out = tmp_path / "run"
+    overrides = ["model=tiny", "model.code_dim=8", f"data.speech={shards.root / 'speech'}",
+                 f"data.sound={shards.root / 'sound'}", "data.batch_size=2", "data.num_workers=0",
+                 "data.clip_seconds=1.0", "data.shuffle_buffer=4", f"out_dir={out}", "steps=1", "warmup_steps=1",
+                 "log_every=1", "ckpt_every=0"]
+    result = RUN.invoke(train.app, ["--config", str(path), *overrides])
+    assert result.exit_code == 0, (result.output, result.exception)
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["optim"]["lr"] == 1e-4 and written["model"]["name"] == "tiny" and written["model"]["code_dim"] == 8
+    assert load_config(out / "config.yaml", []) == load_config(path, overrides)
