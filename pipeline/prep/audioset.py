@@ -1,4 +1,5 @@
-"""AudioSet: labelled 10 s YouTube segments -> sound shards (`prep shards audioset`).
+"""AudioSet: labelled 10 s YouTube segments, read for sound shards (the command is
+``pipeline.prep.commands.audioset``).
 
 Segment CSVs as Google publishes them: three ``#`` header lines, then
 ``YTID, start_seconds, end_seconds, "mid1,mid2"``. Media comes either from a directory of
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import collections
 import csv
-import dataclasses
 import functools
-import importlib.util
 import io
 import math
 import os
@@ -24,18 +23,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from pipeline import audio, ffmpeg, image
 from pipeline import format as fmt
-from pipeline.prep import commands, ratelimit
-from pipeline.prep.media import Media, SkipItem
-from pipeline.prep.options import BuildOptions, with_build_options
+from pipeline.prep import ratelimit
+from pipeline.prep.media import Media, SkipItem, registered_key, registered_loader
 
 SOURCE = "audioset"
 AUDIO_EXTS = ("flac", "wav", "ogg", "opus", "mp3", "m4a", "aac")
@@ -132,6 +127,7 @@ def _segment(number: int, line: str, labels: dict[str, str]) -> dict:
     }
 
 
+@registered_key("audioset")
 def item_key(item: dict) -> str:
     """``as_<YTID>_<start in ms>``: a YTID can hold several segments, never two with one start."""
     if "error" in item:
@@ -250,10 +246,23 @@ def load_media_file(item: dict, media: MediaFile) -> Media:
     return Media(decoded.samples, decoded.sample_rate, picture, meta)
 
 
+@registered_loader("audioset")
 def load_from_dir(item: dict, *, media_dir: str) -> Media:
     if "error" in item:
         raise SkipItem(item["error"])
     return load_media_file(item, find_media(media_index(media_dir), item, media_dir))
+
+
+def count_found(index: dict[str, list[MediaFile]], items: Iterable[dict], media_dir: str) -> int:
+    found = 0
+    for item in items:
+        if "error" not in item:
+            try:
+                find_media(index, item, media_dir)
+                found += 1
+            except SkipItem:
+                pass
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +395,7 @@ def download_clip(ytid: str, start: float, end: float, cache_dir: str | os.PathL
     raise SkipItem(f"{kind}: {ytid} [{start}, {end}) from {url}: {detail}")
 
 
+@registered_loader("audioset-download")
 def load_downloaded(item: dict, *, cache_dir: str, options: dict) -> Media:
     if "error" in item:
         raise SkipItem(item["error"])
@@ -397,104 +407,3 @@ def load_downloaded(item: dict, *, cache_dir: str, options: dict) -> Media:
         return load_media_file(item, MediaFile(str(path), start, end))
     except ffmpeg.FFmpegError as exc:  # a damaged download is an ffmpeg failure too
         raise SkipItem(f"ffmpeg_error: {path}: {exc}") from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# command
-
-
-def count_found(index: dict[str, list[MediaFile]], items: Iterable[dict], media_dir: str) -> int:
-    found = 0
-    for item in items:
-        if "error" not in item:
-            try:
-                find_media(index, item, media_dir)
-                found += 1
-            except SkipItem:
-                pass
-    return found
-
-
-@with_build_options
-def command(
-    segments: Annotated[Path, typer.Option("--segments", "-s", help="Segment CSV (balanced_train_segments.csv, ...).")],
-    labels: Annotated[Path, typer.Option("--labels", "-l", help="class_labels_indices.csv (mid -> display name).")],
-    media_dir: Annotated[
-        Path | None,
-        typer.Option(help="Files already on disk, named YTID.* (whole videos) or YTID_<start>_<end>.* (cut clips). "
-                     "Without it, clips are downloaded with yt-dlp."),
-    ] = None,
-    download_dir: Annotated[
-        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media.")
-    ] = None,
-    url_template: Annotated[str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")] = DownloadOptions.url_template,
-    cookies: Annotated[
-        Path | None, typer.Option(help="cookies.txt for YouTube's bot and age checks.", exists=True, dir_okay=False)
-    ] = None,
-    rate_limit: Annotated[str | None, typer.Option(help="Bandwidth cap per download, e.g. 2M.")] = None,
-    sleep: Annotated[float, typer.Option(help="Seconds each worker waits before every download.")] = 0.0,
-    retries: Annotated[int, typer.Option(help="Extra attempts after rate limiting or network errors.")] = 3,
-    retry_wait: Annotated[float, typer.Option(help="First back-off in seconds; doubles per attempt.")] = 30.0,
-    yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
-    downloads_per_second: Annotated[
-        float | None,
-        typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster (a rate-limit "
-                     "answer pauses them all)."),
-    ] = None,
-    *,
-    opts: BuildOptions,
-) -> None:
-    """AudioSet segments -> sound shards, from local media or downloaded with yt-dlp.
-
-    With downloads, --workers (or with --engine ray, the shard tasks each node runs: its CPUs
-    divided by --ray-task-cpus) is also the number of concurrent downloads.
-    """
-    if downloads_per_second is not None and opts.engine != commands.Engine.ray:
-        raise commands.fail("--downloads-per-second paces a Ray build (--engine ray); with the local engine use --sleep")
-    items, unknown = read_items(segments, labels, opts.limit)
-    if media_dir is not None:
-        load = local_loader(media_dir, items)
-    else:
-        options = DownloadOptions(
-            url_template=url_template, cookies=str(cookies.resolve()) if cookies else None, rate_limit=rate_limit,
-            sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
-        )
-        load = download_loader(download_dir or opts.out / "media", options)
-    opts.run(
-        items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None,
-        ray_extra={"download_rate": downloads_per_second} if downloads_per_second else None,
-    )
-
-
-def read_items(segments: Path, labels: Path, limit: int | None) -> tuple[list[dict], dict[str, int]]:
-    """The command's items (the first ``limit``) and the MIDs among them the labels CSV lacks,
-    with one warning about those."""
-    try:
-        items = read_segments(segments, read_labels(labels))[:limit]
-    except CsvError as exc:
-        raise commands.fail(str(exc)) from exc
-    unknown = unknown_mids(items)
-    if unknown:  # once here, not per segment: a labels CSV of another release lacks hundreds
-        typer.echo(
-            f"warning: {len(unknown)} MID(s) in {segments} are not in {labels} (e.g. {', '.join(list(unknown)[:3])}); "
-            "their labels keep name null (counted as unknown_mids in dataset.json)",
-            err=True,
-        )
-    return items, unknown
-
-
-def local_loader(media_dir: Path, items: list[dict]) -> Callable:
-    if not media_dir.is_dir():
-        raise commands.fail(f"--media-dir {media_dir} is not a directory")
-    root = str(media_dir.resolve())
-    found = count_found(media_index(root), items, root)
-    typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
-    return functools.partial(load_from_dir, media_dir=root)
-
-
-def download_loader(download_dir: Path, options: DownloadOptions) -> Callable:
-    if importlib.util.find_spec("yt_dlp") is None:
-        raise commands.fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
-    cache = download_dir.resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    return functools.partial(load_downloaded, cache_dir=str(cache), options=dataclasses.asdict(options))

@@ -5,8 +5,9 @@ Each concern registers its own commands here, so this file stays a table of cont
 
 import typer
 
-from pipeline.prep import audioset, commands, extend_is3, places
+from pipeline.prep import extend_is3
 from pipeline.prep import inspect as inspect_shards
+from pipeline.prep.commands import audioset, places, retry
 from pipeline.prep.synthetic.cli import synthetic_app
 
 app = typer.Typer(no_args_is_help=True, help="Build, inspect and repair WebDataset shards.")
@@ -15,7 +16,7 @@ app.add_typer(shards_app, name="shards")
 
 shards_app.command("places")(places.command)
 shards_app.command("audioset")(audioset.command)
-app.command("retry")(commands.retry_command)
+app.command("retry")(retry.command)
 app.command("inspect")(inspect_shards.command)
 app.command("extend-is3")(extend_is3.extend_is3_command)
 app.add_typer(synthetic_app, name="synthetic")

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import format as fmt
 from pipeline import shard_dir
-from pipeline.prep import commands, manifest
+from pipeline.prep import manifest
+from pipeline.prep.commands.common import fail
 from pipeline.prep.manifest import read_header
 from pipeline.prep.worker import WRITTEN
 
@@ -348,10 +349,10 @@ def command(
 ) -> None:
     """Counts, hours, audio types, labels, durations, sample rates, failures and shard health."""
     if show and out is None:
-        raise commands.fail("--show needs --out sheet.png")
+        raise fail("--show needs --out sheet.png")
     dirs = find_shard_dirs(shard_dir)
     if not dirs:
-        raise commands.fail(f"no shards under {shard_dir}")
+        raise fail(f"no shards under {shard_dir}")
     reports: list[dict[str, Any]] = []
     for d in dirs:
         report = collect(d)

@@ -1,15 +1,31 @@
 """What a corpus reader hands the shard builder: ``Media`` from its loader, ``SkipItem`` for bad
-input, and the path check every reader applies to paths written in metadata."""
+input, the path check every reader applies to paths written in metadata, and the names its
+loader and key function are recorded under in ``dataset.json`` (``registered_loader``,
+``registered_key``; ``describe_loader``, ``describe_key``).
+
+A name is given where the function is defined, so the builder records it without knowing any
+reader; ``pipeline.prep.loaders`` maps the names back to the functions it lists, the only ones
+``prep retry`` ever runs.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from pipeline.prep.writer import dumps_strict
+
+_F = TypeVar("_F", bound=Callable)
+# kind ("loader" or "key") -> {function: name}. Looked up by identity, so a wrapper of a
+# registered function (which may behave otherwise) records nothing.
+_NAMES: dict[str, dict[Callable, str]] = {"loader": {}, "key": {}}
 
 
 @dataclass
@@ -46,3 +62,48 @@ def resolve_under(root: str | os.PathLike, relative: Any, what: str) -> Path:
     if os.path.commonpath([base, full]) != base:
         raise SkipItem(f"path_escapes_root: {what} path {relative!r} leaves {root}")
     return Path(full)
+
+
+def _register(kind: str, name: str) -> Callable[[_F], _F]:
+    def mark(fn: _F) -> _F:
+        _NAMES[kind][fn] = name
+        return fn
+
+    return mark
+
+
+def registered_loader(name: str) -> Callable[[_F], _F]:
+    """Decorator: ``dataset.json`` records this loader (or a functools.partial of it with JSON
+    arguments) as ``{"name": name, ...}``; ``pipeline.prep.loaders`` must list it."""
+    return _register("loader", name)
+
+
+def registered_key(name: str) -> Callable[[_F], _F]:
+    """Decorator: ``dataset.json`` records this key function as ``name``."""
+    return _register("key", name)
+
+
+def describe_loader(load: Callable) -> dict | None:
+    """``{"name", "args", "kwargs"}`` for a registered loader or a functools.partial of one with
+    JSON arguments; None for anything else."""
+    args, kwargs = (), {}
+    if isinstance(load, functools.partial):
+        load, args, kwargs = load.func, load.args, load.keywords
+    name = _name_of("loader", load)
+    if name is None:
+        return None
+    spec = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
+    try:
+        dumps_strict(spec)
+    except (TypeError, ValueError):
+        return None
+    return spec
+
+
+def describe_key(key: Callable) -> str | None:
+    return _name_of("key", key)
+
+
+def _name_of(kind: str, fn: Callable) -> str | None:
+    # by identity: any callable may be handed in, hashable or not
+    return next((name for f, name in _NAMES[kind].items() if f is fn), None)

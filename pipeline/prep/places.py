@@ -1,4 +1,5 @@
-"""PlacesAudio: spoken captions of Places205 images -> speech shards (`prep shards places`).
+"""PlacesAudio: spoken captions of Places205 images, read for speech shards (the command is
+``pipeline.prep.commands.places``).
 
 The metadata (``PlacesAudio_400k_distro/metadata/train.json`` or ``val.json``) reads::
 
@@ -14,20 +15,15 @@ also copied to ``caption``.
 from __future__ import annotations
 
 import collections
-import functools
 import hashlib
 import json
 import os
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
-
-import typer
+from pathlib import PurePosixPath
+from typing import Any
 
 from pipeline import audio, image
 from pipeline import format as fmt
-from pipeline.prep import commands
-from pipeline.prep.media import Media, SkipItem, resolve_under
-from pipeline.prep.options import BuildOptions, with_build_options
+from pipeline.prep.media import Media, SkipItem, registered_key, registered_loader, resolve_under
 
 SOURCE = "places"
 # Extra entry fields that would overwrite a field the sample json defines are stored under
@@ -109,6 +105,7 @@ def _mark_shared_keys(items: list[dict]) -> None:
             item["shared_key"] = True
 
 
+@registered_key("places")
 def item_key(item: dict) -> str:
     """``places_<wav path without extension, '/' -> '_'>``, plus ``-<hash of the path>`` when
     another wav path of the metadata spells the same key: distinct wav paths get distinct keys."""
@@ -120,6 +117,7 @@ def item_key(item: dict) -> str:
     return key
 
 
+@registered_loader("places")
 def load_item(item: dict, *, audio_root: str, image_root: str) -> Media:
     """Read one item's wav and image (paths must stay inside the given roots)."""
     if "error" in item:
@@ -144,46 +142,3 @@ def load_item(item: dict, *, audio_root: str, image_root: str) -> Media:
     if isinstance(item["extra"].get("asr_text"), str):
         meta["caption"] = item["extra"]["asr_text"]
     return Media(decoded.samples, decoded.sample_rate, picture, meta)
-
-
-def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_root: Path | None) -> tuple[Path, Path]:
-    """Roots from the options, else from the metadata's base paths when they exist here, else
-    (audio only) the distribution layout ``<root>/metadata/<split>.json``."""
-    if audio_root is None:
-        base = header.get("audio_base_path")
-        audio_root = Path(base) if isinstance(base, str) and Path(base).is_dir() else metadata.resolve().parent.parent
-    if image_root is None:
-        base = header.get("image_base_path")
-        if not (isinstance(base, str) and Path(base).is_dir()):
-            raise commands.fail(
-                f"the metadata's image_base_path {base!r} does not exist here; pass --image-root "
-                "(the Places205 image folder the 'image' paths are relative to)"
-            )
-        image_root = Path(base)
-    for name, root in (("--audio-root", audio_root), ("--image-root", image_root)):
-        if not root.is_dir():
-            raise commands.fail(f"{name} {root} is not a directory")
-    return audio_root, image_root
-
-
-@with_build_options
-def command(
-    metadata: Annotated[Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")],
-    audio_root: Annotated[
-        Path | None,
-        typer.Option(help="Folder the 'wav' paths are relative to. Default: the metadata's audio_base_path, else the folder holding metadata/."),
-    ] = None,
-    image_root: Annotated[
-        Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path.")
-    ] = None,
-    *,
-    opts: BuildOptions,
-) -> None:
-    """PlacesAudio spoken captions + Places205 images -> speech shards."""
-    try:
-        items, header = read_metadata(metadata)
-    except MetadataError as exc:
-        raise commands.fail(str(exc)) from exc
-    audio_root, image_root = resolve_roots(metadata, header, audio_root, image_root)
-    load = functools.partial(load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve()))
-    opts.run(items, load, key=item_key, desc="places")

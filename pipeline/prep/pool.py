@@ -1,6 +1,8 @@
-"""The builder's process pool: runs items in worker processes and yields their outcomes in input
-order, survives workers that die on an item, and never leaves a worker behind its driver.
-``new_pool`` is also the pool whose workers build whole shards (``build.run_plans``)."""
+"""The project's process pools: ``new_pool`` (workers that never outlive their driver and that
+``WorkerPool.kill`` ends at once), and ``OrderedRunner``, which runs items in such a pool, yields
+their outcomes in input order and survives workers that die on an item. ``new_pool`` is also the
+pool whose workers build whole shards (``local_engine``) and render the generated world's test
+sets (``synthetic.writers``)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ def _init_worker(parent: int) -> None:
     _die_with_parent(parent)
     # Ctrl-C goes to the parent, which shuts the pool down; workers finishing their item is fine.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # One worker per core: intra-op threads would only oversubscribe the CPUs.
+    # One worker per core: intra-op threads would only oversubscribe the CPUs. This also keeps a
+    # forked worker out of the OpenMP thread pool it inherited (dead) from a parent that already
+    # ran torch ops, which would hang.
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
@@ -71,14 +75,39 @@ def _preload_for_workers() -> None:
         pass
 
 
-def new_pool(workers: int) -> cf.ProcessPoolExecutor:
+class WorkerPool(cf.ProcessPoolExecutor):
+    """A process pool whose workers die with their driver and that ``kill`` ends at once. The
+    executor keeps its worker processes private (up to Python 3.13), so this pool starts them
+    through a multiprocessing context of its own that remembers each one."""
+
+    def __init__(self, workers: int):
+        # fork: workers inherit the imported modules (no per-worker import of torch/pyarrow) and
+        # any index a reader built before the pool started. The parent-death signal fires when
+        # the creating thread ends: pools are created and shut down by the thread that uses them.
+        methods = multiprocessing.get_all_start_methods()
+        base = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._started: list = []
+        context = type(base)()
+
+        def remembered_process(*args, **kwargs):
+            process = base.Process(*args, **kwargs)
+            self._started.append(process)
+            return process
+
+        context.Process = remembered_process
+        super().__init__(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+
+    def kill(self) -> None:
+        """SIGKILL every worker still running: for Ctrl-C or an error, when waiting for the work in
+        flight (minutes of downloads) would be wrong. Call ``shutdown`` after it."""
+        for process in self._started:
+            if process.is_alive():
+                process.kill()
+
+
+def new_pool(workers: int) -> WorkerPool:
     _preload_for_workers()
-    # fork: workers inherit the imported modules (no per-worker import of torch/pyarrow) and any
-    # index a reader built before the pool started. The parent-death signal fires when the
-    # creating thread ends: pools are created and shut down by the thread that runs the build.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    return WorkerPool(workers)
 
 
 class OrderedRunner:

@@ -1,7 +1,7 @@
 """Where items run with ``--engine ray``: one Ray task per shard, on any node of a cluster.
 
 The driver makes the shard plan (``pipeline.prep.build``) and holds the build lock; each task
-runs the same per-shard writer as the local engine (``build.write_shard``) under the shard's
+runs the same per-shard writer as the local engine (``shard.write_shard``) under the shard's
 write lock and commits with the same marker into the same directory, so every node must see
 ``--out`` at the same path (a shared filesystem). A task whose worker or node dies is re-run by
 Ray; one that keeps dying is re-run once more with each item in a child process, so only an item
@@ -22,12 +22,14 @@ from pathlib import Path
 
 from pipeline import shard_dir
 from pipeline.prep import ratelimit
-from pipeline.prep.build import BuildSummary, Progress, ShardPlan, build_one_shard, keys_digest, record_shard
+from pipeline.prep.shard import Progress, ShardPlan, ShardRun, build_one_shard, keys_digest
 from pipeline.prep.media import reason_kind
 from pipeline.prep.ray_progress import ProgressActor
 from pipeline.prep.worker import WRITTEN, Outcome
 
 _REPORT_SECONDS = 0.5  # how often a task sends its counts, and the driver redraws the bar
+LOOPBACK = "127.0.0.1"  # the only address a Ray started by `prep` listens on (start_local)
+_CLUSTER_MODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class _Reporter:
 
 
 def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float) -> dict:
-    """One shard in a Ray worker, under its write lock: ``build.build_one_shard``, unless an
+    """One shard in a Ray worker, under its write lock: ``shard.build_one_shard``, unless an
     earlier attempt committed it. Returns the commit marker's contents."""
     out = Path(out_dir)
     with shard_dir.write_lock(out, plan.shard, lock_wait):
@@ -95,8 +97,7 @@ def _connect(options: RayOptions) -> bool:
         return False
     env = {"env_vars": {"OMP_NUM_THREADS": "1"}}  # one task per CPU: intra-op threads only oversubscribe
     if options.address is None:
-        # A Ray of its own on this machine listens on loopback only.
-        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env, _node_ip_address="127.0.0.1")
+        start_local(num_cpus=options.num_cpus, runtime_env=env)
         return True
     _probe(options.address)
     try:
@@ -104,6 +105,49 @@ def _connect(options: RayOptions) -> bool:
     except ConnectionError as exc:
         raise RayConnectError(f"--ray-address {options.address}: {exc}") from None
     return True
+
+
+def start_local(num_cpus: int | None = None, **init_options) -> None:
+    """Start Ray on this machine with every server it runs on loopback (the GCS, the raylet and
+    its object manager, the workers, the dashboard, runtime-env and metrics agents, the driver's
+    own worker), then check that it did.
+
+    Ray binds all of them to every interface unless the node's address is loopback, and on Linux
+    ``ray.init`` replaces a given 127.0.0.1 by the machine's network address: that is its "cluster
+    mode", which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 switches off. Ray reads the variable when it
+    is imported (so where Ray was imported already, its constant is switched too) and the daemons
+    inherit it; both are put back after the start, so a later join of a real cluster by address
+    is unaffected. A Ray whose node address still comes out elsewhere is stopped, and the build
+    refused, rather than left listening on the network.
+    """
+    import ray
+
+    try:  # where Ray keeps the variable's value (Ray 2.x); the check below covers a Ray without it
+        from ray._private import ray_constants
+    except ImportError:
+        ray_constants = None
+    previous_env, previous_mode = os.environ.get(_CLUSTER_MODE_VAR), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_CLUSTER_MODE_VAR] = "0"
+    if previous_mode is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address=LOOPBACK,
+                 **init_options)
+    finally:
+        if previous_env is None:
+            os.environ.pop(_CLUSTER_MODE_VAR, None)
+        else:
+            os.environ[_CLUSTER_MODE_VAR] = previous_env
+        if previous_mode is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = previous_mode
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip not in (LOOPBACK, "::1"):
+        ray.shutdown()
+        raise RayConnectError(
+            f"the Ray started here would listen on {node_ip}, not on loopback only (this Ray version "
+            f"{ray.__version__} ignores {_CLUSTER_MODE_VAR}=0); use --engine local, or start Ray yourself "
+            "on a private network and pass --ray-address"
+        )
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -122,17 +166,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def run_plans(
-    out: Path,
-    plans: list[ShardPlan],
-    load: Callable,
-    options: RayOptions,
-    desc: str,
-    progress: bool,
-    summary: BuildSummary,
-    extra: dict,
-    on_commit: Callable[[int], None],
-) -> None:
+def run_plans(run: ShardRun, plans: list[ShardPlan], options: RayOptions) -> None:
     """``build.run_plans`` on Ray: submit every plan, record and commit each shard as it returns."""
     if not plans:
         return
@@ -142,7 +176,7 @@ def run_plans(
     pending: dict = {}
     try:
         # The actor is a process of its own (about 0.8 CPU-seconds to start): only for a bar.
-        counter = ray.remote(ProgressActor).options(num_cpus=0).remote() if progress else None
+        counter = ray.remote(ProgressActor).options(num_cpus=0).remote() if run.progress else None
         limiter = None
         if options.download_rate:
             limiter = ray.remote(ratelimit.BucketActor).options(name=ratelimit.ACTOR_NAME, num_cpus=0).remote(
@@ -152,24 +186,23 @@ def run_plans(
         task = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=options.max_retries)
 
         def submit(plan: ShardPlan, isolate: bool) -> None:
-            ref = task.remote(os.fspath(out), plan, load, extra, counter, isolate, options.lock_wait)
+            ref = task.remote(os.fspath(run.out), plan, run.load, run.extra, counter, isolate, options.lock_wait)
             pending[ref] = (plan, isolate)
 
         for plan in plans:
             submit(plan, False)
-        with Progress(sum(len(p.tasks) for p in plans), desc, progress) as bar:
+        with Progress(sum(len(p.tasks) for p in plans), run.desc, run.progress) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_REPORT_SECONDS, fetch_local=False)
                 if counter is not None:
                     bar.set(*ray.get(counter.totals.remote()))
                 for ref in done:
                     plan, isolated = pending.pop(ref)
-                    stats = _result(ref, out, plan, isolated)
+                    stats = _result(ref, run.out, plan, isolated)
                     if stats is None:
                         submit(plan, True)
                         continue
-                    record_shard(summary, stats)
-                    on_commit(plan.shard)
+                    run.committed(plan.shard, stats)
             if counter is not None:
                 bar.set(*ray.get(counter.totals.remote()))
     finally:

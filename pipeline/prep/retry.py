@@ -4,6 +4,7 @@ old shard or an uncommitted one."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -15,11 +16,12 @@ from typing import Any
 
 from pipeline import shard_dir
 from pipeline.prep import loaders
-from pipeline.prep.build import BuildSummary, ShardPlan, check_picklable, output_errors, run_plans
+from pipeline.prep.build import check_picklable, output_errors, run_plans
 from pipeline.prep.manifest import read_header, read_rows, update_dataset_summary
 from pipeline.prep.media import Media
 from pipeline.prep.pool import Task
 from pipeline.prep.ray_engine import RayOptions
+from pipeline.prep.shard import BuildSummary, ShardPlan, ShardRun
 from pipeline.prep.worker import FAILED, WRITTEN, Outcome
 
 _NOT_RETRIED = ("duplicate_key", "bad_key")  # the same input gives the same key: retrying cannot help
@@ -67,7 +69,8 @@ def retry_failed(
                 summary.shards_skipped += 1
                 continue
             plans.append(_retry_plan(out, committed.index, rows, retry))
-        _run_retry(out, plans, load, workers, progress, summary, extra, ray)
+        run = ShardRun(out, load, summary, extra, desc="retry", progress=progress)
+        _run_retry(run, plans, workers, ray)
     summary.wall_seconds = round(time.perf_counter() - started, 3)
     return summary
 
@@ -116,11 +119,12 @@ def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> Sha
     return ShardPlan(shard, tasks)
 
 
-def _run_retry(out: Path, plans, load, workers, progress, summary, extra, ray) -> None:
+def _run_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOptions | None) -> None:
     # New tar and parquet are first written to a staging directory. Only then is the stats file
     # (the commit marker) removed, the new files renamed over the old, and stats moved in last:
     # an interruption leaves either the old committed shard or an uncommitted one that the
     # original build command rebuilds.
+    out = run.out
     staging = out / ".retry"
     staging.mkdir(exist_ok=True)
 
@@ -132,7 +136,7 @@ def _run_retry(out: Path, plans, load, workers, progress, summary, extra, ray) -
         update_dataset_summary(out)
 
     try:
-        run_plans(staging, plans, load, workers, "retry", progress, summary, extra, on_commit=swap_in, ray=ray)
+        run_plans(dataclasses.replace(run, out=staging, on_commit=swap_in), plans, workers, ray)
     finally:
         for leftover in staging.iterdir():
             leftover.unlink()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -45,3 +48,24 @@ def survivors(pids: list[int], timeout: float) -> list[int]:
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return [p for p in pids if alive(p)]
+
+
+def survivors_of_kill_9(cmd: list[str], n: int, cwd: str | os.PathLike, timeout: float = 5) -> tuple[list[int], list[int]]:
+    """Start ``cmd``, wait until it has ``n`` children, SIGKILL it, and return (its children, those
+    still running ``timeout`` seconds later). Survivors are killed before this returns, so none is
+    left to the next test; fewer than ``n`` children means the command never got that far."""
+    driver = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids, left = [], []
+    try:
+        kids = wait_for_children(driver, n)
+        if len(kids) >= n:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+            left = survivors(kids, timeout)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return kids, left

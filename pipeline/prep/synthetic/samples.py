@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.prep.media import Media
+from pipeline.prep.media import Media, registered_key, registered_loader
 from pipeline.prep.synthetic import images, sounds, speech
 from pipeline.prep.synthetic.world import SOURCE, WorldConfig, object_class
 
@@ -22,6 +22,7 @@ def stream(seed: int, *parts: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *parts])
 
 
+@registered_key("synthetic")
 def sample_key(item: dict) -> str:
     """Shard key of a single-object item: ``syn-<audio type>-<split>-<index>``."""
     audio_type, split = item["set"].split("/")
@@ -32,6 +33,7 @@ def _config(cfg: dict | WorldConfig) -> WorldConfig:
     return cfg if isinstance(cfg, WorldConfig) else WorldConfig(**cfg)
 
 
+@registered_loader("synthetic")
 def load_pair(cfg: dict | WorldConfig, item: dict) -> Media:
     """A single-object image with its class's sound or spoken name, for the shard builder.
 

@@ -12,15 +12,11 @@ Tree items are rendered in worker processes that write their own files; the inde
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import functools
 import io
 import json
-import multiprocessing
 import os
-import signal
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,7 +28,9 @@ from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
 from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 from pipeline import audio as audio_io
 from pipeline import format as fmt
-from pipeline.prep.build import BuildSummary, build_shards
+from pipeline.prep.build import build_shards
+from pipeline.prep.pool import new_pool
+from pipeline.prep.shard import BuildSummary
 from pipeline.prep.synthetic.samples import load_pair, render_eval_scene, sample_key
 from pipeline.prep.synthetic.world import SetPlan, WorldConfig, object_class
 
@@ -79,18 +77,10 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # One worker per core: no intra-op threads. This also keeps a forked worker out of the OpenMP
-    # thread pool it inherited (dead) from a parent that already ran torch ops, which would hang.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
 def map_items(fn: Callable, items: list, workers: int, desc: str, progress: bool) -> Iterable:
-    """``fn`` over ``items`` in a process pool (``workers=0``: in this process), results in order,
-    with a progress bar."""
+    """``fn`` over ``items`` in the project's process pool (``pipeline.prep.pool.new_pool``: its
+    workers die with this process; ``workers=0``: in this process), results in order, with a
+    progress bar."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
@@ -100,9 +90,7 @@ def map_items(fn: Callable, items: list, workers: int, desc: str, progress: bool
                 yield fn(item)
                 bar.update(1)
             return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        with new_pool(workers) as pool:
             for result in pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers)))):
                 yield result
                 bar.update(1)

@@ -284,17 +284,6 @@ def test_places_metadata_holding_nan_gives_null_through_the_cli(tmp_path):
 def test_kill_9_of_the_driver_takes_its_pool_workers_with_it(tmp_path):
     meta, image_root = _tree(tmp_path, [_entry(i, seconds=6.0) for i in range(40)])
     out = tmp_path / "out"
-    driver = subprocess.Popen(_cli(meta, image_root, out, "--workers", "2", "--shard-size", "4"), cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        workers = procs.wait_for_children(driver, 2)
-        assert len(workers) >= 2, "the pool never started"
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        left = procs.survivors(workers, timeout=5)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    for p in left:
-        os.kill(p, signal.SIGKILL)  # do not leave them to the next test
+    workers, left = procs.survivors_of_kill_9(_cli(meta, image_root, out, "--workers", "2", "--shard-size", "4"), 2, REPO)
+    assert len(workers) >= 2, "the pool never started"
     assert left == [], f"pool workers outlived their driver: {left}"

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -167,3 +168,25 @@ def test_torn_dataset_json_is_rewritten_by_a_rerun_and_refused_by_retry_in_one_l
     build_places(meta, out, "--shard-size", "2")  # every shard committed: only the summary is rewritten
     dataset = json.loads((out / shard_dir.DATASET_FILE).read_text())
     assert dataset["written"] == 4 and dataset["loader"]["name"] == "places"
+
+
+def test_a_16_bit_png_is_stored_as_its_8_bit_copy_and_a_prime_rate_wav_is_resampled(tmp_path):
+    """`prep shards places` once stored a 16-bit grey PNG washed out (PIL clips it at 255: the dark
+    quarter of a ramp at 251/255) and failed on a WAV at 100,003 Hz (a 6.4 GB resampling kernel)."""
+    pictures = media.write_mode_pictures(tmp_path / "modes")
+    prime = 100_003
+    entries = [{**entry(i), "image": f"b/bakery/img_{i}.png", "image_size": None} for i in range(2)]
+    entries.append({**entry(2), "audio": media.tone(1000, 0.6, prime), "sr": prime})
+    meta = media.places_tree(tmp_path, entries)
+    for i, name in enumerate(["I16.png", "L.png"]):  # the same ramp in 16 and in 8 bits
+        (tmp_path / "places205" / f"b/bakery/img_{i}.png").write_bytes(pictures[name][0].read_bytes())
+    out = tmp_path / "out"
+    build_places(meta, out)
+    assert [r["status"] for _, r in sorted(rows(out).items())] == ["written"] * 3, rows(out)
+    stored = {json.loads(s[fmt.META_EXT])["source_id"]: s for s in samples(out).values()}
+    wide, eight = (stored[f"wavs/{i}/utterance_{i}.wav"][fmt.IMAGE_EXT] for i in range(2))
+    assert wide == eight  # byte-identical JPEGs: scaled by 1/257, not clipped
+    assert np.asarray(fmt.decode_image(wide))[:, :60].mean() < 12  # the dark quarter stays dark
+    clip = fmt.decode_audio(stored["wavs/2/utterance_2.wav"][fmt.AUDIO_EXT])
+    assert json.loads(stored["wavs/2/utterance_2.wav"][fmt.META_EXT])["duration"] == pytest.approx(0.6, abs=1e-4)
+    assert media.dominant_frequency(clip[:9600], fmt.SAMPLE_RATE) == pytest.approx(1000, abs=2)

@@ -1,4 +1,4 @@
-"""pipeline.prep.options: the shared build options as one object, shown to Typer as flags."""
+"""pipeline.prep.commands.options: the shared build options as one object, shown to Typer as flags."""
 
 import inspect
 from typing import Annotated
@@ -7,10 +7,10 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from pipeline.prep import audioset, places
+from pipeline.prep.commands import audioset, places
 from pipeline.prep.build import DEFAULT_SHARD_SIZE
 from pipeline.prep.cli import app
-from pipeline.prep.options import BuildOptions, with_build_options
+from pipeline.prep.commands.options import BuildOptions, with_build_options
 
 SHARED_FLAGS = ["--out", "--workers", "--part", "--shard-size", "--limit", "--progress"]
 

@@ -4,6 +4,7 @@ download rate limit; the local engine's workers building whole shards (the per-s
 Ray task runs); and the token bucket against a fake clock."""
 
 import functools
+import ipaddress
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -28,6 +30,7 @@ from pipeline.prep.cli import app
 from pipeline.prep.manifest import read_rows
 from pipeline.prep.media import SkipItem
 from pipeline.prep.ratelimit import TokenBucket
+from pipeline.prep import ray_engine
 from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.retry import retry_failed
 from pipeline.prep.worker import WRITTEN
@@ -41,7 +44,7 @@ TIMING = {"created", "wall_seconds", "stage_seconds", "updated", "retried"}
 @pytest.fixture(scope="module")
 def cluster():
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray_engine.start_local(num_cpus=2)  # as `prep` starts it: every server on loopback
     print(f"\nlocal Ray cluster started in {time.perf_counter() - t0:.1f} s")
     yield
     ray.shutdown()
@@ -337,6 +340,12 @@ def test_a_killed_driver_leaves_a_directory_that_a_rerun_finishes(cluster, tmp_p
         assert driver.poll() is None, "the driver ended before it could be killed"
         assert shard_dir.committed_shards(out), "no shard committed in 120 s"
         family = {pid: _cmdline(pid) for pid in _descendants(driver.pid)}
+        # The Ray this build started (GCS, raylet, workers, agents, the driver's own worker) listens
+        # on loopback only: anyone reaching one of its ports could run code on this machine.
+        sockets = _listening_sockets([driver.pid, *family])
+        assert len(sockets) >= 4, sockets  # at least the GCS, the raylet, a task's worker, the driver
+        assert all(_loopback(ip) for _, ip, _ in sockets), [(family.get(pid, "driver")[:60], ip, port)
+                                                            for pid, ip, port in sockets if not _loopback(ip)]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         # Nothing that writes shards outlives the driver. Ray 2.60's dashboard and runtime-env
@@ -367,6 +376,23 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket (IPv4 or IPv6) of ``pids``."""
+    found = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        found += [(pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 included
 
 
 def _cmdline(pid: int) -> str:
@@ -488,7 +514,9 @@ def test_a_cluster_started_with_ray_start_is_joined_by_address(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
     ray_bin = Path(sys.executable).with_name("ray")
     # Ray 2.60 authenticates every client with a shared token: this cluster's own, given to both.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1",
+           # this test's cluster on loopback only (`ray start` replaces 127.0.0.1 by the machine's address otherwise)
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     t0 = time.monotonic()
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",

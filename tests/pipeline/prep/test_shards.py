@@ -20,7 +20,7 @@ from pipeline import shard_dir
 from pipeline.prep import loaders
 from pipeline.prep.build import build_shards, parse_part
 from pipeline.prep.manifest import ROW_SCHEMA, read_rows
-from pipeline.prep.media import Media, SkipItem, resolve_under
+from pipeline.prep.media import Media, SkipItem, describe_key, describe_loader, resolve_under
 from pipeline.prep.retry import retry_failed
 from pipeline.prep.synthetic.samples import load_pair, sample_key
 from pipeline.prep.synthetic.world import world_config
@@ -231,10 +231,10 @@ def test_parquet_schema_is_stable(tmp_path):
 
 def test_registered_loaders_round_trip_by_name_and_others_record_nothing():
     cfg = world_config("ci").to_dict()
-    spec = loaders.describe_loader(functools.partial(load_pair, cfg))
+    spec = describe_loader(functools.partial(load_pair, cfg))
     assert spec == {"name": "synthetic", "args": [cfg], "kwargs": {}}
     again = loaders.resolve_loader(json.loads(json.dumps(spec)), Path("dataset.json"))
     assert again.func is load_pair and again.args == (cfg,)
-    assert loaders.describe_key(sample_key) == "synthetic"
-    assert loaders.describe_loader(load_synthetic) is None and loaders.describe_key(key_of) is None
-    assert loaders.describe_loader(functools.partial(load_pair, object())) is None  # arguments must be JSON
+    assert describe_key(sample_key) == "synthetic"
+    assert describe_loader(load_synthetic) is None and describe_key(key_of) is None
+    assert describe_loader(functools.partial(load_pair, object())) is None  # arguments must be JSON

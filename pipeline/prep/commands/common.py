@@ -1,5 +1,6 @@
 """The command-line pieces every `prep shards <corpus>` command and `prep retry` share: the Typer
-option types, the one-line error, the summary table, and the build/retry calls behind them."""
+option types, the engine choice, the one-line error, the summary table, and the build call behind
+them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.prep.build import BuildSummary, build_shards, parse_part
+from pipeline.prep.build import build_shards, parse_part
 from pipeline.prep.ray_engine import RayOptions
-from pipeline.prep.retry import retry_failed
+from pipeline.prep.shard import BuildSummary
 
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the shards.")]
@@ -97,29 +98,3 @@ def run_build(
         raise fail(str(exc)) from exc
     print_summary(summary)
     return summary
-
-
-def retry_command(
-    out_dir: Annotated[Path, typer.Argument(help="A shard directory built by `prep shards ...`.", exists=True, file_okay=False)],
-    reason: Annotated[
-        list[str] | None, typer.Option("--reason", "-r", help="Retry only failures of this kind (repeatable), e.g. rate_limited.")
-    ] = None,
-    workers: WorkersOpt = 1,
-    progress: ProgressOpt = True,
-    engine: EngineOpt = Engine.local,
-    ray_address: RayAddressOpt = None,
-    ray_task_cpus: RayTaskCpusOpt = 1.0,
-    downloads_per_second: Annotated[
-        float | None, typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster.")
-    ] = None,
-) -> None:
-    """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""
-    if downloads_per_second is not None and engine != Engine.ray:
-        raise fail("--downloads-per-second paces a Ray build (--engine ray)")
-    extra = {"download_rate": downloads_per_second} if downloads_per_second else {}
-    ray = ray_options(engine, ray_address, workers, ray_task_cpus, **extra)
-    try:
-        summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress, ray=ray)
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
-    print_summary(summary)

@@ -17,29 +17,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.prep import commands
-from pipeline.prep.build import DEFAULT_SHARD_SIZE, BuildSummary
+from pipeline.prep.build import DEFAULT_SHARD_SIZE
+from pipeline.prep.commands import common
+from pipeline.prep.shard import BuildSummary
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    out: commands.OutOpt
-    workers: commands.WorkersOpt = 1
-    part: commands.PartOpt = "0/1"
-    shard_size: commands.ShardSizeOpt = DEFAULT_SHARD_SIZE
-    limit: commands.LimitOpt = None
-    progress: commands.ProgressOpt = True
-    engine: commands.EngineOpt = commands.Engine.local
-    ray_address: commands.RayAddressOpt = None
-    ray_task_cpus: commands.RayTaskCpusOpt = 1.0
+    out: common.OutOpt
+    workers: common.WorkersOpt = 1
+    part: common.PartOpt = "0/1"
+    shard_size: common.ShardSizeOpt = DEFAULT_SHARD_SIZE
+    limit: common.LimitOpt = None
+    progress: common.ProgressOpt = True
+    engine: common.EngineOpt = common.Engine.local
+    ray_address: common.RayAddressOpt = None
+    ray_task_cpus: common.RayTaskCpusOpt = 1.0
 
     def run(
         self, items: list, load: Callable, *, key: Callable, desc: str, input_warnings: dict | None = None, ray_extra: dict | None = None
     ) -> BuildSummary:
-        """Build the shards of ``items`` with these options (see ``commands.run_build``);
+        """Build the shards of ``items`` with these options (see ``common.run_build``);
         ``ray_extra`` adds to the Ray engine's options (e.g. a download rate)."""
-        ray = commands.ray_options(self.engine, self.ray_address, self.workers, self.ray_task_cpus, **(ray_extra or {}))
-        return commands.run_build(
+        ray = common.ray_options(self.engine, self.ray_address, self.workers, self.ray_task_cpus, **(ray_extra or {}))
+        return common.run_build(
             items, load, Path(self.out), key=key, workers=self.workers, part=self.part, shard_size=self.shard_size,
             limit=self.limit, progress=self.progress, desc=desc, input_warnings=input_warnings, ray=ray,
         )
