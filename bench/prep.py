@@ -40,7 +40,7 @@ from pipeline import audio, image
 from pipeline.prep import places
 from pipeline import format as fmt
 from pipeline.prep.build import build_shards
-from pipeline.prep.ray_engine import RayOptions
+from pipeline.prep.ray_engine import RayOptions, start_local
 from pipeline.prep.worker import STAGES
 from pipeline.prep.writer import TarShardWriter
 
@@ -203,8 +203,7 @@ def main() -> None:
         import ray
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        start_local(num_cpus=2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # as `prep` starts it: loopback only
         ray_start = time.perf_counter() - t0
         session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
         configs["ray 2 CPUs"] = (0, RayOptions())

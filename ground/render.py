@@ -21,7 +21,9 @@ from pipeline.format import SAMPLE_RATE
 BAR_WIDTH = 56  # colour bar and its numbers, right of the picture
 CAPTION = 18  # label strip above the picture
 ALPHA = 0.5
-VIDEO_HEIGHT = 288  # panels of the MP4 are scaled to this height
+VIDEO_HEIGHT = 288  # panels of the MP4 are scaled to this height ...
+VIDEO_WIDTH = 1024  # ... or to this width where that is narrower (a 20:1 panorama), so three panels
+# stay within what the H.264 encoder takes and a frame costs a few MB
 
 
 def value_range(maps: np.ndarray) -> tuple[float, float]:
@@ -62,11 +64,13 @@ def _colour_bar(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, h
 
 
 def thumbnail(picture: Image.Image) -> Image.Image:
-    """``picture`` scaled to the MP4's height."""
-    if picture.height == VIDEO_HEIGHT:
+    """``picture`` scaled to the MP4's height (``VIDEO_HEIGHT``), or to ``VIDEO_WIDTH`` where it
+    would be wider than that."""
+    scale = min(VIDEO_HEIGHT / picture.height, VIDEO_WIDTH / picture.width)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    if size == picture.size:
         return picture
-    scale = VIDEO_HEIGHT / picture.height
-    return picture.resize((max(1, round(picture.width * scale)), VIDEO_HEIGHT), Image.BILINEAR)
+    return picture.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
 def sheet(panels: list[Image.Image]) -> Image.Image:

@@ -1,8 +1,10 @@
 """``Grounding``: what one ``Grounder.ground`` call returns, and its JSON summary.
 
-Maps are stored at the model's feature resolution and brought to the input image's resolution
-on first access (``FrameMaps``): a 12 MP photo times ~55 frames would otherwise cost gigabytes per
-head. Pixels the model never saw (outside the centre crop, see ``docs/ground.md``) are NaN.
+Maps are stored at the model's feature resolution and brought to the display resolution on first
+access (``FrameMaps``). The display resolution is the input's, or, for a picture whose longer side
+exceeds ``DISPLAY_SIDE``, the input scaled down to that: the model sees a 224 px square whatever the
+input, so a map at 8000x8000 px would only interpolate the same few hundred values, at 256 MB per
+frame. Pixels the model never saw (outside the centre crop, see ``docs/ground.md``) are NaN.
 """
 
 from __future__ import annotations
@@ -18,11 +20,38 @@ from torch.nn import functional as F
 from pipeline.format import SAMPLE_RATE
 
 TOTAL = "total"
+# Longest side of the maps and the picture a Grounding keeps (and draws): bounds the memory of
+# `ground` by this, not by the input's size (docs/ground.md, "Limits").
+DISPLAY_SIDE = 1024
+
+
+def display_size(size: tuple[int, int], longest: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """``size`` (W, H), or scaled down so that its longer side is ``longest``."""
+    width, height = size
+    if max(width, height) <= longest:
+        return width, height
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def display_picture(image: Image.Image, longest: int = DISPLAY_SIDE) -> Image.Image:
+    """The picture a Grounding keeps: ``image`` itself, or scaled to ``display_size``."""
+    size = display_size(image.size, longest)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def scale_box(box: tuple[int, int, int, int], source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A (left, top, right, bottom) box in a picture of size ``source`` -> the same box in ``target``."""
+    sx, sy = target[0] / source[0], target[1] / source[1]
+    left, top, right, bottom = box
+    return round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)
 
 
 def place(maps: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
-    """``[N, h, w]`` maps of the crop ``box`` (left, top, right, bottom in input pixels) ->
-    ``[N, H, W]`` float32 at the input ``size`` (W, H), bilinear inside the box, NaN outside."""
+    """``[N, h, w]`` maps of the crop ``box`` (left, top, right, bottom in pixels of a picture of
+    ``size``) -> ``[N, H, W]`` float32 at ``size`` (W, H), bilinear inside the box, NaN outside."""
     width, height = size
     left, top, right, bottom = box
     out = np.full((maps.shape[0], height, width), np.nan, dtype=np.float32)
@@ -34,8 +63,8 @@ def place(maps: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int
 
 
 class FrameMaps(Mapping):
-    """name -> float32 ``[T, H, W]`` at the input resolution, upsampled from the model's
-    ``[T, h, w]`` on first access and kept."""
+    """name -> float32 ``[T, H, W]`` at the display resolution (``size``), upsampled from the
+    model's ``[T, h, w]`` on first access and kept."""
 
     def __init__(self, low: dict[str, np.ndarray], box: tuple[int, int, int, int], size: tuple[int, int]):
         self.low = low  # name -> [T, h, w] at the model's feature resolution
@@ -48,12 +77,9 @@ class FrameMaps(Mapping):
         return self._full[name]
 
     def frame_at(self, name: str, t: int, size: tuple[int, int]) -> np.ndarray:
-        """Frame ``t`` of ``name`` placed on a picture of ``size`` (the input scaled), without
-        upsampling the other frames to the input resolution."""
-        sx, sy = size[0] / self.size[0], size[1] / self.size[1]
-        left, top, right, bottom = self.box
-        box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
-        return place(self.low[name][t : t + 1], box, size)[0]
+        """Frame ``t`` of ``name`` placed on a picture of ``size`` (the picture scaled), without
+        upsampling the other frames."""
+        return place(self.low[name][t : t + 1], scale_box(self.box, self.size, size), size)[0]
 
     def __iter__(self):
         return iter(self.low)
@@ -62,11 +88,15 @@ class FrameMaps(Mapping):
         return len(self.low)
 
 
-def _peak(mean_map: np.ndarray) -> dict:
+def _peak(mean_map: np.ndarray, input_size: tuple[int, int]) -> dict:
+    """The mean map's maximum, at the centre of its pixel in input pixels (the map may be smaller)."""
     if not np.isfinite(mean_map).any():
         return {"x": None, "y": None, "value": None}
     y, x = np.unravel_index(int(np.nanargmax(mean_map)), mean_map.shape)
-    return {"x": int(x), "y": int(y), "value": float(mean_map[y, x])}
+    (width, height), (h, w) = input_size, mean_map.shape
+    px = x if w == width else min(width - 1, int((x + 0.5) * width / w))
+    py = y if h == height else min(height - 1, int((y + 0.5) * height / h))
+    return {"x": int(px), "y": int(py), "value": float(mean_map[y, x])}
 
 
 def _number(v) -> float | None:
@@ -89,15 +119,21 @@ def _segments(names: list[str], times: np.ndarray, hop: float) -> list[dict]:
 @dataclass
 class Grounding:
     heads: list[str]  # head names in head-index order, then "total" (max over heads, Eq. 3)
-    maps: Mapping[str, np.ndarray]  # name -> float32 [T, H, W] at the input image's resolution
+    maps: Mapping[str, np.ndarray]  # name -> float32 [T, H, W] at the display resolution (image.size)
     mean_maps: dict[str, np.ndarray]  # name -> [H, W] over the valid frames (or the window)
     activation: dict[str, np.ndarray]  # name -> [T]: mean over frequency of the spatial max
     times: np.ndarray  # [T] seconds, frame centres
-    image: Image.Image  # the input, RGB
+    image: Image.Image  # the input, RGB, at the display resolution (display_picture)
     audio: np.ndarray  # the 16 kHz mono clip used
     description: dict  # model, which head is which, preprocessing
     # a video grounded at every frame: the picture of each frame, at the MP4's height (render.thumbnail)
     frames: list[Image.Image] | None = field(default=None)
+    input_size: tuple[int, int] | None = field(default=None)  # (W, H) of the input; None: image.size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The input picture's (W, H), which ``summary``'s peaks and ``crop_box`` are in."""
+        return tuple(self.input_size) if self.input_size is not None else self.image.size
 
     @property
     def duration(self) -> float:
@@ -116,11 +152,12 @@ class Grounding:
         dominant = self.dominant()
         return {
             "duration_s": round(self.duration, 6),
-            "image_size": list(self.image.size),
+            "image_size": list(self.size),
+            "map_size": list(self.image.size),
             "times_s": [round(float(t), 4) for t in self.times],
             "heads": {
                 name: {
-                    "peak": _peak(self.mean_maps[name]),
+                    "peak": _peak(self.mean_maps[name], self.size),
                     "activation": [_number(v) for v in self.activation[name]],
                     "mean_activation": _number(np.nanmean(self.activation[name])),
                 }

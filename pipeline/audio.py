@@ -117,15 +117,72 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited (windowed sinc) resampling of a mono float32 signal."""
+    """Band-limited (windowed sinc) resampling of a mono float32 signal, in bounded memory for any
+    pair of rates.
+
+    Both paths compute torchaudio's ``sinc_interp_hann`` filter (6 zero crossings, roll-off 0.99),
+    ``y[j] = sum_i x[i] h(i / sample_rate - j / target)``, with zeros outside the signal, and give
+    ``ceil(len * target / sample_rate)`` samples. Where the rates' reduced ratio is small (every
+    common rate: 8, 11.025, 22.05, 32, 44.1, 48, 96 kHz) torchaudio's polyphase kernel is used as
+    it always was, so stored clips do not change. Its kernel holds one filter per phase, ``target /
+    gcd`` of them, each ``sample_rate / gcd`` taps long: 6.4 GB for a 100,003 Hz file. Beyond
+    ``_MAX_KERNEL`` elements the same filter is evaluated at each output's own position instead
+    (``_resample_direct``), in chunks of outputs: a copy of the signal and ~16 MB, whatever the rates.
+    """
     if sample_rate == target:
         return audio
+    if _kernel_elements(int(sample_rate), int(target)) > _MAX_KERNEL:
+        return _resample_direct(np.asarray(audio, dtype=np.float32), int(sample_rate), int(target))
     # Imported here: torch costs ~1 s to import, and `prep --help` or readers of 16 kHz files
     # never need it.
     import torch
     import torchaudio.functional as AF
 
     return AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), int(sample_rate), int(target)).numpy()
+
+
+# torchaudio.functional.resample's defaults, which every clip in the shards was made with
+_ZERO_CROSSINGS = 6  # lowpass_filter_width
+_ROLLOFF = 0.99
+# Largest polyphase kernel (elements, float32) worth building: 16 MB. Common rates need < 0.3 M.
+_MAX_KERNEL = 1 << 22
+_DIRECT_VALUES = 1 << 18  # outputs x taps per step of _resample_direct: 2 MB per float64 array
+
+
+def _kernel_elements(sample_rate: int, target: int) -> int:
+    """Size of torchaudio's polyphase kernel for this pair of rates (phases x taps)."""
+    gcd = math.gcd(sample_rate, target)
+    orig, new = sample_rate // gcd, target // gcd
+    width = math.ceil(_ZERO_CROSSINGS * orig / (min(orig, new) * _ROLLOFF))
+    return new * (2 * width + orig)
+
+
+def _resample_direct(audio: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
+    """torchaudio's windowed-sinc filter evaluated at each output's position (no phase table).
+
+    Output j lies at input position ``j * sample_rate / target``; the filter reaches
+    ``_ZERO_CROSSINGS / cutoff`` seconds either side, i.e. ``half`` input samples, so each output
+    costs ``2 * half + 2`` taps (about 80 for any rate down to 16 kHz). Positions are exact integer
+    ratios (``i * target - j * sample_rate``), so no error accumulates over a long clip.
+    """
+    length = audio.shape[0]
+    count = -(-length * target // sample_rate)  # ceil, as torchaudio's target_length
+    cutoff = min(sample_rate, target) * _ROLLOFF  # Hz
+    half = math.ceil(_ZERO_CROSSINGS * sample_rate / cutoff) + 1  # input samples either side
+    padded = np.zeros(length + 2 * half + 1, dtype=np.float32)  # the signal, zeros either side
+    padded[half : half + length] = audio
+    taps = np.arange(-half, half + 1, dtype=np.int64)
+    out = np.empty(count, dtype=np.float32)
+    chunk = max(1, _DIRECT_VALUES // taps.shape[0])
+    for start in range(0, count, chunk):
+        j = np.arange(start, min(start + chunk, count), dtype=np.int64)
+        i = (j * sample_rate // target)[:, None] + taps  # input samples around each output
+        # (i / sample_rate - j / target) in units of the cutoff's half period, as torchaudio's t
+        t = (i * target - j[:, None] * sample_rate) * (cutoff / (sample_rate * target))
+        np.clip(t, -_ZERO_CROSSINGS, _ZERO_CROSSINGS, out=t)
+        weights = np.cos(t * (math.pi / (2 * _ZERO_CROSSINGS))) ** 2 * np.sinc(t) * (cutoff / sample_rate)
+        out[start : start + j.shape[0]] = np.einsum("ij,ij->i", padded[i + half], weights)
+    return out
 
 
 def fit_length(audio: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:

@@ -1,10 +1,14 @@
-"""Image transforms: DenseAV's training augmentation and the evaluation resize + centre crop.
+"""Image transforms: DenseAV's training augmentation and its evaluation resize + centre crop.
 
 Training augmentation is split in two: ``draw_train_augment`` makes every random choice for one
 image (crop box, flip, colour jitter) with an explicit ``np.random.Generator``, which keeps the
 loader's per-item seeds reproducible; ``augment_batch`` applies a batch of such draws with torch
-wherever the batch is, the training device included, so loader workers only decode. Evaluation
-images are resized and centre-cropped with PIL, which can shrink JPEGs while decoding.
+wherever the batch is, the training device included, so loader workers only decode.
+
+Evaluation images go through ``eval_image``: DenseAV's evaluation transform exactly (torchvision
+``Resize(size, BILINEAR)`` + ``CenterCrop(size)`` on the PIL image, geometry from
+``pipeline.image.centre_crop``), for every model the project evaluates, so that DenseAV's released
+checkpoints, the paper's baselines and the project's own models see the same pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.fields import checked
+from pipeline.image import centre_crop
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,31 +32,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class AugmentConfig:
     """DenseAV's training recipe: RandomResizedCrop, flip, ColorJitter(0.2 x4), RandomGrayscale."""
 
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter: float = 0.2  # brightness/contrast/saturation factors in [1-j, 1+j]; hue shift in [-j, j] turns
-    jitter_prob: float = 1.0
-    grayscale_prob: float = 0.1
+    scale: tuple[float, float] = checked((0.08, 1.0), gt=0, le=1, ordered=True)  # crop area, share of the image
+    ratio: tuple[float, float] = checked((3 / 4, 4 / 3), gt=0, ordered=True)
+    flip_prob: float = checked(0.5, ge=0, le=1)
+    # brightness/contrast/saturation factors in [1-j, 1+j]; hue shift in [-j, j] turns (half a turn
+    # at most, as torchvision's ColorJitter)
+    jitter: float = checked(0.2, ge=0, le=0.5)
+    jitter_prob: float = checked(1.0, ge=0, le=1)
+    grayscale_prob: float = checked(0.1, ge=0, le=1)
 
 
-def _draft(image: Image.Image, size: int) -> Image.Image:
-    # JPEG can decode at 1/2, 1/4, 1/8 scale for almost nothing; only used when that stays >= size
-    if image.format == "JPEG" and min(image.size) >= 2 * size:
-        image.draft("RGB", (size, size))
-    return image.convert("RGB")
+def eval_image(image: Image.Image, size: int, name: str | None = None) -> Image.Image:
+    """DenseAV's evaluation transform of a PIL image, pixel for pixel: RGB, shorter side to ``size``
+    with PIL's bilinear filter (torchvision ``Resize(size, BILINEAR)``), centre ``size`` x ``size``
+    crop (``CenterCrop(size)``); a picture whose shorter side is already ``size`` is only cropped.
 
-
-def eval_image(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and take the centre ``size`` x ``size`` crop."""
-    image = _draft(image, size)
-    w, h = image.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    No JPEG draft decoding: a draft decodes at a reduced scale and changes the pixels. Raises
+    ``pipeline.image.BadImage`` naming ``name`` (default: the image's file name) for an empty or
+    absurdly elongated picture (``pipeline.image.check_eval_size``).
+    """
+    crop = centre_crop(*image.size, size, name or getattr(image, "filename", None) or "image")
+    if image.mode != "RGB":  # DenseAV converts before resizing (``Image.open(f).convert("RGB")``)
+        image = image.convert("RGB")
+    if image.size != crop.resized:
+        image = image.resize(crop.resized, Image.BILINEAR)
+    return image.crop(crop.box)
 
 
 def _random_resized_box(w: int, h: int, rng: np.random.Generator, cfg: AugmentConfig):

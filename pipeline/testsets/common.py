@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline import audio
 from pipeline import format as fmt
+from pipeline import image as pimage
 
 MASK_SIZE = 224  # the metric's resolution: 224 x 224 centre crop (reference §5)
 MASK_THRESHOLD = 128  # IS3 masks are JPEGs: grey levels around the edges
@@ -103,26 +104,40 @@ def probe_audio(path: Path) -> str | None:
 
 
 def open_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    """A test-set picture, decoded to RGB at full resolution (the evaluation transform resizes
+    it). The pixel limit and the evaluation size check read the header first, so a decompression
+    bomb or a 1x500 strip is refused before decoding, as a ``DatasetError`` naming the file."""
+    try:
+        with pimage.open_image(path) as im:
+            pimage.check_eval_size(*im.size, name=str(path))
+            im.load()
+            return pimage.to_rgb(im)  # by each mode's value range (a 16-bit PNG is scaled, not clipped)
+    except pimage.BadImage as exc:
+        raise DatasetError(str(exc)) from exc
 
 
-def resize_crop_labels(labels: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:
-    """Nearest-neighbour resize of a label/mask array to a ``size`` shorter side + centre crop:
-    the same geometry as the evaluation image transform, without inventing label values."""
+def resize_crop_labels(labels: np.ndarray, size: int = MASK_SIZE, name: str = "mask") -> np.ndarray:
+    """A label/mask array through the evaluation transform's geometry (``pipeline.image.centre_crop``)
+    with nearest-neighbour sampling, as DenseAV's ``Resize(size, NEAREST)`` + ``CenterCrop(size)``
+    of its annotation pictures: PIL picks the same source pixels whatever the values, so the result
+    is aligned pixel for pixel with the image and no label value is invented."""
     h, w = labels.shape
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    rows = np.minimum((np.arange(nh) + 0.5) * h / nh, h - 1).astype(np.int64)
-    cols = np.minimum((np.arange(nw) + 0.5) * w / nw, w - 1).astype(np.int64)
-    resized = labels[rows][:, cols]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return resized[top : top + size, left : left + size]
+    try:
+        crop = pimage.centre_crop(w, h, size, name)
+    except pimage.BadImage as exc:
+        raise DatasetError(str(exc)) from exc
+    # PIL's 32-bit integer mode holds ADE20K's class ids (< 6,656) and 0/1 masks alike
+    picture = Image.fromarray(np.ascontiguousarray(labels, dtype=np.int32))
+    if picture.size != crop.resized:
+        picture = picture.resize(crop.resized, Image.NEAREST)
+    return np.asarray(picture.crop(crop.box)).astype(labels.dtype)
 
 
 def load_binary_mask(path: Path, size: int = MASK_SIZE) -> np.ndarray:
     """A JPEG/PNG object mask -> bool [size, size] (grey >= 128 is the object)."""
-    with Image.open(path) as im:
-        grey = np.asarray(im.convert("L"))
-    return resize_crop_labels(grey >= MASK_THRESHOLD, size)
+    try:
+        with pimage.open_image(path) as im:
+            grey = np.asarray(im.convert("L"))
+    except pimage.BadImage as exc:
+        raise DatasetError(str(exc)) from exc
+    return resize_crop_labels(grey >= MASK_THRESHOLD, size, str(path))

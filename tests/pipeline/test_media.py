@@ -180,3 +180,66 @@ def test_image_pixel_limit_is_ours_not_pils(tmp_path):
     with pytest.raises(image.BadImage, match=r"image_too_large: .*wide\.png is 9000x8000"):
         image.open_image(path)
     assert image.open_image(path, max_pixels=80_000_000).size == (9000, 8000)
+
+
+# ---------------------------------------------------------------------------------------------
+# every image mode by its value range, resampling at any rate in bounded memory
+
+
+def test_every_image_mode_becomes_8_bit_rgb_by_its_value_range(tmp_path):
+    for name, (path, expected) in media.write_mode_pictures(tmp_path).items():
+        opened = image.open_image(path)
+        np.testing.assert_array_equal(np.asarray(image.to_rgb(opened)), expected, err_msg=name)
+        if name.startswith(("I", "F")):  # the dark quarter of the ramp stays dark (PIL clips it to ~239)
+            assert np.asarray(image.standardize(opened))[:, :40].mean() < 12, name
+    grey = media.dark_quarter_grey()
+    rgb = np.repeat(grey[..., None], 3, 2)
+    made = Image.fromarray(rgb)  # modes no file format stores: built in memory, as the Python API may get them
+    for mode in ("YCbCr", "HSV", "RGBX"):
+        assert np.abs(np.asarray(image.to_rgb(made.convert(mode))).astype(int) - rgb).max() <= 2, mode
+    for mode in ("RGBa", "La"):  # premultiplied alpha, opaque here
+        source = Image.fromarray(np.dstack([rgb, np.full_like(grey, 255)]), "RGBA")
+        source = source.convert(mode) if mode == "RGBa" else Image.merge("La", [Image.fromarray(grey), source.getchannel("A")])
+        np.testing.assert_array_equal(np.asarray(image.to_rgb(source)), rgb, err_msg=mode)
+    nan = Image.fromarray(np.array([[np.nan, 0.25, np.inf, 1.0]], np.float32))
+    assert np.asarray(image.to_rgb(nan))[0, :, 0].tolist() == [0, 64, 0, 255]  # non-finite pixels black
+
+
+@pytest.mark.parametrize("sr", [8000, 11025, 22050, 44100, 48000])
+def test_common_rates_resample_exactly_as_before(sr):
+    """Clips in the shards stay what they were: torchaudio's resampling, bit for bit."""
+    import torch
+    import torchaudio.functional as AF
+
+    x = media.speech_like(1.5, sr, seed=sr)
+    np.testing.assert_array_equal(audio.resample(x, sr), AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy())
+
+
+@pytest.mark.parametrize("sr", [44_100, 12_345])
+def test_the_direct_resampler_is_torchaudios_filter(sr):
+    """The path for rates with a huge reduced ratio evaluates the same windowed sinc per output."""
+    import torch
+    import torchaudio.functional as AF
+
+    x = media.speech_like(1.0, sr, seed=3)
+    reference = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()  # (12,345 Hz: a 32 MB kernel)
+    direct = audio._resample_direct(x, sr, SAMPLE_RATE)
+    assert direct.shape == reference.shape
+    # torchaudio places its taps in float32, the direct path in float64: agreement to ~1e-4
+    np.testing.assert_allclose(direct, reference, atol=3e-4)
+
+
+def test_a_prime_sample_rate_resamples_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    sr = 100_003  # prime: torchaudio's kernel for it would hold 1.6 G floats (6.4 GB)
+    path = media.write_audio(tmp_path / "prime.wav", media.tone(1000, 0.6, sr), sr)
+    samples, rate = audio.read(path)
+    tracemalloc.start()
+    clip, seconds = audio.standardize(samples, rate)  # the path of `prep shards` (and ground's resample)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds == pytest.approx(0.6, abs=1e-4) and clip.shape == (CLIP_SAMPLES,)
+    assert media.dominant_frequency(clip[: int(0.6 * SAMPLE_RATE)], SAMPLE_RATE) == pytest.approx(1000, abs=2)
+    assert np.abs(clip[int(0.6 * SAMPLE_RATE) + 40 :]).max() == 0.0
+    assert peak < 32e6, f"{peak / 1e6:.0f} MB"

@@ -182,6 +182,63 @@ def write_rotated_jpeg(path: str | Path, size=(320, 200)) -> Path:
     return path
 
 
+def dark_quarter_grey(size=(64, 48)) -> np.ndarray:
+    """uint8 ``[H, W]``: a left-to-right ramp whose left quarter is dark (0..~8), the rest rising to 255."""
+    width, height = size
+    ramp = np.concatenate([np.linspace(0, 8, width // 4), np.linspace(16, 255, width - width // 4)])
+    return np.tile(np.rint(ramp).astype(np.uint8), (height, 1))
+
+
+def write_mode_pictures(folder: str | Path, size=(64, 48)) -> dict[str, tuple[Path, np.ndarray]]:
+    """One file per image mode PIL opens, each holding ``dark_quarter_grey`` in that mode's value
+    range, with the 8-bit RGB it should become (``pipeline.image.to_rgb``'s rules): name ->
+    (path, uint8 ``[H, W, 3]``). A transparent block (top-left 8x8) shows white."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = dark_quarter_grey(size)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    alpha = np.full(grey.shape, 255, np.uint8)
+    alpha[:8, :8] = 0
+    see_through = rgb.copy()
+    see_through[:8, :8] = 255
+    palette = Image.fromarray(grey, "P")
+    palette.putpalette([v for i in range(256) for v in (i, i, i)])
+    keyed = np.where(grey[..., None] == grey[0, -1], 255, rgb).astype(np.uint8)  # colour key: the brightest grey
+    wide = grey.astype(np.uint32) * 257  # the 16-bit value of each 8-bit level
+    signed = grey.astype(np.int32) * 1000 - 100_000  # outside 0..65535: stretched min..max
+    pgm = f"P5\n{size[0]} {size[1]}\n65535\n".encode() + wide.astype(">u2").tobytes()
+    made = {
+        "1.png": (Image.fromarray(grey >= 128), np.repeat(np.where(grey >= 128, 255, 0)[..., None], 3, 2)),
+        "L.png": (Image.fromarray(grey, "L"), rgb),
+        "LA.png": (Image.fromarray(np.stack([grey, alpha], -1), "LA"), see_through),
+        "P.png": (palette, rgb),
+        "P-transparency.png": (palette, keyed),
+        "PA.tif": (Image.merge("PA", [palette, Image.fromarray(alpha)]), see_through),
+        "RGBA.png": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), see_through),
+        "CMYK.tif": (Image.fromarray(np.dstack([np.zeros_like(rgb), 255 - grey]), "CMYK"), rgb),
+        "I16.png": (Image.fromarray(wide.astype(np.uint16)), rgb),
+        "I16B.tif": (Image.fromarray(wide.astype(np.uint16)).convert("I").convert("I;16B"), rgb),
+        "I.tif": (Image.fromarray(wide.astype(np.int32)), rgb),
+        "I-signed.tif": (Image.fromarray(signed), np.repeat(np.rint((signed - signed.min()) * 255.0 / np.ptp(signed))
+                                                                .astype(np.uint8)[..., None], 3, 2)),
+        "F.tif": (Image.fromarray(grey.astype(np.float32) / 255), rgb),
+        "F-wide.tif": (Image.fromarray(grey.astype(np.float32) * 4 - 100), rgb),  # min..max: the same ramp
+    }
+    out = {}
+    for name, (picture, expected) in made.items():
+        path = folder / name
+        save = {"transparency": int(grey[0, -1])} if name == "P-transparency.png" else {}
+        picture.save(path, **save)
+        out[name] = (path, expected)
+    (folder / "I16.pgm").write_bytes(pgm)  # PIL opens 16-bit PGM as I, scaled to 0..65535
+    out["I16.pgm"] = (folder / "I16.pgm", rgb)
+    lab = folder / "LAB.tif"
+    Image.fromarray(grey, "L").convert("RGB").convert("LAB").save(lab)
+    with Image.open(lab) as im:
+        out["LAB.tif"] = (lab, np.asarray(im.convert("RGB")))  # 8-bit: PIL's conversion is the rule
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # corrupt files
 
