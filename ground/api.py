@@ -10,7 +10,8 @@ What ``ground`` computes, from the model's own quantities (``model.similarity``)
   frames is exactly the head's score ``s_N`` (Eq. 6), and for ``total`` the score ``s_M`` (Eq. 5).
 
 The image goes through the evaluation transform (shorter side to the model's input size, centre
-square crop); maps cover that crop, placed back onto the input, NaN outside it (docs/ground.md).
+square crop); maps cover that crop, placed back onto the input at the display resolution (the
+input's, at most ``result.DISPLAY_SIDE`` px on its longer side), NaN outside it (docs/ground.md).
 """
 
 from __future__ import annotations
@@ -24,24 +25,20 @@ from PIL import Image
 
 from evaluation.runner import ModelRunner
 from ground import inputs
-from ground.result import TOTAL, FrameMaps, Grounding, place
+from ground.result import TOTAL, FrameMaps, Grounding, display_picture, place, scale_box
 from model import similarity
 from model.config import ModelConfig
 from model.factory import build_model
 from model.loading import load_any
 from pipeline.data.mixing import valid_mask
 from pipeline.format import SAMPLE_RATE
+from pipeline.image import centre_crop
 
 
 def crop_box(size: tuple[int, int], model_size: int) -> tuple[int, int, int, int]:
-    """The centre square the evaluation transform keeps (``pipeline.data.transform.eval_image``),
-    as (left, top, right, bottom) in input pixels."""
-    width, height = size
-    scale = model_size / min(width, height)
-    nw, nh = max(model_size, round(width * scale)), max(model_size, round(height * scale))
-    left, top = (nw - model_size) // 2, (nh - model_size) // 2
-    return (round(left * width / nw), round(top * height / nh),
-            round((left + model_size) * width / nw), round((top + model_size) * height / nh))
+    """The centre square the evaluation transform keeps (``pipeline.data.transform.eval_image``,
+    geometry ``pipeline.image.centre_crop``), as (left, top, right, bottom) in input pixels."""
+    return centre_crop(*size, model_size).input_box(*size)
 
 
 class Grounder:
@@ -69,10 +66,10 @@ class Grounder:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu",
-                        speech_head: int | None = None) -> "Grounder":
+                        speech_head: int | None = None, num_heads: int | None = None) -> "Grounder":
         """A project checkpoint directory (train.py's ``final``), or a DenseAV file where
-        ``model.loading`` reads them."""
-        loaded = load_any(Path(path), device=device, speech_head=speech_head)
+        ``model.loading`` reads them (``num_heads`` for a DenseAV file that does not record them)."""
+        loaded = load_any(Path(path), device=device, speech_head=speech_head, num_heads=num_heads)
         return cls(loaded.model, loaded.description, device=device)
 
     @classmethod
@@ -124,14 +121,18 @@ class Grounder:
         low, activation = self._per_frame(a, frame_mask, v)
         weights = self._window(times, window)
         box = crop_box(image.size, self.runner.image_size)
+        # Maps and picture at the display resolution (at most DISPLAY_SIDE px): the model saw a
+        # 224 px square, so a map at the input's 64 MP would hold nothing more, at 256 MB a frame.
+        shown = display_picture(image)
+        shown_box = scale_box(box, image.size, shown.size)
         keep = frame_mask[0].cpu().numpy() & (True if weights is None else weights)
-        mean_maps = {name: place(maps[keep].mean(0, keepdims=True), box, image.size)[0] for name, maps in low.items()}
+        mean_maps = {name: place(maps[keep].mean(0, keepdims=True), shown_box, shown.size)[0] for name, maps in low.items()}
         description = {**self.description, "audio": notes, "crop_box": list(box), "frames": num_frames,
                        "window_s": None if window is None else [float(window[0]), float(window[1])],
                        "image": "one picture" if frames is None else f"{len(frames)} video frames"}
-        return Grounding(heads=[*self.head_names, TOTAL], maps=FrameMaps(low, box, image.size),
-                         mean_maps=mean_maps, activation=activation, times=times, image=image, audio=clip,
-                         description=description, frames=frames)
+        return Grounding(heads=[*self.head_names, TOTAL], maps=FrameMaps(low, shown_box, shown.size),
+                         mean_maps=mean_maps, activation=activation, times=times, image=shown, audio=clip,
+                         description=description, frames=frames, input_size=image.size)
 
     @staticmethod
     def _trim(a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

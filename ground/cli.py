@@ -5,12 +5,15 @@ overlay PNGs per head and for the total (and all side by side, ``overlays.png``)
 sound) and ``result.json`` (``Grounding.summary``). Several ``--audio`` files are mixed at equal
 loudness, or grounded one by one into ``DIR/<name>/`` with ``--separate``. ``--video`` takes the
 middle frame (or, with ``--every-frame``, a frame per audio frame) and the video's own sound.
-Bad input stops with one ``error: ...`` line naming the file (exit 2).
+Bad input stops with one ``error: ...`` line naming the file (exit 2): an ``--out`` that cannot
+be written is found before the model loads, a model whose maps are not finite numbers writes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +54,8 @@ def run(
     every_frame: bool = typer.Option(False, help="with --video: a picture per audio frame (~0.18 s)"),
     window: Optional[str] = typer.Option(None, help="START:END seconds the mean maps average over"),
     speech_head: Optional[int] = typer.Option(None, help="which head is speech (the other is sound)"),
+    num_heads: Optional[int] = typer.Option(None, min=1, help="heads of a DenseAV file that does not record them "
+                                            "(2: denseav_2head / sound-language, 1: language or sound)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     progress: bool = typer.Option(True, help="progress bars for videos"),
 ) -> None:
@@ -59,13 +64,14 @@ def run(
         return
     spans = parse_window(window)
     _check_arguments(checkpoint, image, audio or [], out, video, every_frame)
+    _check_writable(out)
     from ground.api import Grounder  # torch loads here, so `ground --help` stays instant
     from ground.inputs import GroundInputError
     from model.checkpoint import CheckpointError
     from pipeline.ffmpeg import FFmpegError
 
     try:
-        grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head)
+        grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head, num_heads=num_heads)
     except GroundInputError as exc:
         fail(str(exc))
     except (CheckpointError, ValueError, OSError) as exc:
@@ -74,6 +80,8 @@ def run(
         written = _ground_all(grounder, image, audio or [], out, separate, video, every_frame, spans, progress)
     except GroundInputError as exc:
         fail(str(exc))
+    except CheckpointError as exc:  # the model's features are not finite (model.checkpoint.NonFiniteOutput)
+        fail(f"--checkpoint {checkpoint}: {exc}")
     except FFmpegError as exc:
         fail(f"ffmpeg could not write the heatmap video into {out}: {exc}")
     for folder in written:
@@ -99,6 +107,24 @@ def _check_arguments(checkpoint, image, audio, out, video, every_frame) -> None:
             fail(f"{path} does not exist or is not a file")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a folder")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any model work when ``--out`` cannot be created or written: a path under a
+    regular file, a folder without write permission, a read-only file system. The probe is a file
+    created and removed in ``--out`` or, when it does not exist yet, in its nearest existing
+    parent folder (the one ``mkdir`` would write into), so a failed run leaves no empty folder."""
+    folder = out.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        fail(f"--out {out}: {folder} is a file, not a folder; give --out a folder path you can write")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".ground-write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        fail(f"--out {out} cannot be written ({folder}: {exc.strerror or exc}); give --out a folder you can write")
 
 
 def _ground_all(grounder, image, audio, out, separate, video, every_frame, window, progress) -> list[Path]:
@@ -139,7 +165,7 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
     from evaluation.progress import progress_bar
     from ground import inputs, render
 
-    duration = inputs.video_duration(video)
+    duration = inputs.video_duration(video)  # refuses a video without picture or sound before decoding
     clip, notes, a, frame_mask = grounder.encode_audio(video)
     if not every_frame:
         picture, v = grounder.encode_image(inputs.video_frame(video, duration / 2))
@@ -148,10 +174,12 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
     hop = clip.shape[0] / num_frames / inputs.SAMPLE_RATE
     # Full pictures live only until encoded; the MP4 needs them at its own height (bounded memory
     # for long HD videos). The middle one is kept whole for the overlays.
-    frames, features, pending, last, middle = [], [], [], None, None
+    # A frame time past the picture's end (a single frame under a longer sound track) gets the last
+    # frame, still shown then (ffmpeg.extract_frame).
+    frames, features, pending, middle = [], [], [], None
     with progress_bar(num_frames, f"frames of {video.name}", enabled=progress) as advance:
         for t in range(num_frames):
-            last = _frame_shown(video, min((t + 0.5) * hop, duration), last)
+            last = inputs.video_frame(video, min((t + 0.5) * hop, duration))
             pending.append(last)
             middle = last if t == num_frames // 2 else middle
             if len(pending) == ENCODE_BATCH or t == num_frames - 1:
@@ -162,32 +190,37 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
     return grounder.assemble(middle, features, clip, notes, a, frame_mask, window, frames=frames)
 
 
-def _frame_shown(video: Path, at: float, earlier):
-    """The picture on screen at ``at``: ffmpeg seeks to the first frame starting at or after it,
-    so past the last frame's start the last frame (still shown) is the answer."""
-    from ground import inputs
+def _check_finite(result) -> None:
+    """Refuse maps that are not numbers before anything is written: a model with finite weights can
+    still overflow (NaN marks only the frames outside the valid audio, so a head whose maps hold an
+    infinity, or no finite value at all, comes from the model, not from the input)."""
+    import numpy as np
 
-    try:
-        return inputs.video_frame(video, at)
-    except inputs.GroundInputError:
-        if earlier is None:
-            raise
-        return earlier
+    for name in result.heads:
+        maps = result.maps.low[name]  # [T, h, w] at the model's resolution
+        if np.isinf(maps).any() or not np.isfinite(maps).any():
+            fail(f"the model's {name!r} maps are NaN or infinite (its weights overflow); nothing was written: "
+                 "check or retrain the checkpoint")
 
 
 def _write(result, folder: Path, given: dict, progress: bool) -> Path:
     from evaluation.progress import progress_bar
     from ground import render
 
-    folder.mkdir(parents=True, exist_ok=True)
-    panels = [render.overlay(result.image, result.mean_maps[name], name) for name in result.heads]
-    for name, panel in zip(result.heads, panels):
-        panel.save(folder / f"overlay_{name}.png")
-    render.sheet(panels).save(folder / "overlays.png")
-    with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as advance:
-        render.video(folder / "heatmaps.mp4", result, result.heads, progress=advance)
-    summary = {"inputs": given, **result.summary()}
-    (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    _check_finite(result)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        panels = [render.overlay(result.image, result.mean_maps[name], name) for name in result.heads]
+        for name, panel in zip(result.heads, panels):
+            panel.save(folder / f"overlay_{name}.png")
+        render.sheet(panels).save(folder / "overlays.png")
+        with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as advance:
+            render.video(folder / "heatmaps.mp4", result, result.heads, progress=advance)
+        summary = {"inputs": given, **result.summary()}
+        (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:  # the probe passed, but the disk filled up or the folder changed since
+        fail(f"cannot write {exc.filename or folder} ({exc.strerror or exc}); free space or give --out a folder "
+             "you can write")
     return folder
 
 

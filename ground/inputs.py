@@ -40,6 +40,7 @@ def _name(source, default: str) -> str:
 def load_image(image) -> Image.Image:
     """PIL image, numpy ``[H, W, 3]`` (uint8, or float in 0..1), tensor ``[3, H, W]`` / ``[H, W, 3]``
     or a path -> RGB PIL image (EXIF orientation applied)."""
+    name = _name(image, "the image")
     if isinstance(image, (str, os.PathLike)):
         try:
             opened = pimage.open_image(image)
@@ -48,7 +49,8 @@ def load_image(image) -> Image.Image:
             raise GroundInputError(f"image {image}: {exc}; give a readable JPEG/PNG/WebP file") from exc
         except OSError as exc:  # a truncated file fails while decoding its pixels
             raise GroundInputError(f"image {image} cannot be decoded ({exc}); give a readable image file") from exc
-        image = ImageOps.exif_transpose(opened)
+        ImageOps.exif_transpose(opened, in_place=True)  # no second copy of a full-size picture
+        image = opened
     elif isinstance(image, torch.Tensor):
         array = image.detach().cpu().numpy()
         image = _from_array(array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] == 3 else array)
@@ -58,7 +60,12 @@ def load_image(image) -> Image.Image:
         raise GroundInputError(f"image of type {type(image).__name__}: give a PIL image, an array, a tensor or a path")
     if min(image.size) < 1:
         raise GroundInputError(f"the image is empty ({image.size[0]}x{image.size[1]} px)")
-    return image.convert("RGB")
+    try:  # what the evaluation transform refuses (a 1x500 strip would be resized to 224x112000)
+        pimage.check_eval_size(*image.size, name=name)
+        # by each mode's value range (a 16-bit PNG scaled, not clipped at 255): pipeline.image
+        return pimage.to_rgb(image)
+    except pimage.BadImage as exc:
+        raise GroundInputError(str(exc)) from exc
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -128,14 +135,26 @@ def mix(clips: list[np.ndarray]) -> np.ndarray:
 
 
 def video_duration(path: str | os.PathLike) -> float:
-    seconds = ffmpeg.probe_duration(path)
-    if seconds is None or seconds <= 0:
+    """The duration of a video that has a picture and a sound track, probed from its header before
+    anything is decoded (``ground`` grounds a video's picture against its own sound)."""
+    found = ffmpeg.probe(path)
+    if not (found.video or found.audio):
+        raise GroundInputError(f"video {path}: no picture, ffmpeg finds no stream in it (not a media file?); "
+                               "give a video file ffmpeg can read")
+    if not found.video:
+        raise GroundInputError(f"video {path}: no picture (ffmpeg finds no video stream in it); give a video "
+                               "file, or an image with --image and this file as --audio")
+    if not found.audio:
+        raise GroundInputError(f"video {path} has no sound track; give a video with sound, or a picture of it "
+                               "with --image and the sound as --audio")
+    if found.duration is None or found.duration <= 0:
         raise GroundInputError(f"video {path} declares no duration; give a video file ffmpeg can read")
-    return float(seconds)
+    return float(found.duration)
 
 
 def video_frame(path: str | os.PathLike, at: float) -> Image.Image:
-    """The frame shown at ``at`` seconds, RGB (the bundled ffmpeg)."""
+    """The frame shown at ``at`` seconds, RGB (the bundled ffmpeg): the last one starting at or
+    before it, so a picture that ends before the sound (a single frame) stays shown."""
     try:
         return ffmpeg.extract_frame(path, at).convert("RGB")
     except ffmpeg.FFmpegError as exc:

@@ -261,6 +261,8 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port of the page")] = DEFAULT_PORT,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     speech_head: Annotated[Optional[int], typer.Option(help="index of the speech head (overrides the checkpoint's)")] = None,
+    num_heads: Annotated[Optional[int], typer.Option(min=1, help="heads of a DenseAV file that does not record them "
+                                                     "(its weights do not fix the count)")] = None,
     max_file_size: Annotated[int, typer.Option(min=1, help="largest upload in MB (2^20 bytes, as the page counts "
                                                "them); larger files are refused before they are stored")] = DEFAULT_MAX_FILE_SIZE_MB,
 ) -> None:
@@ -274,7 +276,7 @@ def serve_command(
     os.environ["GRADIO_TEMP_DIR"] = str(folder)  # before gradio's import: some of its modules read it then
     previous_handler = _stop_on_sigterm()
     try:
-        _serve(checkpoint, host, port, device, speech_head, max_file_size)
+        _serve(checkpoint, host, port, device, speech_head, num_heads, max_file_size)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if previous_env is None:
@@ -285,7 +287,8 @@ def serve_command(
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _serve(checkpoint: Path, host: str, port: int, device: str, speech_head: int | None, max_file_size: int) -> None:
+def _serve(checkpoint: Path, host: str, port: int, device: str, speech_head: int | None, num_heads: int | None,
+           max_file_size: int) -> None:
     try:
         _gradio()
     except ImportError:
@@ -293,7 +296,7 @@ def _serve(checkpoint: Path, host: str, port: int, device: str, speech_head: int
     from ground.api import Grounder  # torch loads here, so `ground serve --help` stays instant
 
     try:
-        grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head)
+        grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head, num_heads=num_heads)
     except (ValueError, OSError) as err:  # CheckpointError and GroundInputError are ValueErrors
         _fail(f"cannot load --checkpoint {checkpoint}: {str(err).splitlines()[0]}")
     page = build_page(grounder)

@@ -4,8 +4,10 @@
 ``pretrained`` set to false, so loading rebuilds the exact architecture from configs and never
 downloads; it also holds the training stage and any JSON metadata the caller passes. Nothing is
 unpickled on load. Whatever is wrong with a checkpoint on load (a missing, truncated or empty
-file, a config that is not JSON or has fields this code does not know, weights that do not fit)
-is a ``CheckpointError`` naming the file, how it is written, and what to do.
+file, a config that is not JSON or has fields this code does not know, weights that do not fit,
+weights of the wrong type or holding NaN or infinity) is a ``CheckpointError`` naming the file
+(and the first bad weight), how it is written, and what to do. ``check_finite`` refuses a model's
+outputs that are not finite numbers (``NonFiniteOutput``), for the commands that write them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,54 @@ class CheckpointError(ValueError):
 
 class MissingCheckpointFile(CheckpointError, FileNotFoundError):
     """A checkpoint directory lacks one of its two files."""
+
+
+class BadWeights(CheckpointError):
+    """Weights that load but cannot be used: NaN or infinite values, or integer tensors where the
+    model has floating-point ones (a quantized copy). Re-exporting would not help, so the message
+    says what does."""
+
+    def __init__(self, path: Path, key: str, problem: str, count: int):
+        others = f" (and {count - 1} more tensors)" if count > 1 else ""
+        ValueError.__init__(self, f"weights file {path}: {key} {problem}{others}; these weights cannot be used "
+                                  "(a training run that diverged, or a damaged or converted copy): use an earlier "
+                                  "checkpoint or the original file")
+        self.path, self.key = path, key
+
+
+class NonFiniteOutput(CheckpointError):
+    """A model whose features are NaN or infinite although its weights are finite (they overflow)."""
+
+    def __init__(self, what: str):
+        ValueError.__init__(self, f"the model's {what} are NaN or infinite (finite weights that overflow), so "
+                                  "they are not written: check or retrain the checkpoint")
+
+
+def check_finite(features: torch.Tensor, what: str) -> torch.Tensor:
+    """``features``, or ``NonFiniteOutput`` when any value is NaN or infinite (one device sync)."""
+    if not bool(torch.isfinite(features).all()):
+        raise NonFiniteOutput(what)
+    return features
+
+
+def weight_problems(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor] | None = None
+                    ) -> list[tuple[str, str]]:
+    """(key, problem) for every tensor of ``state`` that cannot be used, in the file's order: not
+    floating point where ``expected`` (or, without it, any weight) is, another integer type than
+    ``expected``'s, or holding NaN or infinity. One pass of ``torch.isfinite`` per tensor."""
+    problems = []
+    for key, tensor in state.items():
+        want = expected.get(key) if expected is not None else None
+        floating = want.is_floating_point() if want is not None else True
+        if floating and not tensor.is_floating_point():
+            problems.append((key, f"is {str(tensor.dtype).removeprefix('torch.')}, not floating point"))
+        elif not floating and tensor.dtype != want.dtype:
+            problems.append((key, f"is {str(tensor.dtype).removeprefix('torch.')}, the model holds "
+                                  f"{str(want.dtype).removeprefix('torch.')}"))
+        elif floating and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            problems.append((key, f"holds {bad} NaN or infinite values of {tensor.numel()}"))
+    return problems
 
 
 def _backbone_config(module: torch.nn.Module) -> dict[str, Any]:
@@ -130,9 +180,13 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     weights = Path(directory) / WEIGHTS_FILE
     state = _read_weights(weights)
     model = _model_from_config(info, Path(directory) / CONFIG_FILE)
-    problem = _misfit(model.state_dict(), state)
+    expected = model.state_dict()
+    problem = _misfit(expected, state)
     if problem:
         raise CheckpointError(weights, f"does not fit its {CONFIG_FILE} ({problem})")
+    bad = weight_problems(state, expected)
+    if bad:
+        raise BadWeights(weights, *bad[0], len(bad))
     model.load_state_dict(state)
     return model.to(device).eval()
 

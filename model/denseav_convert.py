@@ -11,12 +11,20 @@ The state dict is renamed, not guessed: ``image_model.[base_model.model.]model.*
 ``weight_g``/``weight_v`` or as parametrizations), ``audio_aligner.mod_list.{1,2,3,4}``,
 ``image_aligner.{norm.norm,layer,cls_layer}``, ``sim_cal.w``, ``audio_cls``. Sizes come from the
 shapes; what shapes cannot tell (strides, head widths, HuBERT's stable layer norm) are DenseAV's
-published facts, constants below.
+published facts, constants below. The number of similarity heads is not in any shape either (DenseAV
+splits the aligners' ``code_dim`` channels into heads inside the similarity, no weight has a head
+axis): it comes from ``sim_agg_heads``, the file name, or the caller (``--num-heads``).
+
+Every entry is checked before use: a tensor (not a string or a number), floating point and finite
+where the converter reads it, and shapes that fit the layout the sizes describe (compared on a
+model built on the ``meta`` device, so a hostile shape allocates nothing); each refusal is one
+line naming the file and the first bad key.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -24,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, weight_problems
 from .denseav import DenseAVConfig, DenseAVModel
 
 LORA_ALPHA = 32.0  # DenseAV's LoraConfig(lora_alpha=32); r is read off lora_A's shape
@@ -38,6 +46,11 @@ HF_REPOS = "mhamilton723/DenseAV-{sound-language,language,sound}"
 # LitAVAligner arguments the network depends on, as config.json / hyper_parameters name them
 HPARAMS = ("code_dim", "sim_agg_heads", "sim_use_cls", "mask_silence", "nonneg_sim", "head_agg",
            "image_model_type", "audio_model_type", "image_aligner_type", "audio_aligner_type", "sim_agg_type")
+# the state-dict entries the converter reads (everything else in a Lightning file is ignored)
+USED_PREFIXES = ("image_model.", "audio_model.model.", "audio_aligner.mod_list.", "image_aligner.", "sim_cal.w",
+                 "audio_cls")
+NUM_HEADS_HELP = ("pass --num-heads to ground or evaluate.py (num_heads= to model.loading.load_any): 2 for "
+                  "denseav_2head / DenseAV-sound-language, 1 for the language or sound model")
 
 
 class DenseAVFormatError(CheckpointError):
@@ -85,8 +98,25 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             hparams = json.loads(config.read_text()) if config.is_file() else {}
         except ValueError as exc:
             raise DenseAVFormatError(f"{config}: not JSON ({exc}); download it again") from exc
-        return state, hparams if isinstance(hparams, dict) else {}
-    return _read_ckpt(path)
+        return check_entries(path, state), hparams if isinstance(hparams, dict) else {}
+    state, hparams = _read_ckpt(path)
+    return check_entries(path, state), hparams
+
+
+def check_entries(path: Path, state: dict) -> dict[str, torch.Tensor]:
+    """``state`` once every entry is a tensor under a string key and every weight the converter
+    reads is floating point and finite; else one line naming ``path`` and the first bad key."""
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise DenseAVFormatError(f"{path}: state-dict entry {key!r} holds a {type(value).__name__}, not a "
+                                     "tensor; the file is damaged or was not saved from DenseAV: download it again")
+    used = {k: v for k, v in state.items() if k.startswith(USED_PREFIXES)}
+    bad = weight_problems(used)
+    if bad:
+        (key, problem), more = bad[0], f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise DenseAVFormatError(f"{path}: weight {key} {problem}{more}; DenseAV's released weights are finite "
+                                 "float32 (a damaged, diverged or quantized copy?): download the original file")
+    return state
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -104,8 +134,8 @@ def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         hparams = data.get("hyper_parameters")
         return data["state_dict"], dict(hparams) if isinstance(hparams, dict) else {}
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, {}
+    if isinstance(data, dict) and any(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, {}  # a bare state dict (check_entries names any entry that is not a tensor)
     raise DenseAVFormatError(f"{path}: holds no state_dict of tensors; point it at DenseAV's .ckpt or model.safetensors")
 
 
@@ -133,6 +163,13 @@ def merge_lora(vit: dict[str, torch.Tensor], alpha: float = LORA_ALPHA) -> tuple
         if b is None:
             raise ValueError(f"{module}: lora_A without lora_B")
         target = f"{module.replace('.base_layer', '')}.weight"
+        base = out.get(target)
+        # B·A must have the base weight's shape: checked first, so the product is never larger than
+        # a tensor the file holds
+        if (base is None or a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]
+                or (b.shape[0], a.shape[1]) != tuple(base.shape)):
+            raise ValueError(f"{module}: LoRA B {tuple(b.shape)} x A {tuple(a.shape)} does not fit the base weight "
+                             f"{None if base is None else tuple(base.shape)}")
         out[target] = out[target] + (alpha / a.shape[0]) * (b.float() @ a.float()).to(out[target].dtype)
         if style == "no LoRA":
             style = "peft 0.5 (qkv.weight)"
@@ -166,6 +203,9 @@ def _hubert_keys(hubert: dict[str, torch.Tensor], expected: set[str]) -> dict[st
 
 
 def _vit_sizes(vit: dict[str, torch.Tensor]) -> dict[str, int]:
+    positions = vit["pos_embed"].shape[1] - 1  # the CLS, then a square grid of patches
+    if positions < 1 or math.isqrt(positions) ** 2 != positions:
+        raise ValueError(f"pos_embed {tuple(vit['pos_embed'].shape)} holds no square grid of patch positions")
     dim = vit["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in vit if k.startswith("blocks.")})
     return dict(dim=dim, depth=depth, heads=max(1, dim // HEAD_WIDTH), mlp=vit["blocks.0.mlp.fc1.weight"].shape[0],
@@ -209,18 +249,26 @@ def _aligner_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- the model
 
 
-def _num_heads(path: Path, hparams: dict[str, Any], num_heads: int | None) -> int:
-    if num_heads is not None:
-        return int(num_heads)
-    if "sim_agg_heads" in hparams:
-        return int(hparams["sim_agg_heads"])
+def _num_heads(path: Path, hparams: dict[str, Any], num_heads: int | None, code_dim: int) -> int:
+    """The caller's ``num_heads``, else ``sim_agg_heads``, else the released files' names; each
+    must split ``code_dim`` (the only constraint the shapes put on it)."""
     name = str(path).lower()
-    if "2head" in name or "sound-language" in name or "sound_language" in name:
-        return 2
-    if "language" in name or "sound" in name:
-        return 1
-    raise DenseAVFormatError(f"{path}: the file does not say how many heads the model has; pass num_heads "
-                             "(2 for denseav_2head / DenseAV-sound-language, 1 for the language or sound model)")
+    if num_heads is not None:
+        heads, source = num_heads, "num_heads"
+    elif "sim_agg_heads" in hparams:
+        heads, source = hparams["sim_agg_heads"], "the file's sim_agg_heads"
+    elif "2head" in name or "sound-language" in name or "sound_language" in name:
+        heads, source = 2, "the file name"
+    elif "language" in name or "sound" in name:
+        heads, source = 1, "the file name"
+    else:
+        raise DenseAVFormatError(
+            f"{path}: the file does not say how many heads the model has, and its weights cannot tell (DenseAV's "
+            f"heads split the aligners' {code_dim} output channels; no weight has a head axis); {NUM_HEADS_HELP}")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or code_dim % heads:
+        raise DenseAVFormatError(f"{path}: {heads!r} heads ({source}) do not split the aligners' {code_dim} "
+                                 f"output channels; {NUM_HEADS_HELP}")
+    return heads
 
 
 def convert(path: str | Path, *, num_heads: int | None = None) -> tuple[DenseAVModel, dict[str, Any]]:
@@ -229,7 +277,8 @@ def convert(path: str | Path, *, num_heads: int | None = None) -> tuple[DenseAVM
     state, hparams = read_state(path)
     try:
         return _convert(path, state, hparams, num_heads)
-    except (KeyError, StopIteration, ValueError, IndexError) as exc:
+    except (KeyError, StopIteration, ValueError, IndexError, TypeError, ArithmeticError, RuntimeError) as exc:
+        # shapes that do not fit the layout fail in the size arithmetic, a reshape or the meta model
         if isinstance(exc, DenseAVFormatError):
             raise
         raise DenseAVFormatError(f"{path}: not DenseAV's checkpoint layout ({type(exc).__name__}: {exc}); "
@@ -246,15 +295,29 @@ def _convert(path, state, hparams, num_heads):
     hubert = _strip(state, "audio_model.model.")
     if not vit or not hubert:
         raise DenseAVFormatError(f"{path}: no image_model.* / audio_model.model.* weights; not a DenseAV checkpoint")
-    heads = _num_heads(path, hparams, num_heads)
     code_dim = state["image_aligner.layer.weight"].shape[0]
+    heads = _num_heads(path, hparams, num_heads, code_dim)
     sizes = _vit_sizes(vit)
     config = DenseAVConfig(vit=sizes, hubert=_hubert_config(hubert), code_dim=code_dim,
                            num_heads=heads, sound_head=0, speech_head=1 if heads == 2 else 0,
                            use_cls=bool(hparams.get("sim_use_cls", False)),
                            mask_silence=bool(hparams.get("mask_silence", True)),
                            image_size=sizes["grid"] * sizes["patch"])
+    # The sizes come from a few shapes; the layout they describe is checked against every shape on
+    # a model without storage before one with storage is built (a hostile 1 x 1 x 10^5 cls_token
+    # would otherwise ask for a 10^5-wide ViT).
+    with torch.device("meta"):
+        weights, own = _fitted(path, DenseAVModel(config), vit, hubert, state)
     model = DenseAVModel(config)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+    info = {"kind": "denseav", "file": str(path), "lora": lora_style, "lora_alpha": LORA_ALPHA,
+            "hyper_parameters": {k: hparams[k] for k in HPARAMS if k in hparams}}
+    return model.eval(), info
+
+
+def _fitted(path, model: DenseAVModel, vit, hubert, state) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the file's weights under ``model``'s names, ``model``'s own state) once they match key for
+    key and shape for shape."""
     weights = {"image_backbone." + k: v for k, v in _vit_keys(vit).items()}
     expected = set(model.audio_backbone.state_dict())
     weights.update({"audio_backbone." + k: v for k, v in _hubert_keys(hubert, expected).items()})
@@ -266,7 +329,4 @@ def _convert(path, state, hparams, num_heads):
     if missing or unused or misfit:
         raise DenseAVFormatError(f"{path}: weights do not fit DenseAV's layout (missing {missing[:3]}, "
                                  f"unexpected {unused[:3]}, wrong shape {misfit[:3]})")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
-    info = {"kind": "denseav", "file": str(path), "lora": lora_style, "lora_alpha": LORA_ALPHA,
-            "hyper_parameters": {k: hparams[k] for k in HPARAMS if k in hparams}}
-    return model.eval(), info
+    return weights, own

@@ -1,4 +1,5 @@
-"""``load_any``: a model ready for inference from this project's checkpoint directory or a DenseAV file.
+"""``load_any``: a model ready for inference from this project's checkpoint directory, a DenseAV file,
+or an ImageBind / CAV-MAE release file (``model.baselines``, recognized by its key names).
 
 This project's checkpoints go through ``model.checkpoint.load_checkpoint``; DenseAV's ``.ckpt`` /
 ``model.safetensors`` (or its Hugging Face folder) through ``model.denseav_convert``. DenseAV's two-head
@@ -32,9 +33,16 @@ def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech
     """(model in eval mode on ``device``, description) for ``path``: a project checkpoint directory,
     or a DenseAV file / Hugging Face folder (``num_heads`` where the file does not say).
     Errors are ``model.checkpoint.CheckpointError`` with one line naming the file."""
+    from .baselines.convert import baseline_family, load_baseline
     from .denseav_convert import is_denseav
 
     path = Path(path)
+    family = baseline_family(path)
+    if family is not None:  # ImageBind / CAV-MAE: one similarity head, nothing to assign
+        if speech_head not in (None, 0) or num_heads not in (None, 1):
+            raise ValueError(f"{path}: {family} has one similarity head (0); drop --speech-head and --num-heads")
+        model, desc = load_baseline(path, family)
+        return Loaded(model.to(device).eval(), {**desc, "config": model.config.to_dict()})
     if is_denseav(path):
         model, desc = _load_denseav(path, speech_head, num_heads)
     else:
@@ -43,6 +51,9 @@ def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech
         model = load_checkpoint(path, device="cpu")
         info = read_checkpoint_info(path)
         desc = {"kind": "project", "checkpoint": str(path), "stage": info.get("stage"), "meta": info.get("meta", {})}
+        if num_heads is not None and num_heads != model.config.num_heads:
+            raise ValueError(f"num_heads {num_heads} given, but checkpoint {path} records {model.config.num_heads} "
+                             "heads; drop --num-heads (it is for DenseAV files that do not record theirs)")
         if speech_head is not None:
             _set_heads(model.config, speech_head)
             desc["head_assignment"] = "given (speech_head)"

@@ -32,7 +32,7 @@ def test_maps_are_at_the_input_resolution_and_nan_outside_the_crop(result):
     assert result.heads == HEADS and result.image.size == (200, 120)
     frames = len(result.times)
     left, top, right, bottom = result.description["crop_box"]
-    assert (left, top, right, bottom) == crop_box((200, 120), 112) == (40, 0, 159, 120)  # 187x112 resize, crop 37..149
+    assert (left, top, right, bottom) == crop_box((200, 120), 112) == (40, 0, 160, 120)  # 186x112 resize, crop 37..149
     for name in HEADS:
         maps = result.maps[name]
         assert maps.shape == (frames, 120, 200) and maps.dtype == np.float32

@@ -90,7 +90,7 @@ def hostile_cases(files):
         "truncated image": (["--image", str(files["cut_image"]), "--audio", speech], f"image {files['cut_image']}"),
         "video without picture": (["--video", speech], f"video {speech}: no picture"),
         "missing audio": (["--image", image, "--audio", "nope.wav"], "nope.wav does not exist"),
-        "video without sound": (["--video", str(files["mute_video"])], f"audio {files['mute_video']} cannot be decoded"),
+        "video without sound": (["--video", str(files["mute_video"])], f"video {files['mute_video']} has no sound track"),
         "window past the end": (["--image", image, "--audio", speech, "--window", "7:9"], "holds no audio frame"),
         "window not a range": (["--image", image, "--audio", speech, "--window", "abc"], "is not START:END"),
         "image without audio": (["--image", image], "--image needs at least one --audio"),

@@ -307,7 +307,7 @@ def test_hostile_denseav_files(tmp_path, case):
         expected = "not a DenseAV checkpoint"
     else:
         path = write(state, tmp_path / "weights.safetensors", "safetensors")
-        expected = "pass num_heads"
+        expected = "pass --num-heads to ground or evaluate.py"
     with pytest.raises(CheckpointError) as err:
         load_any(path)
     assert "\n" not in str(err.value) and expected in str(err.value) and str(path) in str(err.value)
