@@ -4,12 +4,13 @@
     python evaluate.py --checkpoint runs/ckpt --out eval/ all --is3 data/IS3 \\
         --ade-speech data/ADE20KSpeechPrompted --ade-sound data/ADE20KSoundPrompted \\
         --places shards/places/val --audioset shards/audioset/eval
+    python evaluate.py compare Ours=eval/ours DenseAV=eval/denseav --out eval/compare
 
 Options before the subcommand choose the model and the outputs; each subcommand names its test
 sets. Results go to ``<out>/results.json`` (one section per table, merged across runs),
 ``<out>/tables.md`` (laid out like the paper), ``<out>/heatmaps/*.npz`` with ``--save-heatmaps``
-and ``<out>/overlays/*.png`` with ``--overlays N`` or ``--overlay-key KEY``. See
-docs/evaluation.md.
+and ``<out>/overlays/*.png`` with ``--overlays N`` or ``--overlay-key KEY``. ``compare`` lays out
+several runs' results.json as the paper's tables, one row per model. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -99,16 +100,26 @@ def main(
     heads: Annotated[str, typer.Option(
         help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
              "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV).")] = "config",
+    num_heads: Annotated[Optional[int], typer.Option(
+        min=1, help="Heads of a DenseAV file that does not record them (2: denseav_2head / sound-language, "
+                    "1: language or sound).")] = None,
 ) -> None:
     if normalization not in ("global", "per_image"):
         raise typer.BadParameter("normalization must be global or per_image")
     if heads not in ("config", "pred-dis"):
         raise typer.BadParameter("heads must be config or pred-dis")
+    if preset is not None:  # a model config error is one line before anything loads, as in train.py
+        from model.config import PRESETS
+
+        if preset not in PRESETS:
+            typer.echo(f"error: --preset must be {' or '.join(PRESETS)}, got {preset!r}", err=True)
+            raise typer.Exit(2)
     # the fields of evaluation.tables.EvalRun, built by the command (importing it loads torch,
     # which `COMMAND --help` does not need)
     ctx.obj = dict(checkpoint=checkpoint, preset=preset, label=label, out=out, device=device, batch_size=batch_size,
                    normalization=normalization, save_heatmaps=save_heatmaps, overlays=overlays,
-                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers, heads=heads)
+                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers, heads=heads,
+                   num_heads=num_heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +233,26 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
             typer.echo(f"{name}: failed: {exc}", err=True)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(runs: Annotated[list[str], typer.Argument(
+                metavar="NAME=RUN_DIR",
+                help="NAME=RUN_DIR per model, in row order: a row name and the --out folder of its evaluation "
+                     "(or that folder's results.json).", show_default=False)],
+            out: Annotated[Path, typer.Option("--out", help="Folder for comparison.md and comparison.json.")]) -> None:
+    """The paper's Tables 1-6 with one row per evaluated model, from each run's results.json; every
+    figure traceable to its file and key (comparison.json). Options before the command are not used."""
+    from evaluation import compare as comparing
+
+    try:
+        comparison = comparing.compare(comparing.parse_runs(runs))
+        markdown, data = comparing.write(comparison, out)
+    except comparing.CompareError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(comparison.markdown())
+    typer.echo(f"written to {markdown} and {data}")
 
 
 @app.command()

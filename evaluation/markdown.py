@@ -1,10 +1,19 @@
 """The Markdown layout of each paper table in ``tables.md``: one function per layout, from a
-results.json section to its table(s). Numbers are stored as fractions and printed as percentages.
+results.json section to its table(s). Numbers are stored as fractions and printed as percentages;
+a specialized head's cell of a model with one head (the section's ``num_heads`` is 1) is
+``NOT_APPLICABLE``, as in the paper's baseline rows.
 """
 
 from __future__ import annotations
 
 import math
+
+NOT_APPLICABLE = "N/A"
+
+
+def one_head(section: dict) -> bool:
+    """Whether the section's model has one head, hence no specialized head."""
+    return section.get("num_heads") == 1
 
 
 def pct(value) -> str:
@@ -33,7 +42,9 @@ def note(section: dict) -> str:
     return "_" + "; ".join(parts) + "_"
 
 
-def _seg_cells(d: dict | None) -> list[str]:
+def _seg_cells(d: dict | None, na: bool = False) -> list[str]:
+    if na:
+        return [NOT_APPLICABLE] * 2
     d = d or {}
     return [pct(d.get("mAP")), pct(d.get("mIoU"))]
 
@@ -63,32 +74,34 @@ def table1(s: dict) -> str:
 
 
 def segmentation(s: dict) -> str:
-    r = s["results"]
+    r, na = s["results"], one_head(s)
     sound, speech = r.get("sound", {}), r.get("speech", {})
     main = grid(
         ["Method", "Sound Total mAP", "Total mIoU", "Sound Head mAP", "Sound Head mIoU",
          "Speech Total mAP", "Total mIoU", "Speech Head mAP", "Speech Head mIoU"],
-        [[s["label"], *_seg_cells(sound.get("total")), *_seg_cells(sound.get("head")),
-          *_seg_cells(speech.get("total")), *_seg_cells(speech.get("head"))]])
+        [[s["label"], *_seg_cells(sound.get("total")), *_seg_cells(sound.get("head"), na),
+          *_seg_cells(speech.get("total")), *_seg_cells(speech.get("head"), na)]])
     text = main + "\n\nSpeech over the object word's frames (\"advanced\"); over all frames (\"basic\"):\n\n"
     text += grid(["Method", "Total mAP (basic)", "Total mIoU (basic)", "Speech Head mAP (basic)",
                   "Speech Head mIoU (basic)"],
-                 [[s["label"], *_seg_cells(speech.get("basic_total")), *_seg_cells(speech.get("basic_head"))]])
+                 [[s["label"], *_seg_cells(speech.get("basic_total")), *_seg_cells(speech.get("basic_head"), na)]])
     return text
 
 
-def _recall_cells(r: dict | None, k: int = 10) -> list[str]:
+def _recall_cells(r: dict | None, k: int = 10, na: bool = False) -> list[str]:
+    if na:
+        return [NOT_APPLICABLE] * 2
     r = r or {}
     return [pct(r.get("I->A", {}).get(str(k))), pct(r.get("A->I", {}).get(str(k)))]
 
 
 def retrieval(s: dict) -> str:
-    r = s["results"]
+    r, na = s["results"], one_head(s)
     a, p = r.get("audioset", {}), r.get("places", {})
     main = grid(["Method", "AudioSet Total I→A", "A→I", "Sound I→A", "A→I",
                  "Places Total I→A", "A→I", "Speech I→A", "A→I"],
-                [[s["label"], *_recall_cells(a.get("total")), *_recall_cells(a.get("sound_head")),
-                  *_recall_cells(p.get("total")), *_recall_cells(p.get("speech_head"))]])
+                [[s["label"], *_recall_cells(a.get("total")), *_recall_cells(a.get("sound_head"), na=na),
+                  *_recall_cells(p.get("total")), *_recall_cells(p.get("speech_head"), na=na)]])
     rows = []
     for set_name, d in (("AudioSet", a), ("Places", p)):
         for head, rr in sorted(d.items()):
@@ -99,6 +112,8 @@ def retrieval(s: dict) -> str:
 
 
 def table6(s: dict) -> str:
+    if s.get("not_applicable"):
+        return f"{s['label']}: {s['not_applicable']} ({NOT_APPLICABLE})"
     r = s["results"]
     row = [s["label"]]
     for cond in ("clean", "mixed"):
@@ -121,7 +136,8 @@ def table6(s: dict) -> str:
 def table7(s: dict) -> str:
     rows_a, rows_b = [], []
     for row in s["results"]["rows"]:
-        rows_a.append([row["label"], *_recall_cells(row.get("audioset_sound_head"))])
-        rows_b.append([row["label"], *_recall_cells(row.get("places_sound_head"))])
+        na = bool(row.get("not_applicable"))  # a one-head model has no sound head
+        rows_a.append([row["label"], *_recall_cells(row.get("audioset_sound_head"), na=na)])
+        rows_b.append([row["label"], *_recall_cells(row.get("places_sound_head"), na=na)])
     return ("(a) AudioSet, sound head\n\n" + grid(["Method", "I→A", "A→I"], rows_a)
             + "\n\n(b) Places, sound head\n\n" + grid(["Method", "I→A", "A→I"], rows_b))

@@ -7,6 +7,10 @@ shards. Every image and clip is encoded once; per-head score matrices ``[K, N, N
 paper §4.3.3), a head row uses that head's score. Mixed variants (Table 5, right half of Table 6)
 add an off-screen clip of the other audio type to every query, drawn deterministically from the
 other set by ``pipeline.data.mixing.OffscreenMixer``.
+
+A model with one head (ImageBind, CAV-MAE, DenseAV's one-head files) has the total only: its rows
+hold no head entry (the total would be that head's figure again), and the head-specific results
+(Table 6, Pred.Dis / Act.Dis, Table 7's sound-head row) record ``not_applicable`` (``ONE_HEAD``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pipeline.data.mixing import OffscreenMixer
 
 SET_TYPES = {"places": "speech", "audioset": "sound"}
 KS = (1, 5, 10)
+ONE_HEAD = "not applicable: the model has one head"
 
 
 @dataclass
@@ -92,13 +97,17 @@ class RetrievalSession:
         return self._scores[key]
 
     def head_names(self) -> list[str]:
+        """The result key of each head; none for a one-head model, whose only head is the total."""
+        if self.runner.num_heads == 1:
+            return []
         names = [f"head_{k}" for k in range(self.runner.num_heads)]
         names[self.runner.sound_head] = "sound_head"
         names[self.runner.speech_head] = "speech_head"
         return names
 
     def recalls(self, name: str, mixed: bool = False) -> dict:
-        """R@1/5/10 both directions for ``total`` (sum over heads) and every head."""
+        """R@1/5/10 both directions for ``total`` (sum over heads) and every head (a one-head
+        model: the total only)."""
         s = self.scores(name, mixed)
         out = {"total": metrics.recall_at_k(s.sum(0), KS)}
         for k, head in enumerate(self.head_names()):
@@ -114,8 +123,12 @@ class RetrievalSession:
         return out
 
     def settings(self, mixed: bool) -> dict:
+        total = "sum of the heads' scores"
+        if self.runner.num_heads == 1:
+            total = ("the model's own retrieval score (its one head)" if hasattr(self.runner.model, "retrieval_scores")
+                     else "its one head's score")
         s = {"pairs_seed": next(iter(self.sets.values())).seed if self.sets else None, "ks": list(KS),
-             "total": "sum of the heads' scores"}
+             "total": total}
         if mixed:
             s |= {"offscreen_snr_db": self.offscreen_snr_db, "offscreen_seed": self.seed,
                   "offscreen_source": "the other retrieval set"}
@@ -171,8 +184,11 @@ def pred_dis_assignment(session: RetrievalSession) -> dict:
 
 def run_table6(session: RetrievalSession) -> dict:
     """Retrieval with the opposite head (Places: sound head, AudioSet: speech head), clean and
-    mixed, plus Pred.Dis / Act.Dis."""
+    mixed, plus Pred.Dis / Act.Dis. A one-head model has no opposite head: the section says so
+    (``not_applicable``) and nothing is scored, as the paper prints N/A for its baselines."""
     session.require("places", "audioset")
+    if session.runner.num_heads == 1:
+        return {"not_applicable": ONE_HEAD, "results": {}, "counts": session.counts(), "settings": {}}
     results = {}
     for cond, mixed in (("clean", False), ("mixed", True)):
         results[cond] = {"places": {"sound_head": session.recalls("places", mixed)["sound_head"]},
@@ -182,7 +198,10 @@ def run_table6(session: RetrievalSession) -> dict:
 
 
 def table7_row(session: RetrievalSession, label: str) -> dict:
-    """One model's row of Table 7: the sound head's retrieval on AudioSet and on Places."""
+    """One model's row of Table 7: the sound head's retrieval on AudioSet and on Places (a
+    one-head model: ``not_applicable``)."""
     session.require("places", "audioset")
+    if session.runner.num_heads == 1:
+        return {"label": label, "not_applicable": ONE_HEAD}
     return {"label": label, "audioset_sound_head": session.recalls("audioset")["sound_head"],
             "places_sound_head": session.recalls("places")["sound_head"]}

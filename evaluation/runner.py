@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline.testsets.common import Clip
 from model import similarity
+from model.checkpoint import check_finite
 from pipeline import format as fmt
 from pipeline.data.mixing import OffscreenMixer, valid_mask
 from pipeline.data.transform import eval_image, to_tensor
@@ -41,16 +42,17 @@ class LoadedModel:
     description: dict  # what was evaluated: checkpoint path or preset, config
 
 
-def load_model(checkpoint: Path | None, preset: str | None, device: torch.device, seed: int = 0) -> LoadedModel:
-    """A checkpoint (this project's directory or a DenseAV file, ``model.loading.load_any``), or a
-    preset with random weights (``preset``, no download when the preset is not pretrained; meant for
-    tests and smoke runs)."""
+def load_model(checkpoint: Path | None, preset: str | None, device: torch.device, seed: int = 0,
+               num_heads: int | None = None) -> LoadedModel:
+    """A checkpoint (this project's directory or a DenseAV file, ``model.loading.load_any``;
+    ``num_heads`` for a DenseAV file that does not record them), or a preset with random weights
+    (``preset``, no download when the preset is not pretrained; meant for tests and smoke runs)."""
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of --checkpoint (a trained model) or --preset (random weights)")
     if checkpoint is not None:
         from model.loading import load_any
 
-        model, desc = load_any(Path(checkpoint), device="cpu")
+        model, desc = load_any(Path(checkpoint), device="cpu", num_heads=num_heads)
         desc = {"checkpoint": str(checkpoint), **desc}
     else:
         from model.config import ModelConfig
@@ -83,15 +85,18 @@ class ModelRunner:
     def image_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([to_tensor(eval_image(im, self.image_size)) for im in images])
 
+    # Features, maps and scores are checked finite (model.checkpoint.check_finite): finite weights can
+    # still overflow, and NaN would pass through every metric into results.json silently.
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.model.encode_image(self.image_tensor(images).to(self.device))
+        return check_finite(self.model.encode_image(self.image_tensor(images).to(self.device)), "image features")
 
     @torch.no_grad()
     def encode_audio(self, clips: Sequence[Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         wave = torch.from_numpy(np.stack([c.audio for c in clips])).to(self.device)
         mask = valid_mask(torch.tensor([c.valid for c in clips], device=self.device), wave.shape[1])
-        return self.model.encode_audio(wave, mask)
+        a, frame_mask = self.model.encode_audio(wave, mask)
+        return check_finite(a, "audio features"), frame_mask
 
     # ------------------------------------------------------------------ matched pairs
 
@@ -110,7 +115,7 @@ class ModelRunner:
             empty = ~window.any(1)
             fallback = int(empty.sum())
             window = torch.where(empty.unsqueeze(1), frame_mask, window)
-        maps = similarity.heatmaps(a, frame_mask, v, head=head, frame_weights=window)
+        maps = check_finite(similarity.heatmaps(a, frame_mask, v, head=head, frame_weights=window), "heatmaps")
         return maps.float().cpu().numpy(), fallback
 
     def word_window(self, spans: Sequence[tuple[float, float]], num_frames: int) -> torch.Tensor:
@@ -124,15 +129,18 @@ class ModelRunner:
     def score_matrices(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor,
                        progress=None, audio_block: int = 64) -> np.ndarray:
         """Per-head score matrices ``[K, Na, Nv]`` (``s_N`` for each head N), computed one block of
-        audio clips at a time against all images."""
+        audio clips at a time against all images. A model with a retrieval score of its own
+        (``retrieval_scores``: the one-head baselines of ``model.baselines``) gives its matrix instead."""
         n_audio = a.shape[0]
         out = np.zeros((self.num_heads, n_audio, v.shape[0]), dtype=np.float32)
         v_dev = v.to(self.device)
+        own = getattr(self.model, "retrieval_scores", None)
         for i0 in range(0, n_audio, audio_block):
             a_blk = a[i0 : i0 + audio_block].to(self.device)
             m_blk = frame_mask[i0 : i0 + audio_block].to(self.device)
             for k in range(self.num_heads):
-                out[k, i0 : i0 + a_blk.shape[0]] = similarity.head_scores(a_blk, m_blk, v_dev, k).float().cpu().numpy()
+                scores = own(a_blk, m_blk, v_dev) if own is not None else similarity.head_scores(a_blk, m_blk, v_dev, k)
+                out[k, i0 : i0 + a_blk.shape[0]] = check_finite(scores, "retrieval scores").float().cpu().numpy()
             if progress is not None:
                 progress(a_blk.shape[0])
         return out

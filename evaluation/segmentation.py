@@ -8,6 +8,10 @@ frames ±0.2 s), normalized (global min-max over the set or per image, an option
 result), bilinearly upsampled to the 224 x 224 centre crop of the mask, then class-pooled mAP/mIoU.
 Heatmaps are kept at feature resolution until a class is scored, so memory stays proportional to
 the number of items times h x w.
+
+A model with one head (ImageBind, CAV-MAE, DenseAV's one-head files) has no specialized head: its
+Tables 2 and 4 hold the totals only (``head`` would repeat them) and its Table 1 has no
+``opposite_head``; Table 1's two columns are its one head, as the paper's baseline rows.
 """
 
 from __future__ import annotations
@@ -229,12 +233,13 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         res["joint_hit"] = float(np.mean((ious["sound"] >= metrics.IOU_HIT) & (ious["speech"] >= metrics.IOU_HIT)))
         # Each head scored against the *other* audio type's object: the speech head on the sounding
         # object, the sound head on the named one. A disentangled model scores lower here than
-        # with the right head (in cross pairs the two objects differ).
-        res["opposite_head"] = {}
-        for target, other in (("sound", "speech"), ("speech", "sound")):
-            swapped = MapSet(maps=sets[other].maps, classes=sets[target].classes, mask_ids=sets[target].mask_ids)
-            scored, _ = score_variant(swapped, masks, settings)
-            res["opposite_head"][target] = {"mAP": scored["mAP"], "mIoU": scored["mIoU"]}
+        # with the right head (in cross pairs the two objects differ). One head has no other head.
+        if runner.num_heads > 1:
+            res["opposite_head"] = {}
+            for target, other in (("sound", "speech"), ("speech", "sound")):
+                swapped = MapSet(maps=sets[other].maps, classes=sets[target].classes, mask_ids=sets[target].mask_ids)
+                scored, _ = score_variant(swapped, masks, settings)
+                res["opposite_head"][target] = {"mAP": scored["mAP"], "mIoU": scored["mIoU"]}
         results[pairing] = res
         counts[f"{pairing}_pairs"] = len(pairs)
         keys = [p.key for p in pairs]
@@ -271,10 +276,13 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
 
 
 def _ade_variants(kind: str, runner: ModelRunner) -> list[Variant]:
+    """The total (max over heads) and the prompt's specialized head; the total only for one head."""
     if kind == "sound":
-        return [Variant("total", "max"), Variant("head", runner.sound_head)]
-    return [Variant("total", "max", word_window=True), Variant("head", runner.speech_head, word_window=True),
-            Variant("basic_total", "max"), Variant("basic_head", runner.speech_head)]
+        variants = [Variant("total", "max"), Variant("head", runner.sound_head)]
+    else:
+        variants = [Variant("total", "max", word_window=True), Variant("head", runner.speech_head, word_window=True),
+                    Variant("basic_total", "max"), Variant("basic_head", runner.speech_head)]
+    return variants if runner.num_heads > 1 else [v for v in variants if v.head == "max"]
 
 
 def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: OffscreenMixer | None = None,
@@ -310,11 +318,11 @@ def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: 
             it = items[i]
             image = eval_image(open_image(it.image_path), settings.mask_size)
             mask = masks.get([f"{it.row}"])[0]
-            report.save_overlay(
-                Path(settings.overlay_dir) / f"{table}_{ds.kind}_{_safe_name(keys[i])}.png", image,
-                [("image", None, None), ("total", upsample(norms["total"][i : i + 1], settings.mask_size)[0], mask),
-                 (head_name, upsample(norms["head"][i : i + 1], settings.mask_size)[0], mask)],
-                title=f"{ds.kind} prompt: {it.class_name}")
+            panels = [("image", None, None), ("total", upsample(norms["total"][i : i + 1], settings.mask_size)[0], mask)]
+            if "head" in norms:  # a one-head model has the total only
+                panels.append((head_name, upsample(norms["head"][i : i + 1], settings.mask_size)[0], mask))
+            report.save_overlay(Path(settings.overlay_dir) / f"{table}_{ds.kind}_{_safe_name(keys[i])}.png", image,
+                                panels, title=f"{ds.kind} prompt: {it.class_name}")
     counts = {f"{ds.kind}_items": len(items), f"{ds.kind}_dropped_by_protocol": ds.dropped_by_protocol,
               f"{ds.kind}_skipped": len(ds.skipped)}
     return res, counts, set(keys)

@@ -67,6 +67,7 @@ class EvalRun:
     progress: bool
     workers: int
     heads: str = "config"  # how the heads are named: "config" (the model's own) or "pred-dis" (HEAD_RULES)
+    num_heads: int | None = None  # heads of a DenseAV file that does not record them (--num-heads)
     _heads: dict | None = field(default=None, repr=False)
     _loaded: tuple[ModelRunner, LoadedModel] | None = field(default=None, repr=False)
     _sessions: dict = field(default_factory=dict, repr=False)
@@ -75,7 +76,7 @@ class EvalRun:
         """(runner, loaded model), loaded on first use."""
         if self._loaded is None:
             device = pick_device(self.device)
-            loaded = load_model(self.checkpoint, self.preset, device, self.seed)
+            loaded = load_model(self.checkpoint, self.preset, device, self.seed, num_heads=self.num_heads)
             self._loaded = (ModelRunner(loaded.model, device, self.batch_size), loaded)
         return self._loaded
 
@@ -123,10 +124,12 @@ def assign_heads(runner: ModelRunner, rule: str, session: Callable[[], Retrieval
     """Name ``runner``'s heads by ``rule``: ``config`` keeps the model's own ``sound_head`` /
     ``speech_head`` (a model trained with L_dis, whose Eq. 10 fixed them); ``pred-dis`` takes the
     assignment Pred.Dis picks on the clean retrieval pairs (``pred_dis_assignment``), as the paper
-    does for DenseAV and as a model trained without L_dis needs."""
+    does for DenseAV and as a model trained without L_dis needs. A one-head model has nothing to
+    name under either rule (its one head is the total), so the four rows of the paper's comparison
+    can be evaluated with the same flags."""
     if rule not in HEAD_RULES:
         raise ValueError(f"--heads must be one of {', '.join(HEAD_RULES)}, got {rule!r}")
-    if rule == "config":
+    if rule == "config" or runner.num_heads == 1:
         return {"rule": "config", "sound_head": runner.sound_head, "speech_head": runner.speech_head}
     if runner.num_heads != 2:
         raise ValueError(f"--heads pred-dis needs a two-head model, this one has {runner.num_heads}")
@@ -252,7 +255,9 @@ def section(run: EvalRun, table: Table, body: dict, data: DataPaths, started: fl
     normalization = run.normalization if table.heatmaps else "n/a (retrieval uses raw scores)"
     paths = {name: str(getattr(data, name)) for name in table.needs if getattr(data, name) is not None}
     heads = run._heads if run._heads is not None else assign_heads(run.runner(), "config", lambda: None)
-    return {"label": run.name, "model": loaded.description, "heads": heads, "normalization": normalization, "data": paths,
+    # num_heads: a one-head model (a baseline) has no specialized head; `evaluate.py compare` prints N/A there
+    return {"label": run.name, "model": loaded.description, "heads": heads, "num_heads": run.runner().num_heads,
+            "normalization": normalization, "data": paths,
             "seconds": round(time.time() - started, 1), "skipped_total": len(skipped), "skipped": skipped[:200],
             **body}
 
