@@ -27,6 +27,7 @@ from evaluation.runner import ModelRunner
 from ground import inputs
 from ground.result import TOTAL, FrameMaps, Grounding, display_picture, place, scale_box
 from model import similarity
+from model.checkpoint import NonFiniteOutput
 from model.config import ModelConfig
 from model.factory import build_model
 from model.loading import load_any
@@ -119,6 +120,7 @@ class Grounder:
         times = (np.arange(num_frames) + 0.5) * (clip.shape[0] / num_frames) / SAMPLE_RATE
         v = features[0] if len(features) == 1 else torch.cat(features)
         low, activation = self._per_frame(a, frame_mask, v)
+        _check_maps(low)
         weights = self._window(times, window)
         box = crop_box(image.size, self.runner.image_size)
         # Maps and picture at the display resolution (at most DISPLAY_SIDE px): the model saw a
@@ -179,3 +181,12 @@ class Grounder:
             maps[invalid], act[invalid] = np.nan, np.nan
             low[name], activation[name] = maps, act
         return low, activation
+
+
+def _check_maps(low: dict[str, np.ndarray]) -> None:
+    """``NonFiniteOutput`` for a head whose maps hold an infinity or no finite value at all: finite
+    features can still overflow in the dot product (NaN alone marks frames outside the valid audio,
+    so it is no fault), and such maps must reach no caller, the CLI's files and the page alike."""
+    for name, maps in low.items():
+        if np.isinf(maps).any() or not np.isfinite(maps).any():
+            raise NonFiniteOutput(f"{name!r} maps")

@@ -148,6 +148,7 @@ def run_page(grounder, image, video, recorded, uploads):
 
     from ground.inputs import GroundInputError
     from ground.render import overlay
+    from model.checkpoint import CheckpointError
     from pipeline.format import SAMPLE_RATE
 
     picture, film = _upload(image, "the image"), _upload(video, "the video")
@@ -156,7 +157,7 @@ def run_page(grounder, image, video, recorded, uploads):
     try:
         image_path, clip = _inputs(picture and picture[0], film and film[0], [path for path, _ in audio])
         result = grounder.ground(image_path, clip, SAMPLE_RATE)
-    except GroundInputError as err:  # shown on the page as one line, not a traceback
+    except (GroundInputError, CheckpointError) as err:  # shown on the page as one line, not a traceback
         raise gr.Error(_public(str(err), files), print_exception=False) from None
     except Exception as err:  # a fault of the program: its traceback goes to the server's log only
         traceback.print_exc()

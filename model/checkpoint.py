@@ -62,8 +62,8 @@ class NonFiniteOutput(CheckpointError):
     """A model whose features are NaN or infinite although its weights are finite (they overflow)."""
 
     def __init__(self, what: str):
-        ValueError.__init__(self, f"the model's {what} are NaN or infinite (finite weights that overflow), so "
-                                  "they are not written: check or retrain the checkpoint")
+        ValueError.__init__(self, f"the model's {what} are NaN or infinite (finite weights that overflow); nothing "
+                                  "was written: check or retrain the checkpoint")
 
 
 def check_finite(features: torch.Tensor, what: str) -> torch.Tensor:

@@ -160,6 +160,15 @@ def test_maps_that_overflow_are_refused_and_nothing_is_written(tiny_checkpoint, 
     line = one_error_line(ground(ckpt, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"])))
     assert "maps are NaN or infinite" in line and "nothing was written" in line, line
     assert not (tmp_path / "out").exists()
+    # the web page gets the same line from the same check (Grounder.assemble), never the maps
+    import gradio as gr
+
+    from ground.api import Grounder
+    from ground.serve import run_page
+
+    with pytest.raises(gr.Error) as err:
+        run_page(Grounder.from_checkpoint(ckpt), str(files["image"]), None, str(files["speech"]), None)
+    assert "maps are NaN or infinite" in err.value.message and "\n" not in err.value.message, err.value.message
 
 
 def test_a_denseav_state_dict_without_heads_takes_num_heads(files, tmp_path):
