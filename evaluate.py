@@ -15,25 +15,23 @@ several runs' results.json as the paper's tables, one row per model. See docs/ev
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import numpy as np
 import typer
+
+from pipeline.cli_support import PROBLEMS_FOUND, fail, with_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Reproduce the paper's tables over a checkpoint (see docs/evaluation.md).")
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
-
-def _checkpoint_failure(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc} or point --checkpoint at another checkpoint", err=True)
-    return typer.Exit(2)
+def _checkpoint_failure(exc: Exception) -> NoReturn:
+    fail(f"{exc} or point --checkpoint at another checkpoint")
 
 
 def _run(run, name: str, data, opts) -> None:
@@ -64,62 +62,75 @@ def _name_heads(run, data, opts) -> None:
 def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
     """One table's command: the test sets (``DataPaths`` fields) and options it was given; errors
     as one line."""
-    from evaluation.tables import DataPaths, EvalRun, TableOptions
+    from evaluation.tables import DataPaths, TableOptions
     from model.checkpoint import CheckpointError
 
     try:
-        run, data, opts = EvalRun(**ctx.obj), DataPaths(**sets), TableOptions(**options)
+        run, data, opts = ctx.obj.eval_run(), DataPaths(**sets), TableOptions(**options)
         _name_heads(run, data, opts)
         _run(run, name, data, opts)
     except CheckpointError as exc:
-        raise _checkpoint_failure(exc) from exc
+        _checkpoint_failure(exc)
     except (ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options given before the table command: the model under test and the outputs every
+    table of the run shares. The command turns them into ``evaluation.tables.EvalRun``
+    (``eval_run``): importing it loads torch, which `COMMAND --help` does not need."""
+
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="Checkpoint directory written by train.py, a DenseAV release: denseav_*.ckpt, "
+             "its model.safetensors or Hugging Face folder (docs/model.md), a baseline release file: "
+             "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth, with one head: one map per "
+             "clip, N/A in the specialized-head columns and Table 6 (see docs/baselines.md), or a Hugging Face "
+             "Hub repo id owner/name[@revision] of this project's checkpoints or DenseAV's copies "
+             "(mhamilton723/DenseAV-sound-language; a local path that exists wins; HF_HUB_OFFLINE=1: the "
+             "local cache only).")] = None
+    preset: Annotated[Optional[str], typer.Option(
+        help="Evaluate a model preset with random weights instead of a checkpoint (e.g. tiny; smoke runs).")] = None
+    label: Annotated[Optional[str], typer.Option(help="Method name in the tables (default: checkpoint folder).")] = None
+    out: Annotated[Path, typer.Option(help="Output folder for results.json, tables.md, heatmaps, overlays.")] = Path("eval")
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto"
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per forward pass.")] = 16
+    normalization: Annotated[str, typer.Option(
+        help="Heatmap min-max normalization: global (one over the set, DenseAV) or per_image.")] = "global"
+    save_heatmaps: Annotated[bool, typer.Option(help="Write the heatmaps and masks the metrics used (npz).")] = False
+    overlays: Annotated[int, typer.Option(min=0, help="Overlay PNGs for this many random samples per set.")] = 0
+    overlay_key: Annotated[Optional[list[str]], typer.Option(help="Also draw this sample (repeatable).")] = None
+    seed: Annotated[int, typer.Option(help="Seed of mixing, off-screen distractors and sample picks.")] = 0
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True
+    workers: Annotated[int, typer.Option(min=1, help="Threads decoding images and audio ahead of the model.")] = 4
+    heads: Annotated[str, typer.Option(
+        help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
+             "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV).")] = "config"
+    num_heads: Annotated[Optional[int], typer.Option(
+        min=1, help="Heads of a DenseAV file that does not record them (2: denseav_2head / sound-language, "
+                    "1: language or sound).")] = None
+
+    def eval_run(self):
+        from evaluation.tables import EvalRun
+
+        fields = dataclasses.asdict(self)
+        fields["overlay_keys"] = list(fields.pop("overlay_key") or [])
+        return EvalRun(**fields)
 
 
 @app.callback()
-def main(
-    ctx: typer.Context,
-    checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Checkpoint directory written by train.py, or a DenseAV release: denseav_*.ckpt, "
-             "its model.safetensors or Hugging Face folder (docs/model.md).")] = None,
-    preset: Annotated[Optional[str], typer.Option(
-        help="Evaluate a model preset with random weights instead of a checkpoint (e.g. tiny; smoke runs).")] = None,
-    label: Annotated[Optional[str], typer.Option(help="Method name in the tables (default: checkpoint folder).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder for results.json, tables.md, heatmaps, overlays.")] = Path("eval"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Items per forward pass.")] = 16,
-    normalization: Annotated[str, typer.Option(
-        help="Heatmap min-max normalization: global (one over the set, DenseAV) or per_image.")] = "global",
-    save_heatmaps: Annotated[bool, typer.Option(help="Write the heatmaps and masks the metrics used (npz).")] = False,
-    overlays: Annotated[int, typer.Option(min=0, help="Overlay PNGs for this many random samples per set.")] = 0,
-    overlay_key: Annotated[Optional[list[str]], typer.Option(help="Also draw this sample (repeatable).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of mixing, off-screen distractors and sample picks.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-    workers: Annotated[int, typer.Option(min=1, help="Threads decoding images and audio ahead of the model.")] = 4,
-    heads: Annotated[str, typer.Option(
-        help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
-             "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV).")] = "config",
-    num_heads: Annotated[Optional[int], typer.Option(
-        min=1, help="Heads of a DenseAV file that does not record them (2: denseav_2head / sound-language, "
-                    "1: language or sound).")] = None,
-) -> None:
-    if normalization not in ("global", "per_image"):
+@with_options
+def main(ctx: typer.Context, opts: RunOptions) -> None:
+    if opts.normalization not in ("global", "per_image"):
         raise typer.BadParameter("normalization must be global or per_image")
-    if heads not in ("config", "pred-dis"):
+    if opts.heads not in ("config", "pred-dis"):
         raise typer.BadParameter("heads must be config or pred-dis")
-    if preset is not None:  # a model config error is one line before anything loads, as in train.py
+    if opts.preset is not None:  # a model config error is one line before anything loads, as in train.py
         from model.config import PRESETS
 
-        if preset not in PRESETS:
-            typer.echo(f"error: --preset must be {' or '.join(PRESETS)}, got {preset!r}", err=True)
-            raise typer.Exit(2)
-    # the fields of evaluation.tables.EvalRun, built by the command (importing it loads torch,
-    # which `COMMAND --help` does not need)
-    ctx.obj = dict(checkpoint=checkpoint, preset=preset, label=label, out=out, device=device, batch_size=batch_size,
-                   normalization=normalization, save_heatmaps=save_heatmaps, overlays=overlays,
-                   overlay_keys=list(overlay_key or []), seed=seed, progress=progress, workers=workers, heads=heads,
-                   num_heads=num_heads)
+        if opts.preset not in PRESETS:
+            fail(f"--preset must be {' or '.join(PRESETS)}, got {opts.preset!r}")
+    ctx.obj = opts  # what every table command runs with (Typer hands a group's options down this way)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +140,9 @@ def main(
 IS3 = Annotated[Path, typer.Option("--is3", help="Extended IS3 root (images/, audio_wav/, gt_segmentation/, speech_wav/).")]
 AdeSpeech = Annotated[Optional[Path], typer.Option(help="ADE20KSpeechPrompted/ folder.")]
 AdeSound = Annotated[Optional[Path], typer.Option(help="ADE20KSoundPrompted/ folder.")]
-Places = Annotated[Optional[Path], typer.Option(help="Shard folder of PlacesAudio val (prep shards).")]
-AudioSet = Annotated[Optional[Path], typer.Option(help="Shard folder of AudioSet eval (prep shards).")]
+# strings, not Paths: Path("s3://bucket/p") would drop a slash (pipeline.storage reads them)
+Places = Annotated[Optional[str], typer.Option(help="Shard folder of PlacesAudio val (prep shards): a path or s3://bucket/prefix.")]
+AudioSet = Annotated[Optional[str], typer.Option(help="Shard folder of AudioSet eval (prep shards): a path or s3://bucket/prefix.")]
 Pairs = Annotated[int, typer.Option(min=1, help="Retrieval pairs (DenseAV: 1,000).")]
 PairSeed = Annotated[int, typer.Option(help="np.random.seed of the pair selection (DenseAV: 0).")]
 OffSnr = Annotated[float, typer.Option(help="Target-to-off-screen ratio in dB of the mixed variants.")]
@@ -203,10 +215,10 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
             offscreen_snr_db: OffSnr = 0.0, ablation: Ablation = None, strict: Strict = False) -> None:
     """Every experiment the given test sets allow (Table 7 only with --ablation); the others are
     reported as skipped."""
-    from evaluation.tables import TABLES, DataPaths, EvalRun, TableOptions, plan
+    from evaluation.tables import TABLES, DataPaths, TableOptions, plan
     from model.checkpoint import CheckpointError
 
-    run = EvalRun(**ctx.obj)
+    run = ctx.obj.eval_run()
     data = DataPaths(is3, ade_speech, ade_sound, places, audioset)
     opts = TableOptions(strict=strict, offscreen_snr_db=offscreen_snr_db, pairs=pairs, pair_seed=pair_seed,
                         ablations=tuple(ablation or ()))
@@ -215,24 +227,24 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
         if name not in planned:
             typer.echo(f"{name}: skipped (its test sets were not given)")
     if not planned:
-        raise _fail(ValueError("no test set given: pass --is3, --ade-speech/--ade-sound, --places/--audioset"))
+        fail("no test set given: pass --is3, --ade-speech/--ade-sound, --places/--audioset")
     try:
         _name_heads(run, data, opts)
     except CheckpointError as exc:
-        raise _checkpoint_failure(exc) from exc
+        _checkpoint_failure(exc)
     except (ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
     failures = 0
     for name in planned:
         try:
             _run(run, name, data, opts)
         except CheckpointError as exc:  # the model is unusable: every table would fail the same way
-            raise _checkpoint_failure(exc) from exc
+            _checkpoint_failure(exc)
         except (ValueError, OSError) as exc:
             failures += 1
             typer.echo(f"{name}: failed: {exc}", err=True)
-    if failures:
-        raise typer.Exit(1)
+    if failures:  # each failed table is named above; the others are written
+        raise typer.Exit(PROBLEMS_FOUND)
 
 
 @app.command()
@@ -249,8 +261,7 @@ def compare(runs: Annotated[list[str], typer.Argument(
         comparison = comparing.compare(comparing.parse_runs(runs))
         markdown, data = comparing.write(comparison, out)
     except comparing.CompareError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc))
     typer.echo(comparison.markdown())
     typer.echo(f"written to {markdown} and {data}")
 
@@ -263,7 +274,7 @@ def recompute(archive: Annotated[Path, typer.Argument(help="An npz written with 
     try:
         data = np.load(archive, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise _fail(ValueError(f"cannot read {archive}: {exc}")) from exc
+        fail(f"cannot read {archive}: {exc}")
     names = sorted(k[: -len("_heatmaps")] for k in data.files if k.endswith("_heatmaps"))
     typer.echo(f"{archive} (normalization: {data['normalization']})")
     for name in names:

@@ -15,8 +15,7 @@ for `train.py audio_init=...`, plus a JSON of what was done.
 
 from __future__ import annotations
 
-import json
-import tarfile
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,15 +25,18 @@ import torch
 import torchaudio
 import typer
 from safetensors.torch import save_file
-from tqdm import tqdm
 from transformers import HubertConfig, HubertModel
 
 from model.encoders import normalize_waveform, prefix_mask
 from model.factory import build_backbones
 from pipeline import format as fmt
-from pipeline.data.sources import Shard, list_shards
-from pipeline.shard_dir import iter_tar_samples
-from training.config import TrainConfig, load_config
+from pipeline.atomic import atomic_path, write_json
+from pipeline.cli_support import fail
+from pipeline.data.sources import LoaderError, list_shards
+from pipeline.progress import progress_bar
+from pipeline.shard_dir import shard_samples
+from pipeline.storage import StorageError
+from training.config import ConfigError, TrainConfig, load_config, require_config
 
 HOP = 320  # HuBERT's frame hop at 16 kHz (50 Hz); the MFCC targets use the same
 
@@ -46,7 +48,7 @@ def load_clips(spec: str, clips: int, samples: int) -> tuple[torch.Tensor, torch
     waves, valid = [], []
     for source in sources:
         taken = 0
-        for sample in _samples(list_shards(source)):
+        for sample in shard_samples((shard.path for shard in list_shards(source)), _unreadable):
             if taken == per_source:
                 break
             try:
@@ -65,14 +67,9 @@ def load_clips(spec: str, clips: int, samples: int) -> tuple[torch.Tensor, torch
     return wave, mask
 
 
-def _samples(shards: list[Shard]):
-    """Raw samples of the shards in order, read by this process (a file name is never a URL)."""
-    for shard in shards:
-        try:
-            for sample in iter_tar_samples(shard.path):
-                yield {**sample, "__url__": shard.path}
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            print(f"skipping the rest of {shard.path}: unreadable tar ({exc})")
+def _unreadable(path: str, exc: Exception, _yielded: bool) -> None:
+    # the shards are read by this process (shard_dir.shard_samples): a shard name never runs a command
+    print(f"skipping the rest of {path}: unreadable tar ({exc})")
 
 
 def mfcc_targets(wave: torch.Tensor, mask: torch.Tensor, clusters: int, seed: int,
@@ -129,7 +126,7 @@ def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, b
     layer_norm = backbone.config.feat_extract_norm == "layer"
     losses = []
     backbone.train()
-    for step in tqdm(range(steps), desc="pretrain audio"):
+    for step in progress_bar(steps, "pretrain audio", iterable=range(steps)):
         idx = torch.randint(0, len(wave), (batch_size,), generator=g)
         x = normalize_waveform(wave[idx], mask[idx])
         frames = int(backbone._get_feat_extract_output_lengths(samples))
@@ -147,14 +144,29 @@ def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, b
         losses.append(float(loss.detach()))
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in backbone.state_dict().items() if k != "masked_spec_embed"}
-    save_file(weights, str(out))
+    with atomic_path(out) as tmp:
+        save_file(weights, str(tmp))
     window = max(1, steps // 10)
     report = {"clips": len(wave), "frames_with_audio": int(real.sum()), "clusters": clusters, "steps": steps,
               "batch_size": batch_size, "lr": lr, "seed": seed, "shards": shards,
               "loss_first": float(np.mean(losses[:window])), "loss_last": float(np.mean(losses[-window:])),
-              "chance_loss": float(np.log(clusters)), "seconds": round(time.perf_counter() - started, 1)}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+              "chance_loss": float(np.log(clusters)), "seconds": round(time.perf_counter() - started, 1),
+              "threads": torch.get_num_threads()}  # the weights' last bits depend on it
+    write_json(out.with_suffix(".json"), report, indent=2, sort_keys=False)
     return report
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """This command's CPU threads: ``requested``, else ``OMP_NUM_THREADS`` when set, else the
+    machine's cores less one (at least one), as the trainer leaves cores free. OpenMP threads wait
+    at every parallel region for the slowest of them, so a thread that shares its core with another
+    process stalls each step: at 2 threads on 2 cores a step took 0.2 s alone and 1.2-3.6 s beside
+    any other busy process (docs/training.md)."""
+    if requested:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 app = typer.Typer(add_completion=False)
@@ -163,8 +175,8 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     overrides: list[str] = typer.Argument(None, help="train.py-style key=value overrides of the config"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, help="the training config (model and clip length)"),
-    shards: str = typer.Option(..., help="shard dirs to read audio from, comma-separated"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the training config (model and clip length); required"),
+    shards: str = typer.Option(..., help="shard dirs to read audio from, comma-separated (paths or s3://bucket/prefix)"),
     out: Path = typer.Option(..., help="where to write the backbone weights (.safetensors)"),
     steps: int = typer.Option(600, min=1),
     clips: int = typer.Option(1500, min=1, help="clips read into memory (spread over the shard dirs)"),
@@ -172,9 +184,19 @@ def main(
     clusters: int = typer.Option(50, min=2, help="k-means clusters of MFCC frames (HuBERT: 100)"),
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
+    threads: int = typer.Option(0, min=0, help="CPU threads; 0: OMP_NUM_THREADS when set, else the cores less one. "
+                                "The weights' last bits depend on it"),
 ):
     """Masked prediction of MFCC clusters; writes weights for `train.py audio_init=...`."""
-    report = pretrain(load_config(config, overrides or []), shards, out, steps, clips, batch_size, clusters, lr, seed)
+    try:  # before any backbone is built: a bad value is one line, not a traceback
+        cfg = load_config(require_config(config, "pretrain_audio.py"), overrides or [])
+    except ConfigError as exn:
+        fail(str(exn))
+    torch.set_num_threads(cpu_threads(threads))
+    try:
+        report = pretrain(cfg, shards, out, steps, clips, batch_size, clusters, lr, seed)
+    except (LoaderError, FileNotFoundError, StorageError) as exn:  # bad --shards, or a store that refuses
+        fail(str(exn))
     print(f"wrote {out}: masked-prediction loss {report['loss_first']:.2f} -> {report['loss_last']:.2f} "
           f"(chance {report['chance_loss']:.2f}), {report['seconds']} s")
 

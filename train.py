@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from evaluation.validation import validate
+from pipeline.cli_support import fail
 from pipeline.data.sources import LoaderError
 from training.config import ConfigError, load_config, require_config
 from training.loop import TrainingStopped, train
@@ -35,8 +36,7 @@ def main(
         cfg = load_config(require_config(config, "train.py"), overrides or [])
         train(cfg, resume=resume, validate=validate)
     except (ConfigError, LoaderError, FileNotFoundError, TrainingStopped) as exn:
-        typer.echo(f"error: {exn}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exn))
 
 
 if __name__ == "__main__":

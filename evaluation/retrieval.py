@@ -22,7 +22,7 @@ import torch
 
 from evaluation import metrics
 from pipeline.testsets.retrieval import RetrievalSet
-from evaluation.progress import progress_bar
+from pipeline.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
 from pipeline.data.mixing import OffscreenMixer
 
@@ -55,11 +55,11 @@ class RetrievalSession:
         if name not in self._images:
             rset = self.sets[name]
             feats = []
-            with progress_bar(len(rset.items), f"encoding {name} images", self.progress) as advance:
+            with progress_bar(len(rset.items), f"encoding {name} images", self.progress) as bar:
                 for idx, images in loaded_batches(len(rset.items), self.runner.batch_size,
                                                   lambda i: rset.items[i].image(), self.workers):
                     feats.append(self.runner.encode_images(images).cpu())
-                    advance(len(idx))
+                    bar.update(len(idx))
             self._images[name] = torch.cat(feats)
         return self._images[name]
 
@@ -85,15 +85,15 @@ class RetrievalSession:
             clip = rset.items[i].clip()
             return with_offscreen(mixer, i, clip) if mixer is not None else clip
 
-        with progress_bar(len(rset.items), label, self.progress) as advance:
+        with progress_bar(len(rset.items), label, self.progress) as bar:
             for idx, clips in loaded_batches(len(rset.items), self.runner.batch_size, load, self.workers):
                 a, m = self.runner.encode_audio(clips)
                 feats.append(a.cpu())
                 masks.append(m.cpu())
-                advance(len(idx))
+                bar.update(len(idx))
         a, m = torch.cat(feats), torch.cat(masks)
-        with progress_bar(a.shape[0], f"scoring {name}" + (" mixed" if mixed else ""), self.progress) as advance:
-            self._scores[key] = self.runner.score_matrices(a, m, v, progress=advance)
+        with progress_bar(a.shape[0], f"scoring {name}" + (" mixed" if mixed else ""), self.progress) as bar:
+            self._scores[key] = self.runner.score_matrices(a, m, v, progress=bar.update)
         return self._scores[key]
 
     def head_names(self) -> list[str]:

@@ -42,28 +42,26 @@ class LoadedModel:
     description: dict  # what was evaluated: checkpoint path or preset, config
 
 
-def load_model(checkpoint: Path | None, preset: str | None, device: torch.device, seed: int = 0,
+def load_model(checkpoint: str | Path | None, preset: str | None, device: torch.device, seed: int = 0,
                num_heads: int | None = None) -> LoadedModel:
-    """A checkpoint (this project's directory or a DenseAV file, ``model.loading.load_any``;
-    ``num_heads`` for a DenseAV file that does not record them), or a preset with random weights
-    (``preset``, no download when the preset is not pretrained; meant for tests and smoke runs)."""
+    """A trained model through ``model.loading.load_any`` (this project's checkpoint, a DenseAV or
+    baseline file, or a Hub repo id; ``num_heads`` for a DenseAV file that does not record them), or
+    a preset with random weights (``preset``, no download when the preset is not pretrained; meant for
+    tests and smoke runs)."""
     if (checkpoint is None) == (preset is None):
         raise ValueError("give exactly one of --checkpoint (a trained model) or --preset (random weights)")
     if checkpoint is not None:
         from model.loading import load_any
 
-        model, desc = load_any(Path(checkpoint), device="cpu", num_heads=num_heads)
-        desc = {"checkpoint": str(checkpoint), **desc}
-    else:
-        from model.config import ModelConfig
-        from model.factory import build_model
+        model, desc = load_any(checkpoint, device=device, num_heads=num_heads)
+        return LoadedModel(model, {"checkpoint": str(checkpoint), **desc})
+    from model.config import ModelConfig
+    from model.factory import build_model
 
-        torch.manual_seed(seed)
-        # pretrained=False: a preset here means its architecture with random weights, never a download
-        model = build_model(ModelConfig.preset(preset, pretrained=False))
-        desc = {"preset": preset, "weights": "random (seed %d)" % seed}
-    model = model.to(device).eval()
-    desc["config"] = model.config.to_dict()
+    torch.manual_seed(seed)
+    # pretrained=False: a preset here means its architecture with random weights, never a download
+    model = build_model(ModelConfig.preset(preset, pretrained=False)).to(device).eval()
+    desc = {"preset": preset, "weights": "random (seed %d)" % seed, "config": model.config.to_dict()}
     return LoadedModel(model, desc)
 
 

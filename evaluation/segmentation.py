@@ -28,7 +28,7 @@ from evaluation import report
 from pipeline.testsets.ade20k import PromptedSet, load_ade_class_mask
 from pipeline.testsets.common import Clip, load_binary_mask, load_clip, open_image
 from pipeline.testsets.is3 import IS3Dataset, Table1Pair
-from evaluation.progress import progress_bar
+from pipeline.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, batches, loaded_batches, upsample, with_offscreen
 from pipeline.data.mixing import MixConfig, OffscreenMixer, mix_pair
 from pipeline.data.transform import eval_image
@@ -162,7 +162,7 @@ def _collect(runner: ModelRunner, n: int, variants: list[Variant], load_item: Ca
              settings: SegSettings, description: str) -> dict[str, MapSet]:
     """Run the model over ``n`` queries and keep each variant's low-resolution heatmaps."""
     sets = {v.name: MapSet() for v in variants}
-    with progress_bar(n, description, settings.progress) as advance:
+    with progress_bar(n, description, settings.progress) as bar:
         for idx, queries in loaded_batches(n, runner.batch_size, load_item, settings.workers):
             v = runner.encode_images([q.image for q in queries])
             a, frame_mask = runner.encode_audio([q.clip for q in queries])
@@ -178,7 +178,7 @@ def _collect(runner: ModelRunner, n: int, variants: list[Variant], load_item: Ca
                     cls, mask_id = q.targets[var.name]
                     ms.classes.append(cls)
                     ms.mask_ids.append(mask_id)
-            advance(len(idx))
+            bar.update(len(idx))
     return sets
 
 

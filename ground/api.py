@@ -17,7 +17,6 @@ input's, at most ``result.DISPLAY_SIDE`` px on its longer side), NaN outside it 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ def crop_box(size: tuple[int, int], model_size: int) -> tuple[int, int, int, int
 
 
 class Grounder:
-    """A model ready to ground: ``Grounder.from_checkpoint(path).ground(image, audio)``."""
+    """A model ready to ground: ``Grounder.from_pretrained(repo_or_dir).ground(image, audio)``."""
 
     def __init__(self, model: torch.nn.Module, description: dict, *, device: str = "cpu"):
         self.device = torch.device(device)
@@ -66,18 +65,26 @@ class Grounder:
         return names
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu",
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",
                         speech_head: int | None = None, num_heads: int | None = None) -> "Grounder":
-        """A project checkpoint directory (train.py's ``final``), or a DenseAV file where
-        ``model.loading`` reads them (``num_heads`` for a DenseAV file that does not record them)."""
-        loaded = load_any(Path(path), device=device, speech_head=speech_head, num_heads=num_heads)
+        """A trained model: a Hub repo id (``owner/name[@revision]``, this project's checkpoints or
+        DenseAV's copies) or a local checkpoint (train.py's ``final``, a DenseAV or baseline file), as
+        ``model.loading.load_any`` reads them (``num_heads`` for a DenseAV file that does not record them)."""
+        loaded = load_any(repo_or_dir, device=device, speech_head=speech_head, num_heads=num_heads, revision=revision)
         return cls(loaded.model, loaded.description, device=device)
 
     @classmethod
-    def from_pretrained(cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper",
-                        device: str = "cpu") -> "Grounder":
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu",
+                        speech_head: int | None = None, num_heads: int | None = None) -> "Grounder":
+        """``from_pretrained`` under the name the ``--checkpoint`` option speaks of."""
+        return cls.from_pretrained(path, device=device, speech_head=speech_head, num_heads=num_heads)
+
+    @classmethod
+    def from_backbones(cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper",
+                       device: str = "cpu") -> "Grounder":
         """A fresh model of ``preset`` whose backbones come from transformers' ``from_pretrained``
-        (a hub id, a local directory or the local cache); the aligners are random."""
+        (a hub id, a local directory or the local cache); the aligners are random, so its maps
+        carry no grounding until trained (for trained weights: ``from_pretrained``)."""
         config = ModelConfig.preset(preset, pretrained=True, image_model_id=str(image_backbone),
                                     audio_model_id=str(audio_backbone))
         model = build_model(config)

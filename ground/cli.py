@@ -11,7 +11,6 @@ be written is found before the model loads, a model whose maps are not finite nu
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -20,14 +19,10 @@ from typing import Optional
 import typer
 
 from ground.serve import serve_command
+from pipeline.cli_support import fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__.split("\n\n")[0])
 ENCODE_BATCH = 8  # video frames through the image encoder at once
-
-
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
@@ -45,7 +40,11 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 @app.callback(invoke_without_command=True)
 def run(
     ctx: typer.Context,
-    checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint directory (train.py's final/) or a DenseAV file"),
+    checkpoint: Optional[str] = typer.Option(
+        None, help="a checkpoint directory (train.py's final/), a DenseAV file, a baseline release file: "
+                   "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth (one head: one map), or a "
+                   "Hugging Face Hub repo id owner/name[@revision] (this project's or DenseAV's; HF_HUB_OFFLINE=1: "
+                   "the local cache only)"),
     image: Optional[Path] = typer.Option(None, help="the picture"),
     audio: Optional[list[Path]] = typer.Option(None, help="an audio file; repeat to mix several"),
     out: Optional[Path] = typer.Option(None, help="folder for the overlays, heatmaps.mp4 and result.json"),
@@ -92,8 +91,13 @@ def run(
 def _check_arguments(checkpoint, image, audio, out, video, every_frame) -> None:
     if checkpoint is None or out is None:
         fail("give --checkpoint CKPT and --out DIR (see ground --help)")
-    if not checkpoint.exists():
-        fail(f"--checkpoint {checkpoint} does not exist")
+    if not Path(checkpoint).exists():
+        from model.hub import HubError, checkpoint_source  # a local path that exists always wins
+
+        try:
+            checkpoint_source(checkpoint)  # a Hub repo id, fetched when the model loads
+        except HubError as exc:
+            fail(f"--checkpoint {exc}")
     if (image is None) == (video is None):
         fail("give exactly one of --image (with --audio) or --video")
     if image is not None and not audio:
@@ -162,8 +166,8 @@ def _folder_names(paths: list[Path]) -> list[str]:
 
 
 def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
-    from evaluation.progress import progress_bar
     from ground import inputs, render
+    from pipeline.progress import progress_bar
 
     duration = inputs.video_duration(video)  # refuses a video without picture or sound before decoding
     clip, notes, a, frame_mask = grounder.encode_audio(video)
@@ -177,7 +181,7 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
     # A frame time past the picture's end (a single frame under a longer sound track) gets the last
     # frame, still shown then (ffmpeg.extract_frame).
     frames, features, pending, middle = [], [], [], None
-    with progress_bar(num_frames, f"frames of {video.name}", enabled=progress) as advance:
+    with progress_bar(num_frames, f"frames of {video.name}", enabled=progress) as bar:
         for t in range(num_frames):
             last = inputs.video_frame(video, min((t + 0.5) * hop, duration))
             pending.append(last)
@@ -185,14 +189,15 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
             if len(pending) == ENCODE_BATCH or t == num_frames - 1:
                 features.extend(grounder.runner.encode_images(pending).split(1))
                 frames.extend(render.thumbnail(p) for p in pending)
-                advance(len(pending))
+                bar.update(len(pending))
                 pending = []
     return grounder.assemble(middle, features, clip, notes, a, frame_mask, window, frames=frames)
 
 
 def _write(result, folder: Path, given: dict, progress: bool) -> Path:
-    from evaluation.progress import progress_bar
     from ground import render
+    from pipeline.atomic import write_json
+    from pipeline.progress import progress_bar
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -200,10 +205,10 @@ def _write(result, folder: Path, given: dict, progress: bool) -> Path:
         for name, panel in zip(result.heads, panels):
             panel.save(folder / f"overlay_{name}.png")
         render.sheet(panels).save(folder / "overlays.png")
-        with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as advance:
-            render.video(folder / "heatmaps.mp4", result, result.heads, progress=advance)
+        with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as bar:
+            render.video(folder / "heatmaps.mp4", result, result.heads, progress=bar.update)
         summary = {"inputs": given, **result.summary()}
-        (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        write_json(folder / "result.json", summary, indent=2, sort_keys=False)
     except OSError as exc:  # the probe passed, but the disk filled up or the folder changed since
         fail(f"cannot write {exc.filename or folder} ({exc.strerror or exc}); free space or give --out a folder "
              "you can write")

@@ -29,6 +29,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from pipeline.cli_support import fail
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 CURVE_ID = "curve"
@@ -48,11 +50,6 @@ CACHE_PREFIX = "ground-serve-"
 def map_id(head: str) -> str:
     """The HTML id of a head's map on the page (the browser test finds the images by it)."""
     return f"map-{head}"
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _gradio():
@@ -252,12 +249,13 @@ def _upload_folder() -> Path:
             os.makedirs(parent, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=parent))
     except OSError as err:
-        _fail(f"cannot create the upload folder under {parent or tempfile.gettempdir()} ({err.strerror}); "
+        fail(f"cannot create the upload folder under {parent or tempfile.gettempdir()} ({err.strerror}); "
               "set GRADIO_TEMP_DIR to a writable folder")
 
 
 def serve_command(
-    checkpoint: Annotated[Path, typer.Option(help="a project checkpoint directory or a DenseAV checkpoint file")],
+    checkpoint: Annotated[str, typer.Option(help="a project checkpoint directory, a DenseAV checkpoint file, or a "
+                                            "Hugging Face Hub repo id owner/name[@revision]")],
     host: Annotated[str, typer.Option(help="address to bind; the default keeps the page on this machine")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port of the page")] = DEFAULT_PORT,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
@@ -271,8 +269,13 @@ def serve_command(
     if not _is_loopback(host):
         typer.echo(f"warning: --host {host} opens the page beyond this machine: anyone who can reach "
                    f"port {port} can upload files to it and run the model", err=True)
-    if not checkpoint.exists():
-        _fail(f"--checkpoint {checkpoint} does not exist")
+    if not Path(checkpoint).exists():
+        from model.hub import HubError, checkpoint_source  # a local path that exists always wins
+
+        try:
+            checkpoint_source(checkpoint)  # a Hub repo id, fetched when the model loads
+        except HubError as exc:
+            fail(f"--checkpoint {exc}")
     previous_env, folder = os.environ.get("GRADIO_TEMP_DIR"), _upload_folder()
     os.environ["GRADIO_TEMP_DIR"] = str(folder)  # before gradio's import: some of its modules read it then
     previous_handler = _stop_on_sigterm()
@@ -288,23 +291,23 @@ def serve_command(
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _serve(checkpoint: Path, host: str, port: int, device: str, speech_head: int | None, num_heads: int | None,
+def _serve(checkpoint: str, host: str, port: int, device: str, speech_head: int | None, num_heads: int | None,
            max_file_size: int) -> None:
     try:
         _gradio()
     except ImportError:
-        _fail("`ground serve` needs Gradio: pip install -e '.[serve]'")
+        fail("`ground serve` needs Gradio: pip install -e '.[serve]'")
     from ground.api import Grounder  # torch loads here, so `ground serve --help` stays instant
 
     try:
         grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head, num_heads=num_heads)
     except (ValueError, OSError) as err:  # CheckpointError and GroundInputError are ValueErrors
-        _fail(f"cannot load --checkpoint {checkpoint}: {str(err).splitlines()[0]}")
+        fail(f"cannot load --checkpoint {checkpoint}: {str(err).splitlines()[0]}")
     page = build_page(grounder)
     typer.echo(f"ground serve: http://{host}:{port} (Ctrl+C stops; uploads up to {max_file_size} MB)")
     try:
         page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True, show_error=True,
                     max_file_size=max_file_size * 2**20)
     except OSError as err:
-        _fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port; "
+        fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port; "
               "--host must be an address of this machine)")

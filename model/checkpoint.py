@@ -7,7 +7,9 @@ unpickled on load. Whatever is wrong with a checkpoint on load (a missing, trunc
 file, a config that is not JSON or has fields this code does not know, weights that do not fit,
 weights of the wrong type or holding NaN or infinity) is a ``CheckpointError`` naming the file
 (and the first bad weight), how it is written, and what to do. ``check_finite`` refuses a model's
-outputs that are not finite numbers (``NonFiniteOutput``), for the commands that write them.
+outputs that are not finite numbers (``NonFiniteOutput``), for the commands that write them. The
+key and shape check (``misfit``) and the weight check (``weight_problems``) serve the baselines'
+release files too (``model.baselines.convert``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pipeline import atomic
+from pipeline.atomic import dumps_strict, strict_json
 
 from .config import ModelConfig
 from .factory import build_model
@@ -122,14 +127,23 @@ def save_checkpoint(model: AVModel, directory: str | os.PathLike, meta: dict[str
         "stage": model.stage,
         "meta": meta or {},
     }
-    text = json.dumps(doc, indent=2, sort_keys=True)  # fails before anything is written if meta is not JSON
-    # Write to temporary names, then rename: a crash never leaves a half-written checkpoint behind
-    # under the final names.
-    tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_weights), metadata={"format": FORMAT})
-    tmp_config.write_text(text)
-    os.replace(tmp_weights, directory / WEIGHTS_FILE)
-    os.replace(tmp_config, directory / CONFIG_FILE)
+    text = dumps_strict(strict_json(doc), indent=2)  # fails before anything is written if meta is not JSON
+    # config.json is the checkpoint's commit marker, as a shard's _stats.json is: both files are
+    # written under temporary names first, then the old config goes, the weights are renamed into
+    # place and the config comes last, each step fsynced (pipeline.atomic). A reader never finds new
+    # weights beside an old config: a crash in between leaves weights without a config, which
+    # loads as "no checkpoint config there" and is rewritten by the next save.
+    weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    tmp_weights, tmp_config = atomic.temp_path(weights), atomic.temp_path(config)
+    try:
+        save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+        tmp_config.write_text(text, encoding="utf-8")
+        atomic.remove(config)
+        atomic.replace(tmp_weights, weights)
+        atomic.replace(tmp_config, config)
+    finally:
+        atomic.discard(tmp_weights)
+        atomic.discard(tmp_config)
     return directory
 
 
@@ -181,7 +195,7 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     state = _read_weights(weights)
     model = _model_from_config(info, Path(directory) / CONFIG_FILE)
     expected = model.state_dict()
-    problem = _misfit(expected, state)
+    problem = misfit(state_shapes(expected), state_shapes(state))
     if problem:
         raise CheckpointError(weights, f"does not fit its {CONFIG_FILE} ({problem})")
     bad = weight_problems(state, expected)
@@ -191,14 +205,19 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     return model.to(device).eval()
 
 
-def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
-    """What keeps ``found`` from loading into a model with state ``expected``, on one line ("" if
-    nothing): missing and unexpected tensors, tensors of another shape (the first few of each)."""
+def state_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(tensor.shape) for key, tensor in state.items()}
+
+
+def misfit(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], against: str = "config") -> str:
+    """What keeps weights of shapes ``found`` (by key) from loading into a model whose state has the
+    shapes ``expected``, on one line ("" if nothing): missing and unexpected tensors, tensors of
+    another shape (file vs ``against``; the first few of each). Shapes only, so a file read lazily
+    (``model.baselines.convert``) is checked before any tensor is read."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in found and found[k].shape != v.shape]
+    other = [f"{k} {found[k]} vs {v}" for k, v in expected.items() if k in found and found[k] != v]
     parts = [f"{len(items)} {what}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
              for what, items in (("missing", missing), ("unexpected", unexpected),
-                                 ("of another shape (file vs config)", shapes)) if items]
+                                 (f"of another shape (file vs {against})", other)) if items]
     return "; ".join(parts)

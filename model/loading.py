@@ -1,5 +1,9 @@
 """``load_any``: a model ready for inference from this project's checkpoint directory, a DenseAV file,
-or an ImageBind / CAV-MAE release file (``model.baselines``, recognized by its key names).
+an ImageBind / CAV-MAE release file (``model.baselines``, recognized by its key names), or a Hugging
+Face Hub repo id of this project's checkpoints or DenseAV's copies (``owner/name[@revision]``,
+fetched into huggingface_hub's cache by ``model.hub``; a local path that exists wins). This is the one
+place a trained model is loaded for inference: ``evaluation.runner.load_model``, ``ground.api.Grounder``
+and ``from_pretrained`` all come here.
 
 This project's checkpoints go through ``model.checkpoint.load_checkpoint``; DenseAV's ``.ckpt`` /
 ``model.safetensors`` (or its Hugging Face folder) through ``model.denseav_convert``. DenseAV's two-head
@@ -29,20 +33,39 @@ class Loaded(NamedTuple):
 
 
 def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech_head: int | None = None,
-             num_heads: int | None = None) -> Loaded:
+             num_heads: int | None = None, revision: str | None = None) -> Loaded:
     """(model in eval mode on ``device``, description) for ``path``: a project checkpoint directory,
-    or a DenseAV file / Hugging Face folder (``num_heads`` where the file does not say).
-    Errors are ``model.checkpoint.CheckpointError`` with one line naming the file."""
+    a DenseAV file / Hugging Face folder (``num_heads`` where the file does not say), a baseline
+    release file, or a Hub repo id ``owner/name[@revision]`` of either of the first two (``revision``
+    pins a branch, tag or commit; the description's ``hub`` says which commit was loaded).
+    Errors are ``model.checkpoint.CheckpointError`` with one line naming the file or repo."""
+    from .hub import resolve
+
+    path, hub = resolve(path, revision)
+    loaded = _load_local(path, speech_head, num_heads)
+    if hub is not None:
+        loaded.description["hub"] = hub
+    return Loaded(loaded.model.to(device).eval(), loaded.description)
+
+
+def from_pretrained(repo_or_dir: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu",
+                    speech_head: int | None = None, num_heads: int | None = None) -> torch.nn.Module:
+    """A trained model, as transformers' ``from_pretrained`` names it: a Hub repo id
+    (``owner/name[@revision]``) or a local checkpoint, through ``load_any``; eval mode on ``device``."""
+    return load_any(repo_or_dir, device=device, speech_head=speech_head, num_heads=num_heads, revision=revision).model
+
+
+def _load_local(path: Path, speech_head: int | None, num_heads: int | None) -> Loaded:
+    """``load_any`` of a local path, on the CPU."""
     from .baselines.convert import baseline_family, load_baseline
     from .denseav_convert import is_denseav
 
-    path = Path(path)
     family = baseline_family(path)
     if family is not None:  # ImageBind / CAV-MAE: one similarity head, nothing to assign
         if speech_head not in (None, 0) or num_heads not in (None, 1):
             raise ValueError(f"{path}: {family} has one similarity head (0); drop --speech-head and --num-heads")
         model, desc = load_baseline(path, family)
-        return Loaded(model.to(device).eval(), {**desc, "config": model.config.to_dict()})
+        return Loaded(model.eval(), {**desc, "config": model.config.to_dict()})
     if is_denseav(path):
         model, desc = _load_denseav(path, speech_head, num_heads)
     else:
@@ -58,7 +81,7 @@ def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech
             _set_heads(model.config, speech_head)
             desc["head_assignment"] = "given (speech_head)"
     desc["config"] = model.config.to_dict()
-    return Loaded(model.to(device).eval(), desc)
+    return Loaded(model.eval(), desc)
 
 
 def _set_heads(config, speech_head: int) -> None:

@@ -45,7 +45,7 @@ def _number(x: float) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """What one field accepts. Bounds apply to a number, or to each item of a list or tuple."""
+    """What one field accepts. Bounds and choices apply to a value, or to each item of a list or tuple."""
 
     gt: float | None = None
     ge: float | None = None
@@ -71,7 +71,10 @@ class Rule:
         """What the field accepts, in words (the end of a ``must be ...`` sentence)."""
         if self.choices is not None:
             names = [str(c) for c in self.choices]
-            return " or ".join(names) if len(names) <= 2 else "one of " + ", ".join(names)
+            choice = " or ".join(names) if len(names) <= 2 else "one of " + ", ".join(names)
+            if not sequence:
+                return choice
+            return f"{'a non-empty list' if self.nonempty else 'a list'} whose items are each {choice}"
         bound = self.bound()
         if not sequence:
             return bound or "a number"
@@ -81,6 +84,9 @@ class Rule:
 
     def allows(self, value: Any) -> bool:
         if self.choices is not None:
+            if _is_sequence(value):  # a list of choices (e.g. several trackers)
+                items = list(value)
+                return bool(items or not self.nonempty) and all(x in self.choices for x in items)
             return value in self.choices
         if _is_sequence(value):
             items = list(value)

@@ -3,8 +3,9 @@ process) with their rotation, and the audio backbone a run may start from.
 
     checkpoints/step_N/  model/  optimizer.pt  trainer_state.json  rng_R.safetensors  loader_R.json
 
-A checkpoint is written into ``step_N.tmp`` and renamed when complete, so a kill never leaves a
-half checkpoint that ``--resume`` would pick up.
+A checkpoint is written into ``step_N.tmp`` and renamed when complete, its files fsynced first
+(``pipeline.atomic.replace_dir``), so a kill or a power loss never leaves a half checkpoint that
+``--resume`` would pick up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from model.checkpoint import save_checkpoint
+from pipeline.atomic import replace_dir, write_json
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -39,15 +41,14 @@ def save_training_state(out: Path, step: int, state: dict, loader_state: dict, m
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / f"rng_{rank}.safetensors"))
-    (tmp / f"loader_{rank}.json").write_text(json.dumps(loader_state))
+    write_json(tmp / f"loader_{rank}.json", loader_state, indent=None)
     if accelerator.is_main_process:
         save_checkpoint(model, tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        write_json(tmp / "trainer_state.json", {**state, "step": step}, indent=2)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        replace_dir(tmp, final)  # every file fsynced, then one rename
         for old in checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -56,6 +57,8 @@ def save_training_state(out: Path, step: int, state: dict, loader_state: dict, m
 def load_training_state(ckpt: Path, model, optimizer, accelerator: Accelerator) -> tuple[dict, dict | None]:
     """Restore model, optimizer and this process's RNG; returns the trainer state and this
     process's loader state (None for a checkpoint written without one)."""
+    # Not model.loading.load_any: resume restores weights into the model being trained (built from
+    # the run's config, possibly wrapped by Accelerate) together with its optimizer, not a new model.
     state_dict = load_file(str(ckpt / "model" / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, misfit, state_shapes, weight_problems
 from .cavmae import HEAD_WIDTH as CAVMAE_HEAD_WIDTH
 from .cavmae import CAVMAEModel
 from .common import BaselineConfig, BaselineModel
@@ -124,7 +124,7 @@ class _Weights:
         if not (isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values())):
             raise BaselineFormatError(self.path, "holds no state dict of tensors; point it at the release file")
         self.keys = [str(k) for k in data]
-        self.shapes = {k: tuple(v.shape) for k, v in data.items()}
+        self.shapes = state_shapes(data)
         self.get: Callable[[str], torch.Tensor] = data.__getitem__
 
 
@@ -176,7 +176,7 @@ def load_baseline(path: str | Path, family: str | None = None) -> tuple[Baseline
     with torch.device("meta"):
         model = model_class(config)
     _check(path, family, model, {k: weights.shapes[f] for k, f in names.items()})
-    _assign(path, model, {k: weights.get(f) for k, f in names.items()})
+    _assign(path, model, {k: weights.get(f) for k, f in names.items()}, names)
     desc = {"kind": family, "file": str(path), "num_heads": 1, "weights_source": SOURCES[family],
             "weights": {"loaded": len(names), **ignored}, "sizes": sizes,
             "preprocessing": PREPROCESSING.format(
@@ -261,35 +261,28 @@ def _sizes(path: Path, family: str, read: Callable[[], dict[str, int]]) -> dict[
 # --------------------------------------------------------------------------- checking and loading
 
 
-def _listed(items: list[str], what: str) -> str:
-    return f"{len(items)} {what}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-
-
-def _check(path: Path, family: str, model: torch.nn.Module, shapes: dict[str, tuple]) -> None:
-    """Exactly the model's keys with the model's shapes, or one line saying the first differences."""
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(own) - set(shapes))
-    unexpected = sorted(set(shapes) - set(own))
-    misfit = [f"{k} {shapes[k]} vs {own[k]}" for k in own if k in shapes and shapes[k] != own[k]]
-    if not (missing or unexpected or misfit):
+def _check(path: Path, family: str, model: torch.nn.Module, found: dict[str, tuple]) -> None:
+    """Exactly the model's keys with the model's shapes, or one line saying the first differences
+    (``model.checkpoint.misfit``, as for this project's checkpoints)."""
+    own = state_shapes(model.state_dict())
+    problem = misfit(own, found, against="model")
+    if not problem:
         return
-    parts = [_listed(items, what) for what, items in (("missing", missing), ("unexpected", unexpected),
-                                                      ("of another shape (file vs model)", misfit)) if items]
     hint = ""
-    if any(k.startswith("mlp_head.") for k in unexpected):
+    if any(k.startswith("mlp_head.") for k in set(found) - set(own)):
         hint = " (a fine-tuned CAV-MAE; DenseAV evaluates the pretrained model)"
-    raise BaselineFormatError(path, f"does not have the layout of {FAMILIES[family]}{hint}: {'; '.join(parts)}; "
+    raise BaselineFormatError(path, f"does not have the layout of {FAMILIES[family]}{hint}: {problem}; "
                                     "use the release file as downloaded")
 
 
-def _assign(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """The file's tensors become the model's parameters (float32; mapped, not copied, when they are
-    float32 already); non-finite weights are refused."""
-    ready = {}
-    for key, tensor in state.items():
-        if not tensor.is_floating_point():
-            raise BaselineFormatError(path, f"{key} holds {tensor.dtype} values, not floating point")
-        if not bool(torch.isfinite(tensor).all()):
-            raise BaselineFormatError(path, f"{key} holds NaN or infinite values; download the file again")
-        ready[key] = tensor if tensor.dtype == torch.float32 else tensor.float()
+def _assign(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor], names: dict[str, str]) -> None:
+    """The file's tensors (``state``, by model key; ``names``: model key -> file key) become the
+    model's parameters (float32; mapped, not copied, when they are float32 already); integer or
+    non-finite weights are refused by their key in the file (``model.checkpoint.weight_problems``,
+    the check of this project's checkpoints: every weight of these models is floating point)."""
+    bad = weight_problems({names[key]: t for key, t in state.items()})
+    if bad:
+        (key, problem), others = bad[0], f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise BaselineFormatError(path, f"{key} {problem}{others}; download the file again")
+    ready = {key: t if t.dtype == torch.float32 else t.float() for key, t in state.items()}
     model.load_state_dict(ready, strict=True, assign=True)

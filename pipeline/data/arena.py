@@ -80,7 +80,9 @@ class ArenaPool:
         for i, buf in enumerate(self.buffers):
             if not self.busy[i]:
                 if buf is None or buf.numel() < nbytes:
-                    buf = self.buffers[i] = self._new(nbytes)
+                    # with headroom, as ``grow``: each batch that needs a little more than any before
+                    # would otherwise replace the slot again (a fresh buffer faulted in, handed over)
+                    buf = self.buffers[i] = self._new(nbytes + nbytes // 4)
                     self.generation[i] += 1
                 self.busy[i] = True
                 return Arena(buf, i)

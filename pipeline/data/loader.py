@@ -3,11 +3,11 @@
 Each worker runs one stream of named stages (``pipeline.data.stages``), read top to bottom in
 ``MixedStream.__iter__``::
 
-    speech shards ─▶ read ─▶ shuffle ─▶ count ─▶ decode ─┐
-                                                         ├─▶ draw_items ─▶ assemble_batches ─┐
-    sound shards (resampled forever) ─▶ … ─▶ decode ─────┘                                   │
-                                                                                             ▼
-                     main process, on the training device:   crop + colour jitter + mix (finish_batch)
+    speech shards ─▶ locate ─▶ shuffle ─▶ count ─▶ read ─▶ decode ─┐
+                                                                   ├─▶ draw_items ─▶ assemble_batches
+    sound shards (resampled forever) ─▶ … ─▶ decode ───────────────┘                        │
+                                                                                            ▼
+                    main process, on the training device:   crop + colour jitter + mix (finish_batch)
 
 Workers do what needs a CPU (tar reading, FLAC and JPEG decoding) and every random draw (crop box,
 flip, colour matrix, mixing ratio and level, splices), so a batch is fixed by the seeds alone; the
@@ -35,6 +35,7 @@ sent through the batch stream as one line. Every batch carries its worker's ``St
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import random
 import resource
@@ -49,9 +50,10 @@ from pipeline.data.mixing import mix_batch, span_mask, valid_mask
 from pipeline.data.sources import LoaderError, list_shards, plan_finite_epoch, require_samples, seed_from
 from pipeline.data.stages import (
     ROLES, STRING_FIELDS, BatchAssembly, ItemDraws, SkipCounter, StreamCursor, StreamGuard, assemble_batches,
-    count, decode, draw_items, fast_forward, read_samples, resampled_shards, shuffle,
+    count, decode, draw_items, fast_forward, locate_samples, read_samples, resampled_shards, shuffle,
 )
 from pipeline.data.transform import augment_batch
+from pipeline.storage import StorageError
 
 
 def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu") -> dict:
@@ -150,6 +152,11 @@ class MixedStream(torch.utils.data.IterableDataset):
         # worker 0. A resume after `skip` batches must continue with the stream whose turn is
         # next, so DataLoader worker i plays the stream ("logical worker") (i + skip) % workers.
         cfg = self.cfg
+        if torch.utils.data.get_worker_info() is not None:
+            # What a worker inherits from the training process (forked) goes to GC's permanent
+            # generation: a full collection would walk all of it, copying every page it touches
+            # (in a worker forked from the benchmark, ~0.1 s and ~8,000 page copies each time).
+            gc.freeze()
         worker = (self._worker() + self.skip_batches) % self.workers
         slot = self.rank * self.workers + worker
         base = (cfg.seed, self.epoch, self.rank, worker)
@@ -161,14 +168,14 @@ class MixedStream(torch.utils.data.IterableDataset):
         done = max(0, (self.skip_batches - worker + self.workers - 1) // self.workers)  # this stream's consumed batches
 
         cursor = StreamCursor()
-        raw = {role: count(shuffle(read_samples(shards, guards[role]), cfg.shuffle_buffer,
-                                   random.Random(seed_from(*base, role))), cursor, role)
-               for role, shards in (("speech", speech_shards), ("sound", sound_shards))}
-        fast_forward(raw, cursor, self._resume_point(slot, sum(sizes[:done])), list(guards.values()), skip)
+        located = {role: count(shuffle(locate_samples(shards, guards[role]), cfg.shuffle_buffer,
+                                       random.Random(seed_from(*base, role))), cursor, role)
+                   for role, shards in (("speech", speech_shards), ("sound", sound_shards))}
+        fast_forward(located, cursor, self._resume_point(slot, sum(sizes[:done])), list(guards.values()), skip)
         batch = BatchAssembly(ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None),
                               cfg.clip_samples)
-        draft = None if cfg.train else cfg.image_size
-        speech, sound = (decode(raw[role], guards[role], cfg.clip_samples, draft, functools.partial(batch.next_row, role))
+        speech, sound = (decode(read_samples(located[role], guards[role]), guards[role], cfg.clip_samples,
+                                functools.partial(batch.next_row, role))
                          for role in ROLES)
         items = draw_items(speech, sound, ItemDraws(cfg, seed_from(*base, "augment")), cursor)
 
@@ -180,7 +187,8 @@ class MixedStream(torch.utils.data.IterableDataset):
             for out in assemble_batches(items, sizes[done:], batch):
                 out["worker_stats"] = stats()
                 yield out
-        except LoaderError as exn:  # to the main process as one line (see TrainLoader.raw_batches)
+        except (LoaderError, StorageError) as exn:  # to the main process as one line (see TrainLoader.raw_batches);
+            # StorageError: a store that stayed unreachable after the reader's retries, naming the object
             yield {"loader_error": str(exn), "worker_stats": stats()}
 
 

@@ -1,13 +1,16 @@
 """What the loader reads: shard specs resolved to committed shards, the finite-epoch plan, seeds.
 
-A spec is local paths only (directories, tar files, globs; comma-separated): a string such as
+A spec is a comma-separated list of directories, tar files and globs, each a local path,
+``file:///path`` or ``s3://bucket/prefix`` (``pipeline.storage``'s allow-list): a string such as
 ``pipe:...`` or ``http://...`` is refused, and the loader opens every tar itself, so no file name
-is ever interpreted as a command or a URL. Directories are listed by ``pipeline.shard_dir``
-(the commit rule); glob results that are not regular files are ignored.
+is ever interpreted as a command. Directories are listed by ``pipeline.shard_dir`` (the commit
+rule); glob results that are not regular files are ignored. A tar in a store is streamed front to
+back by the worker that reads it (never downloaded whole first).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import logging
@@ -18,11 +21,9 @@ import re
 import tarfile
 from dataclasses import dataclass
 
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
 
 log = logging.getLogger(__name__)
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # pipe:, file:, http:, s3: ...
 
 
 class LoaderError(RuntimeError):
@@ -31,18 +32,27 @@ class LoaderError(RuntimeError):
 
 @dataclass(frozen=True)
 class Shard:
-    path: str  # absolute
+    path: str  # an absolute path, or an s3:// URL
     samples: int  # as recorded by its commit marker (or counted, for a tar without one)
 
 
 def list_shards(spec: str) -> list[Shard]:
     """Resolve a comma-separated list of directories, tar files and globs into committed shards."""
     shards: list[Shard] = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if _SCHEME.match(part):
-            raise LoaderError(f"{part!r}: shards are read from local paths only (a webdataset URL such as "
-                              "pipe:... would run a command); pass a directory, tar file or glob")
-        found = _from_dir(part) if os.path.isdir(part) else _from_files(part, spec)
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    try:
+        locations = [storage.location(part) for part in parts]  # every scheme checked before anything is read
+    except storage.StorageError as exc:
+        raise LoaderError(str(exc)) from None
+    for part, loc in zip(parts, locations):
+        try:
+            if isinstance(loc, storage.S3Path):
+                found = _from_store(loc, spec)
+            else:
+                part = os.fspath(loc)  # (file:///x -> /x)
+                found = _from_dir(part) if os.path.isdir(part) else _from_files(part, spec)
+        except storage.StorageError as exc:
+            raise LoaderError(str(exc)) from None
         if not found:
             raise FileNotFoundError(
                 f"no committed shards in {part!r}: build them with `prep shards ...` "
@@ -79,6 +89,38 @@ def _from_files(part: str, spec: str) -> list[Shard]:
         else:
             found.append(Shard(os.path.abspath(path), _count_samples(path)))
     return found
+
+
+def _from_store(loc: storage.S3Path, spec: str) -> list[Shard]:
+    """A prefix (a shard directory), one tar, or a glob over keys, in a store."""
+    if any(c in loc.key for c in "*?["):
+        static = re.split(r"[*?\[]", loc.key, maxsplit=1)[0].rpartition("/")[0]
+        base = storage.S3Path(loc.bucket, static)
+        keys = sorted(base.prefix + k for k in storage.list_tree(base) if k.endswith(".tar"))
+        return [s for key in keys if fnmatch.fnmatchcase(key, loc.key)
+                for s in _store_tar(storage.S3Path(loc.bucket, key), spec, must_exist=False)]
+    if loc.key.endswith(".tar"):
+        return _store_tar(loc, spec, must_exist=True)
+    listing = shard_dir.list_dir(loc)
+    if problems := listing.problems():
+        log.warning("%s: ignoring %s; `prep shards` rebuilds them", loc, problems)
+    return [Shard(s.tar.url, s.samples) for s in listing.committed]
+
+
+def _store_tar(loc: storage.S3Path, spec: str, must_exist: bool) -> list[Shard]:
+    marker = loc.with_name(loc.name.removesuffix(".tar") + shard_dir.STATS_SUFFIX)
+    stats = shard_dir.read_stats(marker)
+    if stats is not None:
+        return [Shard(loc.url, int(stats.get("written", 0)))]
+    if storage.exists(marker):
+        log.warning("%s: unreadable commit marker, shard ignored as uncommitted; `prep shards` rebuilds it", marker)
+        return []
+    if not storage.exists(loc):
+        if must_exist:
+            raise FileNotFoundError(f"shard {loc} does not exist (from {spec!r}): build shards with "
+                                    "`prep shards ...` or fix the location")
+        return []
+    return [Shard(loc.url, _count_samples(loc.url))]
 
 
 def _count_samples(path: str) -> int:

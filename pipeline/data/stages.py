@@ -1,11 +1,16 @@
 """The stages of a worker's stream, each a small generator (webdataset style), in reading order::
 
-    shards -> read_samples -> shuffle -> count (the cursor) -> decode (into the batch's arena)
-           -> draw_items (pair speech with sound, draw) -> assemble_batches (collate)
+    shards -> locate_samples -> shuffle -> count (the cursor) -> read_samples -> decode (into the
+           batch's arena) -> draw_items (pair speech with sound, draw) -> assemble_batches (collate)
 
 plus what they share: the skip accounting (``SkipCounter`` for the worker, ``StreamGuard`` per
 stream: a stream that yields no good sample stops with a ``LoaderError``) and the ``StreamCursor``
 by which a resumed worker fast-forwards to where its last consumed batch left the streams.
+
+The shuffle buffer holds where samples sit in their tars (``shard_dir.SampleRef``), not their
+bytes: a sample is read once it is taken, so it is decoded while fresh in the CPU's cache (held
+~200 samples in a buffer, its bytes had gone cold: a tenth more time to decode it), a resumed
+worker fast-forwards without reading, and a buffer of 1,000 costs kilobytes instead of ~175 MB.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import math
 import os
 import random
 import re
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,7 +38,7 @@ from pipeline.data.config import LoaderConfig
 from pipeline.data.mixing import draw_levels, draw_masked_span, splice_negative
 from pipeline.data.sources import LoaderError, Shard
 from pipeline.data.transform import NO_JITTER, cut_train_crop, eval_image
-from pipeline.image import open_image
+from pipeline.image import open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -152,40 +156,44 @@ def resampled_shards(shards: list[Shard], rng: random.Random) -> Iterator[Shard]
         yield rng.choices(shards, weights=weights)[0]
 
 
-def read_samples(shards: Iterable[Shard], guard: StreamGuard) -> Iterator[dict]:
-    """Raw samples (``__key__``, ``__url__``, member bytes) of each shard, read by this process:
-    no path is handed to webdataset, whose URL handling would run a ``pipe:`` name. An unreadable
-    or truncated tar is a counted skip, and the next shard follows."""
-    for shard in shards:
-        yielded = False
-        try:
-            for sample in shard_dir.iter_tar_samples(shard.path):
-                sample["__url__"] = shard.path
-                yielded = True
-                yield sample
-        except (tarfile.TarError, OSError, EOFError) as exn:
-            guard.unreadable(shard.path, exn, yielded)
+def locate_samples(shards: Iterable[Shard], guard: StreamGuard) -> Iterator[shard_dir.SampleRef]:
+    """Where each sample of each shard sits (``shard_dir.sample_refs``), read by this process from
+    the tar's headers: no path is handed to webdataset, whose URL handling would run a ``pipe:``
+    name. An unreadable or truncated tar is a counted skip, and the next shard follows."""
+    return shard_dir.shard_sample_refs((shard.path for shard in shards), guard.unreadable)
 
 
-def shuffle(src: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+def shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
     if bufsize <= 1:
         yield from src
     else:
         yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(src)
 
 
-def count(src: Iterator[dict], cursor: StreamCursor, role: str) -> Iterator[dict]:
-    """Count the raw samples taken from a stream into ``cursor`` (the resumable position)."""
+def count(src: Iterator, cursor: StreamCursor, role: str) -> Iterator:
+    """Count the samples taken from a stream into ``cursor`` (the resumable position)."""
     for sample in src:
         setattr(cursor, role, getattr(cursor, role) + 1)
         yield sample
 
 
+def read_samples(src: Iterator[shard_dir.SampleRef], guard: StreamGuard) -> Iterator[dict]:
+    """The raw samples taken (``__key__``, ``__url__``, member bytes); a tar that has lost a
+    sample's bytes since it was located (truncated meanwhile) is a counted skip."""
+    for ref in src:
+        try:
+            sample = shard_dir.read_sample(ref)
+        except shard_dir.TAR_ERRORS as exn:
+            guard.skip(f"unreadable tar data ({type(exn).__name__})", ref.url, ref.key)
+            continue
+        yield sample
+
+
 def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: StreamCursor,
                  guards: list[StreamGuard], skip: SkipCounter) -> None:
-    """Take from each counted raw stream, decoding nothing, until ``cursor`` reaches ``done`` (a
-    finite stream may end first); the skips so far are then ``done``'s. The guards judge no
-    stream meanwhile: nothing is decoded."""
+    """Take from each counted stream of sample locations, reading nothing, until ``cursor``
+    reaches ``done`` (a finite stream may end first); the skips so far are then ``done``'s. The
+    guards judge no stream meanwhile: nothing is read or decoded."""
     for guard in guards:
         guard.watching = False
     for role, stream in raw.items():
@@ -199,17 +207,17 @@ def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: Str
 
 
 def decode(src: Iterator[dict], guard: StreamGuard, clip_samples: int = fmt.CLIP_SAMPLES,
-           draft_size: int | None = None, into=None) -> Iterator[dict]:
+           into=None) -> Iterator[dict]:
     """Raw tar samples -> {key, audio, valid, image (PIL), meta}; bad ones are the guard's skips.
 
-    ``draft_size``: let the JPEG decoder downscale by 2/4/8 while staying >= this size (evaluation
-    transforms only need that much; training crops keep full resolution). ``audio`` is float32;
-    with ``into``, a callable giving the row to decode the next clip into (an int16 row of the
-    batch being assembled), it is a view of that row. Either way it is silent past its real samples.
+    Images decode at full resolution: training crops need it, and the evaluation transform must see
+    DenseAV's pixels (a JPEG draft decodes at 1/2, 1/4 or 1/8 scale and changes them). ``audio`` is
+    float32; with ``into``, a callable giving the row to decode the next clip into (an int16 row of
+    the batch being assembled), it is a view of that row. Either way it is silent past its real samples.
     """
     for raw in src:
         key, shard = raw.get("__key__", "?"), raw.get("__url__", "?")
-        item = _decode_one(raw, clip_samples, draft_size, into)
+        item = _decode_one(raw, clip_samples, into)
         if isinstance(item, str):
             guard.skip(item, shard, key)
             continue
@@ -217,7 +225,7 @@ def decode(src: Iterator[dict], guard: StreamGuard, clip_samples: int = fmt.CLIP
         yield item
 
 
-def _decode_one(raw: dict, clip_samples: int, draft_size: int | None, into) -> dict | str:
+def _decode_one(raw: dict, clip_samples: int, into) -> dict | str:
     """The decoded sample, or the reason to skip it."""
     missing = [e for e in fmt.MEMBER_EXTS if e not in raw]
     if missing:
@@ -233,9 +241,8 @@ def _decode_one(raw: dict, clip_samples: int, draft_size: int | None, into) -> d
     try:
         audio = fmt.decode_audio(raw[fmt.AUDIO_EXT], frames=clip_samples, out=None if into is None else into())
         image = open_image(raw[fmt.IMAGE_EXT])  # refuses a decompression bomb before decoding it
-        if draft_size and min(image.size) >= 2 * draft_size:
-            image.draft("RGB", (draft_size, draft_size))
         image.load()  # decode here, where a failure is a counted skip
+        image = to_rgb(image)  # a stray 16-bit or float picture by its value range, not clipped
     except Exception as exn:  # noqa: BLE001 - any decode failure is a counted skip
         detail = re.sub(r" at 0x[0-9a-f]+", "", str(exn))[:80]  # one reason, not one per object address
         return f"undecodable ({type(exn).__name__}: {detail})"
@@ -310,16 +317,18 @@ class BatchAssembly:
     def __init__(self, pool: ArenaPool, clip_samples: int):
         self.pool, self.clip_samples = pool, clip_samples
         self.arena: Arena | None = None
-        self.audio: dict[str, torch.Tensor] = {}
+        self.audio: dict[str, np.ndarray] = {}
         self.items: list[dict] = []
 
     def start(self, size: int):
         self.arena = self.pool.take(Arena.HEADER + len(ROLES) * (size * self.clip_samples * 2 + 64))
-        self.audio = {role: self.arena.place(f"{role}_audio", torch.int16, (size, self.clip_samples)) for role in ROLES}
+        # numpy views, made once per batch: indexing a tensor per clip costs more than numpy's
+        self.audio = {role: self.arena.place(f"{role}_audio", torch.int16, (size, self.clip_samples)).numpy()
+                      for role in ROLES}
         self.items = []
 
     def next_row(self, role: str) -> np.ndarray:
-        return self.audio[role][len(self.items)].numpy()
+        return self.audio[role][len(self.items)]
 
 
 def assemble_batches(items: Iterator[dict], sizes: list[int], batch: BatchAssembly) -> Iterator[dict]:

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import audio, ffmpeg, image
+from pipeline import atomic, audio, ffmpeg, image
 from pipeline import format as fmt
 from pipeline.prep import ratelimit
 from pipeline.prep.media import Media, SkipItem, registered_key, registered_loader
@@ -388,7 +388,7 @@ def download_clip(ytid: str, start: float, end: float, cache_dir: str | os.PathL
                 kind, detail = "empty_output", "yt-dlp succeeded but wrote no media file"
                 break
             final = cache / f"{clip_name(ytid, start, end)}{outputs[0].suffix}"
-            os.replace(outputs[0], final)
+            atomic.replace(outputs[0], final)  # fsynced: a crash never leaves a torn clip in the cache
             return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

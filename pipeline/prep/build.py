@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import format as fmt
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
 from pipeline.prep import local_engine, ray_engine
 from pipeline.prep.manifest import update_dataset_summary
 from pipeline.prep.media import Media, describe_key, describe_loader
@@ -110,7 +110,7 @@ def build_shards(
     if part_n < 1 or not 0 <= part_i < part_n:
         raise ValueError(f"part {part} must satisfy 0 <= i < n")
     check_picklable(load, 1 if ray else workers)
-    out = Path(out_dir)
+    out = storage.location(out_dir)  # a Path, or an S3Path (s3://bucket/prefix): never a local "s3:" folder
     started, started_at = time.perf_counter(), time.time()
     items = list(items)
     n_shards = math.ceil(len(items) / shard_size)
@@ -127,7 +127,8 @@ def build_shards(
     }
     tasks = make_tasks(items, key)
     with output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
+        if isinstance(out, Path):
+            out.mkdir(parents=True, exist_ok=True)
         with shard_dir.build_lock(out, selected):
             shard_dir.remove_dead_temp_files(out, started_at)
             plans = []
@@ -149,7 +150,7 @@ def build_shards(
     return summary
 
 
-def _check_same_input(out: Path, shard: int, tasks: list[Task]) -> None:
+def _check_same_input(out: Path | storage.S3Path, shard: int, tasks: list[Task]) -> None:
     marker = shard_dir.stats_path(out, shard)
     if shard_dir.read_stats(marker).get("keys_sha1") != keys_digest(tasks):
         raise ValueError(
@@ -169,7 +170,7 @@ def run_plans(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOptio
 
 
 @contextlib.contextmanager
-def output_errors(out: Path) -> Iterator[None]:
+def output_errors(out: Path | storage.S3Path) -> Iterator[None]:
     """An OSError on the output (disk full, file-size limit, a read-only or vanished directory)
     -> one ShardDirError naming ``out`` and what to do; nothing partial is left behind."""
     try:

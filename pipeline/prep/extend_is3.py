@@ -24,8 +24,6 @@ known words.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 
@@ -37,6 +35,9 @@ from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE, read_is3
 from pipeline import audio as audio_io
 from pipeline import format as fmt
 from pipeline import tts
+from pipeline.atomic import write_json
+from pipeline.cli_support import fail
+from pipeline.progress import progress_bar
 from pipeline.tts import prompt_text
 
 # Class strings and target tokens of the public IS3 metadata (kaistmm/SSLalignment,
@@ -155,12 +156,10 @@ def build_extended_is3(root: Path, backend: str = "espeak", voice: str | None = 
     speech_dir = root / SPEECH_DIR
     speech_dir.mkdir(exist_ok=True)
 
-    from rich.progress import track
-
     cache: dict[str, tuple[tts.Speech, str]] = {}
     items = {}
     annotations = sorted(dataset.annotations, key=lambda a: a.stem)
-    for ann in track(annotations, description="speaking IS3 class names", disable=not progress):
+    for ann in progress_bar(len(annotations), "speaking IS3 class names", progress, unit="name", iterable=annotations):
         phrase = readable_phrase(ann.target)
         text = prompt_text(phrase, template)
         if text not in cache:
@@ -173,9 +172,7 @@ def build_extended_is3(root: Path, backend: str = "espeak", voice: str | None = 
     doc = {"backend": backend, "voice": voice, "template": template, "rate_wpm": int(rate_wpm),
            "sample_rate": fmt.SAMPLE_RATE, "timing": timing.pop() if len(timing) == 1 else sorted(timing),
            "items": items}
-    tmp = prompts_path.with_name(prompts_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, prompts_path)
+    write_json(prompts_path, doc)
     return {"spoken": len(items), "texts": len(cache), "skipped": [s.as_dict() for s in dataset.skipped],
             "root": str(root)}
 
@@ -199,8 +196,7 @@ def extend_is3_command(
     try:
         summary = build_extended_is3(root, backend, voice, template, rate_wpm, overwrite)
     except (DatasetError, ValueError, tts.TTSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        fail(str(exc))
     typer.echo(f"{summary['spoken']} annotations spoken ({summary['texts']} distinct texts) into "
                f"{root / SPEECH_DIR}; {len(summary['skipped'])} skipped")
     for s in summary["skipped"][:20]:

@@ -2,7 +2,9 @@
 
 Figures come from the parquet manifests (cheap: no tar is opened) of committed shards;
 ``--verify`` decodes every sample of every tar; ``--show N --out sheet.png`` draws N samples.
-DIR may also be a folder of shard directories (e.g. ``shards/``): each is reported.
+DIR may also be a folder of shard directories (e.g. ``shards/``): each is reported. DIR may be a
+prefix in an object store (``s3://bucket/prefix``, ``pipeline.storage``): the same figures, from
+one listing plus the manifests; ``--verify`` and ``--show`` then stream the tars they read.
 """
 
 from __future__ import annotations
@@ -18,37 +20,43 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import typer
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import format as fmt
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
+from pipeline.cli_support import PROBLEMS_FOUND, fail
 from pipeline.prep import manifest
-from pipeline.prep.commands.common import fail
 from pipeline.prep.manifest import read_header
 from pipeline.prep.worker import WRITTEN
+from pipeline.progress import progress_bar
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
+_ShardDirError = shard_dir.ShardDirError
 _MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duration", "orig_sample_rate", "orig_channels", "audio_type", "meta"]
 
 
-def find_shard_dirs(root: str | Path) -> list[Path]:
+def find_shard_dirs(root: str | Path | storage.S3Path) -> list[Path | storage.S3Path]:
     """``root`` itself if it holds shards, else every directory below it that does."""
-    root = Path(root)
+    root = storage.as_location(root)
     if shard_dir.looks_like_shard_dir(root):
         return [root]
+    if isinstance(root, storage.S3Path):  # one listing of everything below, 1,000 keys per request
+        names = (k.rpartition("/") for k in storage.list_tree(root))
+        found = {d for d, _, name in names if d and (name == shard_dir.DATASET_FILE or name.endswith((".tar", shard_dir.STATS_SUFFIX)))}
+        return sorted(root / d for d in found if shard_dir.LEASE_DIR not in d.split("/"))
     return sorted(d for d in root.rglob("*") if d.is_dir() and shard_dir.looks_like_shard_dir(d))
 
 
-def shard_health(directory: Path) -> dict:
+def shard_health(directory: Path | storage.S3Path) -> dict:
     """Committed shards (by ``shard_dir``'s commit rule), and everything that is not: partial
     files, tars without a readable commit marker, corrupt markers, markers without a tar, tars
     whose size disagrees with their marker."""
     listing = shard_dir.list_dir(directory)
     size_mismatch = [
         c.tar.name for c in listing.committed
-        if c.stats.get("tar_bytes") is not None and c.stats["tar_bytes"] != c.tar.stat().st_size
+        if c.stats.get("tar_bytes") is not None
+        and c.stats["tar_bytes"] != (c.tar_bytes if c.tar_bytes is not None else c.tar.stat().st_size)
     ]
     committed = [c.index for c in listing.committed]
     total = read_header(directory).get("shards_total")
@@ -65,10 +73,10 @@ def shard_health(directory: Path) -> dict:
     }
 
 
-def corrupt_marker_notes(directory: Path, health: dict) -> list[str]:
+def corrupt_marker_notes(directory: Path | storage.S3Path, health: dict) -> list[str]:
     """One line per unreadable commit marker: which shard it leaves uncommitted, and the fix."""
     return [
-        f"{Path(directory) / name} is not a readable commit marker: shard {shard_dir.shard_index(Path(name))} "
+        f"{storage.join(directory, name)} is not a readable commit marker: shard {shard_dir.shard_index(Path(name))} "
         "counts as uncommitted; rerun the `prep shards` command to rebuild it"
         for name in health["corrupt_markers"]
     ]
@@ -100,7 +108,7 @@ def _label_names(meta: dict) -> list[str]:
 
 def collect(directory: str | Path, *, top_labels: int = 25, examples: int = 3) -> dict:
     """The figures `prep inspect` prints, as one JSON-serializable dict."""
-    directory = Path(directory)
+    directory = storage.as_location(directory)
     health = shard_health(directory)
     header = read_header(directory)
     durations, rates, channels = [], collections.Counter(), collections.Counter()
@@ -108,7 +116,7 @@ def collect(directory: str | Path, *, top_labels: int = 25, examples: int = 3) -
     failures, failure_examples = collections.Counter(), collections.defaultdict(list)
     items = 0
     for shard in health["committed"]:
-        table = pq.read_table(shard_dir.parquet_path(directory, shard), columns=_MANIFEST_COLUMNS)
+        table = manifest.read_table(shard_dir.parquet_path(directory, shard), columns=_MANIFEST_COLUMNS)
         for row in table.to_pylist():
             items += 1
             if row["status"] != WRITTEN:
@@ -156,12 +164,12 @@ def collect(directory: str | Path, *, top_labels: int = 25, examples: int = 3) -
 def verify_shard(directory: str | Path, shard: int) -> dict:
     """Check one committed shard: its tar against the commit marker (sha256) and the manifest
     (same keys, same order), and every sample against the format."""
-    directory = Path(directory)
+    directory = storage.as_location(directory)
     tar = shard_dir.tar_path(directory, shard)
     stats = shard_dir.read_stats(shard_dir.stats_path(directory, shard)) or {}
     problems, keys = [], []
     sha = hashlib.sha256()
-    with open(tar, "rb") as f:
+    with storage.open_read(tar) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
@@ -185,15 +193,13 @@ def verify_shard(directory: str | Path, shard: int) -> dict:
 def verify(directory: str | Path, *, workers: int = 1, progress: bool = True, max_problems: int = 50) -> dict:
     """Decode every sample of every committed shard (``verify_shard``, ``workers`` shards at a
     time); keys must also be unique across the directory."""
-    from tqdm import tqdm
-
-    directory = Path(directory)
+    directory = storage.as_location(directory)
     health = shard_health(directory)
     problems, checked, seen = [], 0, {}
     todo = health["committed"]
     with concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         results = pool.map(verify_shard, [directory] * len(todo), todo) if pool else map(verify_shard, [directory] * len(todo), todo)
-        for result in tqdm(results, total=len(todo), desc="verify", unit="shard", disable=not progress):
+        for result in progress_bar(len(todo), "verify", progress, unit="shard", iterable=results):
             problems += result["problems"]
             checked += len(result["keys"])
             for key in result["keys"]:
@@ -240,11 +246,11 @@ def spectrogram_image(clip: np.ndarray, valid_seconds: float, size: tuple[int, i
     return picture
 
 
-def _pick(directory: Path, committed: list[int], n: int) -> list[tuple[int, str]]:
+def _pick(directory: Path | storage.S3Path, committed: list[int], n: int) -> list[tuple[int, str]]:
     """``n`` written samples spread evenly over the directory, as (shard, key)."""
     written = []
     for shard in committed:
-        table = pq.read_table(shard_dir.parquet_path(directory, shard), columns=["key", "status"])
+        table = manifest.read_table(shard_dir.parquet_path(directory, shard), columns=["key", "status"])
         written += [(shard, k) for k, s in zip(table["key"].to_pylist(), table["status"].to_pylist()) if s == WRITTEN]
     if len(written) <= n:
         return written
@@ -255,7 +261,7 @@ def _pick(directory: Path, committed: list[int], n: int) -> list[tuple[int, str]
 def contact_sheet(directory: str | Path, n: int, out: str | Path, *, columns: int = 4) -> int:
     """Draw ``n`` samples (image, spectrogram, key, labels or caption) into one PNG; returns the
     number drawn."""
-    directory = Path(directory)
+    directory = storage.as_location(directory)
     picks = _pick(directory, shard_health(directory)["committed"], n)
     wanted = collections.defaultdict(set)
     for shard, key in picks:
@@ -340,7 +346,7 @@ def _print_report(report: dict) -> None:
 
 
 def command(
-    shard_dir: Annotated[Path, typer.Argument(help="A shard directory, or a folder of them.", exists=True, file_okay=False)],
+    shard_dir: Annotated[str, typer.Argument(help="A shard directory, or a folder of them (a local path or s3://bucket/prefix).")],
     verify_samples: Annotated[bool, typer.Option("--verify", help="Decode every sample and check the format.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Draw N samples into a contact sheet (needs --out).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path for --show.")] = None,
@@ -349,10 +355,21 @@ def command(
 ) -> None:
     """Counts, hours, audio types, labels, durations, sample rates, failures and shard health."""
     if show and out is None:
-        raise fail("--show needs --out sheet.png")
+        fail("--show needs --out sheet.png")
+    try:
+        root = storage.location(shard_dir)
+        if isinstance(root, Path) and not root.is_dir():
+            fail(f"{root} is not a directory: give a shard directory (or a folder of them)")
+        _inspect(root, verify_samples, show, out, as_json, workers)
+    except (storage.StorageError, _ShardDirError) as exc:  # (``shard_dir`` here is the argument)
+        fail(str(exc))
+
+
+def _inspect(shard_dir: Path | storage.S3Path, verify_samples: bool, show: int, out: Path | None, as_json: bool,
+             workers: int) -> None:
     dirs = find_shard_dirs(shard_dir)
     if not dirs:
-        raise fail(f"no shards under {shard_dir}")
+        fail(f"no shards under {shard_dir}")
     reports: list[dict[str, Any]] = []
     for d in dirs:
         report = collect(d)
@@ -372,4 +389,4 @@ def command(
             if "contact_sheet" in report:
                 typer.echo(f"contact sheet: {report['contact_sheet']['path']} ({report['contact_sheet']['samples']} samples)")
     if verify_samples and any(r["verify"]["problems"] for r in reports):
-        raise typer.Exit(1)
+        raise typer.Exit(PROBLEMS_FOUND)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import format as fmt
-from pipeline import shard_dir
-from pipeline.prep.writer import write_atomic, write_json
+from pipeline import shard_dir, storage
+from pipeline.atomic import write_atomic
 
 ROW_SCHEMA = pa.schema(
     [
@@ -34,8 +34,16 @@ ROW_SCHEMA = pa.schema(
 HEADER_FIELDS = ("items_total", "shard_size", "shards_total", "loader", "key", "desc", "input_warnings")
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    return pq.read_table(path, schema=ROW_SCHEMA).to_pylist()
+def read_table(path: str | os.PathLike | storage.S3Path, **options) -> pa.Table:
+    """A parquet manifest as a table; one in a store is fetched whole by ``pipeline.storage``
+    (pyarrow's own S3 client is never handed a URL: one client, one set of credentials)."""
+    loc = storage.as_location(path)
+    source = pa.BufferReader(storage.read_bytes(loc)) if isinstance(loc, storage.S3Path) else loc
+    return pq.read_table(source, **options)
+
+
+def read_rows(path: str | os.PathLike | storage.S3Path) -> list[dict]:
+    return read_table(path, schema=ROW_SCHEMA).to_pylist()
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -44,12 +52,14 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def read_header(out_dir: Path) -> dict:
+def read_header(out_dir: Path | storage.S3Path) -> dict:
     """dataset.json, or {} when it is missing or unreadable: it is derived from the shards' markers
     (plus the build's own header), so `prep shards` rewrites a torn one and `prep inspect` takes
     its figures from the shards alone."""
     try:
-        header = shard_dir.read_json(Path(out_dir) / shard_dir.DATASET_FILE)
+        header = shard_dir.read_json(storage.join(out_dir, shard_dir.DATASET_FILE))
+    except storage.StorageError:
+        raise  # a store that refuses or cannot be reached is not a missing file
     except (OSError, ValueError):
         return {}
     return header if isinstance(header, dict) else {}
@@ -64,22 +74,22 @@ def update_dataset_summary(out_dir: str | os.PathLike, header: dict | None = Non
     a scan that saw every commit made before it, so the last writer leaves a complete picture,
     without a lock that a stopped run could hold.
     """
-    out = Path(out_dir)
+    out = storage.as_location(out_dir)
     scan = _scan_committed(out)
     while True:
         summary = _summary(out, header, scan)
-        write_json(out / shard_dir.DATASET_FILE, summary)
+        shard_dir.write_json(out / shard_dir.DATASET_FILE, summary)
         again = _scan_committed(out)
         if again == scan:
             return summary
         scan = again
 
 
-def _scan_committed(out: Path) -> list[dict]:
+def _scan_committed(out: Path | storage.S3Path) -> list[dict]:
     return [committed.stats for committed in shard_dir.committed_shards(out)]
 
 
-def _summary(out: Path, header: dict | None, scan: list[dict]) -> dict:
+def _summary(out: Path | storage.S3Path, header: dict | None, scan: list[dict]) -> dict:
     previous = read_header(out)
     summary = {k: previous[k] for k in HEADER_FIELDS if k in previous}
     summary.update({k: v for k, v in (header or {}).items() if v is not None})

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from pipeline.prep.writer import dumps_strict
+from pipeline.atomic import dumps_strict
 
 _F = TypeVar("_F", bound=Callable)
 # kind ("loader" or "key") -> {function: name}. Looked up by identity, so a wrapper of a

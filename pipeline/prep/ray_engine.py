@@ -2,8 +2,9 @@
 
 The driver makes the shard plan (``pipeline.prep.build``) and holds the build lock; each task
 runs the same per-shard writer as the local engine (``shard.write_shard``) under the shard's
-write lock and commits with the same marker into the same directory, so every node must see
-``--out`` at the same path (a shared filesystem). A task whose worker or node dies is re-run by
+write lock and commits with the same marker into the same directory: a local ``--out`` must be
+seen by every node at the same path (a shared filesystem); an ``s3://`` one needs none, each task
+writing in its node's temporary directory and uploading (``pipeline.storage``). A task whose worker or node dies is re-run by
 Ray; one that keeps dying is re-run once more with each item in a child process, so only an item
 that kills its process is recorded, as ``worker_crashed``. When there is a progress bar, one
 actor sums every task's counts for it (``ray_progress``); a limiter actor
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
 from pipeline.prep import ratelimit
 from pipeline.prep.shard import Progress, ShardPlan, ShardRun, build_one_shard, keys_digest
 from pipeline.prep.media import reason_kind
@@ -70,7 +71,7 @@ class _Reporter:
 def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float) -> dict:
     """One shard in a Ray worker, under its write lock: ``shard.build_one_shard``, unless an
     earlier attempt committed it. Returns the commit marker's contents."""
-    out = Path(out_dir)
+    out = storage.as_location(out_dir)
     with shard_dir.write_lock(out, plan.shard, lock_wait):
         if shard_dir.is_committed(out, plan.shard):  # an earlier attempt committed, then died
             stats = shard_dir.read_stats(shard_dir.stats_path(out, plan.shard))
@@ -186,7 +187,7 @@ def run_plans(run: ShardRun, plans: list[ShardPlan], options: RayOptions) -> Non
         task = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=options.max_retries)
 
         def submit(plan: ShardPlan, isolate: bool) -> None:
-            ref = task.remote(os.fspath(run.out), plan, run.load, run.extra, counter, isolate, options.lock_wait)
+            ref = task.remote(str(run.out), plan, run.load, run.extra, counter, isolate, options.lock_wait)
             pending[ref] = (plan, isolate)
 
         for plan in plans:

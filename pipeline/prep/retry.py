@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import shard_dir
+from pipeline import atomic, shard_dir, storage
 from pipeline.prep import loaders
 from pipeline.prep.build import check_picklable, output_errors, run_plans
 from pipeline.prep.manifest import read_header, read_rows, update_dataset_summary
@@ -39,8 +39,9 @@ def retry_failed(
     """Re-run the failed rows of every committed shard (only ``kinds`` if given) and rewrite the
     shards they belong to. Kept samples are copied from the old tar; the shard's item range and
     sample order do not change. ``load`` defaults to the registered loader dataset.json names;
-    ``ray`` runs the shards on Ray as ``build_shards`` does."""
-    out = Path(out_dir)
+    ``ray`` runs the shards on Ray as ``build_shards`` does. ``out_dir`` may be in a store
+    (``s3://``): the new shards are staged under its ``.retry/`` prefix and copied in server-side."""
+    out = storage.location(out_dir)
     header = read_header(out)
     if load is None:
         if not header.get("loader"):
@@ -110,7 +111,7 @@ class _Kept:
         return Outcome(row["index"], row["key"], item, WRITTEN, sample=self.old_samples.find(row["key"]), meta=json.loads(row["meta"]))
 
 
-def _retry_plan(out: Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
+def _retry_plan(out: Path | storage.S3Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
     old_samples = _OldSamples(shard_dir.tar_path(out, shard))
     tasks = [
         Task(r["index"], r["key"], json.loads(r["item"])) if r["index"] in retry else Task(r["index"], r["key"], None, ready=_Kept(r, old_samples))
@@ -126,13 +127,15 @@ def _run_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOpti
     # original build command rebuilds.
     out = run.out
     staging = out / ".retry"
+    if isinstance(out, storage.S3Path):
+        _run_remote_retry(run, plans, workers, ray, staging)
+        return
     staging.mkdir(exist_ok=True)
 
     def swap_in(shard: int) -> None:
-        shard_dir.stats_path(out, shard).unlink()
-        os.replace(shard_dir.tar_path(staging, shard), shard_dir.tar_path(out, shard))
-        os.replace(shard_dir.parquet_path(staging, shard), shard_dir.parquet_path(out, shard))
-        os.replace(shard_dir.stats_path(staging, shard), shard_dir.stats_path(out, shard))
+        atomic.remove(shard_dir.stats_path(out, shard))
+        for path in (shard_dir.tar_path, shard_dir.parquet_path, shard_dir.stats_path):
+            atomic.replace(path(staging, shard), path(out, shard))
         update_dataset_summary(out)
 
     try:
@@ -141,3 +144,20 @@ def _run_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOpti
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
+
+
+def _run_remote_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOptions | None,
+                      staging: storage.S3Path) -> None:
+    # The same order in a store: each shard is committed under the staging prefix (written in a
+    # local temporary folder and uploaded, on any node), then shard_dir.move_shard swaps it in.
+    out = run.out
+
+    def swap_in(shard: int) -> None:
+        shard_dir.move_shard(staging, shard, out)
+        update_dataset_summary(out)
+
+    try:
+        run_plans(dataclasses.replace(run, out=staging, on_commit=swap_in), plans, workers, ray)
+    finally:
+        for name in storage.list_dir(staging):
+            storage.remove(staging / name)

@@ -3,25 +3,33 @@
 the output directory, the loader, the marker's extra fields, the bar, the summary and the commit
 hook), the per-shard writer (``write_shard``: the plan's outcomes -> temp tar -> rename ->
 parquet -> stats marker last) and one whole shard in one process (``build_one_shard``).
+
+An output in an object store (``s3://``) is written the same way in a folder of this process's
+local temporary directory (``TMPDIR``: on a cluster, each node's own disk), then uploaded by the
+commit rule (``shard_dir.publish_shard``): no node needs a shared filesystem.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
+from pipeline.atomic import write_json
 from pipeline.prep.manifest import write_rows
 from pipeline.prep.media import reason_kind
 from pipeline.prep.pool import OrderedRunner, Task
 from pipeline.prep.worker import STAGES, WRITTEN, Outcome
-from pipeline.prep.writer import TarShardWriter, write_json
+from pipeline.prep.writer import TarShardWriter
+from pipeline.progress import progress_bar
 
 
 @dataclass
@@ -54,7 +62,7 @@ class ShardPlan:
 class ShardRun:
     """What every shard of one build (or retry) shares, whichever engine writes it."""
 
-    out: Path
+    out: Path | storage.S3Path
     load: Callable
     summary: BuildSummary
     extra: dict = field(default_factory=dict)  # fields added to every commit marker
@@ -82,9 +90,7 @@ class Progress:
     The local engine counts each outcome; the Ray engine sets the cluster-wide totals."""
 
     def __init__(self, total: int, desc: str, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc or "shards", unit="clip", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.bar = progress_bar(total, desc or "shards", enabled, unit="clip", smoothing=0.1)
         self.written, self.failures = 0, collections.Counter()
 
     def item(self, out: Outcome) -> None:
@@ -121,12 +127,27 @@ class Progress:
 def write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
     """The per-shard writer both engines run: the plan's outcomes (in order) -> tar, manifest and,
     last, the commit marker. Returns the marker's contents; a failed write (OSError) leaves
-    nothing of the shard behind."""
+    nothing of the shard behind. ``out_dir`` in a store: written locally, then uploaded."""
+    if isinstance(out := storage.as_location(out_dir), storage.S3Path):
+        return _write_remote_shard(out, plan, outcomes, extra, on_item)
     try:
         return _write_shard(out_dir, plan, outcomes, extra, on_item)
     except OSError:
         shard_dir.remove_uncommitted(out_dir, plan.shard)
         raise
+
+
+def _write_remote_shard(out: storage.S3Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict,
+                        on_item: Callable[[Outcome], None]) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"prep-{shard_dir.shard_stem(plan.shard)}-") as tmp:
+        stats = _write_shard(Path(tmp), plan, outcomes, extra, on_item)
+        try:
+            shard_dir.publish_shard(Path(tmp), plan.shard, out)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the upload is the one to see
+                shard_dir.remove_uncommitted(out, plan.shard)
+            raise
+    return stats
 
 
 def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:

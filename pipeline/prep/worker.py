@@ -4,7 +4,6 @@ or a failure reason) that becomes its manifest row. Nothing here raises for bad 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ import numpy as np
 from pipeline import audio as audio_mod
 from pipeline import format as fmt
 from pipeline import image as image_mod
+from pipeline.atomic import dumps_strict, strict_json
 from pipeline.prep.media import Media, SkipItem, reason_kind
-from pipeline.prep.writer import dumps_strict
 
 WRITTEN, FAILED = "written", "failed"
 STAGES = ("decode", "resample", "image", "encode", "write")
@@ -41,31 +40,13 @@ class Outcome:
             "status": self.status,
             "reason": self.reason,
             "reason_kind": reason_kind(self.reason) if self.reason else None,
-            "item": dumps_strict(json_safe(self.item), default=str),
+            "item": dumps_strict(strict_json(self.item), default=str),
             "duration": meta.get("duration"),
             "orig_sample_rate": meta.get("orig_sample_rate"),
             "orig_channels": meta.get("orig_channels"),
             "audio_type": meta.get("audio_type"),
             "meta": dumps_strict(meta) if self.meta else None,
         }
-
-
-def json_safe(value: Any) -> Any:
-    """numpy scalars/arrays and paths -> plain JSON types; NaN/inf -> None (strict JSON has no
-    such numbers, and a reader would otherwise meet the non-standard ``NaN`` literal)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
 
 
 def complete_meta(media: Media, duration: float) -> dict:
@@ -75,7 +56,7 @@ def complete_meta(media: Media, duration: float) -> dict:
     given = media.meta.get("duration", duration)
     if isinstance(given, bool) or not isinstance(given, (int, float, np.number)) or not math.isfinite(given) or given <= 0:
         raise SkipItem(f"bad_duration: duration {given!r} is not a positive number of seconds")
-    meta = json_safe(dict(media.meta))
+    meta = strict_json(dict(media.meta))
     samples = np.shape(media.audio)[-1]
     meta.setdefault("duration", duration)
     meta.setdefault("orig_sample_rate", int(media.sample_rate))

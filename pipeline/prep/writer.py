@@ -1,43 +1,17 @@
-"""Writing the builder's output files: a shard tar streamed to ``.partial`` and renamed when
-complete, and small files (parquet, json) written whole and renamed into place. A failed write
-leaves no ``.partial`` behind."""
+"""Writing a shard's tar: streamed to ``.partial`` and renamed when complete; a failed write leaves
+no ``.partial`` behind. The builder's small files (parquet, json) are written whole through
+``pipeline.atomic``."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
 
 from pipeline import format as fmt
-from pipeline import shard_dir
 from pipeline.shard_dir import PARTIAL_SUFFIX
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = shard_dir.temp_path(path, os.getpid())
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def dumps_strict(obj: Any, **kwargs) -> str:
-    """JSON that every parser reads: NaN/inf are refused (ValueError) rather than written as the
-    non-standard ``NaN`` literal; callers turn them into null first."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kwargs)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (dumps_strict(obj, indent=1) + "\n").encode())
 
 
 class _HashingFile:

@@ -1,6 +1,8 @@
 """Retrieval sets: 1,000 pairs of a shard directory written by ``prep`` (PlacesAudio val, AudioSet
 eval), chosen as DenseAV did: ``np.random.seed(0)`` permutation of all committed samples, first
 1,000. Which shards count and how a tar's members form samples is ``pipeline.shard_dir``'s rule.
+The directory may be a prefix in an object store (``s3://bucket/prefix``, ``pipeline.storage``):
+each tar is then streamed, once to list its keys and once more if it holds a chosen pair.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import format as fmt
-from pipeline import shard_dir
+from pipeline import shard_dir, storage
 from pipeline.testsets.common import Clip, DatasetError, Skipped
 
 RETRIEVAL_PAIRS = 1000
@@ -37,7 +39,7 @@ class RetrievalItem:
 
 @dataclass
 class RetrievalSet:
-    root: Path
+    root: Path | storage.S3Path
     items: list[RetrievalItem]
     available: int  # samples in the committed shards (the permutation runs over these)
     seed: int
@@ -49,7 +51,7 @@ class RetrievalSet:
         return types.pop() if len(types) == 1 else "mixed"
 
 
-def _sample_index(directory: Path) -> tuple[list[tuple[Path, str]], list[Skipped]]:
+def _sample_index(directory: Path | storage.S3Path) -> tuple[list[tuple[Path | storage.S3Path, str]], list[Skipped]]:
     """(tar, key) of every sample in committed shards, in shard order then tar order, and the
     uncommitted shards that were left out."""
     listing = shard_dir.list_dir(directory)
@@ -73,22 +75,26 @@ def select_pairs(available: int, n: int = RETRIEVAL_PAIRS, seed: int = RETRIEVAL
     return np.random.RandomState(seed).permutation(available)[: min(n, available)]
 
 
-def _read_item(tar_path: Path, key: str, sample: dict) -> RetrievalItem:
+def _read_item(tar_path: Path | storage.S3Path, key: str, sample: dict) -> RetrievalItem:
     problems = fmt.verify_sample(sample)
     if problems:
         raise DatasetError(f"{tar_path} sample {key}: {'; '.join(problems)}; rebuild this shard")
     return RetrievalItem(key, sample[fmt.AUDIO_EXT], sample[fmt.IMAGE_EXT], fmt.decode_meta(sample[fmt.META_EXT]))
 
 
-def read_retrieval_set(directory: Path, n: int = RETRIEVAL_PAIRS, seed: int = RETRIEVAL_SEED) -> RetrievalSet:
-    directory = Path(directory)
-    if not directory.is_dir():
+def read_retrieval_set(directory: str | Path | storage.S3Path, n: int = RETRIEVAL_PAIRS,
+                       seed: int = RETRIEVAL_SEED) -> RetrievalSet:
+    try:
+        directory = storage.location(directory)
+    except storage.StorageError as exc:
+        raise DatasetError(str(exc)) from None
+    if not storage.is_dir(directory):
         raise DatasetError(f"retrieval shard folder {directory} does not exist; build it with `prep shards ...`")
     index, skipped = _sample_index(directory)
     if not index:
         raise DatasetError(f"{directory}: no committed shard (all lack their _stats.json marker)")
     chosen = select_pairs(len(index), n, seed)
-    wanted: dict[Path, dict[str, int]] = {}
+    wanted: dict[Path | storage.S3Path, dict[str, int]] = {}
     for pos, i in enumerate(chosen):
         tar_path, key = index[i]
         wanted.setdefault(tar_path, {})[key] = pos

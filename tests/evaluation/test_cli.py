@@ -1,28 +1,17 @@
-"""One end-to-end run per `evaluate.py` subcommand with the tiny model preset (random weights)."""
+"""One end-to-end run per `evaluate.py` subcommand with the tiny model preset (random weights) on the
+generated test sets (``data``, tests/evaluation/conftest.py)."""
 
 import json
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
 from evaluate import app
 
 pytestmark = pytest.mark.slow
 RUN = CliRunner()
 OPTS = ["--batch-size", "4", "--no-progress", "--workers", "2"]
 BASE = ["--preset", "tiny", *OPTS]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_data")
-    make_is3_tree(root / "is3")
-    make_ade_tree(root, "speech")
-    make_ade_tree(root, "sound")
-    make_retrieval_shards(root / "places", 6, "speech")
-    make_retrieval_shards(root / "audioset", 6, "sound")
-    return root
 
 
 def invoke(out, *args, base=BASE):
@@ -98,11 +87,11 @@ def test_all_runs_what_the_data_allows(data, tmp_path):
 
 def test_errors_are_reported(data, tmp_path):
     result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "table1", "--is3", str(tmp_path / "nothing")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
     result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "table6", "--places", str(data / "places")])
-    assert result.exit_code == 1 and "--audioset" in result.output
+    assert result.exit_code == 2 and "--audioset" in result.output
     result = RUN.invoke(app, ["--out", str(tmp_path), "table3", "--places", str(data / "places")])
-    assert result.exit_code == 1 and "exactly one of --checkpoint" in result.output
+    assert result.exit_code == 2 and "exactly one of --checkpoint" in result.output
     assert not (tmp_path / "results.json").exists()
 
 
@@ -120,4 +109,4 @@ def test_heads_named_by_pred_dis(data, tmp_path):
     assert plain["table3"]["heads"] == {"rule": "config", "sound_head": 0, "speech_head": 1}
     result = RUN.invoke(app, [*BASE, "--out", str(tmp_path / "x"), "--heads", "pred-dis", "table3",
                               "--places", str(data / "places")])
-    assert result.exit_code == 1 and "pass --places and --audioset" in result.output
+    assert result.exit_code == 2 and "pass --places and --audioset" in result.output

@@ -85,7 +85,7 @@ def test_broken_ablation_checkpoint_names_the_option(tiny_checkpoint, places_sha
     result = RUN.invoke(app, ["--checkpoint", str(tiny_checkpoint), *OPTS, "--out", str(tmp_path / "out"), "table7",
                               "--places", str(places_shards), "--audioset", str(places_shards),
                               "--ablation", f"no dis={ablated}"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"error: --ablation no dis: checkpoint file {ablated / CONFIG_FILE} is not JSON" in result.output
     assert "Traceback" not in result.output
 

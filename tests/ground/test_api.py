@@ -20,7 +20,7 @@ HEADS = ["sound", "speech", "total"]
 
 @pytest.fixture(scope="module")
 def grounder(tiny_checkpoint):
-    return Grounder.from_checkpoint(tiny_checkpoint)
+    return Grounder.from_pretrained(tiny_checkpoint)  # trained weights, as everywhere (not from_backbones)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """pretrained=True for real: tiny ViT and HuBERT written with save_pretrained, the model built from
-those directories (Grounder.from_pretrained and ModelConfig), one training step, and a checkpoint
+those directories (Grounder.from_backbones and ModelConfig), one training step, and a checkpoint
 round trip that grounds exactly as the model it came from. Nothing is downloaded."""
 
 import numpy as np
@@ -34,9 +34,9 @@ def saved_tensor(directory, name):
     return load_file(str(directory / "model.safetensors"))[name]
 
 
-def test_from_pretrained_loads_the_backbones_from_directories(backbones, files):
+def test_from_backbones_loads_the_backbones_from_directories(backbones, files):
     vit, hubert = backbones
-    grounder = Grounder.from_pretrained(str(vit), str(hubert), preset="tiny")
+    grounder = Grounder.from_backbones(str(vit), str(hubert), preset="tiny")
     model = grounder.runner.model
     image_weights = dict(model.image_encoder.backbone.named_parameters())
     key = next(k for k in image_weights if k.endswith("patch_embeddings.projection.weight"))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_checkpoint_info, save_checkpoint
 from model.config import ModelConfig
@@ -75,3 +75,23 @@ def test_bad_checkpoints_fail_clearly(trained, tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(TypeError):
         save_checkpoint(trained, tmp_path / "other", meta={"bad": object()})
+
+
+def test_a_save_that_fails_leaves_the_previous_checkpoint_whole(trained, tmp_path):
+    """The weights and config.json change together: a save that fails at either file leaves the old
+    pair as it was (config.json, the commit marker, goes only once both new files are complete)."""
+    from pipeline import atomic
+
+    save_checkpoint(trained, tmp_path, meta={"step": 1})
+    before = {name: (tmp_path / name).read_bytes() for name in (WEIGHTS_FILE, CONFIG_FILE)}
+    for blocked in (WEIGHTS_FILE, CONFIG_FILE):
+        blocker = atomic.temp_path(tmp_path / blocked)
+        blocker.mkdir()  # the temporary file cannot be written: a full disk, as far as the save can tell
+        with pytest.raises((OSError, SafetensorError)):  # safetensors reports its I/O errors as its own
+            save_checkpoint(trained, tmp_path, meta={"step": 2})
+        blocker.rmdir()
+        assert {name: (tmp_path / name).read_bytes() for name in before} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    save_checkpoint(trained, tmp_path, meta={"step": 2})
+    assert read_checkpoint_info(tmp_path)["meta"] == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -16,11 +17,13 @@ from pipeline.prep.audioset import (
     CsvError, DownloadOptions, count_found, item_key, load_downloaded, load_from_dir, media_index, read_labels,
     read_segments, unknown_mids,
 )
-from pipeline.prep.commands.common import Engine, fail
-from pipeline.prep.commands.options import BuildOptions, with_build_options
+from pipeline import storage
+from pipeline.cli_support import fail, with_options
+from pipeline.prep.commands.common import Engine
+from pipeline.prep.commands.options import BuildOptions
 
 
-@with_build_options
+@with_options
 def command(
     segments: Annotated[Path, typer.Option("--segments", "-s", help="Segment CSV (balanced_train_segments.csv, ...).")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="class_labels_indices.csv (mid -> display name).")],
@@ -30,7 +33,8 @@ def command(
                      "Without it, clips are downloaded with yt-dlp."),
     ] = None,
     download_dir: Annotated[
-        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media.")
+        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media; for an "
+                                  "s3:// --out, prep-media/ in the local temporary directory.")
     ] = None,
     url_template: Annotated[str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")] = DownloadOptions.url_template,
     cookies: Annotated[
@@ -55,7 +59,7 @@ def command(
     divided by --ray-task-cpus) is also the number of concurrent downloads.
     """
     if downloads_per_second is not None and opts.engine != Engine.ray:
-        raise fail("--downloads-per-second paces a Ray build (--engine ray); with the local engine use --sleep")
+        fail("--downloads-per-second paces a Ray build (--engine ray); with the local engine use --sleep")
     items, unknown = read_items(segments, labels, opts.limit)
     if media_dir is not None:
         load = local_loader(media_dir, items)
@@ -64,7 +68,7 @@ def command(
             url_template=url_template, cookies=str(cookies.resolve()) if cookies else None, rate_limit=rate_limit,
             sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
         )
-        load = download_loader(download_dir or opts.out / "media", options)
+        load = download_loader(download_dir or default_download_dir(opts.out), options)
     opts.run(
         items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None,
         ray_extra={"download_rate": downloads_per_second} if downloads_per_second else None,
@@ -77,7 +81,7 @@ def read_items(segments: Path, labels: Path, limit: int | None) -> tuple[list[di
     try:
         items = read_segments(segments, read_labels(labels))[:limit]
     except CsvError as exc:
-        raise fail(str(exc)) from exc
+        fail(str(exc))
     unknown = unknown_mids(items)
     if unknown:  # once here, not per segment: a labels CSV of another release lacks hundreds
         typer.echo(
@@ -90,16 +94,28 @@ def read_items(segments: Path, labels: Path, limit: int | None) -> tuple[list[di
 
 def local_loader(media_dir: Path, items: list[dict]) -> Callable:
     if not media_dir.is_dir():
-        raise fail(f"--media-dir {media_dir} is not a directory")
+        fail(f"--media-dir {media_dir} is not a directory")
     root = str(media_dir.resolve())
     found = count_found(media_index(root), items, root)
     typer.echo(f"media for {found} of {len(items)} segments found under {root}", err=True)
     return functools.partial(load_from_dir, media_dir=root)
 
 
+def default_download_dir(out: str) -> Path:
+    """``<out>/media``; for an output in a store, a folder of the local temporary directory (each
+    node's own on a Ray cluster): downloads are a local cache, never uploaded."""
+    try:
+        loc = storage.location(out)
+    except storage.StorageError as exc:
+        fail(str(exc))
+    if isinstance(loc, storage.S3Path):
+        return Path(tempfile.gettempdir()) / "prep-media" / loc.bucket / loc.key
+    return loc / "media"
+
+
 def download_loader(download_dir: Path, options: DownloadOptions) -> Callable:
     if importlib.util.find_spec("yt_dlp") is None:
-        raise fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
+        fail("downloading needs yt-dlp: pip install yt-dlp (or the project's [download] extra), or pass --media-dir")
     cache = download_dir.resolve()
     cache.mkdir(parents=True, exist_ok=True)
     return functools.partial(load_downloaded, cache_dir=str(cache), options=dataclasses.asdict(options))

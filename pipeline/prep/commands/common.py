@@ -1,6 +1,6 @@
 """The command-line pieces every `prep shards <corpus>` command and `prep retry` share: the Typer
-option types, the engine choice, the one-line error, the summary table, and the build call behind
-them."""
+option types, the engine choice, the summary table, and the build call behind them (the one-line
+error is ``pipeline.cli_support.fail``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli_support import fail
 from pipeline.prep.build import build_shards, parse_part
 from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.shard import BuildSummary
 
 
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory for the shards.")]
+# a string, not a Path: Path("s3://bucket/p") would drop a slash; pipeline.storage reads it
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory for the shards: a local path or s3://bucket/prefix.")]
 WorkersOpt = Annotated[
     int, typer.Option("--workers", "-w", min=0, help="Worker processes (about one per core; 0 = in this process).")
 ]
@@ -51,15 +53,9 @@ def ray_options(engine: Engine, address: str | None, workers: int, task_cpus: fl
     """The Ray engine's options, or None for the local engine."""
     if engine != Engine.ray:
         if address is not None:
-            raise fail("--ray-address needs --engine ray")
+            fail("--ray-address needs --engine ray")
         return None
     return RayOptions(address=address, num_cpus=max(workers, 1), cpus_per_task=task_cpus, **extra)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error (plain text: greppable in batch logs) and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def print_summary(summary: BuildSummary) -> None:
@@ -79,14 +75,14 @@ def print_summary(summary: BuildSummary) -> None:
 
 
 def run_build(
-    items, load, out: Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None, ray: RayOptions | None = None
+    items, load, out: str | Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None, ray: RayOptions | None = None
 ) -> BuildSummary:
     """What every `prep shards <corpus>` command does once it has its items and loader;
     ``input_warnings`` (what the reader noticed about its input) goes into dataset.json."""
     try:
         part_tuple = parse_part(part)
     except ValueError as exc:
-        raise fail(str(exc)) from exc
+        fail(str(exc))
     if limit is not None:
         items = items[:limit]
     try:
@@ -94,7 +90,7 @@ def run_build(
             items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress,
             input_warnings=input_warnings, ray=ray,
         )
-    except ValueError as exc:  # e.g. a resume over shards built from other input
-        raise fail(str(exc)) from exc
+    except ValueError as exc:  # e.g. a resume over shards built from other input; a store that refuses
+        fail(str(exc))
     print_summary(summary)
     return summary

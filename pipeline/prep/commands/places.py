@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli_support import fail, with_options
 from pipeline.prep import places
-from pipeline.prep.commands.common import fail
-from pipeline.prep.commands.options import BuildOptions, with_build_options
+from pipeline.prep.commands.options import BuildOptions
 
 
 def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_root: Path | None) -> tuple[Path, Path]:
@@ -23,18 +23,18 @@ def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_r
     if image_root is None:
         base = header.get("image_base_path")
         if not (isinstance(base, str) and Path(base).is_dir()):
-            raise fail(
+            fail(
                 f"the metadata's image_base_path {base!r} does not exist here; pass --image-root "
                 "(the Places205 image folder the 'image' paths are relative to)"
             )
         image_root = Path(base)
     for name, root in (("--audio-root", audio_root), ("--image-root", image_root)):
         if not root.is_dir():
-            raise fail(f"{name} {root} is not a directory")
+            fail(f"{name} {root} is not a directory")
     return audio_root, image_root
 
 
-@with_build_options
+@with_options
 def command(
     metadata: Annotated[Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")],
     audio_root: Annotated[
@@ -51,7 +51,7 @@ def command(
     try:
         items, header = places.read_metadata(metadata)
     except places.MetadataError as exc:
-        raise fail(str(exc)) from exc
+        fail(str(exc))
     audio_root, image_root = resolve_roots(metadata, header, audio_root, image_root)
     load = functools.partial(places.load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve()))
     opts.run(items, load, key=places.item_key, desc="places")

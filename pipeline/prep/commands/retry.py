@@ -7,14 +7,16 @@ from typing import Annotated
 
 import typer
 
+from pipeline import storage
+from pipeline.cli_support import fail
 from pipeline.prep.commands.common import (
-    Engine, EngineOpt, ProgressOpt, RayAddressOpt, RayTaskCpusOpt, WorkersOpt, fail, print_summary, ray_options,
+    Engine, EngineOpt, ProgressOpt, RayAddressOpt, RayTaskCpusOpt, WorkersOpt, print_summary, ray_options,
 )
 from pipeline.prep.retry import retry_failed
 
 
 def command(
-    out_dir: Annotated[Path, typer.Argument(help="A shard directory built by `prep shards ...`.", exists=True, file_okay=False)],
+    out_dir: Annotated[str, typer.Argument(help="A shard directory built by `prep shards ...` (a local path or s3://bucket/prefix).")],
     reason: Annotated[
         list[str] | None, typer.Option("--reason", "-r", help="Retry only failures of this kind (repeatable), e.g. rate_limited.")
     ] = None,
@@ -29,11 +31,14 @@ def command(
 ) -> None:
     """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""
     if downloads_per_second is not None and engine != Engine.ray:
-        raise fail("--downloads-per-second paces a Ray build (--engine ray)")
+        fail("--downloads-per-second paces a Ray build (--engine ray)")
     extra = {"download_rate": downloads_per_second} if downloads_per_second else {}
     ray = ray_options(engine, ray_address, workers, ray_task_cpus, **extra)
     try:
-        summary = retry_failed(out_dir, kinds=reason, workers=workers, progress=progress, ray=ray)
+        out = storage.location(out_dir)
+        if isinstance(out, Path) and not out.is_dir():
+            fail(f"{out} is not a directory: give a shard directory built by `prep shards ...`")
+        summary = retry_failed(out, kinds=reason, workers=workers, progress=progress, ray=ray)
     except ValueError as exc:
-        raise fail(str(exc)) from exc
+        fail(str(exc))
     print_summary(summary)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli_support import fail
 from pipeline.prep.synthetic.generate import WorldExists, generate_world
 from pipeline.prep.synthetic.world import SIZES, world_config
 
@@ -49,8 +50,7 @@ def synthetic(
     try:
         world = generate_world(out, cfg, seed=seed, workers=workers, progress=progress, overwrite=overwrite)
     except WorldExists as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc))
     _print_summary(out, world)
 
 

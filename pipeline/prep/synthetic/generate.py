@@ -20,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.atomic import write_json
 from pipeline.prep.synthetic import speech, writers
 from pipeline.prep.synthetic.world import (
     CLASSES,
@@ -109,7 +110,7 @@ def generate_world(
     out.mkdir(parents=True, exist_ok=True)
     header = _header(cfg, seed)
     _check_root(out, header, overwrite)
-    writers.write_json(out / PENDING_FILE, header)
+    write_json(out / PENDING_FILE, header)
     started = time.perf_counter()
     if workers > 0:
         # Workers fork from this process. Speech is resampled to 16 kHz with torchaudio
@@ -148,7 +149,7 @@ def generate_world(
             "rate_wpm": list(cfg.rate_wpm),
         },
     }
-    writers.write_json(out / WORLD_FILE, world)  # last: the world is complete
+    write_json(out / WORLD_FILE, world)  # last: the world is complete
     (out / PENDING_FILE).unlink(missing_ok=True)
     world["wall_seconds"] = round(time.perf_counter() - started, 1)
     return world

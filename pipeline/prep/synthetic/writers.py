@@ -16,7 +16,6 @@ import csv
 import functools
 import io
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -28,11 +27,13 @@ from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
 from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 from pipeline import audio as audio_io
 from pipeline import format as fmt
+from pipeline.atomic import write_atomic, write_json
 from pipeline.prep.build import build_shards
 from pipeline.prep.pool import new_pool
 from pipeline.prep.shard import BuildSummary
 from pipeline.prep.synthetic.samples import load_pair, render_eval_scene, sample_key
 from pipeline.prep.synthetic.world import SetPlan, WorldConfig, object_class
+from pipeline.progress import progress_bar
 
 MASK_JPEG_QUALITY = 95  # IS3 masks are JPEGs; high quality keeps the thresholded mask exact
 
@@ -71,19 +72,11 @@ def _wav16k(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def map_items(fn: Callable, items: list, workers: int, desc: str, progress: bool) -> Iterable:
     """``fn`` over ``items`` in the project's process pool (``pipeline.prep.pool.new_pool``: its
     workers die with this process; ``workers=0``: in this process), results in order, with a
     progress bar."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(items), desc, progress, unit="item")
     try:
         if workers <= 0 or len(items) <= 1:
             for item in items:
@@ -220,12 +213,11 @@ def write_ade20k(plan: SetPlan, cfg: WorldConfig, parent: Path, kind: str, worke
         rows += result["rows"]
         shares += result["shares"]
     columns = ["image_location", audio_col, "ade_class_id", "ade_class_name"] + (["timing", "text"] if kind == "speech" else [])
-    tmp = root / (ADE_CSV + ".partial")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, root / ADE_CSV)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(root / ADE_CSV, text.getvalue())
     return {"images": len(plan.items), "rows": len(rows), "mean_mask_share": _mean(shares), "path": str(root)}
 
 

@@ -76,4 +76,4 @@ def test_prep_command(tmp_path):
     assert "6 annotations spoken" in result.output
     assert json.loads((root / "speech_prompts.json").read_text())["voice"] == "en-us+f3"
     bad = CliRunner().invoke(app, ["extend-is3", str(tmp_path / "missing")])
-    assert bad.exit_code == 1 and "does not exist" in bad.output
+    assert bad.exit_code == 2 and "does not exist" in bad.output

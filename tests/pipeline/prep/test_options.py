@@ -1,4 +1,5 @@
-"""pipeline.prep.commands.options: the shared build options as one object, shown to Typer as flags."""
+"""pipeline.prep.commands.options: the shared build options as one object, shown to Typer as flags
+(``pipeline.cli_support.with_options``)."""
 
 import inspect
 from typing import Annotated
@@ -10,7 +11,8 @@ from typer.testing import CliRunner
 from pipeline.prep.commands import audioset, places
 from pipeline.prep.build import DEFAULT_SHARD_SIZE
 from pipeline.prep.cli import app
-from pipeline.prep.commands.options import BuildOptions, with_build_options
+from pipeline.cli_support import with_options
+from pipeline.prep.commands.options import BuildOptions
 
 SHARED_FLAGS = ["--out", "--workers", "--part", "--shard-size", "--limit", "--progress"]
 
@@ -30,7 +32,7 @@ def test_every_corpus_command_takes_the_shared_flags_once():
 def test_the_command_receives_one_options_object(tmp_path):
     seen = []
 
-    @with_build_options
+    @with_options
     def toy(name: Annotated[str, typer.Option(help="A corpus option.")] = "x", *, opts: BuildOptions) -> None:
         seen.append((name, opts))
 
@@ -39,7 +41,7 @@ def test_the_command_receives_one_options_object(tmp_path):
     toy_app.command("other")(lambda: None)
     result = CliRunner().invoke(toy_app, ["toy", "--out", str(tmp_path), "--workers", "3", "--limit", "5", "--no-progress", "--name", "y"])
     assert result.exit_code == 0, result.output
-    assert seen == [("y", BuildOptions(out=tmp_path, workers=3, part="0/1", shard_size=DEFAULT_SHARD_SIZE, limit=5, progress=False))]
+    assert seen == [("y", BuildOptions(out=str(tmp_path), workers=3, part="0/1", shard_size=DEFAULT_SHARD_SIZE, limit=5, progress=False))]
     missing = CliRunner().invoke(toy_app, ["toy"])
     assert missing.exit_code == 2 and "--out" in missing.output
 
