@@ -160,8 +160,8 @@ def cpu_threads(requested: int = 0) -> int:
     """This command's CPU threads: ``requested``, else ``OMP_NUM_THREADS`` when set, else the
     machine's cores less one (at least one), as the trainer leaves cores free. OpenMP threads wait
     at every parallel region for the slowest of them, so a thread that shares its core with another
-    process stalls each step: at 2 threads on 2 cores a step took 0.2 s alone and 1.2-3.6 s beside
-    any other busy process (docs/training.md)."""
+    process stalls each step: on 2 cores the demo's step took 0.11 s at 2 threads on an idle
+    machine but 0.33-2.15 s beside other jobs, and 0.17 s at 1 thread in every case (docs/training.md)."""
     if requested:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:

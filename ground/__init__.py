@@ -5,3 +5,5 @@ holds what comes back (maps over time, averaged maps, each head's activation, a 
 ``ground.render`` draws overlays and the heatmap video; ``ground.inputs`` turns files and arrays
 into the model's inputs; ``ground.cli`` is the ``ground`` command.
 """
+
+from pipeline import __version__ as __version__  # the distribution's version (pipeline/__init__.py)

@@ -12,7 +12,8 @@
 #                                     # 1, 6, 7 side by side), reusing the first command's model (~13 min);
 #                                     # scripts/ablation.sh runs it over several seeds
 #
-# Environment: see scripts/lib.sh (DEMO_WORLD, DEMO_SIZE, DEMO_RUNS, DEMO_PRETRAIN_STEPS, DEMO_TRAIN_ARGS), and
+# Environment: see scripts/lib.sh (DEMO_WORLD, DEMO_SIZE, DEMO_RUNS, DEMO_PRETRAIN_STEPS, DEMO_PRETRAIN_THREADS,
+#   DEMO_TRAIN_ARGS; each step leaves one core free unless OMP_NUM_THREADS says otherwise), and
 #   DEMO_REPORT_ARGS="--min-ratio 1"  extra scripts/demo_report.py options
 set -euo pipefail
 cd "$(dirname "$0")/.."

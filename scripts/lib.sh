@@ -4,11 +4,18 @@
 # Environment (for smaller or relocated runs, e.g. the test suite's CI-sized runs):
 #   DEMO_WORLD=shards/synthetic DEMO_SIZE=demo DEMO_RUNS=runs DEMO_PRETRAIN_STEPS=600
 #   DEMO_TRAIN_ARGS="steps=200 ..."   extra train.py overrides (every run)
+#   DEMO_PRETRAIN_THREADS=2           the audio pretraining's CPU threads (default: OMP_NUM_THREADS below); the
+#                                     audio start's last bits, and so the demo's figures, depend on it
 bash scripts/setup.sh
 export CUDA_VISIBLE_DEVICES="" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # glibc: keep freed memory instead of returning it to the kernel after every large tensor;
 # the mmap/munmap churn otherwise costs CPU training steps about half their time
 export MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824
+# a shared machine: each step leaves one core to the rest (unless the caller chose a thread count).
+# OpenMP threads wait at every parallel region for the slowest of them, so one whose core another
+# process holds stalls every step (docs/training.md, "CPU threads"); the trainer sets its own count.
+demo_cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( demo_cores > 1 ? demo_cores - 1 : 1 ))}
 py=.venv/bin/python
 world=${DEMO_WORLD:-shards/synthetic}
 runs=${DEMO_RUNS:-runs}
@@ -24,7 +31,8 @@ pretrain_audio() {  # the label-free audio start every training run shares, once
     return
   fi
   $py pretrain_audio.py --config configs/demo.yaml --shards "$world/speech/train,$world/sound/train" \
-    --out "$runs/audio_init.safetensors" --steps "${DEMO_PRETRAIN_STEPS:-600}" "${train_args[@]}"
+    --out "$runs/audio_init.safetensors" --steps "${DEMO_PRETRAIN_STEPS:-600}" \
+    ${DEMO_PRETRAIN_THREADS:+--threads "$DEMO_PRETRAIN_THREADS"} "${train_args[@]}"
 }
 
 train() {  # out_dir, extra overrides...

@@ -39,6 +39,12 @@ CONFIG_FILES = ("configs/paper.yaml (the paper's setting), configs/demo.yaml (th
                 "or configs/tiny.yaml (smoke runs)")
 
 
+# Accelerate's experiment trackers (accelerate.utils.LoggerType: "all" is every one installed),
+# and "none" for no logs
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio", "all",
+            "none")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; one line that names the key (``key``), the value and
     what is accepted."""
@@ -84,6 +90,9 @@ class TrainConfig:
     seed: int = checked(0, ge=0)
     out_dir: str = "runs/default"
     log_every: int = checked(10, ge=1)
+    # where the logs go: Accelerate's trackers, one name or a list (training/loop.py checks that
+    # each named tracker's package is installed before the model loads)
+    log_with: list[str] = checked(factory=lambda: ["tensorboard"], choices=TRACKERS, nonempty=True)
     ckpt_every: int = checked(1000, ge=0)  # 0: the final checkpoint only
     keep_checkpoints: int = checked(3, ge=0)  # 0 keeps every checkpoint (training/state.py)
     max_bad_steps: int = checked(5, ge=1)  # NaN/inf losses in a row before the run stops
@@ -156,6 +165,8 @@ def model_from_tree(spec: Any) -> ModelConfig:
 def _build(tree: dict) -> TrainConfig:
     _refuse_interpolations(tree, "")
     tree = dict(tree)
+    if isinstance(tree.get("log_with"), str):  # log_with: wandb, for a list of one tracker
+        tree["log_with"] = [tree["log_with"]]
     spec = tree.pop("model", None)
     model = model_from_tree(spec) if spec is not None else TrainConfig.__dataclass_fields__["model"].default_factory()
     node = OmegaConf.structured(TrainConfig)

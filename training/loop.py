@@ -13,6 +13,11 @@ Choices worth knowing:
 * Every process computes the same global loss; ``all_gather``'s backward sums the gradient of the
   local rows over processes and DDP averages, which gives exactly the single-process gradient on
   the global batch (tested with two CPU processes).
+* Under DDP each stage has its own wrapper over the parameters that stage trains (``_stage_net``):
+  the warm-up's holds the aligners and the temperature alone, so DDP neither reduces the frozen
+  backbones' empty gradients nor searches the graph for parameters without one
+  (``find_unused_parameters`` stays off unless HuBERT's layerdrop skips layers); the full stage's
+  wrapper is built at the switch, or at once by a run resumed after the warm-up.
 * The learning rate is a pure function of the step (linear warm-up, then constant): nothing to
   step, nothing to drift on resume. The webdataset loader is not passed to ``accelerator.prepare``:
   it already splits by rank.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -35,13 +41,16 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
-from tqdm import tqdm
+from torch.nn.parallel import DistributedDataParallel
 
 from model.checkpoint import save_checkpoint
 from model.factory import build_model, compile_encoders
+from pipeline.atomic import write_json
 from pipeline.data.loader import TrainLoader
-from training.config import TrainConfig, config_tree, flat_scalars
+from pipeline.progress import progress_bar
+from training.config import ConfigError, TrainConfig, config_tree, flat_scalars
 from training.meter import Meter
 from training.state import checkpoint_dirs, load_audio_backbone, load_training_state, save_training_state
 from training.step import configure_backends, lr_at, pad_batch, step_loss
@@ -55,21 +64,27 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
     """Run ``cfg``; ``validate(model, cfg, accelerator, step)`` is called every ``val.every`` steps
     (train.py passes evaluation.validation.validate)."""
     out = Path(cfg.out_dir)
-    accelerator = _accelerator(cfg, out)
-    model, net, optimizer, trainable = _model_and_optimizer(cfg, accelerator, resume)
+    log_with = trackers(cfg.log_with)  # a missing tracker package stops the run before anything loads
+    ckpt = _last_checkpoint(out) if resume else None
+    first_step = json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt else 0
+    accelerator = _accelerator(cfg, out, log_with)
+    model, net, optimizer, trainable = _model_and_optimizer(cfg, accelerator, resume, _stage_at(cfg, first_step))
     data = dataclasses.replace(cfg.data, image_size=cfg.model.image_size, seed=cfg.seed, train=True)
     loader = TrainLoader(data, rank=accelerator.process_index, world_size=accelerator.num_processes)
     state = {"step": 0, "micro_step": 0, "bad_steps_total": 0}
-    if resume:
-        state = _resume(out, model, optimizer, loader, accelerator)
+    if ckpt:
+        state = _resume(ckpt, model, optimizer, loader, accelerator)
     _write_run_files(cfg, out, accelerator)
 
     stream = _micro_batches(loader, state["micro_step"], accelerator.device)
     step, bad_in_row, parts = state["step"], 0, {}
     meter = Meter(count_from=step + 1)
-    with tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train") as bar:
+    with progress_bar(cfg.steps, "train", accelerator.is_local_main_process, initial=step) as bar:
         while step < cfg.steps:
-            stage = "warmup" if step < cfg.warmup_steps else "full"
+            stage = _stage_at(cfg, step)
+            if stage != model.stage:
+                net = _stage_net(accelerator, net, model, stage)
+                gc.collect()  # the previous wrapper goes now, with the hooks its reducer put on the aligners
             model.set_stage(stage)
             lr = lr_at(step, cfg.optim)
             for group in optimizer.param_groups:
@@ -112,8 +127,13 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
         summary = {"step": step, "bad_steps_total": state["bad_steps_total"], **meter.summary(),
                    "skipped_samples": dict(skipped), "final_model": str(out / "final"),
                    "last_loss": {k: float(v) for k, v in parts.items()}}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary, indent=2, sort_keys=False)
         accelerator.print(f"done: {step} steps, final model in {out / 'final'}")
+    # DDP's wrapper goes before end_training destroys the process group: freed after it, its
+    # reducer would drop the group's last reference, and gloo's teardown (waiting for its worker
+    # threads while they wait for the GIL) hung one process in several runs
+    del net
+    gc.collect()
     accelerator.end_training()
     return state
 
@@ -169,13 +189,36 @@ def _bad_step(cfg: TrainConfig, step: int, bad_in_row: int, state: dict, acceler
             "from the last checkpoint.")
 
 
-def _accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+def _stage_at(cfg: TrainConfig, step: int) -> str:
+    return "warmup" if step < cfg.warmup_steps else "full"
+
+
+def trackers(names: list[str]) -> list[str] | None:
+    """``log_with`` as Accelerate takes it (None: no tracker), after checking that each named
+    tracker's package is installed: Accelerate would drop a missing one silently, and the run
+    would train for days without the logs it was configured to write."""
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(f"log_with: none logs nothing and cannot be combined with other trackers, got {names}",
+                              "log_with")
+        return None
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name != "all" and name not in available:  # each tracker's package has the tracker's name
+            raise ConfigError(f"log_with: the {name} tracker needs the package {name}, which is not installed; "
+                              f"pip install {name}, or pick another tracker (log_with=tensorboard, or none)",
+                              "log_with")
+    return list(names)
+
+
+def _accelerator(cfg: TrainConfig, out: Path, log_with: list[str] | None) -> Accelerator:
     on_gpu = torch.cuda.is_available()
     precision = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(
-        mixed_precision=precision, log_with="tensorboard", project_dir=str(out),
-        # the warm-up freezes the backbones: DDP must tolerate parameters without gradient
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.warmup_steps > 0)],
+        mixed_precision=precision, log_with=log_with, project_dir=str(out),
+        # Each stage's DDP wrapper holds only what that stage trains (_stage_net), so every one of
+        # its parameters gets a gradient each step, unless HuBERT's layerdrop skips whole layers.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.audio_layerdrop > 0)],
     )
     configure_backends(accelerator.device)
     if accelerator.device.type == "cpu":
@@ -186,28 +229,58 @@ def _accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     return accelerator
 
 
-def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: bool):
+def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: bool, stage: str):
+    """The model, its wrapper for ``stage`` (the first step's), the optimizer and its parameters."""
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(cfg.model)
     if cfg.audio_init and not resume:
         load_audio_backbone(model, cfg.audio_init)
     compile_encoders(model)  # (off unless model.compile_encoders names a mode)
-    model.set_stage("full")  # DDP registers every parameter that will ever train...
+    model.set_stage("full")  # the optimizer holds every parameter that will ever train...
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=cfg.optim.weight_decay)
+    model.set_stage(stage)  # ...DDP those of the first step's stage (_stage_net)
     net, optimizer = accelerator.prepare(model, optimizer)
+    _say_wrapped(accelerator, net, stage)
     return model, net, optimizer, trainable
 
 
-def _resume(out: Path, model, optimizer, loader: TrainLoader, accelerator: Accelerator) -> dict:
+def _stage_net(accelerator: Accelerator, net, model, stage: str):
+    """``net`` for ``stage``: one process trains the model itself; under DDP a new wrapper
+    registers the parameters ``stage`` trains (DDP reduces exactly the parameters that required a
+    gradient when it was built, and waits for each of them every step)."""
+    model.set_stage(stage)
+    if not isinstance(net, DistributedDataParallel):
+        return net
+    handler = accelerator.ddp_handler
+    wrapped = DistributedDataParallel(model, device_ids=net.device_ids, output_device=net.output_device,
+                                      **(handler.to_kwargs() if handler else {}))
+    if handler:
+        handler.register_comm_hook(wrapped)
+    _say_wrapped(accelerator, wrapped, stage)
+    return wrapped
+
+
+def _say_wrapped(accelerator: Accelerator, net, stage: str):
+    if isinstance(net, DistributedDataParallel):
+        tensors = sum(p.requires_grad for p in net.module.parameters())
+        accelerator.print(f"{stage} stage: DDP over its {tensors} trainable parameter tensors "
+                          f"(find_unused_parameters={net.find_unused_parameters})")
+
+
+def _last_checkpoint(out: Path) -> Path:
     ckpts = checkpoint_dirs(out)
     if not ckpts:
         raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}; start without --resume")
-    state, loader_state = load_training_state(ckpts[-1], model, optimizer, accelerator)
+    return ckpts[-1]
+
+
+def _resume(ckpt: Path, model, optimizer, loader: TrainLoader, accelerator: Accelerator) -> dict:
+    state, loader_state = load_training_state(ckpt, model, optimizer, accelerator)
     if loader_state is not None:
         loader.restore(loader_state)
-    accelerator.print(f"resumed from {ckpts[-1]} at step {state['step']}")
+    accelerator.print(f"resumed from {ckpt} at step {state['step']}")
     return state
 
 

@@ -59,6 +59,23 @@ def pad_batch(batch: dict, size: int, image_size: int, clip: int) -> tuple[dict,
     return out, valid
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose backward hands on a contiguous gradient.
+
+    ``all_gather``'s backward on gloo (CPU processes) is an all-to-all that silently misreads a
+    strided gradient (gloo collectives on non-contiguous tensors, pytorch/pytorch#192920; torch
+    2.11), and the loss's gradient with respect to gathered features is often a strided view: the
+    two-process gradient was then wrong while the loss was right."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def gather(x: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate a per-process tensor over processes, keeping the gradient of the local rows."""
     if world == 1:
@@ -66,7 +83,7 @@ def gather(x: torch.Tensor, world: int) -> torch.Tensor:
     if x.dtype == torch.bool:
         return gather(x.to(torch.uint8), world).bool()
     if x.requires_grad:
-        return torch.cat(torch.distributed.nn.functional.all_gather(x))
+        return torch.cat([_ContiguousGrad.apply(part) for part in torch.distributed.nn.functional.all_gather(x)])
     parts = [torch.empty_like(x) for _ in range(world)]
     torch.distributed.all_gather(parts, x.contiguous())
     return torch.cat(parts)

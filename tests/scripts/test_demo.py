@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # about 4 min alone; each of its two scripts has 1,200 s (below)
 def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     env = {
         **os.environ,

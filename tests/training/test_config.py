@@ -109,6 +109,8 @@ def test_values_that_crashed_a_run_are_converted(tmp_path):
     ("model=huge", "unknown model preset 'huge' at model.preset; accepted: paper, tiny"),
     ("val.pairs=none", "val.pairs must be an integer, got 'none'"),
     ("out_dir=runs/${seed}", "out_dir must be a literal value, got the interpolation 'runs/${seed}'"),
+    ("log_with=tensorbord", "log_with must be a non-empty list whose items are each one of tensorboard, wandb, "
+                            "comet_ml, mlflow, aim, clearml, dvclive, swanlab, trackio, all, none, got ['tensorbord']"),
 ])
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_accepted(override, line):
     with pytest.raises(ConfigError) as err:
@@ -206,3 +208,41 @@ def test_a_run_from_a_yaml_11_float_and_a_named_preset_writes_a_config_that_read
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["optim"]["lr"] == 1e-4 and written["model"]["name"] == "tiny" and written["model"]["code_dim"] == 8
     assert load_config(out / "config.yaml", []) == load_config(path, overrides)
+
+
+# ------------------------------------------------------------------ trackers (log_with)
+
+
+def test_log_with_takes_one_tracker_or_a_list_of_accelerates():
+    from accelerate.utils import LoggerType
+
+    from training.config import TRACKERS
+
+    assert set(TRACKERS) == {t.value for t in LoggerType} | {"none"}, "the choices follow Accelerate's trackers"
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert load_config(tiny, []).log_with == ["tensorboard"]
+    assert load_config(tiny, ["log_with=wandb"]).log_with == ["wandb"]
+    assert load_config(tiny, ["log_with=[tensorboard, mlflow]"]).log_with == ["tensorboard", "mlflow"]
+
+
+def test_a_tracker_without_its_package_stops_train_py_in_one_line_before_anything_loads(shards, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    import train
+    from training.config import TRACKERS
+    from training.loop import trackers
+
+    installed = {str(t) for t in get_available_trackers()}
+    missing = [t for t in TRACKERS if t not in installed | {"all", "none"}]
+    if not missing:
+        pytest.skip("every tracker Accelerate knows is installed here")
+    out = tmp_path / "run"
+    data = [f"data.speech={shards.root / 'speech'}", f"data.sound={shards.root / 'sound'}", f"out_dir={out}"]
+    line = _one_error_line(RUN.invoke(train.app, ["--config", str(ROOT / "configs/tiny.yaml"), *data,
+                                                  f"log_with=[tensorboard, {missing[0]}]"]))
+    assert line == (f"error: log_with: the {missing[0]} tracker needs the package {missing[0]}, which is not "
+                    f"installed; pip install {missing[0]}, or pick another tracker (log_with=tensorboard, or none)")
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="none logs nothing and cannot be combined"):
+        trackers(["none", "tensorboard"])
+    assert trackers(["none"]) is None and trackers(["all"]) == ["all"]

@@ -22,7 +22,8 @@ def test_pretraining_learns_and_its_weights_load_into_the_model(shards, tmp_path
                                      batch_size=8, clusters=8, lr=2e-3, seed=0)
     assert report["clips"] == 32 and report["frames_with_audio"] > 0
     assert report["loss_last"] < report["loss_first"], report
-    assert json.loads(out.with_suffix(".json").read_text())["steps"] == 40
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert written["steps"] == 40 and written["threads"] == torch.get_num_threads()
 
     model = build_model(cfg.model)
     load_audio_backbone(model, str(out))
@@ -33,3 +34,13 @@ def test_pretraining_learns_and_its_weights_load_into_the_model(shards, tmp_path
     other = load_config(ROOT / "configs" / "demo.yaml", [])  # another audio architecture
     with pytest.raises(ValueError, match="does not match"):
         load_audio_backbone(build_model(other.model), str(out))
+
+
+def test_the_command_leaves_a_core_free_unless_told_otherwise(monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert pretrain_audio.cpu_threads() == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert pretrain_audio.cpu_threads() == 3
+    assert pretrain_audio.cpu_threads(2) == 2  # --threads wins

@@ -94,6 +94,7 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
 
 
+@pytest.mark.timeout(900)  # two 12-step runs and a resume: 100-230 s on 2 busy cores
 def test_kill_and_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
     args = ["train.py", "--config", "configs/tiny.yaml"]
     straight = _run([*args, *_overrides(shards, tmp_path / "straight", steps=12, ckpt_every=4)], timeout=600)
@@ -135,9 +136,10 @@ def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monk
 
     monkeypatch.setattr(TrainLoader, "iterate", iterate)
     poisoned["every"] = 3
-    train(_cfg(shards, tmp_path / "nan", steps=6, ckpt_every=0))
+    train(_cfg(shards, tmp_path / "nan", steps=6, ckpt_every=0, log_with="none"))
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["step"] == 6 and summary["bad_steps_total"] == 2
+    assert not (tmp_path / "nan" / "train").exists(), "log_with=none writes no tracker logs"
     final = load_checkpoint(tmp_path / "nan" / "final").state_dict()
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
@@ -156,9 +158,13 @@ def _free_port() -> int:
 
 
 def _launch(n, script_args, timeout=600):
-    cmd = ["-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1", "--cpu",
+    # n CPU processes: accelerate's --cpu starts one process unless MPI is configured, so the
+    # processes come from its torchrun launcher (--multi_gpu) with the CPU asked for by the
+    # environment (and no GPU visible: ENV)
+    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *script_args]
-    return _run(cmd, timeout=timeout)
+    return subprocess.run([sys.executable, *cmd], cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -181,6 +187,7 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path, stag
     two = _launch(2, ["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "two.safetensors"), stage])
     assert two.returncode == 0, two.stderr[-3000:]
     a, c = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert (int(a.pop("processes")), int(c.pop("processes"))) == (1, 2)
     assert set(a) == set(c)
     assert int(a["items"]) == int(c["items"]) == b
     assert any(k.startswith("grad/audio_encoder") for k in a) == (stage == "full")
@@ -188,15 +195,39 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path, stag
         torch.testing.assert_close(a[name], c[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _ddp_wraps(output: str) -> list[tuple[str, str]]:
+    """(stage, find_unused_parameters) of each DDP wrapper a run built, in order."""
+    import re
+
+    return re.findall(r"(\w+) stage: DDP over its \d+ trainable parameter tensors \(find_unused_parameters=(\w+)\)",
+                      output)
+
+
 @pytest.mark.slow
-def test_accelerate_launch_two_processes_trains(shards, tmp_path):
+def test_two_processes_train_through_the_stage_switch_and_resume_after_it_exactly(shards, tmp_path):
+    import shutil
+
+    args = ["train.py", "--config", "configs/tiny.yaml"]
     # finite epoch: ranks may get batches of unequal size, which the padded gather must absorb
-    result = _launch(2, ["train.py", "--config", "configs/tiny.yaml",
-                         *_overrides(shards, tmp_path / "ddp", steps=4, ckpt_every=2, **{"data.resampled": False})])
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    overrides = _overrides(shards, tmp_path / "straight", steps=4, warmup_steps=2, ckpt_every=3,
+                           **{"data.resampled": False})
+    straight = _launch(2, [*args, *overrides])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # each stage's wrapper holds what the stage trains, and neither searches for unused parameters
+    assert _ddp_wraps(straight.stdout) == [("warmup", "False"), ("full", "False")], straight.stdout[-2000:]
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary["step"] == 4 and summary["bad_steps_total"] == 0
-    assert load_checkpoint(tmp_path / "ddp" / "final") is not None
+
+    # the run as it stood at its step-3 checkpoint, after the warm-up, resumed: only the full
+    # stage's wrapper is built, and the run ends where the uninterrupted one did
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    again = _launch(2, [*args, *overrides, f"out_dir={resumed}", "--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout and _ddp_wraps(again.stdout) == [("full", "False")], again.stdout[-2000:]
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(resumed / "final" / "model.safetensors"))
+    assert [name for name in a if not torch.equal(a[name], b[name])] == [], "resume must be bit-identical"
 
 
 def _speech_with(shards, tmp_path, edit):
@@ -224,7 +255,7 @@ def test_no_valid_speech_stops_train_py_with_one_line(shards, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.speech=pipe:touch X", "shards are read from local paths only"),
+    ("data.speech=pipe:touch X", "the pipe: scheme is not accepted"),
     ("data.batch_sise=3", r"unknown config.data keys \['batch_sise'\]"),
     ("data.sound=.", "no committed shards in '.'"),
 ])
