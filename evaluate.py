@@ -26,8 +26,11 @@ import typer
 
 from pipeline.cli_support import PROBLEMS_FOUND, fail, with_options
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Reproduce the paper's tables over a checkpoint (see docs/evaluation.md).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Reproduce the paper's tables over a checkpoint (see docs/evaluation.md).",
+)
 
 
 def _checkpoint_failure(exc: Exception) -> NoReturn:
@@ -51,12 +54,16 @@ def _run(run, name: str, data, opts) -> None:
 def _name_heads(run, data, opts) -> None:
     """Name the heads before the first table (``--heads pred-dis`` needs both retrieval sets)."""
     if run.heads == "pred-dis" and not (data.places and data.audioset):
-        raise ValueError("--heads pred-dis names the heads from the retrieval pairs: pass --places and --audioset "
-                         "(to `all`, table3, table5, table6 or table7)")
+        raise ValueError(
+            "--heads pred-dis names the heads from the retrieval pairs: pass --places and --audioset "
+            "(to `all`, table3, table5, table6 or table7)"
+        )
     heads = run.name_heads(data, opts)
     if heads["rule"] != "config":
-        typer.echo(f"heads named by Pred.Dis: sound = head {heads['sound_head']}, speech = head {heads['speech_head']} "
-                   f"(Pred.Dis {100 * heads['pred_dis']:.1f})")
+        typer.echo(
+            f"heads named by Pred.Dis: sound = head {heads['sound_head']}, speech = head {heads['speech_head']} "
+            f"(Pred.Dis {100 * heads['pred_dis']:.1f})"
+        )
 
 
 def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
@@ -81,34 +88,54 @@ class RunOptions:
     table of the run shares. The command turns them into ``evaluation.tables.EvalRun``
     (``eval_run``): importing it loads torch, which `COMMAND --help` does not need."""
 
-    checkpoint: Annotated[Optional[str], typer.Option(
-        help="Checkpoint directory written by train.py, a DenseAV release: denseav_*.ckpt, "
-             "its model.safetensors or Hugging Face folder (docs/model.md), a baseline release file: "
-             "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth, with one head: one map per "
-             "clip, N/A in the specialized-head columns and Table 6 (see docs/baselines.md), or a Hugging Face "
-             "Hub repo id owner/name[@revision] of this project's checkpoints or DenseAV's copies "
-             "(mhamilton723/DenseAV-sound-language; a local path that exists wins; HF_HUB_OFFLINE=1: the "
-             "local cache only).")] = None
-    preset: Annotated[Optional[str], typer.Option(
-        help="Evaluate a model preset with random weights instead of a checkpoint (e.g. tiny; smoke runs).")] = None
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Checkpoint directory written by train.py, a DenseAV release: denseav_*.ckpt, "
+            "its model.safetensors or Hugging Face folder (docs/model.md), a baseline release file: "
+            "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth, with one head: one map per "
+            "clip, N/A in the specialized-head columns and Table 6 (see docs/baselines.md), or a Hugging Face "
+            "Hub repo id owner/name[@revision] of this project's checkpoints or DenseAV's copies "
+            "(mhamilton723/DenseAV-sound-language; a local path that exists wins; HF_HUB_OFFLINE=1: the "
+            "local cache only)."
+        ),
+    ] = None
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Evaluate a model preset with random weights instead of a checkpoint (e.g. tiny; smoke runs)."
+        ),
+    ] = None
     label: Annotated[Optional[str], typer.Option(help="Method name in the tables (default: checkpoint folder).")] = None
-    out: Annotated[Path, typer.Option(help="Output folder for results.json, tables.md, heatmaps, overlays.")] = Path("eval")
+    out: Annotated[Path, typer.Option(help="Output folder for results.json, tables.md, heatmaps, overlays.")] = Path(
+        "eval"
+    )
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto"
     batch_size: Annotated[int, typer.Option(min=1, help="Items per forward pass.")] = 16
-    normalization: Annotated[str, typer.Option(
-        help="Heatmap min-max normalization: global (one over the set, DenseAV) or per_image.")] = "global"
+    normalization: Annotated[
+        str, typer.Option(help="Heatmap min-max normalization: global (one over the set, DenseAV) or per_image.")
+    ] = "global"
     save_heatmaps: Annotated[bool, typer.Option(help="Write the heatmaps and masks the metrics used (npz).")] = False
     overlays: Annotated[int, typer.Option(min=0, help="Overlay PNGs for this many random samples per set.")] = 0
     overlay_key: Annotated[Optional[list[str]], typer.Option(help="Also draw this sample (repeatable).")] = None
     seed: Annotated[int, typer.Option(help="Seed of mixing, off-screen distractors and sample picks.")] = 0
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True
     workers: Annotated[int, typer.Option(min=1, help="Threads decoding images and audio ahead of the model.")] = 4
-    heads: Annotated[str, typer.Option(
-        help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
-             "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV).")] = "config"
-    num_heads: Annotated[Optional[int], typer.Option(
-        min=1, help="Heads of a DenseAV file that does not record them (2: denseav_2head / sound-language, "
-                    "1: language or sound).")] = None
+    heads: Annotated[
+        str,
+        typer.Option(
+            help="Which head is the sound head: config (the model's own; trained with L_dis) or pred-dis (the "
+            "assignment Pred.Dis picks on --places/--audioset, for a model trained without L_dis, e.g. DenseAV)."
+        ),
+    ] = "config"
+    num_heads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Heads of a DenseAV file that does not record them (2: denseav_2head / sound-language, "
+            "1: language or sound).",
+        ),
+    ] = None
 
     def eval_run(self):
         from evaluation.tables import EvalRun
@@ -137,12 +164,18 @@ def main(ctx: typer.Context, opts: RunOptions) -> None:
 # commands
 
 # shared option types
-IS3 = Annotated[Path, typer.Option("--is3", help="Extended IS3 root (images/, audio_wav/, gt_segmentation/, speech_wav/).")]
+IS3 = Annotated[
+    Path, typer.Option("--is3", help="Extended IS3 root (images/, audio_wav/, gt_segmentation/, speech_wav/).")
+]
 AdeSpeech = Annotated[Optional[Path], typer.Option(help="ADE20KSpeechPrompted/ folder.")]
 AdeSound = Annotated[Optional[Path], typer.Option(help="ADE20KSoundPrompted/ folder.")]
 # strings, not Paths: Path("s3://bucket/p") would drop a slash (pipeline.storage reads them)
-Places = Annotated[Optional[str], typer.Option(help="Shard folder of PlacesAudio val (prep shards): a path or s3://bucket/prefix.")]
-AudioSet = Annotated[Optional[str], typer.Option(help="Shard folder of AudioSet eval (prep shards): a path or s3://bucket/prefix.")]
+Places = Annotated[
+    Optional[str], typer.Option(help="Shard folder of PlacesAudio val (prep shards): a path or s3://bucket/prefix.")
+]
+AudioSet = Annotated[
+    Optional[str], typer.Option(help="Shard folder of AudioSet eval (prep shards): a path or s3://bucket/prefix.")
+]
 Pairs = Annotated[int, typer.Option(min=1, help="Retrieval pairs (DenseAV: 1,000).")]
 PairSeed = Annotated[int, typer.Option(help="np.random.seed of the pair selection (DenseAV: 0).")]
 OffSnr = Annotated[float, typer.Option(help="Target-to-off-screen ratio in dB of the mixed variants.")]
@@ -153,9 +186,14 @@ Ablation = Annotated[Optional[list[str]], typer.Option(help="LABEL=CHECKPOINT of
 
 
 @app.command()
-def table1(ctx: typer.Context, is3: IS3, pairing: Pairing = "both", speech_window: Window = "advanced",
-           snr_db: Annotated[float, typer.Option(help="Speech-to-sound ratio of the mixture (dB).")] = 0.0,
-           strict: Strict = False) -> None:
+def table1(
+    ctx: typer.Context,
+    is3: IS3,
+    pairing: Pairing = "both",
+    speech_window: Window = "advanced",
+    snr_db: Annotated[float, typer.Option(help="Speech-to-sound ratio of the mixture (dB).")] = 0.0,
+    strict: Strict = False,
+) -> None:
     """Table 1: simultaneous grounding of mixed speech + sound on Extended IS3."""
     if pairing not in ("cross", "same", "both"):
         raise typer.BadParameter("pairing must be cross, same or both")
@@ -163,56 +201,114 @@ def table1(ctx: typer.Context, is3: IS3, pairing: Pairing = "both", speech_windo
 
 
 @app.command()
-def table2(ctx: typer.Context, ade_speech: AdeSpeech = None, ade_sound: AdeSound = None, strict: Strict = False) -> None:
+def table2(
+    ctx: typer.Context, ade_speech: AdeSpeech = None, ade_sound: AdeSound = None, strict: Strict = False
+) -> None:
     """Table 2: ADE20K speech/sound-prompted segmentation, total and specialized head."""
     _command(ctx, "table2", {"ade_speech": ade_speech, "ade_sound": ade_sound}, strict=strict)
 
 
 @app.command()
-def table4(ctx: typer.Context, ade_speech: AdeSpeech = None, ade_sound: AdeSound = None,
-           offscreen_snr_db: OffSnr = 0.0, strict: Strict = False) -> None:
+def table4(
+    ctx: typer.Context,
+    ade_speech: AdeSpeech = None,
+    ade_sound: AdeSound = None,
+    offscreen_snr_db: OffSnr = 0.0,
+    strict: Strict = False,
+) -> None:
     """Table 4: Table 2 with an off-screen clip of the other audio type mixed into every prompt."""
-    _command(ctx, "table4", {"ade_speech": ade_speech, "ade_sound": ade_sound}, offscreen_snr_db=offscreen_snr_db,
-             strict=strict)
+    _command(
+        ctx,
+        "table4",
+        {"ade_speech": ade_speech, "ade_sound": ade_sound},
+        offscreen_snr_db=offscreen_snr_db,
+        strict=strict,
+    )
 
 
 @app.command()
-def table3(ctx: typer.Context, places: Places = None, audioset: AudioSet = None, pairs: Pairs = 1000,
-           pair_seed: PairSeed = 0) -> None:
+def table3(
+    ctx: typer.Context, places: Places = None, audioset: AudioSet = None, pairs: Pairs = 1000, pair_seed: PairSeed = 0
+) -> None:
     """Table 3: cross-modal retrieval R@1/5/10 both directions, total (sum of heads) and per head."""
     _command(ctx, "table3", {"places": places, "audioset": audioset}, pairs=pairs, pair_seed=pair_seed)
 
 
 @app.command()
-def table5(ctx: typer.Context, places: Places = None, audioset: AudioSet = None, pairs: Pairs = 1000,
-           pair_seed: PairSeed = 0, offscreen_snr_db: OffSnr = 0.0) -> None:
+def table5(
+    ctx: typer.Context,
+    places: Places = None,
+    audioset: AudioSet = None,
+    pairs: Pairs = 1000,
+    pair_seed: PairSeed = 0,
+    offscreen_snr_db: OffSnr = 0.0,
+) -> None:
     """Table 5: Table 3 with an off-screen clip of the other audio type mixed into every query."""
-    _command(ctx, "table5", {"places": places, "audioset": audioset}, pairs=pairs, pair_seed=pair_seed,
-             offscreen_snr_db=offscreen_snr_db)
+    _command(
+        ctx,
+        "table5",
+        {"places": places, "audioset": audioset},
+        pairs=pairs,
+        pair_seed=pair_seed,
+        offscreen_snr_db=offscreen_snr_db,
+    )
 
 
 @app.command()
-def table6(ctx: typer.Context, places: Places = None, audioset: AudioSet = None, pairs: Pairs = 1000,
-           pair_seed: PairSeed = 0, offscreen_snr_db: OffSnr = 0.0) -> None:
+def table6(
+    ctx: typer.Context,
+    places: Places = None,
+    audioset: AudioSet = None,
+    pairs: Pairs = 1000,
+    pair_seed: PairSeed = 0,
+    offscreen_snr_db: OffSnr = 0.0,
+) -> None:
     """Table 6: retrieval with the opposite head (clean and mixed), plus Pred.Dis / Act.Dis."""
-    _command(ctx, "table6", {"places": places, "audioset": audioset}, pairs=pairs, pair_seed=pair_seed,
-             offscreen_snr_db=offscreen_snr_db)
+    _command(
+        ctx,
+        "table6",
+        {"places": places, "audioset": audioset},
+        pairs=pairs,
+        pair_seed=pair_seed,
+        offscreen_snr_db=offscreen_snr_db,
+    )
 
 
 @app.command()
-def table7(ctx: typer.Context, places: Places = None, audioset: AudioSet = None, pairs: Pairs = 1000,
-           pair_seed: PairSeed = 0, ablation: Ablation = None) -> None:
+def table7(
+    ctx: typer.Context,
+    places: Places = None,
+    audioset: AudioSet = None,
+    pairs: Pairs = 1000,
+    pair_seed: PairSeed = 0,
+    ablation: Ablation = None,
+) -> None:
     """Table 7: the sound head's retrieval on AudioSet and Places for this model and its ablations
     (--ablation "L_dis only=runs/no_cor" ...)."""
-    _command(ctx, "table7", {"places": places, "audioset": audioset}, pairs=pairs, pair_seed=pair_seed,
-             ablations=tuple(ablation or ()))
+    _command(
+        ctx,
+        "table7",
+        {"places": places, "audioset": audioset},
+        pairs=pairs,
+        pair_seed=pair_seed,
+        ablations=tuple(ablation or ()),
+    )
 
 
 @app.command("all")
-def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--is3", help="Extended IS3 root.")] = None,
-            ade_speech: AdeSpeech = None, ade_sound: AdeSound = None, places: Places = None,
-            audioset: AudioSet = None, pairs: Pairs = 1000, pair_seed: PairSeed = 0,
-            offscreen_snr_db: OffSnr = 0.0, ablation: Ablation = None, strict: Strict = False) -> None:
+def run_all(
+    ctx: typer.Context,
+    is3: Annotated[Optional[Path], typer.Option("--is3", help="Extended IS3 root.")] = None,
+    ade_speech: AdeSpeech = None,
+    ade_sound: AdeSound = None,
+    places: Places = None,
+    audioset: AudioSet = None,
+    pairs: Pairs = 1000,
+    pair_seed: PairSeed = 0,
+    offscreen_snr_db: OffSnr = 0.0,
+    ablation: Ablation = None,
+    strict: Strict = False,
+) -> None:
     """Every experiment the given test sets allow (Table 7 only with --ablation); the others are
     reported as skipped."""
     from evaluation.tables import TABLES, DataPaths, TableOptions, plan
@@ -220,8 +316,13 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
 
     run = ctx.obj.eval_run()
     data = DataPaths(is3, ade_speech, ade_sound, places, audioset)
-    opts = TableOptions(strict=strict, offscreen_snr_db=offscreen_snr_db, pairs=pairs, pair_seed=pair_seed,
-                        ablations=tuple(ablation or ()))
+    opts = TableOptions(
+        strict=strict,
+        offscreen_snr_db=offscreen_snr_db,
+        pairs=pairs,
+        pair_seed=pair_seed,
+        ablations=tuple(ablation or ()),
+    )
     planned = plan(data, opts)
     for name in TABLES:
         if name not in planned:
@@ -248,11 +349,18 @@ def run_all(ctx: typer.Context, is3: Annotated[Optional[Path], typer.Option("--i
 
 
 @app.command()
-def compare(runs: Annotated[list[str], typer.Argument(
-                metavar="NAME=RUN_DIR",
-                help="NAME=RUN_DIR per model, in row order: a row name and the --out folder of its evaluation "
-                     "(or that folder's results.json).", show_default=False)],
-            out: Annotated[Path, typer.Option("--out", help="Folder for comparison.md and comparison.json.")]) -> None:
+def compare(
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="NAME=RUN_DIR",
+            help="NAME=RUN_DIR per model, in row order: a row name and the --out folder of its evaluation "
+            "(or that folder's results.json).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for comparison.md and comparison.json.")],
+) -> None:
     """The paper's Tables 1-6 with one row per evaluated model, from each run's results.json; every
     figure traceable to its file and key (comparison.json). Options before the command are not used."""
     from evaluation import compare as comparing

@@ -72,11 +72,13 @@ def _unreadable(path: str, exc: Exception, _yielded: bool) -> None:
     print(f"skipping the rest of {path}: unreadable tar ({exc})")
 
 
-def mfcc_targets(wave: torch.Tensor, mask: torch.Tensor, clusters: int, seed: int,
-                 iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+def mfcc_targets(
+    wave: torch.Tensor, mask: torch.Tensor, clusters: int, seed: int, iterations: int = 30
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame k-means labels of 39-d MFCC features, and which frames hold real audio."""
-    mfcc = torchaudio.transforms.MFCC(fmt.SAMPLE_RATE, n_mfcc=13,
-                                      melkwargs=dict(n_fft=400, hop_length=HOP, n_mels=40, center=False))
+    mfcc = torchaudio.transforms.MFCC(
+        fmt.SAMPLE_RATE, n_mfcc=13, melkwargs=dict(n_fft=400, hop_length=HOP, n_mels=40, center=False)
+    )
     feats = mfcc(normalize_waveform(wave, mask))  # [N, 13, T]
     d1 = torchaudio.functional.compute_deltas(feats)
     feats = torch.cat([feats, d1, torchaudio.functional.compute_deltas(d1)], 1).transpose(1, 2)  # [N, T, 39]
@@ -106,8 +108,17 @@ def span_mask(batch: int, frames: int, prob: float, span: int, g: torch.Generato
     return masked
 
 
-def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, batch_size: int,
-             clusters: int, lr: float, seed: int) -> dict:
+def pretrain(
+    cfg: TrainConfig,
+    shards: str,
+    out: Path,
+    steps: int,
+    clips: int,
+    batch_size: int,
+    clusters: int,
+    lr: float,
+    seed: int,
+) -> dict:
     model_cfg = cfg.model
     if model_cfg.pretrained:
         raise typer.BadParameter("this model loads a pretrained audio backbone (pretrained: true); nothing to do")
@@ -126,7 +137,7 @@ def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, b
     layer_norm = backbone.config.feat_extract_norm == "layer"
     losses = []
     backbone.train()
-    for step in progress_bar(steps, "pretrain audio", iterable=range(steps)):
+    for _ in progress_bar(steps, "pretrain audio", iterable=range(steps)):
         idx = torch.randint(0, len(wave), (batch_size,), generator=g)
         x = normalize_waveform(wave[idx], mask[idx])
         frames = int(backbone._get_feat_extract_output_lengths(samples))
@@ -147,11 +158,21 @@ def pretrain(cfg: TrainConfig, shards: str, out: Path, steps: int, clips: int, b
     with atomic_path(out) as tmp:
         save_file(weights, str(tmp))
     window = max(1, steps // 10)
-    report = {"clips": len(wave), "frames_with_audio": int(real.sum()), "clusters": clusters, "steps": steps,
-              "batch_size": batch_size, "lr": lr, "seed": seed, "shards": shards,
-              "loss_first": float(np.mean(losses[:window])), "loss_last": float(np.mean(losses[-window:])),
-              "chance_loss": float(np.log(clusters)), "seconds": round(time.perf_counter() - started, 1),
-              "threads": torch.get_num_threads()}  # the weights' last bits depend on it
+    report = {
+        "clips": len(wave),
+        "frames_with_audio": int(real.sum()),
+        "clusters": clusters,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "shards": shards,
+        "loss_first": float(np.mean(losses[:window])),
+        "loss_last": float(np.mean(losses[-window:])),
+        "chance_loss": float(np.log(clusters)),
+        "seconds": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(),
+    }  # the weights' last bits depend on it
     write_json(out.with_suffix(".json"), report, indent=2, sort_keys=False)
     return report
 
@@ -175,8 +196,12 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     overrides: list[str] = typer.Argument(None, help="train.py-style key=value overrides of the config"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the training config (model and clip length); required"),
-    shards: str = typer.Option(..., help="shard dirs to read audio from, comma-separated (paths or s3://bucket/prefix)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="the training config (model and clip length); required"
+    ),
+    shards: str = typer.Option(
+        ..., help="shard dirs to read audio from, comma-separated (paths or s3://bucket/prefix)"
+    ),
     out: Path = typer.Option(..., help="where to write the backbone weights (.safetensors)"),
     steps: int = typer.Option(600, min=1),
     clips: int = typer.Option(1500, min=1, help="clips read into memory (spread over the shard dirs)"),
@@ -184,8 +209,11 @@ def main(
     clusters: int = typer.Option(50, min=2, help="k-means clusters of MFCC frames (HuBERT: 100)"),
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
-    threads: int = typer.Option(0, min=0, help="CPU threads; 0: OMP_NUM_THREADS when set, else the cores less one. "
-                                "The weights' last bits depend on it"),
+    threads: int = typer.Option(
+        0,
+        min=0,
+        help="CPU threads; 0: OMP_NUM_THREADS when set, else the cores less one. The weights' last bits depend on it",
+    ),
 ):
     """Masked prediction of MFCC clusters; writes weights for `train.py audio_init=...`."""
     try:  # before any backbone is built: a bad value is one line, not a traceback
@@ -197,8 +225,10 @@ def main(
         report = pretrain(cfg, shards, out, steps, clips, batch_size, clusters, lr, seed)
     except (LoaderError, FileNotFoundError, StorageError) as exn:  # bad --shards, or a store that refuses
         fail(str(exn))
-    print(f"wrote {out}: masked-prediction loss {report['loss_first']:.2f} -> {report['loss_last']:.2f} "
-          f"(chance {report['chance_loss']:.2f}), {report['seconds']} s")
+    print(
+        f"wrote {out}: masked-prediction loss {report['loss_first']:.2f} -> {report['loss_last']:.2f} "
+        f"(chance {report['chance_loss']:.2f}), {report['seconds']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.baselines.cavmae import CAVMAEModel, RELEASE  # noqa: E402
+from model.baselines.cavmae import RELEASE, CAVMAEModel  # noqa: E402
 from model.baselines.common import BaselineConfig  # noqa: E402
 from model.baselines.imagebind import ImageBindModel  # noqa: E402
 
@@ -40,18 +40,35 @@ DECODER_DIM, DECODER_DEPTH = 512, 8
 
 def _cavmae_decoder(dim: int) -> dict[str, tuple[int, ...]]:
     d, m = DECODER_DIM, 4 * DECODER_DIM
-    shapes = {"decoder_embed.weight": (d, dim), "decoder_embed.bias": (d,), "mask_token": (1, 1, d),
-              "decoder_modality_a": (1, 1, d), "decoder_modality_v": (1, 1, d), "decoder_pos_embed_a": (1, 512, d),
-              "decoder_pos_embed_v": (1, 196, d), "decoder_norm.weight": (d,), "decoder_norm.bias": (d,),
-              "decoder_pred_a.weight": (256, d), "decoder_pred_a.bias": (256,),
-              "decoder_pred_v.weight": (768, d), "decoder_pred_v.bias": (768,)}
+    shapes = {
+        "decoder_embed.weight": (d, dim),
+        "decoder_embed.bias": (d,),
+        "mask_token": (1, 1, d),
+        "decoder_modality_a": (1, 1, d),
+        "decoder_modality_v": (1, 1, d),
+        "decoder_pos_embed_a": (1, 512, d),
+        "decoder_pos_embed_v": (1, 196, d),
+        "decoder_norm.weight": (d,),
+        "decoder_norm.bias": (d,),
+        "decoder_pred_a.weight": (256, d),
+        "decoder_pred_a.bias": (256,),
+        "decoder_pred_v.weight": (768, d),
+        "decoder_pred_v.bias": (768,),
+    }
     for i in range(DECODER_DEPTH):
         p = f"decoder_blocks.{i}."
         for norm in ("norm1", "norm1_a", "norm1_v", "norm2", "norm2_a", "norm2_v"):
             shapes[p + norm + ".weight"] = shapes[p + norm + ".bias"] = (d,)
-        shapes |= {p + "attn.qkv.weight": (3 * d, d), p + "attn.qkv.bias": (3 * d,), p + "attn.proj.weight": (d, d),
-                   p + "attn.proj.bias": (d,), p + "mlp.fc1.weight": (m, d), p + "mlp.fc1.bias": (m,),
-                   p + "mlp.fc2.weight": (d, m), p + "mlp.fc2.bias": (d,)}
+        shapes |= {
+            p + "attn.qkv.weight": (3 * d, d),
+            p + "attn.qkv.bias": (3 * d,),
+            p + "attn.proj.weight": (d, d),
+            p + "attn.proj.bias": (d,),
+            p + "mlp.fc1.weight": (m, d),
+            p + "mlp.fc1.bias": (m,),
+            p + "mlp.fc2.weight": (d, m),
+            p + "mlp.fc2.bias": (d,),
+        }
     return shapes
 
 
@@ -92,20 +109,33 @@ def child(family: str, path: str, items: int) -> None:
             model.encode_audio(wave, torch.ones_like(wave, dtype=torch.bool))
             times.append(round(time.perf_counter() - t0, 2))
             cpu_times.append(round(time.process_time() - c0, 2))
-    print(json.dumps({"load_s": round(load_s, 2), "load_cpu_s": round(load_cpu, 2), "item_s": times,
-                      "item_cpu_s": cpu_times, "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "load_s": round(load_s, 2),
+                "load_cpu_s": round(load_cpu, 2),
+                "item_s": times,
+                "item_cpu_s": cpu_times,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def measure(family: str, path: Path, items: int) -> dict:
     """The child under /usr/bin/time -v: its JSON, peak RSS (MB) and wall time."""
-    run = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--child", family, str(path),
-                          "--items", str(items)], capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, __file__, "--child", family, str(path), "--items", str(items)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if run.returncode:
         raise SystemExit(f"error: the {family} child failed: {run.stderr.strip().splitlines()[-1:]}")
     out = json.loads(run.stdout.strip().splitlines()[-1])
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", run.stderr)
-    seconds = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.group(1).split(":"))))
+    seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.group(1).split(":"))))
     return {**out, "peak_rss_mb": round(int(rss.group(1)) / 1024), "wall_s": round(seconds, 1)}
 
 
@@ -124,8 +154,9 @@ def main() -> None:
     free_gb = shutil.disk_usage(args.workdir).free / 1e9
     if free_gb < 4.5:
         raise SystemExit(f"error: {args.workdir} has {free_gb:.1f} GB free; the files need about 3.7 GB")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, workdir {args.workdir} "
-          f"({free_gb:.0f} GB free)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, workdir {args.workdir} ({free_gb:.0f} GB free)"
+    )
     base = measure("imports", Path("-"), 0)
     print(f"baseline (imports + one fbank): peak RSS {base['peak_rss_mb']} MB, wall {base['wall_s']} s")
     for family in args.family:
@@ -133,18 +164,24 @@ def main() -> None:
         t0 = time.perf_counter()
         keys, params = write_release(family, path)
         size = path.stat().st_size / 1e9
-        print(f"{family}: wrote {path} ({keys} keys, {params / 1e6:.1f} M parameters, {size:.2f} GB) "
-              f"in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{family}: wrote {path} ({keys} keys, {params / 1e6:.1f} M parameters, {size:.2f} GB) "
+            f"in {time.perf_counter() - t0:.0f} s"
+        )
         try:
             r = measure(family, path, args.items)
         finally:
             if not args.keep:
                 path.unlink()
-        print(f"{family}: peak RSS {r['peak_rss_mb']} MB ({r['peak_rss_mb'] - base['peak_rss_mb']} MB over the "
-              f"baseline), load {r['load_s']} s ({r['load_cpu_s']} s CPU), per item {r['item_s']} s "
-              f"({r['item_cpu_s']} s CPU; image + 10 s clip, {r['threads']} threads), wall {r['wall_s']} s")
-    print(f"load average now: {Path('/proc/loadavg').read_text().split()[0]} (wall times stretch when the "
-          "machine is shared; CPU seconds do not)")
+        print(
+            f"{family}: peak RSS {r['peak_rss_mb']} MB ({r['peak_rss_mb'] - base['peak_rss_mb']} MB over the "
+            f"baseline), load {r['load_s']} s ({r['load_cpu_s']} s CPU), per item {r['item_s']} s "
+            f"({r['item_cpu_s']} s CPU; image + 10 s clip, {r['threads']} threads), wall {r['wall_s']} s"
+        )
+    print(
+        f"load average now: {Path('/proc/loadavg').read_text().split()[0]} (wall times stretch when the "
+        "machine is shared; CPU seconds do not)"
+    )
 
 
 if __name__ == "__main__":

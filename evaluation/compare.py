@@ -56,41 +56,64 @@ class Block:
 
 def _seg(group: str, kind: str, head_label: str) -> tuple[Column, ...]:
     """Tables 2 and 4: one audio type's Total and specialized-head mAP / mIoU."""
-    return (Column(f"{group} Total mAP", ("results", kind, "total", "mAP")),
-            Column(f"{group} Total mIoU", ("results", kind, "total", "mIoU")),
-            Column(f"{head_label} mAP", ("results", kind, "head", "mAP"), head=True),
-            Column(f"{head_label} mIoU", ("results", kind, "head", "mIoU"), head=True))
+    return (
+        Column(f"{group} Total mAP", ("results", kind, "total", "mAP")),
+        Column(f"{group} Total mIoU", ("results", kind, "total", "mIoU")),
+        Column(f"{head_label} mAP", ("results", kind, "head", "mAP"), head=True),
+        Column(f"{head_label} mIoU", ("results", kind, "head", "mIoU"), head=True),
+    )
 
 
 def _r10(prefix: str, *path: str, head: bool = False) -> tuple[Column, ...]:
     """R@10 in both directions (I→A, A→I) at ``path``."""
-    return (Column(f"{prefix} I→A", ("results", *path, "I->A", "10"), head),
-            Column(f"{prefix} A→I", ("results", *path, "A->I", "10"), head))
+    return (
+        Column(f"{prefix} I→A", ("results", *path, "I->A", "10"), head),
+        Column(f"{prefix} A→I", ("results", *path, "A->I", "10"), head),
+    )
 
 
 def _table1_blocks(pairings: list[str]) -> list[Block]:
     # both columns come from one head each (a one-head model fills both with its only head, as the
     # paper's baseline rows do), so no column of Table 1 is N/A
-    return [Block(f"{pairing}-object pairs", (
-        Column("Sim-Sound mAP", ("results", pairing, "sound", "mAP")),
-        Column("Sim-Sound mIoU", ("results", pairing, "sound", "mIoU")),
-        Column("Sim-Speech mAP", ("results", pairing, "speech", "mAP")),
-        Column("Sim-Speech mIoU", ("results", pairing, "speech", "mIoU")))) for pairing in pairings]
+    return [
+        Block(
+            f"{pairing}-object pairs",
+            (
+                Column("Sim-Sound mAP", ("results", pairing, "sound", "mAP")),
+                Column("Sim-Sound mIoU", ("results", pairing, "sound", "mIoU")),
+                Column("Sim-Speech mAP", ("results", pairing, "speech", "mAP")),
+                Column("Sim-Speech mIoU", ("results", pairing, "speech", "mIoU")),
+            ),
+        )
+        for pairing in pairings
+    ]
 
 
 SEGMENTATION = (Block("", _seg("Sound", "sound", "Sound Head") + _seg("Speech", "speech", "Speech Head")),)
-RETRIEVAL = (Block("R@10", _r10("AudioSet Total", "audioset", "total")
-                   + _r10("AudioSet Sound", "audioset", "sound_head", head=True)
-                   + _r10("Places Total", "places", "total")
-                   + _r10("Places Speech", "places", "speech_head", head=True)),)
+RETRIEVAL = (
+    Block(
+        "R@10",
+        _r10("AudioSet Total", "audioset", "total")
+        + _r10("AudioSet Sound", "audioset", "sound_head", head=True)
+        + _r10("Places Total", "places", "total")
+        + _r10("Places Speech", "places", "speech_head", head=True),
+    ),
+)
 DISENTANGLEMENT = (
-    Block("R@10 with the opposite head", _r10("Clean Places Sound", "clean", "places", "sound_head", head=True)
-          + _r10("Clean AudioSet Speech", "clean", "audioset", "speech_head", head=True)
-          + _r10("Mixed Places Sound", "mixed", "places", "sound_head", head=True)
-          + _r10("Mixed AudioSet Speech", "mixed", "audioset", "speech_head", head=True)),
-    Block("Pred.Dis / Act.Dis (§4.3.5)", (
-        Column("Pred.Dis", ("results", "disentanglement", "pred_dis"), head=True),
-        Column("Act.Dis", ("results", "disentanglement", "act_dis"), head=True))),
+    Block(
+        "R@10 with the opposite head",
+        _r10("Clean Places Sound", "clean", "places", "sound_head", head=True)
+        + _r10("Clean AudioSet Speech", "clean", "audioset", "speech_head", head=True)
+        + _r10("Mixed Places Sound", "mixed", "places", "sound_head", head=True)
+        + _r10("Mixed AudioSet Speech", "mixed", "audioset", "speech_head", head=True),
+    ),
+    Block(
+        "Pred.Dis / Act.Dis (§4.3.5)",
+        (
+            Column("Pred.Dis", ("results", "disentanglement", "pred_dis"), head=True),
+            Column("Act.Dis", ("results", "disentanglement", "act_dis"), head=True),
+        ),
+    ),
 )
 
 # section name -> the paper's caption and its blocks (Table 1's depend on the pairings evaluated)
@@ -100,8 +123,10 @@ TABLES: dict[str, tuple[str, tuple[Block, ...] | None]] = {
     "table3": ("Table 3. Cross-modal retrieval task on Places and AudioSet (clean)", RETRIEVAL),
     "table4": ("Table 4. Standard Audio-Visual semantic segmentation with mixture of audios (ADE20K)", SEGMENTATION),
     "table5": ("Table 5. Cross-modal retrieval task on Places and AudioSet with mixture of audios", RETRIEVAL),
-    "table6": ("Table 6. Measuring disentanglement (each head retrieves with the opposite audio type; "
-               "lower is better)", DISENTANGLEMENT),
+    "table6": (
+        "Table 6. Measuring disentanglement (each head retrieves with the opposite audio type; lower is better)",
+        DISENTANGLEMENT,
+    ),
 }
 TABLE1_PAIRINGS = ("cross", "same")
 
@@ -176,15 +201,19 @@ def load_run(name: str, location: Path) -> Run:
     """A run's results.json (``location``: the run's folder, or the file itself)."""
     path = location if location.is_file() else location / RESULTS_FILE
     if not path.is_file():
-        raise CompareError(f"{path} does not exist: evaluate the model into {location} first "
-                           f"(python evaluate.py --checkpoint CKPT --out {location} all ...)")
+        raise CompareError(
+            f"{path} does not exist: evaluate the model into {location} first "
+            f"(python evaluate.py --checkpoint CKPT --out {location} all ...)"
+        )
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompareError(f"{path} cannot be read as JSON ({exc}); re-run the evaluation into a fresh --out") from exc
     if not isinstance(results, dict) or not all(isinstance(s, dict) for s in results.values()):
-        raise CompareError(f"{path} is not an evaluate.py results.json (an object of table sections); "
-                           "re-run the evaluation into a fresh --out")
+        raise CompareError(
+            f"{path} is not an evaluate.py results.json (an object of table sections); "
+            "re-run the evaluation into a fresh --out"
+        )
     return Run(name, path, results)
 
 
@@ -198,21 +227,30 @@ class Comparison:
     tables: dict[str, dict] = field(default_factory=dict)  # the JSON of each table
 
     def as_json(self) -> dict:
-        return {"runs": [_run_json(r) for r in self.runs], "tables": self.tables,
-                "legend": {"value": "fraction as stored in results.json; text: percentage with one decimal",
-                           NOT_APPLICABLE: "the model has one head: no specialized head",
-                           MISSING: "the run has no such result (see the table's notes)",
-                           "n/a": "undefined in results.json (null, e.g. an AP without a positive pixel)"}}
+        return {
+            "runs": [_run_json(r) for r in self.runs],
+            "tables": self.tables,
+            "legend": {
+                "value": "fraction as stored in results.json; text: percentage with one decimal",
+                NOT_APPLICABLE: "the model has one head: no specialized head",
+                MISSING: "the run has no such result (see the table's notes)",
+                "n/a": "undefined in results.json (null, e.g. an AP without a positive pixel)",
+            },
+        }
 
     def markdown(self) -> str:
-        parts = ["# The paper's tables, one row per model\n",
-                 f"Percentages. {NOT_APPLICABLE}: the model has one head, so it has no specialized head (as the "
-                 f"paper's baseline rows); {MISSING}: the run has no such result (see the notes); n/a: undefined. "
-                 f"Every figure's source file and key are in `{JSON_FILE}`.\n",
-                 grid(["Model", "results.json", "label", "heads"],
-                      [[r.name, str(r.path), ", ".join(_labels(r)) or MISSING, _heads_text(r)] for r in self.runs])
-                 + "\n"]
-        for name, table in self.tables.items():
+        parts = [
+            "# The paper's tables, one row per model\n",
+            f"Percentages. {NOT_APPLICABLE}: the model has one head, so it has no specialized head (as the "
+            f"paper's baseline rows); {MISSING}: the run has no such result (see the notes); n/a: undefined. "
+            f"Every figure's source file and key are in `{JSON_FILE}`.\n",
+            grid(
+                ["Model", "results.json", "label", "heads"],
+                [[r.name, str(r.path), ", ".join(_labels(r)) or MISSING, _heads_text(r)] for r in self.runs],
+            )
+            + "\n",
+        ]
+        for table in self.tables.values():
             parts.append(f"## {table['title']}\n")
             for block in table["blocks"]:
                 if block["caption"]:
@@ -237,8 +275,13 @@ def _heads_text(run: Run) -> str:
 
 
 def _run_json(run: Run) -> dict:
-    return {"name": run.name, "results": str(run.path), "labels": _labels(run),
-            "tables": sorted(n for n in run.results if n in TABLES), "one_head": run.one_head(None)}
+    return {
+        "name": run.name,
+        "results": str(run.path),
+        "labels": _labels(run),
+        "tables": sorted(n for n in run.results if n in TABLES),
+        "one_head": run.one_head(None),
+    }
 
 
 def _pointer(path: tuple[str, ...]) -> str:
@@ -255,16 +298,20 @@ def _cell(run: Run, table: str, column: Column, missing: dict) -> dict:
     value = _get(section, column.path) if section is not None else _ABSENT
     if value is _ABSENT:
         # name the shortest absent key (the table, or the test set's branch) once per run and table
-        prefix = key[:1] if section is None else next(key[: i + 1] for i in range(1, len(key))
-                                                     if _get(section, column.path[:i]) is _ABSENT)
+        prefix = (
+            key[:1]
+            if section is None
+            else next(key[: i + 1] for i in range(1, len(key)) if _get(section, column.path[:i]) is _ABSENT)
+        )
         missing.setdefault(".".join(prefix), 0)
         missing[".".join(prefix)] += 1
         return {"text": MISSING, "value": None, "reason": f"no {'.'.join(prefix)} in {run.path}", **where}
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return {"text": "n/a", "value": None, "reason": "undefined (null) in results.json", **where}
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CompareError(f"{run.path}: {'.'.join(key)} is {value!r}, not a number; "
-                           f"re-run `evaluate.py {table}` into that folder")
+        raise CompareError(
+            f"{run.path}: {'.'.join(key)} is {value!r}, not a number; re-run `evaluate.py {table}` into that folder"
+        )
     return {"text": pct(value), "value": float(value), **where}
 
 
@@ -286,13 +333,17 @@ def _differences(runs: list[Run], table: str) -> list[str]:
     for key in ("normalization", "counts"):
         values = {json.dumps(s.get(key), sort_keys=True) for _, s in present}
         if len(values) > 1:
-            notes.append(f"{key} differs between the runs: "
-                         + "; ".join(f"{r.name} {json.dumps(s.get(key), sort_keys=True)}" for r, s in present))
+            notes.append(
+                f"{key} differs between the runs: "
+                + "; ".join(f"{r.name} {json.dumps(s.get(key), sort_keys=True)}" for r, s in present)
+            )
     for r, s in present:
         heads = s.get("heads")
         if isinstance(heads, dict) and heads.get("rule") not in (None, "config"):
-            notes.append(f"{r.name}: heads named by {heads['rule']}: sound = head {heads.get('sound_head')}, "
-                         f"speech = head {heads.get('speech_head')}")
+            notes.append(
+                f"{r.name}: heads named by {heads['rule']}: sound = head {heads.get('sound_head')}, "
+                f"speech = head {heads.get('speech_head')}"
+            )
         if s.get("skipped_total"):
             notes.append(f"{r.name}: {s['skipped_total']} item(s) skipped (listed in {r.path} under {table}.skipped)")
     return notes
@@ -307,8 +358,15 @@ def compare(specs: list[tuple[str, Path]]) -> Comparison:
         notes, out_blocks = [], []
         missing_by_run = {r.name: {} for r in runs}
         for block in blocks:
-            rows = [{"model": r.name, "cells": [{"column": c.header, **_cell(r, table, c, missing_by_run[r.name])}
-                                                for c in block.columns]} for r in runs]
+            rows = [
+                {
+                    "model": r.name,
+                    "cells": [
+                        {"column": c.header, **_cell(r, table, c, missing_by_run[r.name])} for c in block.columns
+                    ],
+                }
+                for r in runs
+            ]
             out_blocks.append({"caption": block.caption, "columns": [c.header for c in block.columns], "rows": rows})
         for r in runs:
             for prefix, count in missing_by_run[r.name].items():

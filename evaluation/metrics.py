@@ -62,8 +62,7 @@ def iou_thresholds(values: np.ndarray, n: int = N_IOU_THRESHOLDS) -> np.ndarray:
     return np.linspace(v.min(), v.max(), n)
 
 
-def pooled_best_iou(scores: np.ndarray, targets: np.ndarray, n_thresholds: int = N_IOU_THRESHOLDS
-                    ) -> float:
+def pooled_best_iou(scores: np.ndarray, targets: np.ndarray, n_thresholds: int = N_IOU_THRESHOLDS) -> float:
     """Best IoU of ``scores > thr`` against ``targets`` over ``linspace(min, max, n)`` thresholds.
 
     Counted from sorted values (O(N log N)) instead of materializing one mask per threshold.
@@ -95,8 +94,13 @@ class SegmentationResult:
     skipped_classes: list[str] = field(default_factory=list)  # no positive pixel: AP undefined
 
     def as_dict(self) -> dict:
-        return {"mAP": self.mAP, "mIoU": self.mIoU, "n_classes": self.n_classes,
-                "skipped_classes": self.skipped_classes, "per_class": self.per_class}
+        return {
+            "mAP": self.mAP,
+            "mIoU": self.mIoU,
+            "n_classes": self.n_classes,
+            "skipped_classes": self.skipped_classes,
+            "per_class": self.per_class,
+        }
 
 
 def class_pooled_segmentation(heatmaps: np.ndarray, masks: np.ndarray, classes) -> SegmentationResult:
@@ -109,8 +113,7 @@ def class_pooled_segmentation(heatmaps: np.ndarray, masks: np.ndarray, classes) 
     heatmaps = np.asarray(heatmaps)
     masks = np.asarray(masks).astype(bool)
     if heatmaps.shape != masks.shape or heatmaps.shape[0] != len(classes):
-        raise ValueError(f"heatmaps {heatmaps.shape}, masks {masks.shape} and {len(classes)} "
-                         "class labels must agree")
+        raise ValueError(f"heatmaps {heatmaps.shape}, masks {masks.shape} and {len(classes)} class labels must agree")
     return pooled_segmentation_by_class(classes, lambda idx: (heatmaps[idx], masks[idx]))
 
 
@@ -127,14 +130,16 @@ def pooled_segmentation_by_class(classes, fetch) -> SegmentationResult:
         if not t.any():
             skipped.append(c)
             continue
-        per_class[c] = {"ap": binary_average_precision(s, t), "iou": pooled_best_iou(s, t),
-                        "n_images": int(idx.size)}
+        per_class[c] = {"ap": binary_average_precision(s, t), "iou": pooled_best_iou(s, t), "n_images": int(idx.size)}
     aps = [v["ap"] for v in per_class.values()]
     ious = [v["iou"] for v in per_class.values()]
     return SegmentationResult(
         mAP=float(np.mean(aps)) if aps else float("nan"),
         mIoU=float(np.mean(ious)) if ious else float("nan"),
-        per_class=per_class, n_classes=len(per_class), skipped_classes=skipped)
+        per_class=per_class,
+        n_classes=len(per_class),
+        skipped_classes=skipped,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

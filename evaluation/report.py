@@ -63,8 +63,16 @@ def save_heatmaps(path: Path, **arrays) -> Path:
 
 
 # "jet"-like ramp: dark blue -> blue -> cyan -> yellow -> red -> dark red
-_JET_STOPS = np.array([[0.0, 0.0, 0.0, 0.5], [0.125, 0.0, 0.0, 1.0], [0.375, 0.0, 1.0, 1.0],
-                       [0.625, 1.0, 1.0, 0.0], [0.875, 1.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0]])
+_JET_STOPS = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.5],
+        [0.125, 0.0, 0.0, 1.0],
+        [0.375, 0.0, 1.0, 1.0],
+        [0.625, 1.0, 1.0, 0.0],
+        [0.875, 1.0, 0.0, 0.0],
+        [1.0, 0.5, 0.0, 0.0],
+    ]
+)
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -82,8 +90,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return edge & m
 
 
-def overlay_panel(image: Image.Image, heatmap: np.ndarray | None, mask: np.ndarray | None = None,
-                  alpha: float = 0.5) -> Image.Image:
+def overlay_panel(
+    image: Image.Image, heatmap: np.ndarray | None, mask: np.ndarray | None = None, alpha: float = 0.5
+) -> Image.Image:
     """The image blended with the colorized heatmap (resized to the image), mask outline in white."""
     base = image.convert("RGB")
     out = base
@@ -98,8 +107,9 @@ def overlay_panel(image: Image.Image, heatmap: np.ndarray | None, mask: np.ndarr
     return out
 
 
-def save_overlay(path: Path, image: Image.Image, panels: list[tuple[str, np.ndarray | None, np.ndarray | None]],
-                 title: str = "") -> Path:
+def save_overlay(
+    path: Path, image: Image.Image, panels: list[tuple[str, np.ndarray | None, np.ndarray | None]], title: str = ""
+) -> Path:
     """A row of panels: each (caption, heatmap or None for the plain image, mask or None)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from evaluation import metrics
-from pipeline.testsets.retrieval import RetrievalSet
-from pipeline.progress import progress_bar
 from evaluation.runner import ClipSource, ModelRunner, loaded_batches, with_offscreen
 from pipeline.data.mixing import OffscreenMixer
+from pipeline.progress import progress_bar
+from pipeline.testsets.retrieval import RetrievalSet
 
 SET_TYPES = {"places": "speech", "audioset": "sound"}
 KS = (1, 5, 10)
@@ -56,8 +56,9 @@ class RetrievalSession:
             rset = self.sets[name]
             feats = []
             with progress_bar(len(rset.items), f"encoding {name} images", self.progress) as bar:
-                for idx, images in loaded_batches(len(rset.items), self.runner.batch_size,
-                                                  lambda i: rset.items[i].image(), self.workers):
+                for idx, images in loaded_batches(
+                    len(rset.items), self.runner.batch_size, lambda i: rset.items[i].image(), self.workers
+                ):
                     feats.append(self.runner.encode_images(images).cpu())
                     bar.update(len(idx))
             self._images[name] = torch.cat(feats)
@@ -67,8 +68,12 @@ class RetrievalSession:
         other = "audioset" if name == "places" else "places"
         self.require(other)
         items = self.sets[other].items
-        return OffscreenMixer(ClipSource(lambda i: items[i].clip(), len(items)), target_type=SET_TYPES[name], seed=self.seed,
-                              snr_db=self.offscreen_snr_db)
+        return OffscreenMixer(
+            ClipSource(lambda i: items[i].clip(), len(items)),
+            target_type=SET_TYPES[name],
+            seed=self.seed,
+            snr_db=self.offscreen_snr_db,
+        )
 
     def scores(self, name: str, mixed: bool = False) -> np.ndarray:
         """Per-head score matrices ``[K, N audio, N images]`` of one set, clean or mixed."""
@@ -81,6 +86,7 @@ class RetrievalSession:
         mixer = self._mixer(name) if mixed else None
         feats, masks = [], []
         label = f"encoding {name} audio" + (" (+ off-screen)" if mixed else "")
+
         def load(i):
             clip = rset.items[i].clip()
             return with_offscreen(mixer, i, clip) if mixer is not None else clip
@@ -125,13 +131,18 @@ class RetrievalSession:
     def settings(self, mixed: bool) -> dict:
         total = "sum of the heads' scores"
         if self.runner.num_heads == 1:
-            total = ("the model's own retrieval score (its one head)" if hasattr(self.runner.model, "retrieval_scores")
-                     else "its one head's score")
-        s = {"pairs_seed": next(iter(self.sets.values())).seed if self.sets else None, "ks": list(KS),
-             "total": total}
+            total = (
+                "the model's own retrieval score (its one head)"
+                if hasattr(self.runner.model, "retrieval_scores")
+                else "its one head's score"
+            )
+        s = {"pairs_seed": next(iter(self.sets.values())).seed if self.sets else None, "ks": list(KS), "total": total}
         if mixed:
-            s |= {"offscreen_snr_db": self.offscreen_snr_db, "offscreen_seed": self.seed,
-                  "offscreen_source": "the other retrieval set"}
+            s |= {
+                "offscreen_snr_db": self.offscreen_snr_db,
+                "offscreen_seed": self.seed,
+                "offscreen_source": "the other retrieval set",
+            }
         return s
 
 
@@ -178,8 +189,13 @@ def pred_dis_assignment(session: RetrievalSession) -> dict:
     ap = np.asarray(dis["ap_matrix"])  # rows: heads, columns: (speech, sound)
     head0_sound = (ap[0, 1] + ap[1, 0]) >= (ap[0, 0] + ap[1, 1])
     sound, speech = (0, 1) if head0_sound else (1, 0)
-    return {"rule": "pred_dis", "sound_head": sound, "speech_head": speech,
-            "pred_dis": dis["pred_dis"], "ap_matrix": dis["ap_matrix"]}
+    return {
+        "rule": "pred_dis",
+        "sound_head": sound,
+        "speech_head": speech,
+        "pred_dis": dis["pred_dis"],
+        "ap_matrix": dis["ap_matrix"],
+    }
 
 
 def run_table6(session: RetrievalSession) -> dict:
@@ -191,8 +207,10 @@ def run_table6(session: RetrievalSession) -> dict:
         return {"not_applicable": ONE_HEAD, "results": {}, "counts": session.counts(), "settings": {}}
     results = {}
     for cond, mixed in (("clean", False), ("mixed", True)):
-        results[cond] = {"places": {"sound_head": session.recalls("places", mixed)["sound_head"]},
-                         "audioset": {"speech_head": session.recalls("audioset", mixed)["speech_head"]}}
+        results[cond] = {
+            "places": {"sound_head": session.recalls("places", mixed)["sound_head"]},
+            "audioset": {"speech_head": session.recalls("audioset", mixed)["speech_head"]},
+        }
     results["disentanglement"] = disentanglement(session)
     return {"results": results, "counts": session.counts(), "settings": session.settings(True)}
 
@@ -203,5 +221,8 @@ def table7_row(session: RetrievalSession, label: str) -> dict:
     session.require("places", "audioset")
     if session.runner.num_heads == 1:
         return {"label": label, "not_applicable": ONE_HEAD}
-    return {"label": label, "audioset_sound_head": session.recalls("audioset")["sound_head"],
-            "places_sound_head": session.recalls("places")["sound_head"]}
+    return {
+        "label": label,
+        "audioset_sound_head": session.recalls("audioset")["sound_head"],
+        "places_sound_head": session.recalls("places")["sound_head"],
+    }

@@ -17,15 +17,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from PIL import Image
+from torch.nn import functional as F
 
-from pipeline.testsets.common import Clip
 from model import similarity
 from model.checkpoint import check_finite
 from pipeline import format as fmt
 from pipeline.data.mixing import OffscreenMixer, valid_mask
 from pipeline.data.transform import eval_image, to_tensor
+from pipeline.testsets.common import Clip
 
 WORD_PAD_S = 0.2  # DenseAV's "advanced" window: the object word widened by 0.2 s on each side
 
@@ -42,8 +42,9 @@ class LoadedModel:
     description: dict  # what was evaluated: checkpoint path or preset, config
 
 
-def load_model(checkpoint: str | Path | None, preset: str | None, device: torch.device, seed: int = 0,
-               num_heads: int | None = None) -> LoadedModel:
+def load_model(
+    checkpoint: str | Path | None, preset: str | None, device: torch.device, seed: int = 0, num_heads: int | None = None
+) -> LoadedModel:
     """A trained model through ``model.loading.load_any`` (this project's checkpoint, a DenseAV or
     baseline file, or a Hub repo id; ``num_heads`` for a DenseAV file that does not record them), or
     a preset with random weights (``preset``, no download when the preset is not pretrained; meant for
@@ -99,8 +100,9 @@ class ModelRunner:
     # ------------------------------------------------------------------ matched pairs
 
     @torch.no_grad()
-    def pair_heatmaps(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, head,
-                      window: torch.Tensor | None = None) -> tuple[np.ndarray, int]:
+    def pair_heatmaps(
+        self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, head, window: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, int]:
         """Matched-pair heatmaps ``[B, h, w]`` (``head``: ``"max"`` = total, or a head index)
         averaged over the valid frames, or over ``window`` ∧ valid frames where that is not empty.
 
@@ -124,8 +126,9 @@ class ModelRunner:
     # ------------------------------------------------------------------ score matrices
 
     @torch.no_grad()
-    def score_matrices(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor,
-                       progress=None, audio_block: int = 64) -> np.ndarray:
+    def score_matrices(
+        self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, progress=None, audio_block: int = 64
+    ) -> np.ndarray:
         """Per-head score matrices ``[K, Na, Nv]`` (``s_N`` for each head N), computed one block of
         audio clips at a time against all images. A model with a retrieval score of its own
         (``retrieval_scores``: the one-head baselines of ``model.baselines``) gives its matrix instead."""

@@ -23,15 +23,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from evaluation import metrics
-from evaluation import report
-from pipeline.testsets.ade20k import PromptedSet, load_ade_class_mask
-from pipeline.testsets.common import Clip, load_binary_mask, load_clip, open_image
-from pipeline.testsets.is3 import IS3Dataset, Table1Pair
-from pipeline.progress import progress_bar
+from evaluation import metrics, report
 from evaluation.runner import ClipSource, ModelRunner, batches, loaded_batches, upsample, with_offscreen
 from pipeline.data.mixing import MixConfig, OffscreenMixer, mix_pair
 from pipeline.data.transform import eval_image
+from pipeline.progress import progress_bar
+from pipeline.testsets.ade20k import PromptedSet, load_ade_class_mask
+from pipeline.testsets.common import Clip, load_binary_mask, load_clip, open_image
+from pipeline.testsets.is3 import IS3Dataset, Table1Pair
 
 SPEECH_WINDOWS = ("advanced", "basic")
 
@@ -88,8 +87,11 @@ class MaskStore:
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         n = self.size * self.size
-        return np.stack([np.unpackbits(self._packed[i], count=n).reshape(self.size, self.size).astype(bool)
-                         for i in ids]) if len(ids) else np.zeros((0, self.size, self.size), bool)
+        return (
+            np.stack([np.unpackbits(self._packed[i], count=n).reshape(self.size, self.size).astype(bool) for i in ids])
+            if len(ids)
+            else np.zeros((0, self.size, self.size), bool)
+        )
 
 
 def _normalized(ms: MapSet, mode: str) -> np.ndarray:
@@ -110,8 +112,9 @@ def score_variant(ms: MapSet, masks: MaskStore, settings: SegSettings) -> tuple[
     return out, norm
 
 
-def localization_extras(norm: np.ndarray, mask_ids: Sequence[str], masks: MaskStore, groups: Sequence[str],
-                        size: int, chunk: int = 256) -> tuple[dict, np.ndarray]:
+def localization_extras(
+    norm: np.ndarray, mask_ids: Sequence[str], masks: MaskStore, groups: Sequence[str], size: int, chunk: int = 256
+) -> tuple[dict, np.ndarray]:
     """cIoU / AUC / IIoU (median and adaptive thresholds) and the per-item IoUs (median)."""
     ious = {"median": [], "adaptive": []}
     for idx in batches(len(mask_ids), chunk):
@@ -122,8 +125,14 @@ def localization_extras(norm: np.ndarray, mask_ids: Sequence[str], masks: MaskSt
             for mode in ious:
                 ious[mode].append(metrics.sample_iou(h, g, mode))
     med, ada = np.asarray(ious["median"]), np.asarray(ious["adaptive"])
-    extras = {"cIoU": metrics.ciou(med), "AUC": metrics.auc(med), "IIoU": metrics.iiou(med, groups),
-              "cIoU_adaptive": metrics.ciou(ada), "AUC_adaptive": metrics.auc(ada), "IIoU_adaptive": metrics.iiou(ada, groups)}
+    extras = {
+        "cIoU": metrics.ciou(med),
+        "AUC": metrics.auc(med),
+        "IIoU": metrics.iiou(med, groups),
+        "cIoU_adaptive": metrics.ciou(ada),
+        "AUC_adaptive": metrics.auc(ada),
+        "IIoU_adaptive": metrics.iiou(ada, groups),
+    }
     return extras, med
 
 
@@ -158,8 +167,14 @@ class Query:
     targets: dict[str, tuple[str, str]]
 
 
-def _collect(runner: ModelRunner, n: int, variants: list[Variant], load_item: Callable[[int], Query],
-             settings: SegSettings, description: str) -> dict[str, MapSet]:
+def _collect(
+    runner: ModelRunner,
+    n: int,
+    variants: list[Variant],
+    load_item: Callable[[int], Query],
+    settings: SegSettings,
+    description: str,
+) -> dict[str, MapSet]:
     """Run the model over ``n`` queries and keep each variant's low-resolution heatmaps."""
     sets = {v.name: MapSet() for v in variants}
     with progress_bar(n, description, settings.progress) as bar:
@@ -199,8 +214,10 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         raise ValueError(f"speech window must be one of {SPEECH_WINDOWS}, got {t1.speech_window!r}")
     masks = MaskStore(settings.mask_size)
     results, counts, skipped = {}, {}, [s.as_dict() for s in dataset.skipped]
-    variants = [Variant("sound", runner.sound_head), Variant("speech", runner.speech_head,
-                                                              word_window=t1.speech_window == "advanced")]
+    variants = [
+        Variant("sound", runner.sound_head),
+        Variant("speech", runner.speech_head, word_window=t1.speech_window == "advanced"),
+    ]
     mix_cfg = MixConfig()
     # the two queries of an image follow each other and share their clips
     clips = functools.lru_cache(maxsize=64)(load_clip)
@@ -215,13 +232,24 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
             p: Table1Pair = pairs[i]
             sound, speech = clips(p.sound.audio_path), clips(p.speech.speech_path)
             rng = np.random.default_rng([settings.seed, i])
-            mix = mix_pair(speech.audio, sound.audio, rng, mix_cfg, speech.valid, sound.valid,
-                           snr_db=t1.snr_db, level_db=t1.level_db)
+            mix = mix_pair(
+                speech.audio,
+                sound.audio,
+                rng,
+                mix_cfg,
+                speech.valid,
+                sound.valid,
+                snr_db=t1.snr_db,
+                level_db=t1.level_db,
+            )
             for ann in (p.sound, p.speech):
                 masks.add(ann.stem, functools.partial(load_binary_mask, ann.mask_path, settings.mask_size))
-            return Query(open_image(p.sound.image_path), Clip(mix.mixture, max(speech.valid, sound.valid)),
-                         tuple(p.speech.speech["object_span"]),
-                         {"sound": (p.sound.target, p.sound.stem), "speech": (p.speech.target, p.speech.stem)})
+            return Query(
+                open_image(p.sound.image_path),
+                Clip(mix.mixture, max(speech.valid, sound.valid)),
+                tuple(p.speech.speech["object_span"]),
+                {"sound": (p.sound.target, p.sound.stem), "speech": (p.speech.target, p.speech.stem)},
+            )
 
         sets = _collect(runner, len(pairs), variants, load_item, settings, f"Table 1 ({pairing})")
         groups = [p.sound.image_id for p in pairs]
@@ -229,7 +257,8 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         for var in variants:
             res[var.name], norms[var.name] = score_variant(sets[var.name], masks, settings)
             res[var.name]["extras"], ious[var.name] = localization_extras(
-                norms[var.name], sets[var.name].mask_ids, masks, groups, settings.mask_size)
+                norms[var.name], sets[var.name].mask_ids, masks, groups, settings.mask_size
+            )
         res["joint_hit"] = float(np.mean((ious["sound"] >= metrics.IOU_HIT) & (ious["speech"] >= metrics.IOU_HIT)))
         # Each head scored against the *other* audio type's object: the speech head on the sounding
         # object, the sound head on the named one. A disentangled model scores lower here than
@@ -246,29 +275,51 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         known_keys.update(keys)
         if settings.save_heatmaps is not None:
             report.save_heatmaps(
-                Path(settings.save_heatmaps) / f"table1_{pairing}.npz", keys=keys, image_ids=groups,
+                Path(settings.save_heatmaps) / f"table1_{pairing}.npz",
+                keys=keys,
+                image_ids=groups,
                 normalization=settings.normalization,
                 **{f"{k}_heatmaps": upsample(norms[k], settings.mask_size) for k in norms},
                 **{f"{k}_masks": masks.get(sets[k].mask_ids) for k in sets},
-                **{f"{k}_classes": np.asarray(sets[k].classes) for k in sets})
+                **{f"{k}_classes": np.asarray(sets[k].classes) for k in sets},
+            )
         if settings.overlay_dir is not None and (settings.overlays or settings.overlay_keys):
             for i in _choose_overlays(keys, settings):
                 p = pairs[i]
                 image = eval_image(open_image(p.sound.image_path), settings.mask_size)
                 report.save_overlay(
-                    Path(settings.overlay_dir) / f"table1_{pairing}_{_safe_name(keys[i])}.png", image,
-                    [("image", None, None),
-                     (f"sound head: {p.sound.target}", upsample(norms["sound"][i : i + 1], settings.mask_size)[0],
-                      masks.get([p.sound.stem])[0]),
-                     (f"speech head: \"{p.speech.speech['phrase']}\"",
-                      upsample(norms["speech"][i : i + 1], settings.mask_size)[0], masks.get([p.speech.stem])[0])],
-                    title=f"{pairing}: sound of {p.sound.target} + speech naming {p.speech.target}")
-    return {"results": results, "counts": counts, "skipped": skipped,
-            "settings": {"speech_window": t1.speech_window, "snr_db": t1.snr_db, "level_db": t1.level_db,
-                         "mask_size": settings.mask_size, "extras_threshold": "median (adaptive in *_adaptive)",
-                         "speech_backend": dataset.speech_meta.get("backend"),
-                         "speech_voice": dataset.speech_meta.get("voice")},
-            "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys)}
+                    Path(settings.overlay_dir) / f"table1_{pairing}_{_safe_name(keys[i])}.png",
+                    image,
+                    [
+                        ("image", None, None),
+                        (
+                            f"sound head: {p.sound.target}",
+                            upsample(norms["sound"][i : i + 1], settings.mask_size)[0],
+                            masks.get([p.sound.stem])[0],
+                        ),
+                        (
+                            f'speech head: "{p.speech.speech["phrase"]}"',
+                            upsample(norms["speech"][i : i + 1], settings.mask_size)[0],
+                            masks.get([p.speech.stem])[0],
+                        ),
+                    ],
+                    title=f"{pairing}: sound of {p.sound.target} + speech naming {p.speech.target}",
+                )
+    return {
+        "results": results,
+        "counts": counts,
+        "skipped": skipped,
+        "settings": {
+            "speech_window": t1.speech_window,
+            "snr_db": t1.snr_db,
+            "level_db": t1.level_db,
+            "mask_size": settings.mask_size,
+            "extras_threshold": "median (adaptive in *_adaptive)",
+            "speech_backend": dataset.speech_meta.get("backend"),
+            "speech_voice": dataset.speech_meta.get("voice"),
+        },
+        "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +331,22 @@ def _ade_variants(kind: str, runner: ModelRunner) -> list[Variant]:
     if kind == "sound":
         variants = [Variant("total", "max"), Variant("head", runner.sound_head)]
     else:
-        variants = [Variant("total", "max", word_window=True), Variant("head", runner.speech_head, word_window=True),
-                    Variant("basic_total", "max"), Variant("basic_head", runner.speech_head)]
+        variants = [
+            Variant("total", "max", word_window=True),
+            Variant("head", runner.speech_head, word_window=True),
+            Variant("basic_total", "max"),
+            Variant("basic_head", runner.speech_head),
+        ]
     return variants if runner.num_heads > 1 else [v for v in variants if v.head == "max"]
 
 
-def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: OffscreenMixer | None = None,
-            table: str = "table2") -> tuple[dict, dict, set[str]]:
+def run_ade(
+    runner: ModelRunner,
+    ds: PromptedSet,
+    settings: SegSettings,
+    mixer: OffscreenMixer | None = None,
+    table: str = "table2",
+) -> tuple[dict, dict, set[str]]:
     """One prompted set (speech or sound): per-variant mAP/mIoU, counts."""
     masks = MaskStore(settings.mask_size)
     items = ds.items
@@ -297,8 +357,12 @@ def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: 
         clip = load_clip(it.audio_path)
         mask_id = f"{it.row}"
         masks.add(mask_id, functools.partial(_class_mask, it.annotation_path, it.class_id, settings.mask_size))
-        return Query(open_image(it.image_path), with_offscreen(mixer, i, clip) if mixer is not None else clip,
-                     it.timing, {v.name: (str(it.class_id), mask_id) for v in variants})
+        return Query(
+            open_image(it.image_path),
+            with_offscreen(mixer, i, clip) if mixer is not None else clip,
+            it.timing,
+            {v.name: (str(it.class_id), mask_id) for v in variants},
+        )
 
     label = {"table2": "Table 2", "table4": "Table 4"}.get(table, table)
     sets = _collect(runner, len(items), variants, load_item, settings, f"{label} ({ds.kind})")
@@ -308,23 +372,36 @@ def run_ade(runner: ModelRunner, ds: PromptedSet, settings: SegSettings, mixer: 
     keys = [f"row{it.row}-{Path(it.image_path).stem}" for it in items]
     if settings.save_heatmaps is not None:
         report.save_heatmaps(
-            Path(settings.save_heatmaps) / f"{table}_{ds.kind}.npz", keys=keys,
-            classes=np.asarray(sets[variants[0].name].classes), masks=masks.get(sets[variants[0].name].mask_ids),
+            Path(settings.save_heatmaps) / f"{table}_{ds.kind}.npz",
+            keys=keys,
+            classes=np.asarray(sets[variants[0].name].classes),
+            masks=masks.get(sets[variants[0].name].mask_ids),
             normalization=settings.normalization,
-            **{f"{k}_heatmaps": upsample(norms[k], settings.mask_size) for k in norms})
+            **{f"{k}_heatmaps": upsample(norms[k], settings.mask_size) for k in norms},
+        )
     if settings.overlay_dir is not None and (settings.overlays or settings.overlay_keys):
         head_name = "sound head" if ds.kind == "sound" else "speech head"
         for i in _choose_overlays(keys, settings):
             it = items[i]
             image = eval_image(open_image(it.image_path), settings.mask_size)
             mask = masks.get([f"{it.row}"])[0]
-            panels = [("image", None, None), ("total", upsample(norms["total"][i : i + 1], settings.mask_size)[0], mask)]
+            panels = [
+                ("image", None, None),
+                ("total", upsample(norms["total"][i : i + 1], settings.mask_size)[0], mask),
+            ]
             if "head" in norms:  # a one-head model has the total only
                 panels.append((head_name, upsample(norms["head"][i : i + 1], settings.mask_size)[0], mask))
-            report.save_overlay(Path(settings.overlay_dir) / f"{table}_{ds.kind}_{_safe_name(keys[i])}.png", image,
-                                panels, title=f"{ds.kind} prompt: {it.class_name}")
-    counts = {f"{ds.kind}_items": len(items), f"{ds.kind}_dropped_by_protocol": ds.dropped_by_protocol,
-              f"{ds.kind}_skipped": len(ds.skipped)}
+            report.save_overlay(
+                Path(settings.overlay_dir) / f"{table}_{ds.kind}_{_safe_name(keys[i])}.png",
+                image,
+                panels,
+                title=f"{ds.kind} prompt: {it.class_name}",
+            )
+    counts = {
+        f"{ds.kind}_items": len(items),
+        f"{ds.kind}_dropped_by_protocol": ds.dropped_by_protocol,
+        f"{ds.kind}_skipped": len(ds.skipped),
+    }
     return res, counts, set(keys)
 
 
@@ -332,21 +409,33 @@ def _class_mask(path: Path, class_id: int, size: int) -> np.ndarray:
     return load_ade_class_mask(path, size) == class_id
 
 
-def run_table2(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
-               settings: SegSettings) -> dict:
+def run_table2(
+    runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None, settings: SegSettings
+) -> dict:
     """Table 2: prompted segmentation of whichever ADE20K sets are given, clean prompts."""
     return _prompted_tables(runner, speech, sound, settings, mixed=False)
 
 
-def run_table4(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
-               settings: SegSettings, offscreen_snr_db: float = 0.0) -> dict:
+def run_table4(
+    runner: ModelRunner,
+    speech: PromptedSet | None,
+    sound: PromptedSet | None,
+    settings: SegSettings,
+    offscreen_snr_db: float = 0.0,
+) -> dict:
     """Table 4: Table 2 with each query mixed with an off-screen clip of the other audio type,
     drawn deterministically from the other prompted set."""
     return _prompted_tables(runner, speech, sound, settings, mixed=True, offscreen_snr_db=offscreen_snr_db)
 
 
-def _prompted_tables(runner: ModelRunner, speech: PromptedSet | None, sound: PromptedSet | None,
-                     settings: SegSettings, mixed: bool, offscreen_snr_db: float = 0.0) -> dict:
+def _prompted_tables(
+    runner: ModelRunner,
+    speech: PromptedSet | None,
+    sound: PromptedSet | None,
+    settings: SegSettings,
+    mixed: bool,
+    offscreen_snr_db: float = 0.0,
+) -> dict:
     table = "table4" if mixed else "table2"
     if speech is None and sound is None:
         raise ValueError("give at least one of the ADE20K speech- and sound-prompted sets")
@@ -360,8 +449,12 @@ def _prompted_tables(runner: ModelRunner, speech: PromptedSet | None, sound: Pro
         mixer = None
         if mixed:
             paths = [it.audio_path for it in other.items]
-            mixer = OffscreenMixer(ClipSource(lambda i, paths=paths: load_clip(paths[i]), len(paths)), target_type=ds.kind,
-                                   seed=settings.seed, snr_db=offscreen_snr_db)
+            mixer = OffscreenMixer(
+                ClipSource(lambda i, paths=paths: load_clip(paths[i]), len(paths)),
+                target_type=ds.kind,
+                seed=settings.seed,
+                snr_db=offscreen_snr_db,
+            )
         res, cnt, keys = run_ade(runner, ds, settings, mixer, table)
         known_keys |= keys
         results[ds.kind] = res
@@ -369,8 +462,15 @@ def _prompted_tables(runner: ModelRunner, speech: PromptedSet | None, sound: Pro
         skipped += [s.as_dict() | {"set": ds.kind} for s in ds.skipped]
     settings_out = {"mask_size": settings.mask_size, "speech_window": "advanced (basic_* over all frames)"}
     if mixed:
-        settings_out |= {"offscreen_snr_db": offscreen_snr_db, "offscreen_source": "the other ADE20K prompted set",
-                         "offscreen_seed": settings.seed}
-    return {"results": results, "counts": counts, "skipped": skipped, "settings": settings_out,
-            "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys)}
-
+        settings_out |= {
+            "offscreen_snr_db": offscreen_snr_db,
+            "offscreen_source": "the other ADE20K prompted set",
+            "offscreen_seed": settings.seed,
+        }
+    return {
+        "results": results,
+        "counts": counts,
+        "skipped": skipped,
+        "settings": settings_out,
+        "overlay_keys_unknown": sorted(set(settings.overlay_keys) - known_keys),
+    }

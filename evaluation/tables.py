@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from evaluation import markdown, report
-from evaluation.retrieval import (RetrievalSession, pred_dis_assignment, run_table3, run_table5, run_table6,
-                                  table7_row)
+from evaluation.retrieval import RetrievalSession, pred_dis_assignment, run_table3, run_table5, run_table6, table7_row
 from evaluation.runner import LoadedModel, ModelRunner, load_model, pick_device
 from evaluation.segmentation import SegSettings, Table1Settings, run_table1, run_table2, run_table4
 from model.checkpoint import CheckpointError
@@ -87,8 +86,7 @@ class EvalRun:
         """Decide which head is the sound and which the speech head before any table runs, and
         return the record every section keeps (``heads``)."""
         if self._heads is None:
-            self._heads = assign_heads(self.runner(), self.heads,
-                                       lambda: self.retrieval_session(data, opts, 0.0))
+            self._heads = assign_heads(self.runner(), self.heads, lambda: self.retrieval_session(data, opts, 0.0))
         return self._heads
 
     @property
@@ -98,23 +96,38 @@ class EvalRun:
         return Path(self.checkpoint).name if self.checkpoint else f"{self.preset} (random weights)"
 
     def seg_settings(self) -> SegSettings:
-        return SegSettings(normalization=self.normalization, seed=self.seed,
-                           save_heatmaps=self.out / "heatmaps" if self.save_heatmaps else None,
-                           overlays=self.overlays, overlay_keys=tuple(self.overlay_keys),
-                           overlay_dir=self.out / "overlays", progress=self.progress, workers=self.workers)
+        return SegSettings(
+            normalization=self.normalization,
+            seed=self.seed,
+            save_heatmaps=self.out / "heatmaps" if self.save_heatmaps else None,
+            overlays=self.overlays,
+            overlay_keys=tuple(self.overlay_keys),
+            overlay_dir=self.out / "overlays",
+            progress=self.progress,
+            workers=self.workers,
+        )
 
     def retrieval_session(self, data: DataPaths, opts: TableOptions, offscreen_snr_db: float) -> RetrievalSession:
         """One session per set choice and mixing level: tables that share it compute each score once."""
         key = (data.places, data.audioset, opts.pairs, opts.pair_seed, offscreen_snr_db)
         if key not in self._sessions:
-            sets = {name: read_retrieval_set(path, opts.pairs, opts.pair_seed)
-                    for name, path in (("places", data.places), ("audioset", data.audioset)) if path}
+            sets = {
+                name: read_retrieval_set(path, opts.pairs, opts.pair_seed)
+                for name, path in (("places", data.places), ("audioset", data.audioset))
+                if path
+            }
             self._sessions[key] = self.session_for(self.runner(), sets, offscreen_snr_db)
         return self._sessions[key]
 
     def session_for(self, runner: ModelRunner, sets: dict, offscreen_snr_db: float) -> RetrievalSession:
-        return RetrievalSession(runner, sets, seed=self.seed, offscreen_snr_db=offscreen_snr_db,
-                                progress=self.progress, workers=self.workers)
+        return RetrievalSession(
+            runner,
+            sets,
+            seed=self.seed,
+            offscreen_snr_db=offscreen_snr_db,
+            progress=self.progress,
+            workers=self.workers,
+        )
 
 
 HEAD_RULES = ("config", "pred-dis")
@@ -145,8 +158,12 @@ def assign_heads(runner: ModelRunner, rule: str, session: Callable[[], Retrieval
 def _table1(run: EvalRun, data: DataPaths, opts: TableOptions) -> dict:
     pairings = ("cross", "same") if opts.pairing == "both" else (opts.pairing,)
     dataset = read_is3(data.is3, require_speech=True, strict=opts.strict)
-    return run_table1(run.runner(), dataset, run.seg_settings(),
-                      Table1Settings(pairings=pairings, speech_window=opts.speech_window, snr_db=opts.snr_db))
+    return run_table1(
+        run.runner(),
+        dataset,
+        run.seg_settings(),
+        Table1Settings(pairings=pairings, speech_window=opts.speech_window, snr_db=opts.snr_db),
+    )
 
 
 def _prompted_sets(data: DataPaths, opts: TableOptions) -> tuple[PromptedSet | None, PromptedSet | None]:
@@ -191,7 +208,7 @@ def _table7(run: EvalRun, data: DataPaths, opts: TableOptions) -> dict:
         except CheckpointError as exc:
             raise ValueError(f"--ablation {label}: {exc} or point it at another checkpoint") from exc
         other = run.session_for(ModelRunner(loaded.model, device, run.batch_size), session.sets, 0.0)
-        heads = assign_heads(other.runner, run.heads, lambda: other)
+        heads = assign_heads(other.runner, run.heads, lambda other=other: other)
         rows.append(table7_row(other, label))
         models.append({"label": label, "heads": heads, **loaded.description})
     return {"results": {"rows": rows}, "counts": session.counts(), "settings": {"ablation_models": models}}
@@ -220,22 +237,72 @@ class Table:
 
 ADE = ("ade_speech", "ade_sound")
 RETRIEVAL = ("places", "audioset")
-TABLES: dict[str, Table] = {t.name: t for t in (
-    Table("table1", "Table 1. Simultaneous audio-visual segmentation (Extended IS3, mixed audio)",
-          ("is3",), True, _table1, markdown.table1),
-    Table("table2", "Table 2. Audio-visual semantic segmentation with individual audio (ADE20K)",
-          ADE, False, _table2, markdown.segmentation),
-    Table("table3", "Table 3. Cross-modal retrieval R@10 (clean)",
-          RETRIEVAL, False, _table3, markdown.retrieval, heatmaps=False),
-    Table("table4", "Table 4. Semantic segmentation with off-screen audio mixed in (ADE20K)",
-          ADE, True, _table4, markdown.segmentation),
-    Table("table5", "Table 5. Cross-modal retrieval R@10 with off-screen audio mixed in",
-          RETRIEVAL, True, _table5, markdown.retrieval, heatmaps=False),
-    Table("table6", "Table 6. Disentanglement: retrieval R@10 with the opposite head (lower is better)",
-          RETRIEVAL, True, _table6, markdown.table6, heatmaps=False),
-    Table("table7", "Table 7. Ablation of the training losses (sound head, R@10)",
-          RETRIEVAL, True, _table7, markdown.table7, heatmaps=False, all_needs_ablation=True),
-)}
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "table1",
+            "Table 1. Simultaneous audio-visual segmentation (Extended IS3, mixed audio)",
+            ("is3",),
+            True,
+            _table1,
+            markdown.table1,
+        ),
+        Table(
+            "table2",
+            "Table 2. Audio-visual semantic segmentation with individual audio (ADE20K)",
+            ADE,
+            False,
+            _table2,
+            markdown.segmentation,
+        ),
+        Table(
+            "table3",
+            "Table 3. Cross-modal retrieval R@10 (clean)",
+            RETRIEVAL,
+            False,
+            _table3,
+            markdown.retrieval,
+            heatmaps=False,
+        ),
+        Table(
+            "table4",
+            "Table 4. Semantic segmentation with off-screen audio mixed in (ADE20K)",
+            ADE,
+            True,
+            _table4,
+            markdown.segmentation,
+        ),
+        Table(
+            "table5",
+            "Table 5. Cross-modal retrieval R@10 with off-screen audio mixed in",
+            RETRIEVAL,
+            True,
+            _table5,
+            markdown.retrieval,
+            heatmaps=False,
+        ),
+        Table(
+            "table6",
+            "Table 6. Disentanglement: retrieval R@10 with the opposite head (lower is better)",
+            RETRIEVAL,
+            True,
+            _table6,
+            markdown.table6,
+            heatmaps=False,
+        ),
+        Table(
+            "table7",
+            "Table 7. Ablation of the training losses (sound head, R@10)",
+            RETRIEVAL,
+            True,
+            _table7,
+            markdown.table7,
+            heatmaps=False,
+            all_needs_ablation=True,
+        ),
+    )
+}
 
 
 def plan(data: DataPaths, opts: TableOptions) -> list[str]:
@@ -256,10 +323,18 @@ def section(run: EvalRun, table: Table, body: dict, data: DataPaths, started: fl
     paths = {name: str(getattr(data, name)) for name in table.needs if getattr(data, name) is not None}
     heads = run._heads if run._heads is not None else assign_heads(run.runner(), "config", lambda: None)
     # num_heads: a one-head model (a baseline) has no specialized head; `evaluate.py compare` prints N/A there
-    return {"label": run.name, "model": loaded.description, "heads": heads, "num_heads": run.runner().num_heads,
-            "normalization": normalization, "data": paths,
-            "seconds": round(time.time() - started, 1), "skipped_total": len(skipped), "skipped": skipped[:200],
-            **body}
+    return {
+        "label": run.name,
+        "model": loaded.description,
+        "heads": heads,
+        "num_heads": run.runner().num_heads,
+        "normalization": normalization,
+        "data": paths,
+        "seconds": round(time.time() - started, 1),
+        "skipped_total": len(skipped),
+        "skipped": skipped[:200],
+        **body,
+    }
 
 
 def markdown_tables(results: dict) -> str:

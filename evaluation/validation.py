@@ -20,8 +20,11 @@ def validate(model, cfg, accelerator: Accelerator, step: int) -> dict:
     ``cfg`` is the run's ``training.config.TrainConfig``; its ``val`` section names the sets."""
     logs = {}
     if accelerator.is_main_process:
-        sets = {name: read_retrieval_set(Path(path), n=cfg.val.pairs)
-                for name, path in (("places", cfg.val.speech), ("audioset", cfg.val.sound)) if path}
+        sets = {
+            name: read_retrieval_set(Path(path), n=cfg.val.pairs)
+            for name, path in (("places", cfg.val.speech), ("audioset", cfg.val.sound))
+            if path
+        }
         was_training = model.training
         session = RetrievalSession(ModelRunner(model, accelerator.device), sets, progress=False, workers=2)
         for name in sets:
@@ -31,7 +34,13 @@ def validate(model, cfg, accelerator: Accelerator, step: int) -> dict:
                         logs[f"val/{name}/{head}/{direction}@{k}"] = value
         model.train(was_training)
         accelerator.log(logs, step=step)
-        accelerator.print(f"step {step} validation: " + ", ".join(
-            f"{k.removeprefix('val/')}={v:.3f}" for k, v in logs.items() if k.endswith("total/A->I@10") or k.endswith("total/I->A@10")))
+        accelerator.print(
+            f"step {step} validation: "
+            + ", ".join(
+                f"{k.removeprefix('val/')}={v:.3f}"
+                for k, v in logs.items()
+                if k.endswith("total/A->I@10") or k.endswith("total/I->A@10")
+            )
+        )
     accelerator.wait_for_everyone()
     return logs

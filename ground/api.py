@@ -48,12 +48,17 @@ class Grounder:
         self.device = torch.device(device)
         self.runner = ModelRunner(model.to(self.device).eval(), self.device, batch_size=1)
         self.head_names = self._names()
-        preprocessing = ("audio: 16 kHz mono at its real length (at most "
-                         f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to {self.runner.image_size} px, "
-                         "centre square crop, ImageNet normalization; maps NaN outside the crop")
-        self.description = {"preprocessing": preprocessing, **description,
-                            "heads": {n: i for i, n in enumerate(self.head_names)},
-                            "image_size": self.runner.image_size}
+        preprocessing = (
+            "audio: 16 kHz mono at its real length (at most "
+            f"{inputs.MAX_SECONDS:.0f} s); image: shorter side to {self.runner.image_size} px, "
+            "centre square crop, ImageNet normalization; maps NaN outside the crop"
+        )
+        self.description = {
+            "preprocessing": preprocessing,
+            **description,
+            "heads": {n: i for i, n in enumerate(self.head_names)},
+            "image_size": self.runner.image_size,
+        }
 
     def _names(self) -> list[str]:
         """Head names from the model's config (``model.loading.load_any`` applies a ``speech_head``)."""
@@ -65,8 +70,15 @@ class Grounder:
         return names
 
     @classmethod
-    def from_pretrained(cls, repo_or_dir: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",
-                        speech_head: int | None = None, num_heads: int | None = None) -> "Grounder":
+    def from_pretrained(
+        cls,
+        repo_or_dir: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+        speech_head: int | None = None,
+        num_heads: int | None = None,
+    ) -> "Grounder":
         """A trained model: a Hub repo id (``owner/name[@revision]``, this project's checkpoints or
         DenseAV's copies) or a local checkpoint (train.py's ``final``, a DenseAV or baseline file), as
         ``model.loading.load_any`` reads them (``num_heads`` for a DenseAV file that does not record them)."""
@@ -74,29 +86,43 @@ class Grounder:
         return cls(loaded.model, loaded.description, device=device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu",
-                        speech_head: int | None = None, num_heads: int | None = None) -> "Grounder":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        speech_head: int | None = None,
+        num_heads: int | None = None,
+    ) -> "Grounder":
         """``from_pretrained`` under the name the ``--checkpoint`` option speaks of."""
         return cls.from_pretrained(path, device=device, speech_head=speech_head, num_heads=num_heads)
 
     @classmethod
-    def from_backbones(cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper",
-                       device: str = "cpu") -> "Grounder":
+    def from_backbones(
+        cls, image_backbone: str, audio_backbone: str, *, preset: str = "paper", device: str = "cpu"
+    ) -> "Grounder":
         """A fresh model of ``preset`` whose backbones come from transformers' ``from_pretrained``
         (a hub id, a local directory or the local cache); the aligners are random, so its maps
         carry no grounding until trained (for trained weights: ``from_pretrained``)."""
-        config = ModelConfig.preset(preset, pretrained=True, image_model_id=str(image_backbone),
-                                    audio_model_id=str(audio_backbone))
+        config = ModelConfig.preset(
+            preset, pretrained=True, image_model_id=str(image_backbone), audio_model_id=str(audio_backbone)
+        )
         model = build_model(config)
-        desc = {"pretrained": {"image": str(image_backbone), "audio": str(audio_backbone)}, "preset": preset,
-                "weights": "backbones from from_pretrained; aligners random (untrained): maps carry no "
-                           "grounding until trained", "config": config.to_dict()}
+        desc = {
+            "pretrained": {"image": str(image_backbone), "audio": str(audio_backbone)},
+            "preset": preset,
+            "weights": "backbones from from_pretrained; aligners random (untrained): maps carry no "
+            "grounding until trained",
+            "config": config.to_dict(),
+        }
         return cls(model, desc, device=device)
 
     # ------------------------------------------------------------------ grounding
 
     @torch.no_grad()
-    def encode_audio(self, audio, sample_rate: int | None = None) -> tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]:
+    def encode_audio(
+        self, audio, sample_rate: int | None = None
+    ) -> tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]:
         """(16 kHz clip, preprocessing notes, features ``[1, C, K, F, T]``, frame mask ``[1, T]``), the
         frames ending with the clip's last valid one."""
         clip, notes = inputs.load_audio(audio, sample_rate)
@@ -110,17 +136,26 @@ class Grounder:
         pil = inputs.load_image(image)
         return pil, self.runner.encode_images([pil])
 
-    def ground(self, image, audio, sample_rate: int | None = None, *,
-               window: tuple[float, float] | None = None) -> Grounding:
+    def ground(
+        self, image, audio, sample_rate: int | None = None, *, window: tuple[float, float] | None = None
+    ) -> Grounding:
         """Maps, mean maps and activations of every head and the total for ``image`` x ``audio``."""
         pil, v = self.encode_image(image)
         clip, notes, a, frame_mask = self.encode_audio(audio, sample_rate)
         return self.assemble(pil, [v], clip, notes, a, frame_mask, window)
 
     @torch.no_grad()
-    def assemble(self, image: Image.Image, features: list[torch.Tensor], clip: np.ndarray, notes: dict,
-                 a: torch.Tensor, frame_mask: torch.Tensor, window: tuple[float, float] | None = None,
-                 frames: list[Image.Image] | None = None) -> Grounding:
+    def assemble(
+        self,
+        image: Image.Image,
+        features: list[torch.Tensor],
+        clip: np.ndarray,
+        notes: dict,
+        a: torch.Tensor,
+        frame_mask: torch.Tensor,
+        window: tuple[float, float] | None = None,
+        frames: list[Image.Image] | None = None,
+    ) -> Grounding:
         """The ``Grounding`` of encoded inputs. ``features`` holds one image's features, or one per
         audio frame (a video's frames at the frames' times; ``frames`` are those pictures)."""
         num_frames = frame_mask.shape[1]
@@ -135,13 +170,29 @@ class Grounder:
         shown = display_picture(image)
         shown_box = scale_box(box, image.size, shown.size)
         keep = frame_mask[0].cpu().numpy() & (True if weights is None else weights)
-        mean_maps = {name: place(maps[keep].mean(0, keepdims=True), shown_box, shown.size)[0] for name, maps in low.items()}
-        description = {**self.description, "audio": notes, "crop_box": list(box), "frames": num_frames,
-                       "window_s": None if window is None else [float(window[0]), float(window[1])],
-                       "image": "one picture" if frames is None else f"{len(frames)} video frames"}
-        return Grounding(heads=[*self.head_names, TOTAL], maps=FrameMaps(low, shown_box, shown.size),
-                         mean_maps=mean_maps, activation=activation, times=times, image=shown, audio=clip,
-                         description=description, frames=frames, input_size=image.size)
+        mean_maps = {
+            name: place(maps[keep].mean(0, keepdims=True), shown_box, shown.size)[0] for name, maps in low.items()
+        }
+        description = {
+            **self.description,
+            "audio": notes,
+            "crop_box": list(box),
+            "frames": num_frames,
+            "window_s": None if window is None else [float(window[0]), float(window[1])],
+            "image": "one picture" if frames is None else f"{len(frames)} video frames",
+        }
+        return Grounding(
+            heads=[*self.head_names, TOTAL],
+            maps=FrameMaps(low, shown_box, shown.size),
+            mean_maps=mean_maps,
+            activation=activation,
+            times=times,
+            image=shown,
+            audio=clip,
+            description=description,
+            frames=frames,
+            input_size=image.size,
+        )
 
     @staticmethod
     def _trim(a: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,8 +217,8 @@ class Grounder:
         keep = (times >= start) & (times <= end)
         if not keep.any():
             raise inputs.GroundInputError(
-                f"window {start}:{end} s holds no audio frame (frames are centred at "
-                f"{times[0]:.2f}..{times[-1]:.2f} s)")
+                f"window {start}:{end} s holds no audio frame (frames are centred at {times[0]:.2f}..{times[-1]:.2f} s)"
+            )
         return keep
 
     def _per_frame(self, a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor):

@@ -1,12 +1,13 @@
 """The ``ground`` command: a trained model on your own image (or video) and audio.
 
 ``ground --checkpoint CKPT --image x.jpg --audio y.wav [--audio z.wav ...] --out DIR`` writes
-overlay PNGs per head and for the total (and all side by side, ``overlays.png``), ``heatmaps.mp4`` (the maps over time with the clip as
-sound) and ``result.json`` (``Grounding.summary``). Several ``--audio`` files are mixed at equal
-loudness, or grounded one by one into ``DIR/<name>/`` with ``--separate``. ``--video`` takes the
-middle frame (or, with ``--every-frame``, a frame per audio frame) and the video's own sound.
-Bad input stops with one ``error: ...`` line naming the file (exit 2): an ``--out`` that cannot
-be written is found before the model loads, a model whose maps are not finite numbers writes nothing.
+overlay PNGs per head and for the total (and all side by side, ``overlays.png``), ``heatmaps.mp4``
+(the maps over time with the clip as sound) and ``result.json`` (``Grounding.summary``). Several
+``--audio`` files are mixed at equal loudness, or grounded one by one into ``DIR/<name>/`` with
+``--separate``. ``--video`` takes the middle frame (or, with ``--every-frame``, a frame per audio
+frame) and the video's own sound. Bad input stops with one ``error: ...`` line naming the file
+(exit 2): an ``--out`` that cannot be written is found before the model loads, a model whose maps
+are not finite numbers writes nothing.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 def run(
     ctx: typer.Context,
     checkpoint: Optional[str] = typer.Option(
-        None, help="a checkpoint directory (train.py's final/), a DenseAV file, a baseline release file: "
-                   "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth (one head: one map), or a "
-                   "Hugging Face Hub repo id owner/name[@revision] (this project's or DenseAV's; HF_HUB_OFFLINE=1: "
-                   "the local cache only)"),
+        None,
+        help="a checkpoint directory (train.py's final/), a DenseAV file, a baseline release file: "
+        "ImageBind's imagebind_huge.pth or CAV-MAE's audio_model.21.pth (one head: one map), or a "
+        "Hugging Face Hub repo id owner/name[@revision] (this project's or DenseAV's; HF_HUB_OFFLINE=1: "
+        "the local cache only)",
+    ),
     image: Optional[Path] = typer.Option(None, help="the picture"),
     audio: Optional[list[Path]] = typer.Option(None, help="an audio file; repeat to mix several"),
     out: Optional[Path] = typer.Option(None, help="folder for the overlays, heatmaps.mp4 and result.json"),
@@ -53,8 +56,12 @@ def run(
     every_frame: bool = typer.Option(False, help="with --video: a picture per audio frame (~0.18 s)"),
     window: Optional[str] = typer.Option(None, help="START:END seconds the mean maps average over"),
     speech_head: Optional[int] = typer.Option(None, help="which head is speech (the other is sound)"),
-    num_heads: Optional[int] = typer.Option(None, min=1, help="heads of a DenseAV file that does not record them "
-                                            "(2: denseav_2head / sound-language, 1: language or sound)"),
+    num_heads: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="heads of a DenseAV file that does not record them "
+        "(2: denseav_2head / sound-language, 1: language or sound)",
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     progress: bool = typer.Option(True, help="progress bars for videos"),
 ) -> None:
@@ -84,8 +91,10 @@ def run(
     except FFmpegError as exc:
         fail(f"ffmpeg could not write the heatmap video into {out}: {exc}")
     for folder in written:
-        typer.echo(f"wrote {folder}/overlays.png (every head and the total; one per head: overlay_<head>.png), "
-                   f"{folder}/heatmaps.mp4 and {folder}/result.json")
+        typer.echo(
+            f"wrote {folder}/overlays.png (every head and the total; one per head: overlay_<head>.png), "
+            f"{folder}/heatmaps.mp4 and {folder}/result.json"
+        )
 
 
 def _check_arguments(checkpoint, image, audio, out, video, every_frame) -> None:
@@ -210,8 +219,10 @@ def _write(result, folder: Path, given: dict, progress: bool) -> Path:
         summary = {"inputs": given, **result.summary()}
         write_json(folder / "result.json", summary, indent=2, sort_keys=False)
     except OSError as exc:  # the probe passed, but the disk filled up or the folder changed since
-        fail(f"cannot write {exc.filename or folder} ({exc.strerror or exc}); free space or give --out a folder "
-             "you can write")
+        fail(
+            f"cannot write {exc.filename or folder} ({exc.strerror or exc}); free space or give --out a folder "
+            "you can write"
+        )
     return folder
 
 

@@ -86,8 +86,9 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, dict]
         try:
             samples, sample_rate = paudio.read(audio, end=MAX_SECONDS + 1.0)
         except paudio.BadAudio as exc:
-            raise GroundInputError(f"audio {audio} cannot be decoded ({exc}); give a WAV/FLAC/MP3/... file "
-                                   "or a video with a sound track") from exc
+            raise GroundInputError(
+                f"audio {audio} cannot be decoded ({exc}); give a WAV/FLAC/MP3/... file or a video with a sound track"
+            ) from exc
     else:
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -107,8 +108,11 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, dict]
         raise GroundInputError(f"{name} is too short ({seconds:.3f} s); give at least {MIN_DURATION_S} s of audio")
     if np.abs(mono).max(initial=0.0) < SILENT_PEAK:
         raise GroundInputError(f"{name} is silent (peak below -80 dBFS); give audio with sound or speech in it")
-    notes = {"source_rate": int(sample_rate), "source_channels": int(1 if samples.ndim == 1 else samples.shape[0]),
-             "decoded_s": round(seconds, 6)}
+    notes = {
+        "source_rate": int(sample_rate),
+        "source_channels": int(1 if samples.ndim == 1 else samples.shape[0]),
+        "decoded_s": round(seconds, 6),
+    }
     if seconds > MAX_SECONDS:
         mono = mono[: int(MAX_SECONDS * sample_rate)]
         notes["cut_to_s"] = MAX_SECONDS
@@ -139,14 +143,20 @@ def video_duration(path: str | os.PathLike) -> float:
     anything is decoded (``ground`` grounds a video's picture against its own sound)."""
     found = ffmpeg.probe(path)
     if not (found.video or found.audio):
-        raise GroundInputError(f"video {path}: no picture, ffmpeg finds no stream in it (not a media file?); "
-                               "give a video file ffmpeg can read")
+        raise GroundInputError(
+            f"video {path}: no picture, ffmpeg finds no stream in it (not a media file?); "
+            "give a video file ffmpeg can read"
+        )
     if not found.video:
-        raise GroundInputError(f"video {path}: no picture (ffmpeg finds no video stream in it); give a video "
-                               "file, or an image with --image and this file as --audio")
+        raise GroundInputError(
+            f"video {path}: no picture (ffmpeg finds no video stream in it); give a video "
+            "file, or an image with --image and this file as --audio"
+        )
     if not found.audio:
-        raise GroundInputError(f"video {path} has no sound track; give a video with sound, or a picture of it "
-                               "with --image and the sound as --audio")
+        raise GroundInputError(
+            f"video {path} has no sound track; give a video with sound, or a picture of it "
+            "with --image and the sound as --audio"
+        )
     if found.duration is None or found.duration <= 0:
         raise GroundInputError(f"video {path} declares no duration; give a video file ffmpeg can read")
     return float(found.duration)

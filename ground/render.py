@@ -33,8 +33,9 @@ def value_range(maps: np.ndarray) -> tuple[float, float]:
     return float(finite.min()), float(finite.max())
 
 
-def overlay(image: Image.Image, heatmap: np.ndarray, label: str, *,
-            vmin: float | None = None, vmax: float | None = None) -> Image.Image:
+def overlay(
+    image: Image.Image, heatmap: np.ndarray, label: str, *, vmin: float | None = None, vmax: float | None = None
+) -> Image.Image:
     """``image`` with ``heatmap`` (any resolution, resized to the image) blended in, the label on
     top and a colour bar with the scale's ends on the right."""
     base = image.convert("RGB")
@@ -55,8 +56,9 @@ def overlay(image: Image.Image, heatmap: np.ndarray, label: str, *,
     return sheet
 
 
-def _colour_bar(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, height: int,
-                lo: float, hi: float) -> None:
+def _colour_bar(
+    sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, height: int, lo: float, hi: float
+) -> None:
     ramp = np.linspace(1.0, 0.0, max(height, 2))[:, None].repeat(12, 1)
     sheet.paste(Image.fromarray(colorize(ramp)), (x + 4, y))
     draw.text((x + 18, y), f"{hi:.3g}", fill="black")
@@ -96,17 +98,51 @@ def video(path: Path, grounding, names: list[str], progress=None) -> Path:
         with open(tmp / "frames.rgb", "wb") as raw:
             for t in range(len(times)):
                 small = thumbnail(grounding.frames[t] if grounding.frames else grounding.image)
-                row = sheet([overlay(small, grounding.maps.frame_at(n, t, small.size), f"{n}  t={times[t]:.2f} s",
-                                     vmin=ranges[n][0], vmax=ranges[n][1]) for n in names])
+                row = sheet(
+                    [
+                        overlay(
+                            small,
+                            grounding.maps.frame_at(n, t, small.size),
+                            f"{n}  t={times[t]:.2f} s",
+                            vmin=ranges[n][0],
+                            vmax=ranges[n][1],
+                        )
+                        for n in names
+                    ]
+                )
                 size = size or row.size
                 raw.write(row.tobytes())
                 if progress is not None:
                     progress(1)
         sf.write(tmp / "audio.wav", grounding.audio, SAMPLE_RATE, subtype="PCM_16")
         path.parent.mkdir(parents=True, exist_ok=True)
-        ffmpeg.run(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
-                    "-framerate", f"{len(times) / grounding.duration:.6f}", "-i", str(tmp / "frames.rgb"),
-                    "-i", str(tmp / "audio.wav"), "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white",
-                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-                    "file:" + str(path.resolve())])
+        ffmpeg.run(
+            [
+                "-y",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-s",
+                f"{size[0]}x{size[1]}",
+                "-framerate",
+                f"{len(times) / grounding.duration:.6f}",
+                "-i",
+                str(tmp / "frames.rgb"),
+                "-i",
+                str(tmp / "audio.wav"),
+                "-vf",
+                "pad=ceil(iw/2)*2:ceil(ih/2)*2:color=white",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
+                "file:" + str(path.resolve()),
+            ]
+        )
     return path

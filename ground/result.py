@@ -42,7 +42,9 @@ def display_picture(image: Image.Image, longest: int = DISPLAY_SIDE) -> Image.Im
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def scale_box(box: tuple[int, int, int, int], source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+def scale_box(
+    box: tuple[int, int, int, int], source: tuple[int, int], target: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """A (left, top, right, bottom) box in a picture of size ``source`` -> the same box in ``target``."""
     sx, sy = target[0] / source[0], target[1] / source[1]
     left, top, right, bottom = box

@@ -113,8 +113,9 @@ def _inputs(image: str | None, video: str | None, audio_paths: list[str]):
             raise inputs.GroundInputError(f"{path} is no longer on the server: upload it again")
     if video:
         if audio_paths:
-            raise inputs.GroundInputError("a video is grounded with its own sound track: remove the audio, "
-                                          "or give an image instead of the video")
+            raise inputs.GroundInputError(
+                "a video is grounded with its own sound track: remove the audio, or give an image instead of the video"
+            )
         return inputs.video_frame(video, inputs.video_duration(video) / 2), inputs.load_audio(video)[0]
     if not audio_paths:
         raise inputs.GroundInputError("give audio with the image: upload or record a clip")
@@ -129,11 +130,13 @@ def _curve(result):
     from ground.result import TOTAL
 
     heads = [h for h in result.heads if h != TOTAL]
-    table = pd.DataFrame({
-        "time (s)": np.tile(result.times, len(heads)),
-        "activation": np.concatenate([result.activation[h] for h in heads]),
-        "head": np.repeat(heads, len(result.times)),
-    })
+    table = pd.DataFrame(
+        {
+            "time (s)": np.tile(result.times, len(heads)),
+            "activation": np.concatenate([result.activation[h] for h in heads]),
+            "head": np.repeat(heads, len(result.times)),
+        }
+    )
     return table.dropna()  # frames outside the valid audio have no activation
 
 
@@ -156,10 +159,12 @@ def run_page(grounder, image, video, recorded, uploads):
         result = grounder.ground(image_path, clip, SAMPLE_RATE)
     except (GroundInputError, CheckpointError) as err:  # shown on the page as one line, not a traceback
         raise gr.Error(_public(str(err), files), print_exception=False) from None
-    except Exception as err:  # a fault of the program: its traceback goes to the server's log only
+    # a fault of the program, the page's last-resort handler: its traceback goes to the server's log only
+    except Exception as err:  # noqa: BLE001
         traceback.print_exc()
-        raise gr.Error(f"grounding failed ({type(err).__name__}); the server's log has the details",
-                       print_exception=False) from None
+        raise gr.Error(
+            f"grounding failed ({type(err).__name__}); the server's log has the details", print_exception=False
+        ) from None
     overlays = [overlay(result.image, result.mean_maps[h], h) for h in result.heads]
     summary = result.summary()
     return (*overlays, _curve(result), _headline(summary), summary)
@@ -171,9 +176,18 @@ def _headline(summary: dict) -> str:
     spans = ", ".join(f"{s['head']} {s['start']:.2f}-{s['end']:.2f} s" for s in segments[:HEADLINE_SPANS])
     if len(segments) > HEADLINE_SPANS:
         spans += f", ... ({len(segments) - HEADLINE_SPANS} more in result.json)"
-    rows = [f"| {name} | {_xy(head['peak'])} | {_num(head['mean_activation'])} |" for name, head in summary["heads"].items()]
-    return "\n".join([f"**Dominant head over time** ({summary['duration_s']:.2f} s): {spans}", "",
-                      "| map | peak (x, y) in pixels | mean activation |", "|---|---|---|", *rows])
+    rows = [
+        f"| {name} | {_xy(head['peak'])} | {_num(head['mean_activation'])} |" for name, head in summary["heads"].items()
+    ]
+    return "\n".join(
+        [
+            f"**Dominant head over time** ({summary['duration_s']:.2f} s): {spans}",
+            "",
+            "| map | peak (x, y) in pixels | mean activation |",
+            "|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 def _xy(peak: dict) -> str:
@@ -190,10 +204,13 @@ def build_page(grounder):
 
     gr = _gradio()
     names = [*grounder.head_names, TOTAL]
-    with gr.Blocks(title="ground: where is the sound, where is the word",
-                   delete_cache=(UPLOAD_SWEEP_S, UPLOAD_TTL_S)) as page:
-        gr.Markdown("## ground\nUpload an image or a video and upload or record audio; "
-                    "several clips are mixed. Each head's map and the total are shown with the heads' activation over time.")
+    with gr.Blocks(
+        title="ground: where is the sound, where is the word", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_TTL_S)
+    ) as page:
+        gr.Markdown(
+            "## ground\nUpload an image or a video and upload or record audio; "
+            "several clips are mixed. Each head's map and the total are shown with the heads' activation over time."
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 # a path, not pixels: the project's own image checks (decompression bombs, EXIF
@@ -201,21 +218,28 @@ def build_page(grounder):
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="image", elem_id="image")
                 video = gr.Video(sources=["upload"], label="or a video (middle frame, its own audio)", elem_id="video")
                 recorded = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio", elem_id="audio")
-                uploads = gr.File(file_count="multiple", file_types=["audio"], label="more audio (mixed in)", elem_id="more-audio")
+                uploads = gr.File(
+                    file_count="multiple", file_types=["audio"], label="more audio (mixed in)", elem_id="more-audio"
+                )
                 button = gr.Button("Ground", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 with gr.Row():
                     maps = [gr.Image(type="pil", label=n, elem_id=map_id(n), interactive=False) for n in names]
-                curve = gr.LinePlot(x="time (s)", y="activation", color="head", label="activation over time",
-                                    elem_id=CURVE_ID)
+                curve = gr.LinePlot(
+                    x="time (s)", y="activation", color="head", label="activation over time", elem_id=CURVE_ID
+                )
                 headline = gr.Markdown(elem_id="summary")
                 with gr.Accordion("result.json", open=False):
                     summary = gr.JSON(elem_id="result-json")
         # preprocess=False: run_page gets each upload's path and original name untouched. Gradio's own
         # preprocessing would open the image with PIL (a text file or a decompression bomb then fails
         # inside Gradio with a traceback and a message naming server paths) and convert audio.
-        button.click(lambda *a: run_page(grounder, *a), [image, video, recorded, uploads],
-                     [*maps, curve, headline, summary], preprocess=False)
+        button.click(
+            lambda *a: run_page(grounder, *a),
+            [image, video, recorded, uploads],
+            [*maps, curve, headline, summary],
+            preprocess=False,
+        )
     return page
 
 
@@ -249,26 +273,50 @@ def _upload_folder() -> Path:
             os.makedirs(parent, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=parent))
     except OSError as err:
-        fail(f"cannot create the upload folder under {parent or tempfile.gettempdir()} ({err.strerror}); "
-              "set GRADIO_TEMP_DIR to a writable folder")
+        fail(
+            f"cannot create the upload folder under {parent or tempfile.gettempdir()} ({err.strerror}); "
+            "set GRADIO_TEMP_DIR to a writable folder"
+        )
 
 
 def serve_command(
-    checkpoint: Annotated[str, typer.Option(help="a project checkpoint directory, a DenseAV checkpoint file, or a "
-                                            "Hugging Face Hub repo id owner/name[@revision]")],
-    host: Annotated[str, typer.Option(help="address to bind; the default keeps the page on this machine")] = DEFAULT_HOST,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="a project checkpoint directory, a DenseAV checkpoint file, or a "
+            "Hugging Face Hub repo id owner/name[@revision]"
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="address to bind; the default keeps the page on this machine")
+    ] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port of the page")] = DEFAULT_PORT,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
-    speech_head: Annotated[Optional[int], typer.Option(help="index of the speech head (overrides the checkpoint's)")] = None,
-    num_heads: Annotated[Optional[int], typer.Option(min=1, help="heads of a DenseAV file that does not record them "
-                                                     "(its weights do not fix the count)")] = None,
-    max_file_size: Annotated[int, typer.Option(min=1, help="largest upload in MB (2^20 bytes, as the page counts "
-                                               "them); larger files are refused before they are stored")] = DEFAULT_MAX_FILE_SIZE_MB,
+    speech_head: Annotated[
+        Optional[int], typer.Option(help="index of the speech head (overrides the checkpoint's)")
+    ] = None,
+    num_heads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="heads of a DenseAV file that does not record them (its weights do not fix the count)"
+        ),
+    ] = None,
+    max_file_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="largest upload in MB (2^20 bytes, as the page counts "
+            "them); larger files are refused before they are stored",
+        ),
+    ] = DEFAULT_MAX_FILE_SIZE_MB,
 ) -> None:
     """Start the local web page: upload an image or video and audio, see both heads' maps and the time curve."""
     if not _is_loopback(host):
-        typer.echo(f"warning: --host {host} opens the page beyond this machine: anyone who can reach "
-                   f"port {port} can upload files to it and run the model", err=True)
+        typer.echo(
+            f"warning: --host {host} opens the page beyond this machine: anyone who can reach "
+            f"port {port} can upload files to it and run the model",
+            err=True,
+        )
     if not Path(checkpoint).exists():
         from model.hub import HubError, checkpoint_source  # a local path that exists always wins
 
@@ -291,8 +339,15 @@ def serve_command(
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _serve(checkpoint: str, host: str, port: int, device: str, speech_head: int | None, num_heads: int | None,
-           max_file_size: int) -> None:
+def _serve(
+    checkpoint: str,
+    host: str,
+    port: int,
+    device: str,
+    speech_head: int | None,
+    num_heads: int | None,
+    max_file_size: int,
+) -> None:
     try:
         _gradio()
     except ImportError:
@@ -306,8 +361,17 @@ def _serve(checkpoint: str, host: str, port: int, device: str, speech_head: int 
     page = build_page(grounder)
     typer.echo(f"ground serve: http://{host}:{port} (Ctrl+C stops; uploads up to {max_file_size} MB)")
     try:
-        page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, quiet=True, show_error=True,
-                    max_file_size=max_file_size * 2**20)
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            ssr_mode=False,
+            quiet=True,
+            show_error=True,
+            max_file_size=max_file_size * 2**20,
+        )
     except OSError as err:
-        fail(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port; "
-              "--host must be an address of this machine)")
+        fail(
+            f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (try another --port; "
+            "--host must be an address of this machine)"
+        )

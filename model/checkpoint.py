@@ -41,8 +41,10 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be loaded; the message names it and says how it was written."""
 
     def __init__(self, path: Path, problem: str):
-        super().__init__(f"checkpoint file {path} {problem}; it was written by train.py / "
-                         "model.checkpoint.save_checkpoint: re-export it")
+        super().__init__(
+            f"checkpoint file {path} {problem}; it was written by train.py / "
+            "model.checkpoint.save_checkpoint: re-export it"
+        )
         self.path = path
 
 
@@ -57,9 +59,12 @@ class BadWeights(CheckpointError):
 
     def __init__(self, path: Path, key: str, problem: str, count: int):
         others = f" (and {count - 1} more tensors)" if count > 1 else ""
-        ValueError.__init__(self, f"weights file {path}: {key} {problem}{others}; these weights cannot be used "
-                                  "(a training run that diverged, or a damaged or converted copy): use an earlier "
-                                  "checkpoint or the original file")
+        ValueError.__init__(
+            self,
+            f"weights file {path}: {key} {problem}{others}; these weights cannot be used "
+            "(a training run that diverged, or a damaged or converted copy): use an earlier "
+            "checkpoint or the original file",
+        )
         self.path, self.key = path, key
 
 
@@ -67,8 +72,11 @@ class NonFiniteOutput(CheckpointError):
     """A model whose features are NaN or infinite although its weights are finite (they overflow)."""
 
     def __init__(self, what: str):
-        ValueError.__init__(self, f"the model's {what} are NaN or infinite (finite weights that overflow); nothing "
-                                  "was written: check or retrain the checkpoint")
+        ValueError.__init__(
+            self,
+            f"the model's {what} are NaN or infinite (finite weights that overflow); nothing "
+            "was written: check or retrain the checkpoint",
+        )
 
 
 def check_finite(features: torch.Tensor, what: str) -> torch.Tensor:
@@ -78,8 +86,9 @@ def check_finite(features: torch.Tensor, what: str) -> torch.Tensor:
     return features
 
 
-def weight_problems(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor] | None = None
-                    ) -> list[tuple[str, str]]:
+def weight_problems(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor] | None = None
+) -> list[tuple[str, str]]:
     """(key, problem) for every tensor of ``state`` that cannot be used, in the file's order: not
     floating point where ``expected`` (or, without it, any weight) is, another integer type than
     ``expected``'s, or holding NaN or infinity. One pass of ``torch.isfinite`` per tensor."""
@@ -90,8 +99,13 @@ def weight_problems(state: dict[str, torch.Tensor], expected: dict[str, torch.Te
         if floating and not tensor.is_floating_point():
             problems.append((key, f"is {str(tensor.dtype).removeprefix('torch.')}, not floating point"))
         elif not floating and tensor.dtype != want.dtype:
-            problems.append((key, f"is {str(tensor.dtype).removeprefix('torch.')}, the model holds "
-                                  f"{str(want.dtype).removeprefix('torch.')}"))
+            problems.append(
+                (
+                    key,
+                    f"is {str(tensor.dtype).removeprefix('torch.')}, the model holds "
+                    f"{str(want.dtype).removeprefix('torch.')}",
+                )
+            )
         elif floating and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             problems.append((key, f"holds {bad} NaN or infinite values of {tensor.numel()}"))
@@ -217,7 +231,13 @@ def misfit(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     other = [f"{k} {found[k]} vs {v}" for k, v in expected.items() if k in found and found[k] != v]
-    parts = [f"{len(items)} {what}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-             for what, items in (("missing", missing), ("unexpected", unexpected),
-                                 (f"of another shape (file vs {against})", other)) if items]
+    parts = [
+        f"{len(items)} {what}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+        for what, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            (f"of another shape (file vs {against})", other),
+        )
+        if items
+    ]
     return "; ".join(parts)

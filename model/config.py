@@ -196,8 +196,10 @@ class ModelConfig:
                 f"code_dim * num_heads = {self.code_dim * self.num_heads}"
             )
         if not self.logit_scale_min <= self.logit_scale_init <= self.logit_scale_max:
-            raise ValueError(f"need logit_scale_min <= logit_scale_init <= logit_scale_max, got "
-                             f"{self.logit_scale_min}, {self.logit_scale_init}, {self.logit_scale_max}")
+            raise ValueError(
+                f"need logit_scale_min <= logit_scale_init <= logit_scale_max, got "
+                f"{self.logit_scale_min}, {self.logit_scale_init}, {self.logit_scale_max}"
+            )
         # JSON has lists, not tuples: normalize so a round trip compares equal.
         self.audio_pool = [int(w) for w in self.audio_pool]
         if self.lora_targets is not None:

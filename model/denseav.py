@@ -158,8 +158,10 @@ class DenseAVModel(nn.Module):
         """DenseAV's evaluation input: invalid samples zeroed, zero-padded to ``clip_samples`` (longer
         clips are kept whole), then standardized over the whole padded clip."""
         if wave.dim() != 2 or mask.shape != wave.shape or mask.dtype != torch.bool:
-            raise ValueError(f"need wave [B, L] and a bool mask of its shape, got {tuple(wave.shape)}, "
-                             f"{mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"need wave [B, L] and a bool mask of its shape, got {tuple(wave.shape)}, "
+                f"{mask.dtype} {tuple(mask.shape)}"
+            )
         empty = (~mask.any(1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"clips {empty} have no valid samples")
@@ -191,7 +193,7 @@ class DenseAVModel(nn.Module):
         if feats.shape[-1] < 1:
             raise ValueError(f"audio of {wave.shape[1]} samples is too short for DenseAV's aligner")
         tokens = torch.cat([cls.unsqueeze(1), feats.flatten(2).transpose(1, 2)], 1)
-        tokens = self.attention(F.pad(tokens, (self.attention_padding, 0)))[..., self.attention_padding:]
+        tokens = self.attention(F.pad(tokens, (self.attention_padding, 0)))[..., self.attention_padding :]
         feats = tokens[:, 1:].transpose(1, 2).unsqueeze(2)
         frame_mask = self.frame_mask(mask, feats.shape[-1])
         # Frames that start inside the padding added here are silence DenseAV masks out; dropping
@@ -223,11 +225,13 @@ def speech_head_scores(speech: np.ndarray, sound: np.ndarray) -> dict[str, Any]:
     scores -= scores.min(0, keepdims=True)
     scores /= np.maximum(scores.max(0, keepdims=True), 1e-4)
     is_speech = np.r_[np.ones(len(speech)), np.zeros(len(sound))].astype(bool)
-    ap = [[_average_precision(scores[:, k], is_speech), _average_precision(scores[:, k], ~is_speech)]
-          for k in range(2)]
+    ap = [[_average_precision(scores[:, k], is_speech), _average_precision(scores[:, k], ~is_speech)] for k in range(2)]
     straight, crossed = (ap[0][0] + ap[1][1]) / 2, (ap[0][1] + ap[1][0]) / 2
-    return {"speech_head": 0 if straight >= crossed else 1, "pred_dis": max(straight, crossed),
-            "ap": {"head0": {"speech": ap[0][0], "sound": ap[0][1]}, "head1": {"speech": ap[1][0], "sound": ap[1][1]}}}
+    return {
+        "speech_head": 0 if straight >= crossed else 1,
+        "pred_dis": max(straight, crossed),
+        "ap": {"head0": {"speech": ap[0][0], "sound": ap[0][1]}, "head1": {"speech": ap[1][0], "sound": ap[1][1]}},
+    }
 
 
 @torch.no_grad()
@@ -244,11 +248,14 @@ def matched_head_scores(model: DenseAVModel, clips: list[np.ndarray], images: to
     return np.asarray(out)
 
 
-def pick_speech_head(model: DenseAVModel, speech: list[np.ndarray], sound: list[np.ndarray],
-                     images: torch.Tensor) -> dict[str, Any]:
+def pick_speech_head(
+    model: DenseAVModel, speech: list[np.ndarray], sound: list[np.ndarray], images: torch.Tensor
+) -> dict[str, Any]:
     """The speech head of a two-head model from its activations on speech and on sound clips (each
     clip scored with the image of the same index), as Pred.Dis assigns heads to audio types."""
     if model.config.num_heads != 2:
         raise ValueError(f"head assignment needs two heads, the model has {model.config.num_heads}")
-    return speech_head_scores(matched_head_scores(model, speech, images[: len(speech)]),
-                              matched_head_scores(model, sound, images[: len(sound)]))
+    return speech_head_scores(
+        matched_head_scores(model, speech, images[: len(speech)]),
+        matched_head_scores(model, sound, images[: len(sound)]),
+    )

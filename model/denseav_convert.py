@@ -38,19 +38,46 @@ from .denseav import DenseAVConfig, DenseAVModel
 LORA_ALPHA = 32.0  # DenseAV's LoraConfig(lora_alpha=32); r is read off lora_A's shape
 HEAD_WIDTH = 64  # DINO ViT-S: 384 / 6 heads; HuBERT Large: 1024 / 16 heads
 HUBERT_STRIDES = [5, 2, 2, 2, 2, 2, 2]  # HuBERT's conv front end (320-sample hop)
-HUBERT_FACTS = dict(do_stable_layer_norm=True, hidden_act="gelu", feat_extract_activation="gelu",
-                    layer_norm_eps=1e-4,  # DenseAV raises hubert-large-ls960-ft's eps to 1e-4
-                    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                    layerdrop=0.0, apply_spec_augment=False)
+HUBERT_FACTS = dict(
+    do_stable_layer_norm=True,
+    hidden_act="gelu",
+    feat_extract_activation="gelu",
+    layer_norm_eps=1e-4,  # DenseAV raises hubert-large-ls960-ft's eps to 1e-4
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    layerdrop=0.0,
+    apply_spec_augment=False,
+)
 HF_REPOS = "mhamilton723/DenseAV-{sound-language,language,sound}"
 # LitAVAligner arguments the network depends on, as config.json / hyper_parameters name them
-HPARAMS = ("code_dim", "sim_agg_heads", "sim_use_cls", "mask_silence", "nonneg_sim", "head_agg",
-           "image_model_type", "audio_model_type", "image_aligner_type", "audio_aligner_type", "sim_agg_type")
+HPARAMS = (
+    "code_dim",
+    "sim_agg_heads",
+    "sim_use_cls",
+    "mask_silence",
+    "nonneg_sim",
+    "head_agg",
+    "image_model_type",
+    "audio_model_type",
+    "image_aligner_type",
+    "audio_aligner_type",
+    "sim_agg_type",
+)
 # the state-dict entries the converter reads (everything else in a Lightning file is ignored)
-USED_PREFIXES = ("image_model.", "audio_model.model.", "audio_aligner.mod_list.", "image_aligner.", "sim_cal.w",
-                 "audio_cls")
-NUM_HEADS_HELP = ("pass --num-heads to ground or evaluate.py (num_heads= to model.loading.load_any): 2 for "
-                  "denseav_2head / DenseAV-sound-language, 1 for the language or sound model")
+USED_PREFIXES = (
+    "image_model.",
+    "audio_model.model.",
+    "audio_aligner.mod_list.",
+    "image_aligner.",
+    "sim_cal.w",
+    "audio_cls",
+)
+NUM_HEADS_HELP = (
+    "pass --num-heads to ground or evaluate.py (num_heads= to model.loading.load_any): 2 for "
+    "denseav_2head / DenseAV-sound-language, 1 for the language or sound model"
+)
 
 
 class DenseAVFormatError(CheckpointError):
@@ -108,14 +135,18 @@ def check_entries(path: Path, state: dict) -> dict[str, torch.Tensor]:
     reads is floating point and finite; else one line naming ``path`` and the first bad key."""
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise DenseAVFormatError(f"{path}: state-dict entry {key!r} holds a {type(value).__name__}, not a "
-                                     "tensor; the file is damaged or was not saved from DenseAV: download it again")
+            raise DenseAVFormatError(
+                f"{path}: state-dict entry {key!r} holds a {type(value).__name__}, not a "
+                "tensor; the file is damaged or was not saved from DenseAV: download it again"
+            )
     used = {k: v for k, v in state.items() if k.startswith(USED_PREFIXES)}
     bad = weight_problems(used)
     if bad:
         (key, problem), more = bad[0], f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-        raise DenseAVFormatError(f"{path}: weight {key} {problem}{more}; DenseAV's released weights are finite "
-                                 "float32 (a damaged, diverged or quantized copy?): download the original file")
+        raise DenseAVFormatError(
+            f"{path}: weight {key} {problem}{more}; DenseAV's released weights are finite "
+            "float32 (a damaged, diverged or quantized copy?): download the original file"
+        )
     return state
 
 
@@ -128,7 +159,8 @@ def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise DenseAVFormatError(
             f"{path}: needs unpickling{what}, which this loader never does; re-save its state_dict with "
             f"safetensors in DenseAV's own environment, or use the Hugging Face copy ({HF_REPOS}: "
-            "model.safetensors + config.json)") from exc
+            "model.safetensors + config.json)"
+        ) from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise DenseAVFormatError(f"{path}: not a readable torch checkpoint ({exc}); download it again") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -136,14 +168,16 @@ def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return data["state_dict"], dict(hparams) if isinstance(hparams, dict) else {}
     if isinstance(data, dict) and any(isinstance(v, torch.Tensor) for v in data.values()):
         return data, {}  # a bare state dict (check_entries names any entry that is not a tensor)
-    raise DenseAVFormatError(f"{path}: holds no state_dict of tensors; point it at DenseAV's .ckpt or model.safetensors")
+    raise DenseAVFormatError(
+        f"{path}: holds no state_dict of tensors; point it at DenseAV's .ckpt or model.safetensors"
+    )
 
 
 # --------------------------------------------------------------------------- renaming
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def merge_lora(vit: dict[str, torch.Tensor], alpha: float = LORA_ALPHA) -> tuple[dict[str, torch.Tensor], str]:
@@ -166,10 +200,17 @@ def merge_lora(vit: dict[str, torch.Tensor], alpha: float = LORA_ALPHA) -> tuple
         base = out.get(target)
         # B·A must have the base weight's shape: checked first, so the product is never larger than
         # a tensor the file holds
-        if (base is None or a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]
-                or (b.shape[0], a.shape[1]) != tuple(base.shape)):
-            raise ValueError(f"{module}: LoRA B {tuple(b.shape)} x A {tuple(a.shape)} does not fit the base weight "
-                             f"{None if base is None else tuple(base.shape)}")
+        if (
+            base is None
+            or a.dim() != 2
+            or b.dim() != 2
+            or b.shape[1] != a.shape[0]
+            or (b.shape[0], a.shape[1]) != tuple(base.shape)
+        ):
+            raise ValueError(
+                f"{module}: LoRA B {tuple(b.shape)} x A {tuple(a.shape)} does not fit the base weight "
+                f"{None if base is None else tuple(base.shape)}"
+            )
         out[target] = out[target] + (alpha / a.shape[0]) * (b.float() @ a.float()).to(out[target].dtype)
         if style == "no LoRA":
             style = "peft 0.5 (qkv.weight)"
@@ -178,8 +219,13 @@ def merge_lora(vit: dict[str, torch.Tensor], alpha: float = LORA_ALPHA) -> tuple
 
 def _vit_keys(vit: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DINO's block names -> ``DinoViT``'s (its blocks are ``model.aligners.SelfAttentionBlock``)."""
-    names = {"attn.qkv": "qkv", "attn.proj": "out", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2",
-             "patch_embed.proj": "patch_embed"}
+    names = {
+        "attn.qkv": "qkv",
+        "attn.proj": "out",
+        "mlp.fc1": "mlp.0",
+        "mlp.fc2": "mlp.2",
+        "patch_embed.proj": "patch_embed",
+    }
     out = {}
     for key, value in vit.items():
         for old, new in names.items():
@@ -208,39 +254,56 @@ def _vit_sizes(vit: dict[str, torch.Tensor]) -> dict[str, int]:
         raise ValueError(f"pos_embed {tuple(vit['pos_embed'].shape)} holds no square grid of patch positions")
     dim = vit["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in vit if k.startswith("blocks.")})
-    return dict(dim=dim, depth=depth, heads=max(1, dim // HEAD_WIDTH), mlp=vit["blocks.0.mlp.fc1.weight"].shape[0],
-                patch=vit["patch_embed.proj.weight"].shape[-1], grid=int(round((vit["pos_embed"].shape[1] - 1) ** 0.5)))
+    return dict(
+        dim=dim,
+        depth=depth,
+        heads=max(1, dim // HEAD_WIDTH),
+        mlp=vit["blocks.0.mlp.fc1.weight"].shape[0],
+        patch=vit["patch_embed.proj.weight"].shape[-1],
+        grid=int(round((vit["pos_embed"].shape[1] - 1) ** 0.5)),
+    )
 
 
 def _hubert_config(hubert: dict[str, torch.Tensor]) -> dict[str, Any]:
     convs = sorted({int(k.split(".")[2]) for k in hubert if k.startswith("feature_extractor.conv_layers.")})
     weights = [hubert[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
     dim = hubert["feature_projection.projection.weight"].shape[0]
-    pos = next(v for k, v in hubert.items() if k.startswith("encoder.pos_conv_embed.conv.")
-               and (k.endswith("weight_v") or k.endswith("original1")))
+    pos = next(
+        v
+        for k, v in hubert.items()
+        if k.startswith("encoder.pos_conv_embed.conv.") and (k.endswith("weight_v") or k.endswith("original1"))
+    )
     return dict(
-        HUBERT_FACTS, hidden_size=dim, num_attention_heads=max(1, dim // HEAD_WIDTH),
+        HUBERT_FACTS,
+        hidden_size=dim,
+        num_attention_heads=max(1, dim // HEAD_WIDTH),
         num_hidden_layers=len({k.split(".")[2] for k in hubert if k.startswith("encoder.layers.")}),
         intermediate_size=hubert["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
-        conv_dim=[w.shape[0] for w in weights], conv_kernel=[w.shape[-1] for w in weights],
-        conv_stride=HUBERT_STRIDES[: len(weights)], conv_bias="feature_extractor.conv_layers.0.conv.bias" in hubert,
+        conv_dim=[w.shape[0] for w in weights],
+        conv_kernel=[w.shape[-1] for w in weights],
+        conv_stride=HUBERT_STRIDES[: len(weights)],
+        conv_bias="feature_extractor.conv_layers.0.conv.bias" in hubert,
         feat_extract_norm="layer" if "feature_extractor.conv_layers.1.layer_norm.weight" in hubert else "group",
         feat_proj_layer_norm="feature_projection.layer_norm.weight" in hubert,
-        num_conv_pos_embeddings=pos.shape[-1], num_conv_pos_embedding_groups=dim // pos.shape[1],
-        mask_time_prob=0.05 if "masked_spec_embed" in hubert else 0.0)
+        num_conv_pos_embeddings=pos.shape[-1],
+        num_conv_pos_embedding_groups=dim // pos.shape[1],
+        mask_time_prob=0.05 if "masked_spec_embed" in hubert else 0.0,
+    )
 
 
 def _aligner_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     audio, image = _strip(state, "audio_aligner.mod_list."), _strip(state, "image_aligner.")
-    out = {"audio_norm." + k[len("1.norm."):]: v for k, v in audio.items() if k.startswith("1.norm.")}
-    out.update({"audio_pool1." + k[len("2.layer."):]: v for k, v in audio.items() if k.startswith("2.layer.")})
-    out.update({"audio_cls_layer." + k[len("2.cls_layer."):]: v for k, v in audio.items() if k.startswith("2.cls_layer.")})
-    out.update({"audio_pool2." + k[len("3.layer."):]: v for k, v in audio.items() if k.startswith("3.layer.")})
-    attention = _vit_keys({k[len("4.block."):]: v for k, v in audio.items() if k.startswith("4.block.")})
+    out = {"audio_norm." + k[len("1.norm.") :]: v for k, v in audio.items() if k.startswith("1.norm.")}
+    out.update({"audio_pool1." + k[len("2.layer.") :]: v for k, v in audio.items() if k.startswith("2.layer.")})
+    out.update(
+        {"audio_cls_layer." + k[len("2.cls_layer.") :]: v for k, v in audio.items() if k.startswith("2.cls_layer.")}
+    )
+    out.update({"audio_pool2." + k[len("3.layer.") :]: v for k, v in audio.items() if k.startswith("3.layer.")})
+    attention = _vit_keys({k[len("4.block.") :]: v for k, v in audio.items() if k.startswith("4.block.")})
     out.update({"attention." + k: v for k, v in attention.items()})
-    out.update({"image_norm." + k[len("norm.norm."):]: v for k, v in image.items() if k.startswith("norm.norm.")})
-    out.update({"image_proj." + k[len("layer."):]: v for k, v in image.items() if k.startswith("layer.")})
-    out.update({"image_cls_layer." + k[len("cls_layer."):]: v for k, v in image.items() if k.startswith("cls_layer.")})
+    out.update({"image_norm." + k[len("norm.norm.") :]: v for k, v in image.items() if k.startswith("norm.norm.")})
+    out.update({"image_proj." + k[len("layer.") :]: v for k, v in image.items() if k.startswith("layer.")})
+    out.update({"image_cls_layer." + k[len("cls_layer.") :]: v for k, v in image.items() if k.startswith("cls_layer.")})
     out["sim_cal_w"] = state["sim_cal.w"].reshape(1)
     out["audio_cls"] = state["audio_cls"]
     return out
@@ -264,10 +327,13 @@ def _num_heads(path: Path, hparams: dict[str, Any], num_heads: int | None, code_
     else:
         raise DenseAVFormatError(
             f"{path}: the file does not say how many heads the model has, and its weights cannot tell (DenseAV's "
-            f"heads split the aligners' {code_dim} output channels; no weight has a head axis); {NUM_HEADS_HELP}")
+            f"heads split the aligners' {code_dim} output channels; no weight has a head axis); {NUM_HEADS_HELP}"
+        )
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or code_dim % heads:
-        raise DenseAVFormatError(f"{path}: {heads!r} heads ({source}) do not split the aligners' {code_dim} "
-                                 f"output channels; {NUM_HEADS_HELP}")
+        raise DenseAVFormatError(
+            f"{path}: {heads!r} heads ({source}) do not split the aligners' {code_dim} "
+            f"output channels; {NUM_HEADS_HELP}"
+        )
     return heads
 
 
@@ -281,14 +347,18 @@ def convert(path: str | Path, *, num_heads: int | None = None) -> tuple[DenseAVM
         # shapes that do not fit the layout fail in the size arithmetic, a reshape or the meta model
         if isinstance(exc, DenseAVFormatError):
             raise
-        raise DenseAVFormatError(f"{path}: not DenseAV's checkpoint layout ({type(exc).__name__}: {exc}); "
-                                 "point it at denseav_*.ckpt or a DenseAV model.safetensors") from exc
+        raise DenseAVFormatError(
+            f"{path}: not DenseAV's checkpoint layout ({type(exc).__name__}: {exc}); "
+            "point it at denseav_*.ckpt or a DenseAV model.safetensors"
+        ) from exc
 
 
 def _convert(path, state, hparams, num_heads):
     if hparams.get("nonneg_sim"):
-        raise DenseAVFormatError(f"{path}: nonneg_sim=True models clamp the volume, which this evaluation's "
-                                 "similarity does not; not supported")
+        raise DenseAVFormatError(
+            f"{path}: nonneg_sim=True models clamp the volume, which this evaluation's "
+            "similarity does not; not supported"
+        )
     vit_raw = _strip(state, "image_model.")
     vit_raw = _strip(vit_raw, "base_model.model.") or vit_raw
     vit, lora_style = merge_lora(_strip(vit_raw, "model."))
@@ -298,11 +368,17 @@ def _convert(path, state, hparams, num_heads):
     code_dim = state["image_aligner.layer.weight"].shape[0]
     heads = _num_heads(path, hparams, num_heads, code_dim)
     sizes = _vit_sizes(vit)
-    config = DenseAVConfig(vit=sizes, hubert=_hubert_config(hubert), code_dim=code_dim,
-                           num_heads=heads, sound_head=0, speech_head=1 if heads == 2 else 0,
-                           use_cls=bool(hparams.get("sim_use_cls", False)),
-                           mask_silence=bool(hparams.get("mask_silence", True)),
-                           image_size=sizes["grid"] * sizes["patch"])
+    config = DenseAVConfig(
+        vit=sizes,
+        hubert=_hubert_config(hubert),
+        code_dim=code_dim,
+        num_heads=heads,
+        sound_head=0,
+        speech_head=1 if heads == 2 else 0,
+        use_cls=bool(hparams.get("sim_use_cls", False)),
+        mask_silence=bool(hparams.get("mask_silence", True)),
+        image_size=sizes["grid"] * sizes["patch"],
+    )
     # The sizes come from a few shapes; the layout they describe is checked against every shape on
     # a model without storage before one with storage is built (a hostile 1 x 1 x 10^5 cls_token
     # would otherwise ask for a 10^5-wide ViT).
@@ -310,8 +386,13 @@ def _convert(path, state, hparams, num_heads):
         weights, own = _fitted(path, DenseAVModel(config), vit, hubert, state)
     model = DenseAVModel(config)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
-    info = {"kind": "denseav", "file": str(path), "lora": lora_style, "lora_alpha": LORA_ALPHA,
-            "hyper_parameters": {k: hparams[k] for k in HPARAMS if k in hparams}}
+    info = {
+        "kind": "denseav",
+        "file": str(path),
+        "lora": lora_style,
+        "lora_alpha": LORA_ALPHA,
+        "hyper_parameters": {k: hparams[k] for k in HPARAMS if k in hparams},
+    }
     return model.eval(), info
 
 
@@ -327,6 +408,8 @@ def _fitted(path, model: DenseAVModel, vit, hubert, state) -> tuple[dict[str, to
     unused = sorted(set(weights) - set(own))
     misfit = [k for k in own if k in weights and weights[k].shape != own[k].shape]
     if missing or unused or misfit:
-        raise DenseAVFormatError(f"{path}: weights do not fit DenseAV's layout (missing {missing[:3]}, "
-                                 f"unexpected {unused[:3]}, wrong shape {misfit[:3]})")
+        raise DenseAVFormatError(
+            f"{path}: weights do not fit DenseAV's layout (missing {missing[:3]}, "
+            f"unexpected {unused[:3]}, wrong shape {misfit[:3]})"
+        )
     return weights, own

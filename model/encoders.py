@@ -122,8 +122,9 @@ class ChannelsLastFeatureEncoder(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         if type(encoder.conv_layers[0]).__name__ != "HubertLayerNormConvLayer":
-            raise ValueError("the channels-last front end needs a layer-norm conv feature extractor "
-                             "(feat_extract_norm='layer')")
+            raise ValueError(
+                "the channels-last front end needs a layer-norm conv feature extractor (feat_extract_norm='layer')"
+            )
         self.conv_layers = encoder.conv_layers
         self._requires_grad = True
         # set by transformers' activation checkpointing, as on the front end this one replaces
@@ -138,8 +139,12 @@ class ChannelsLastFeatureEncoder(nn.Module):
     @staticmethod
     def _layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         conv = layer.conv
-        x = nn.functional.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight.unsqueeze(2),
-                                 conv.bias, stride=(1, conv.stride[0]))
+        x = nn.functional.conv2d(
+            x.contiguous(memory_format=torch.channels_last),
+            conv.weight.unsqueeze(2),
+            conv.bias,
+            stride=(1, conv.stride[0]),
+        )
         t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # [B, 1, T, C], contiguous
         return layer.activation(layer.layer_norm(t)).permute(0, 3, 1, 2)  # back to [B, C, 1, T], a view
 
@@ -169,7 +174,9 @@ class AudioEncoder(nn.Module):
         if wave.dim() != 2:
             raise ValueError(f"wave must be [B, L], got {tuple(wave.shape)}")
         if mask.shape != wave.shape or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be bool with the shape of wave {tuple(wave.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be bool with the shape of wave {tuple(wave.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
         keep = prefix_mask(mask)
         # one host sync for both questions (the mask usually lives on the GPU)
         all_nonempty, unpadded = torch.stack([mask.any(1).all(), keep.all()]).tolist()

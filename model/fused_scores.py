@@ -39,10 +39,22 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Sizes are compile-time constants: the interpreter cannot loop over runtime scalars, and on a GPU
 # the autotuner keys on them anyway (one compile per shape, which training keeps fixed).
 @triton.jit
-def _forward_kernel(A, V, MAX, ARG,
-                    R: tl.constexpr, HW: tl.constexpr, C: tl.constexpr, NV: tl.constexpr, K: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                    PRECISION: tl.constexpr, DOT_FP32: tl.constexpr):
+def _forward_kernel(
+    A,
+    V,
+    MAX,
+    ARG,
+    R: tl.constexpr,
+    HW: tl.constexpr,
+    C: tl.constexpr,
+    NV: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
     """Program (row block, image j): max and argmax over (k, pos) of <A[k, r], V[k, j, pos]>.
 
     A: [K, R, C] audio rows (r = clip, f, t); V: [K, NV*HW, C] image rows; MAX, ARG: [NV, R].
@@ -80,9 +92,19 @@ def _forward_kernel(A, V, MAX, ARG,
 
 
 @triton.jit
-def _grad_audio_kernel(V, ARG, G, GA,
-                       R: tl.constexpr, HW: tl.constexpr, C: tl.constexpr, NV: tl.constexpr, K: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _grad_audio_kernel(
+    V,
+    ARG,
+    G,
+    GA,
+    R: tl.constexpr,
+    HW: tl.constexpr,
+    C: tl.constexpr,
+    NV: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Program (row block, channel block): GA[k, r] = sum_j G[j, r] [head(j, r) == k] V[k, j, pos(j, r)]."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -103,10 +125,22 @@ def _grad_audio_kernel(V, ARG, G, GA,
 
 
 @triton.jit
-def _grad_image_kernel(A, ARG, G, GV,
-                       R: tl.constexpr, HW: tl.constexpr, C: tl.constexpr, NV: tl.constexpr, K: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                       PRECISION: tl.constexpr, DOT_FP32: tl.constexpr):
+def _grad_image_kernel(
+    A,
+    ARG,
+    G,
+    GV,
+    R: tl.constexpr,
+    HW: tl.constexpr,
+    C: tl.constexpr,
+    NV: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
     """Program (image j, position block, channel block): GV[k, j, pos] = sum over rows r that
     picked (k, pos) of G[j, r] A[k, r], as (G * one-hot)^T @ A over blocks of rows."""
     j = tl.program_id(0)
@@ -132,8 +166,10 @@ def _grad_image_kernel(A, ARG, G, GV,
 
 
 def _configs(*shapes):
-    return [triton.Config(dict(zip(names, values)), num_warps=warps, num_stages=stages)
-            for names, values, warps, stages in shapes]
+    return [
+        triton.Config(dict(zip(names, values)), num_warps=warps, num_stages=stages)
+        for names, values, warps, stages in shapes
+    ]
 
 
 _KEY = ["R", "HW", "C", "NV", "K"]
@@ -142,16 +178,33 @@ if INTERPRET:  # the autotuner would time each config in the interpreter; fixed 
     _FIXED, _FIXED_AUDIO = dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=16)
 else:
     _MN = ("BLOCK_M", "BLOCK_N")
-    _forward = triton.autotune(_configs(
-        (_MN, (128, 64), 8, 3), (_MN, (64, 64), 4, 3), (_MN, (128, 32), 4, 3), (_MN, (64, 32), 4, 4),
-        (_MN, (128, 128), 8, 3),
-    ), key=_KEY)(_forward_kernel)
-    _grad_audio = triton.autotune(_configs(
-        (("BLOCK_M",), (32,), 4, 2), (("BLOCK_M",), (64,), 4, 2), (("BLOCK_M",), (128,), 8, 2),
-    ), key=_KEY)(_grad_audio_kernel)
-    _grad_image = triton.autotune(_configs(
-        (_MN, (64, 64), 4, 3), (_MN, (32, 128), 4, 3), (_MN, (64, 128), 8, 3), (_MN, (32, 256), 8, 2),
-    ), key=_KEY)(_grad_image_kernel)
+    _forward = triton.autotune(
+        _configs(
+            (_MN, (128, 64), 8, 3),
+            (_MN, (64, 64), 4, 3),
+            (_MN, (128, 32), 4, 3),
+            (_MN, (64, 32), 4, 4),
+            (_MN, (128, 128), 8, 3),
+        ),
+        key=_KEY,
+    )(_forward_kernel)
+    _grad_audio = triton.autotune(
+        _configs(
+            (("BLOCK_M",), (32,), 4, 2),
+            (("BLOCK_M",), (64,), 4, 2),
+            (("BLOCK_M",), (128,), 8, 2),
+        ),
+        key=_KEY,
+    )(_grad_audio_kernel)
+    _grad_image = triton.autotune(
+        _configs(
+            (_MN, (64, 64), 4, 3),
+            (_MN, (32, 128), 4, 3),
+            (_MN, (64, 128), 8, 3),
+            (_MN, (32, 256), 8, 2),
+        ),
+        key=_KEY,
+    )(_grad_image_kernel)
     _FIXED = _FIXED_AUDIO = {}
 
 
@@ -197,9 +250,21 @@ class FusedMaxMeanScores(torch.autograd.Function):
             best = torch.empty(num_image, rows, dtype=torch.float32, device=a.device)
             argmax = torch.empty(num_image, rows, dtype=torch.int32, device=a.device)
             sizes = dict(R=rows, HW=hw, C=channels, NV=num_image, K=heads)
-            grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), num_image)  # noqa: E731
-            _forward[grid](a_rows, v_rows, best, argmax, *sizes.values(), **_FIXED, BLOCK_C=_channel_block(channels),
-                           PRECISION=_precision(dtype), DOT_FP32=INTERPRET)
+
+            def grid(meta):
+                return triton.cdiv(rows, meta["BLOCK_M"]), num_image
+
+            _forward[grid](
+                a_rows,
+                v_rows,
+                best,
+                argmax,
+                *sizes.values(),
+                **_FIXED,
+                BLOCK_C=_channel_block(channels),
+                PRECISION=_precision(dtype),
+                DOT_FP32=INTERPRET,
+            )
             w = weights.to(torch.float32)
             scores = (best.view(num_image, num_audio, -1) * w).sum(-1).t().contiguous()
         ctx.sizes, ctx.dtype = sizes, dtype
@@ -220,15 +285,29 @@ class FusedMaxMeanScores(torch.autograd.Function):
         with torch.autocast(a_rows.device.type, enabled=False):
             if need_a:
                 out = torch.empty(a_rows.shape, dtype=torch.float32, device=a_rows.device)
-                grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(channels, block_c))  # noqa: E731
+
+                def grid(meta):
+                    return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(channels, block_c)
+
                 _grad_audio[grid](v_rows, argmax, g, out, *sizes.values(), **_FIXED_AUDIO, BLOCK_C=block_c)
                 grad_a = _from_rows(out, *ctx.a_meta)
             if need_v:
                 out = torch.empty(v_rows.shape, dtype=torch.float32, device=v_rows.device)
-                grid = lambda meta: (num_image, triton.cdiv(sizes["HW"], meta["BLOCK_N"]),  # noqa: E731
-                                     triton.cdiv(channels, block_c))
-                _grad_image[grid](a_rows, argmax, g, out, *sizes.values(), **_FIXED, BLOCK_C=block_c,
-                                  PRECISION=_precision(ctx.dtype), DOT_FP32=INTERPRET)
+
+                def grid(meta):
+                    return num_image, triton.cdiv(sizes["HW"], meta["BLOCK_N"]), triton.cdiv(channels, block_c)
+
+                _grad_image[grid](
+                    a_rows,
+                    argmax,
+                    g,
+                    out,
+                    *sizes.values(),
+                    **_FIXED,
+                    BLOCK_C=block_c,
+                    PRECISION=_precision(ctx.dtype),
+                    DOT_FP32=INTERPRET,
+                )
                 grad_v = _from_rows(out, *ctx.v_meta)
         return grad_a, grad_v, None, None
 

@@ -46,13 +46,17 @@ CARD_FILE = "README.md"
 LIBRARY_NAME = "seeing-speech-and-sound"
 LICENSE = "mit"  # the project's (pyproject.toml); push_to_hub(license=...) for weights under other terms
 TAGS = ["audio-visual", "sound-source-localization", "visual-grounding", "speech", "pytorch", "safetensors"]
-PAPER = ("Seeing Speech and Sound: Distinguishing and Locating Audio Sources in Visual Scenes",
-         "Hyeonggon Ryu, Seongyu Kim, Joon Son Chung, Arda Senocak")
+PAPER = (
+    "Seeing Speech and Sound: Distinguishing and Locating Audio Sources in Visual Scenes",
+    "Hyeonggon Ryu, Seongyu Kim, Joon Son Chung, Arda Senocak",
+)
 # Names that are files, never repos: a DenseAV or baseline release whose path does not exist is
 # reported as a missing file rather than looked up on the Hub.
 FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".json", ".yaml", ".bin")
-ACCEPTED = ("a checkpoint directory (train.py's RUN/final), a DenseAV or baseline release file, or a Hugging Face "
-            "Hub repo id owner/name[@revision]")
+ACCEPTED = (
+    "a checkpoint directory (train.py's RUN/final), a DenseAV or baseline release file, or a Hugging Face "
+    "Hub repo id owner/name[@revision]"
+)
 
 
 class HubError(CheckpointError):
@@ -134,29 +138,42 @@ def download(repo: RepoSpec) -> Path:
     offline = bool(constants.HF_HUB_OFFLINE)
     where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
     fetch = f"`hf download {repo.repo_id} {' '.join(HUB_FILES)}" + (
-        f" --revision {repo.revision}`" if repo.revision else "`")
+        f" --revision {repo.revision}`" if repo.revision else "`"
+    )
     try:
-        folder = Path(snapshot_download(repo.repo_id, revision=repo.revision, allow_patterns=list(HUB_FILES),
-                                        local_files_only=offline))
+        folder = Path(
+            snapshot_download(
+                repo.repo_id, revision=repo.revision, allow_patterns=list(HUB_FILES), local_files_only=offline
+            )
+        )
     except LocalEntryNotFoundError as exc:  # also an incomplete snapshot
         if offline:
-            raise HubError(f"Hub repo {repo} is not in {where} and HF_HUB_OFFLINE is set: run once with network "
-                           f"access (or {fetch}), or set HF_HUB_CACHE to a cache that holds it") from exc
-        raise HubError(f"Hub repo {repo} cannot be downloaded and is not in {where} ({_first_line(exc)}): check the "
-                       "network connection, then try again") from exc
+            raise HubError(
+                f"Hub repo {repo} is not in {where} and HF_HUB_OFFLINE is set: run once with network "
+                f"access (or {fetch}), or set HF_HUB_CACHE to a cache that holds it"
+            ) from exc
+        raise HubError(
+            f"Hub repo {repo} cannot be downloaded and is not in {where} ({_first_line(exc)}): check the "
+            "network connection, then try again"
+        ) from exc
     except RevisionNotFoundError as exc:
-        raise HubError(f"Hub repo {repo.repo_id} has no revision {repo.revision}: give a branch, tag or commit "
-                       "it has") from exc
+        raise HubError(
+            f"Hub repo {repo.repo_id} has no revision {repo.revision}: give a branch, tag or commit it has"
+        ) from exc
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise HubError(f"Hub repo {repo} does not exist or needs access (a private or gated repo): check the "
-                       "id, or log in with `hf auth login`") from exc
+        raise HubError(
+            f"Hub repo {repo} does not exist or needs access (a private or gated repo): check the "
+            "id, or log in with `hf auth login`"
+        ) from exc
     except (HfHubHTTPError, HFValidationError) as exc:
         raise HubError(f"Hub repo {repo}: {_first_line(exc)}") from exc
     missing = [name for name in HUB_FILES if not (folder / name).is_file()]
     if missing:
-        raise HubError(f"Hub repo {repo} (commit {folder.name}) has no {' or '.join(missing)}: it holds neither a "
-                       f"checkpoint of this project nor DenseAV's Hugging Face copy (or its cached copy in {folder} "
-                       f"is incomplete: run once with network access, or {fetch})")
+        raise HubError(
+            f"Hub repo {repo} (commit {folder.name}) has no {' or '.join(missing)}: it holds neither a "
+            f"checkpoint of this project nor DenseAV's Hugging Face copy (or its cached copy in {folder} "
+            f"is incomplete: run once with network access, or {fetch})"
+        )
     return folder
 
 
@@ -169,9 +186,16 @@ def _first_line(exc: BaseException) -> str:
 # writing and uploading
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, *, meta: dict[str, Any] | None = None,
-                    results: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None,
-                    repo_id: str | None = None, license: str = LICENSE) -> Path:
+def save_pretrained(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    meta: dict[str, Any] | None = None,
+    results: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    repo_id: str | None = None,
+    license: str = LICENSE,
+) -> Path:
     """``model.checkpoint.save_checkpoint`` plus a model card (``README.md``, ``model_card``): a
     folder ``push_to_hub`` (or ``hf upload``) can publish as it is."""
     directory = save_checkpoint(model, directory, meta=meta)
@@ -180,10 +204,19 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, *, met
     return directory
 
 
-def push_to_hub(source: torch.nn.Module | str | os.PathLike, repo_id: str, *, results: str | os.PathLike | None = None,
-                run_dir: str | os.PathLike | None = None, license: str = LICENSE, private: bool | None = None,
-                token: str | None = None, branch: str | None = None, create_pr: bool = False,
-                commit_message: str | None = None) -> str:
+def push_to_hub(
+    source: torch.nn.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    results: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    license: str = LICENSE,
+    private: bool | None = None,
+    token: str | None = None,
+    branch: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+) -> str:
     """Upload a checkpoint — a model, or a checkpoint directory as train.py writes it (checked to load
     first) — with a generated card to the model repo ``repo_id`` (created if needed, on ``branch``
     if given). Returns the URL of the commit (or pull request)."""
@@ -209,14 +242,22 @@ def push_to_hub(source: torch.nn.Module | str | os.PathLike, repo_id: str, *, re
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch is not None:
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
-            info = api.create_commit(repo_id, files, revision=branch, create_pr=create_pr,
-                                     commit_message=commit_message or "Upload a seeing-speech-and-sound checkpoint")
+            info = api.create_commit(
+                repo_id,
+                files,
+                revision=branch,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload a seeing-speech-and-sound checkpoint",
+            )
         except HfHubHTTPError as exc:
-            raise HubError(f"cannot push to Hub repo {repo_id}: {_first_line(exc)} (log in with `hf auth login` or "
-                           "pass token=)") from exc
+            raise HubError(
+                f"cannot push to Hub repo {repo_id}: {_first_line(exc)} (log in with `hf auth login` or pass token=)"
+            ) from exc
         except _transport_errors() as exc:
-            raise HubError(f"cannot push to Hub repo {repo_id}: the Hub at {api.endpoint} cannot be reached "
-                           f"({type(exc).__name__}: {_first_line(exc)}); check the network connection") from exc
+            raise HubError(
+                f"cannot push to Hub repo {repo_id}: the Hub at {api.endpoint} cannot be reached "
+                f"({type(exc).__name__}: {_first_line(exc)}); check the network connection"
+            ) from exc
     return str(info.pr_url or info.commit_url)
 
 
@@ -238,8 +279,14 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 # the model card
 
 
-def model_card(directory: str | os.PathLike, *, repo_id: str | None = None, results: str | os.PathLike | None = None,
-               run_dir: str | os.PathLike | None = None, license: str = LICENSE) -> str:
+def model_card(
+    directory: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    results: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    license: str = LICENSE,
+) -> str:
     """The ``README.md`` of a checkpoint directory: YAML front matter (license, library name, tags),
     the paper, the model's configuration, the training run's data and config (``run_dir``'s
     ``config.yaml`` and ``summary.json``; by default the checkpoint's parent when it holds them,
@@ -253,37 +300,50 @@ def model_card(directory: str | os.PathLike, *, repo_id: str | None = None, resu
     folder = directory.resolve()
     name = repo_id or (folder.parent.name if folder.name == "final" else folder.name)  # train.py's RUN/final
     front = ModelCardData(license=license, library_name=LIBRARY_NAME, tags=list(TAGS), model_name=name)
-    parts = [f"# {name}",
-             f"A model of *{PAPER[0]}* ({PAPER[1]}): a DINO ViT image encoder with LoRA, a HuBERT audio encoder "
-             "and aligners with K heads, trained to ground speech and non-speech sound in a picture at once, "
-             "even when they are mixed. Written by the seeing-speech-and-sound toolkit.",
-             _usage(repo_id or str(directory)), _model_section(info), _training_section(run),
-             _evaluation_section(results), _license_section(license)]
+    parts = [
+        f"# {name}",
+        f"A model of *{PAPER[0]}* ({PAPER[1]}): a DINO ViT image encoder with LoRA, a HuBERT audio encoder "
+        "and aligners with K heads, trained to ground speech and non-speech sound in a picture at once, "
+        "even when they are mixed. Written by the seeing-speech-and-sound toolkit.",
+        _usage(repo_id or str(directory)),
+        _model_section(info),
+        _training_section(run),
+        _evaluation_section(results),
+        _license_section(license),
+    ]
     return str(ModelCard(f"---\n{front.to_yaml()}\n---\n\n" + "\n\n".join(p for p in parts if p) + "\n"))
 
 
 def _usage(spec: str) -> str:
-    return ("## Use\n\n```python\nfrom model.loading import from_pretrained\nfrom ground.api import Grounder\n\n"
-            f'model = from_pretrained("{spec}")            # AVModel, eval mode (revision= pins a commit)\n'
-            f'grounding = Grounder.from_pretrained("{spec}").ground("scene.jpg", "mixture.wav")\n```\n\n'
-            f"```bash\nground --checkpoint {spec} --image scene.jpg --audio mixture.wav --out out/\n"
-            f"python evaluate.py --checkpoint {spec} --out eval/ all --is3 data/IS3\n```")
+    return (
+        "## Use\n\n```python\nfrom model.loading import from_pretrained\nfrom ground.api import Grounder\n\n"
+        f'model = from_pretrained("{spec}")            # AVModel, eval mode (revision= pins a commit)\n'
+        f'grounding = Grounder.from_pretrained("{spec}").ground("scene.jpg", "mixture.wav")\n```\n\n'
+        f"```bash\nground --checkpoint {spec} --image scene.jpg --audio mixture.wav --out out/\n"
+        f"python evaluate.py --checkpoint {spec} --out eval/ all --is3 data/IS3\n```"
+    )
 
 
 def _model_section(info: dict[str, Any]) -> str:
     model = info["model"]
     image, audio = model.get("image_backbone", {}), model.get("audio_backbone", {})
-    rows = [("heads (K)", model.get("num_heads")),
-            ("sound head, speech head", f"{model.get('sound_head')}, {model.get('speech_head')}"),
-            ("channels per head (C)", model.get("code_dim")),
-            ("image encoder", f"ViT: {image.get('num_hidden_layers')} layers, width {image.get('hidden_size')}, "
-                              f"patch {image.get('patch_size')}, {model.get('image_size')} px input; LoRA rank "
-                              f"{model.get('lora_rank')}"),
-            ("audio encoder", f"HuBERT: {audio.get('num_hidden_layers')} layers, width {audio.get('hidden_size')}, "
-                              "16 kHz"),
-            ("backbone ids (the weights a run starts from when `model.pretrained` is on)",
-             f"{model.get('image_model_id')}, {model.get('audio_model_id')}"),
-            ("training stage saved", info.get("stage"))]
+    rows = [
+        ("heads (K)", model.get("num_heads")),
+        ("sound head, speech head", f"{model.get('sound_head')}, {model.get('speech_head')}"),
+        ("channels per head (C)", model.get("code_dim")),
+        (
+            "image encoder",
+            f"ViT: {image.get('num_hidden_layers')} layers, width {image.get('hidden_size')}, "
+            f"patch {image.get('patch_size')}, {model.get('image_size')} px input; LoRA rank "
+            f"{model.get('lora_rank')}",
+        ),
+        ("audio encoder", f"HuBERT: {audio.get('num_hidden_layers')} layers, width {audio.get('hidden_size')}, 16 kHz"),
+        (
+            "backbone ids (the weights a run starts from when `model.pretrained` is on)",
+            f"{model.get('image_model_id')}, {model.get('audio_model_id')}",
+        ),
+        ("training stage saved", info.get("stage")),
+    ]
     text = "## Model\n\n" + _table(["", ""], [[str(k), str(v)] for k, v in rows])
     meta = info.get("meta") or {}
     if meta:
@@ -309,26 +369,34 @@ def _run_files(directory: Path, run_dir: str | os.PathLike | None) -> dict[str, 
         summary = run / "summary.json"
         files["summary"] = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     except (ValueError, yaml.YAMLError) as exc:
-        raise HubError(f"{run}: config.yaml or summary.json cannot be read ({_first_line(exc)}); fix or drop "
-                       "run_dir") from exc
+        raise HubError(
+            f"{run}: config.yaml or summary.json cannot be read ({_first_line(exc)}); fix or drop run_dir"
+        ) from exc
     return files
 
 
 def _training_section(run: dict[str, Any]) -> str:
     if not run:
-        return ("## Training\n\nThe training run's config was not given (`run_dir=`, train.py's `out_dir`), so "
-                "the training data are not recorded here.")
+        return (
+            "## Training\n\nThe training run's config was not given (`run_dir=`, train.py's `out_dir`), so "
+            "the training data are not recorded here."
+        )
     config = run["config"] if isinstance(run.get("config"), dict) else {}
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     summary = run.get("summary") or {}
-    rows = [["speech (image, spoken caption) shards", str(data.get("speech", "n/a"))],
-            ["sound (image, sound) shards", str(data.get("sound", "n/a"))],
-            ["steps (configured)", str(config.get("steps", "n/a"))],
-            ["steps (done)", str(summary.get("step", "n/a"))],
-            ["batch size per process", str(data.get("batch_size", "n/a"))]]
-    return ("## Training\n\n" + _table(["", ""], rows) + "\n\nThe run's `config.yaml` (train.py reads it back):"
-            "\n\n<details>\n<summary>config.yaml</summary>\n\n```yaml\n" + run["config_text"].rstrip()
-            + "\n```\n\n</details>")
+    rows = [
+        ["speech (image, spoken caption) shards", str(data.get("speech", "n/a"))],
+        ["sound (image, sound) shards", str(data.get("sound", "n/a"))],
+        ["steps (configured)", str(config.get("steps", "n/a"))],
+        ["steps (done)", str(summary.get("step", "n/a"))],
+        ["batch size per process", str(data.get("batch_size", "n/a"))],
+    ]
+    return (
+        "## Training\n\n" + _table(["", ""], rows) + "\n\nThe run's `config.yaml` (train.py reads it back):"
+        "\n\n<details>\n<summary>config.yaml</summary>\n\n```yaml\n"
+        + run["config_text"].rstrip()
+        + "\n```\n\n</details>"
+    )
 
 
 def _evaluation_section(results: str | os.PathLike | None) -> str:
@@ -340,18 +408,27 @@ def _evaluation_section(results: str | os.PathLike | None) -> str:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise HubError(f"results {path} cannot be read as evaluate.py's results.json ({_first_line(exc)}); give "
-                       "the results.json of an evaluate.py run") from exc
+        raise HubError(
+            f"results {path} cannot be read as evaluate.py's results.json ({_first_line(exc)}); give "
+            "the results.json of an evaluate.py run"
+        ) from exc
     if not isinstance(doc, dict) or not doc:
         raise HubError(f"results {path} holds no table sections; give the results.json of an evaluate.py run")
     tables = path.with_name("tables.md")
     if tables.is_file():  # evaluate.py rebuilds it from the whole results.json on every run
-        return f"## Evaluation\n\nThe tables of `{path.name}` as evaluate.py lays them out (numbers in %):\n\n" + \
-            tables.read_text(encoding="utf-8").strip()
-    rows = [[section, key, str(value) if isinstance(value, int) else f"{value:.4g}"]
-            for section, node in sorted(doc.items()) for key, value in _numbers(node)]
-    return (f"## Evaluation\n\nEvery number of `{path.name}` as stored (metrics as fractions 0..1; no `tables.md` "
-            "beside it):\n\n" + _table(["section", "key", "value"], rows))
+        return (
+            f"## Evaluation\n\nThe tables of `{path.name}` as evaluate.py lays them out (numbers in %):\n\n"
+            + tables.read_text(encoding="utf-8").strip()
+        )
+    rows = [
+        [section, key, str(value) if isinstance(value, int) else f"{value:.4g}"]
+        for section, node in sorted(doc.items())
+        for key, value in _numbers(node)
+    ]
+    return (
+        f"## Evaluation\n\nEvery number of `{path.name}` as stored (metrics as fractions 0..1; no `tables.md` "
+        "beside it):\n\n" + _table(["section", "key", "value"], rows)
+    )
 
 
 def _numbers(node: Any, prefix: str = "") -> list[tuple[str, int | float]]:
@@ -364,8 +441,10 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, int | float]]:
 
 
 def _license_section(license: str) -> str:
-    return (f"## License\n\n`{license}` for these files. The weights were trained on third-party data and "
-            "start from third-party backbones: check their terms before use.")
+    return (
+        f"## License\n\n`{license}` for these files. The weights were trained on third-party data and "
+        "start from third-party backbones: check their terms before use."
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -23,8 +23,11 @@ import torch
 
 from pipeline.format import SAMPLE_RATE
 
-PROBE_TEXTS = ("a picture of a dog on the grass", "there is a red car next to the house",
-               "look at the boat on the water")
+PROBE_TEXTS = (
+    "a picture of a dog on the grass",
+    "there is a red car next to the house",
+    "look at the boat on the water",
+)
 
 
 class Loaded(NamedTuple):
@@ -32,8 +35,13 @@ class Loaded(NamedTuple):
     description: dict[str, Any]
 
 
-def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech_head: int | None = None,
-             num_heads: int | None = None, revision: str | None = None) -> Loaded:
+def load_any(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    speech_head: int | None = None,
+    num_heads: int | None = None,
+    revision: str | None = None,
+) -> Loaded:
     """(model in eval mode on ``device``, description) for ``path``: a project checkpoint directory,
     a DenseAV file / Hugging Face folder (``num_heads`` where the file does not say), a baseline
     release file, or a Hub repo id ``owner/name[@revision]`` of either of the first two (``revision``
@@ -48,8 +56,14 @@ def load_any(path: str | os.PathLike, device: str | torch.device = "cpu", speech
     return Loaded(loaded.model.to(device).eval(), loaded.description)
 
 
-def from_pretrained(repo_or_dir: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu",
-                    speech_head: int | None = None, num_heads: int | None = None) -> torch.nn.Module:
+def from_pretrained(
+    repo_or_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    speech_head: int | None = None,
+    num_heads: int | None = None,
+) -> torch.nn.Module:
     """A trained model, as transformers' ``from_pretrained`` names it: a Hub repo id
     (``owner/name[@revision]``) or a local checkpoint, through ``load_any``; eval mode on ``device``."""
     return load_any(repo_or_dir, device=device, speech_head=speech_head, num_heads=num_heads, revision=revision).model
@@ -75,8 +89,10 @@ def _load_local(path: Path, speech_head: int | None, num_heads: int | None) -> L
         info = read_checkpoint_info(path)
         desc = {"kind": "project", "checkpoint": str(path), "stage": info.get("stage"), "meta": info.get("meta", {})}
         if num_heads is not None and num_heads != model.config.num_heads:
-            raise ValueError(f"num_heads {num_heads} given, but checkpoint {path} records {model.config.num_heads} "
-                             "heads; drop --num-heads (it is for DenseAV files that do not record theirs)")
+            raise ValueError(
+                f"num_heads {num_heads} given, but checkpoint {path} records {model.config.num_heads} "
+                "heads; drop --num-heads (it is for DenseAV files that do not record theirs)"
+            )
         if speech_head is not None:
             _set_heads(model.config, speech_head)
             desc["head_assignment"] = "given (speech_head)"
@@ -97,9 +113,11 @@ def _load_denseav(path: Path, speech_head: int | None, num_heads: int | None):
     from .denseav_convert import convert
 
     model, desc = convert(path, num_heads=num_heads)
-    desc["preprocessing"] = ("DenseAV evaluation: audio zero-padded to 164,200 samples (longer kept whole), "
-                             "zero mean / unit variance over the padded clip, HuBERT without attention mask; "
-                             "image shorter side to 224, centre crop, ImageNet normalization; 28x28 maps")
+    desc["preprocessing"] = (
+        "DenseAV evaluation: audio zero-padded to 164,200 samples (longer kept whole), "
+        "zero mean / unit variance over the padded clip, HuBERT without attention mask; "
+        "image shorter side to 224, centre crop, ImageNet normalization; 28x28 maps"
+    )
     if model.config.num_heads == 1:
         desc["head_assignment"] = "single head"
     elif speech_head is not None:

@@ -84,8 +84,11 @@ def _pair_regularizers(
         out["nonneg"] = reg.nonnegativity(a, v, generator)
     if weights.silence:
         out["silence"] = reg.silence(a, frame_mask, v, generator)
-    needs_volume = weights.tv or weights.specialization or (weights.splice and splice_frames is not None) or (
-        weights.mixup and foreign is not None
+    needs_volume = (
+        weights.tv
+        or weights.specialization
+        or (weights.splice and splice_frames is not None)
+        or (weights.mixup and foreign is not None)
     )
     if needs_volume:
         volume = reg.at_least_float32(pair_volume(a, v, frame_mask))
@@ -100,8 +103,13 @@ def _pair_regularizers(
     return out
 
 
-def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | None = None,
-                        own_heads: dict[str, int] | None = None, backend: str = "auto") -> dict[str, torch.Tensor]:
+def correspondence_loss(
+    feats: dict,
+    logit_scale: torch.Tensor,
+    chunk: int | None = None,
+    own_heads: dict[str, int] | None = None,
+    backend: str = "auto",
+) -> dict[str, torch.Tensor]:
     """L_cor (Eq. 7) by audio type: InfoNCE over ``s_M`` (Eq. 5) of each clean clip set against
     its images, ``{"sound": ..., "speech": ...}``; L_cor is their sum.
 
@@ -110,25 +118,40 @@ def correspondence_loss(feats: dict, logit_scale: torch.Tensor, chunk: int | Non
     out = {}
     for kind in ("sound", "speech"):
         a, mask, v = _get(feats, f"{kind}_audio"), _get(feats, f"{kind}_mask"), _get(feats, f"{kind}_image")
-        scores = total_scores(a, mask, v, chunk, backend) if own_heads is None else \
-            head_scores(a, mask, v, own_heads[kind], chunk, backend)
+        scores = (
+            total_scores(a, mask, v, chunk, backend)
+            if own_heads is None
+            else head_scores(a, mask, v, own_heads[kind], chunk, backend)
+        )
         out[kind] = info_nce(scores, logit_scale)
     return out
 
 
-def disentanglement_loss(feats: dict, logit_scale: torch.Tensor, sound_head: int = 0, speech_head: int = 1,
-                         chunk: int | None = None, backend: str = "auto") -> dict[str, torch.Tensor]:
+def disentanglement_loss(
+    feats: dict,
+    logit_scale: torch.Tensor,
+    sound_head: int = 0,
+    speech_head: int = 1,
+    chunk: int | None = None,
+    backend: str = "auto",
+) -> dict[str, torch.Tensor]:
     """L_dis (Eq. 9) by audio type: InfoNCE over ``s_N`` (Eq. 6) of the mixture's sound head
     ``a^m[N]`` against the sound images and of its speech head ``a^m[N']`` against the speech
     images (Eq. 10), ``{"sound": ..., "speech": ...}``; L_dis is their sum."""
     mix, mix_mask = _get(feats, "mix_audio"), _get(feats, "mix_mask")
-    return {kind: info_nce(head_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk, backend), logit_scale)
-            for kind, head in (("sound", sound_head), ("speech", speech_head))}
+    return {
+        kind: info_nce(head_scores(mix, mix_mask, _get(feats, f"{kind}_image"), head, chunk, backend), logit_scale)
+        for kind, head in (("sound", sound_head), ("speech", speech_head))
+    }
 
 
-def regularizer_terms(feats: dict, logit_scale: torch.Tensor, weights: reg.RegularizerWeights,
-                      logit_scale_init: float = 1.0, generator: torch.Generator | None = None
-                      ) -> dict[str, torch.Tensor]:
+def regularizer_terms(
+    feats: dict,
+    logit_scale: torch.Tensor,
+    weights: reg.RegularizerWeights,
+    logit_scale_init: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """DenseAV's regularizers with a non-zero weight, unweighted, by name.
 
     They act on the two clean correspondence pair sets (sound clip <-> its image, speech clip <->
@@ -146,8 +169,10 @@ def regularizer_terms(feats: dict, logit_scale: torch.Tensor, weights: reg.Regul
         )
         for kind in ("sound", "speech")
     ]
-    out = {name: torch.stack([pair[name] for pair in per_pair if name in pair]).mean()
-           for name in dict.fromkeys([*per_pair[0], *per_pair[1]])}  # union, in order
+    out = {
+        name: torch.stack([pair[name] for pair in per_pair if name in pair]).mean()
+        for name in dict.fromkeys([*per_pair[0], *per_pair[1]])
+    }  # union, in order
     if weights.temperature:
         out["temperature"] = reg.temperature_floor(logit_scale, logit_scale_init)
     return out
@@ -182,8 +207,9 @@ def mix_separate_loss(
         terms["cor"] = terms["cor/sound"] + terms["cor/speech"]
         total = total + weights.correspondence * terms["cor"]
     if weights.disentanglement:
-        for kind, value in disentanglement_loss(feats, logit_scale, sound_head, speech_head, chunk,
-                                                 score_backend).items():
+        for kind, value in disentanglement_loss(
+            feats, logit_scale, sound_head, speech_head, chunk, score_backend
+        ).items():
             terms[f"dis/{kind}"] = value
         terms["dis"] = terms["dis/sound"] + terms["dis/speech"]
         total = total + weights.disentanglement * terms["dis"]

@@ -23,7 +23,9 @@ class AVModel(nn.Module):
         self.config = config
         self.image_encoder = image_encoder
         self.audio_encoder = audio_encoder
-        self.image_aligner = ImageAligner(image_encoder.out_channels, config.code_dim, config.num_heads, config.norm_eps)
+        self.image_aligner = ImageAligner(
+            image_encoder.out_channels, config.code_dim, config.num_heads, config.norm_eps
+        )
         self.audio_aligner = AudioAligner(
             audio_encoder.out_channels,
             config.code_dim,
@@ -92,8 +94,9 @@ class AVModel(nn.Module):
         kinds = ("sound", "speech", "mix") if include_mix else ("sound", "speech")
         # One backbone call per modality for all streams: every layer is per-sample, so this is
         # the same computation with a third of the kernel launches and weight casts.
-        audio, frame_mask = self.encode_audio(torch.cat([batch[f"{k}_audio"] for k in kinds]),
-                                              torch.cat([batch[f"{k}_mask"] for k in kinds]))
+        audio, frame_mask = self.encode_audio(
+            torch.cat([batch[f"{k}_audio"] for k in kinds]), torch.cat([batch[f"{k}_mask"] for k in kinds])
+        )
         for kind, a, m in zip(kinds, audio.chunk(len(kinds)), frame_mask.chunk(len(kinds))):
             feats[f"{kind}_audio"], feats[f"{kind}_mask"] = a, m
         images = self.encode_image(torch.cat([batch["sound_image"], batch["speech_image"]]))

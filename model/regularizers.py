@@ -108,20 +108,22 @@ def head_specialization(volume: torch.Tensor, frame_mask: torch.Tensor) -> torch
         return volume.new_zeros(())
     weight = frame_mask.to(volume.dtype)[:, None, :, None, None]
     magnitude = volume.abs()
-    terms = [_weighted_mean(magnitude[:, i] * magnitude[:, j], weight) for i, j in itertools.combinations(range(heads), 2)]
+    terms = [
+        _weighted_mean(magnitude[:, i] * magnitude[:, j], weight) for i, j in itertools.combinations(range(heads), 2)
+    ]
     return torch.stack(terms).mean()
 
 
 def image_mixup(volume: torch.Tensor, frame_mask: torch.Tensor, foreign: torch.Tensor) -> torch.Tensor:
     """Mean ``p^2`` on image cells that came from other images of a mosaic (``foreign`` ``[B, h, w]``,
     the foreign share of each cell), over valid frames. 0 when no item is a mosaic."""
-    weight = foreign.to(volume.dtype)[:, None, None, None, :, :] * frame_mask.to(volume.dtype)[:, None, None, :, None, None]
+    weight = (
+        foreign.to(volume.dtype)[:, None, None, None, :, :] * frame_mask.to(volume.dtype)[:, None, None, :, None, None]
+    )
     return _weighted_mean(volume.square(), weight)
 
 
-def make_mosaic(
-    images: torch.Tensor, generator: torch.Generator, p: float = 0.1
-) -> tuple[torch.Tensor, torch.Tensor]:
+def make_mosaic(images: torch.Tensor, generator: torch.Generator, p: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """DenseAV's quad mixup: with probability ``p`` an image becomes a 2x2 mosaic of itself and
     three other images of the batch (each downscaled by 2, quadrants in random order).
 

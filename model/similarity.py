@@ -146,7 +146,9 @@ def _scores_forward(a, v, weights, plan: _Plan, dtype: torch.dtype, keep_argmax:
     """Scores ``[Ba, Bv]`` (and the winners' indices ``[Ba*FT, Bv]`` when ``keep_argmax``)."""
     ft, hw = plan.ft, plan.hw
     scores = weights.new_zeros(plan.num_audio, plan.num_image)
-    argmax = torch.empty(plan.num_audio * ft, plan.num_image, dtype=torch.int32, device=a.device) if keep_argmax else None
+    argmax = (
+        torch.empty(plan.num_audio * ft, plan.num_image, dtype=torch.int32, device=a.device) if keep_argmax else None
+    )
     for j0, j1 in plan.image_blocks():
         v_rows = _image_rows(v, j0, j1, dtype)
         for i0, i1 in plan.audio_blocks():
@@ -239,8 +241,10 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     if fused is None:
         raise ValueError("score backend 'fused' needs triton, which does not import here; install it or use 'blocked'")
     if device.type != "cuda" and not fused.INTERPRET:
-        raise ValueError(f"score backend 'fused' runs Triton kernels on CUDA tensors, not {device.type}; use 'auto' or "
-                         "'blocked' here (or set TRITON_INTERPRET=1 before triton is imported to interpret them, slowly)")
+        raise ValueError(
+            f"score backend 'fused' runs Triton kernels on CUDA tensors, not {device.type}; use 'auto' or "
+            "'blocked' here (or set TRITON_INTERPRET=1 before triton is imported to interpret them, slowly)"
+        )
     if dtype not in fused.SUPPORTED_DTYPES:
         raise ValueError(f"score backend 'fused' computes in float16, bfloat16 or float32, not {dtype}; use 'blocked'")
     return "fused"
@@ -263,8 +267,11 @@ def batch_scores(
     """
     _check(a, frame_mask, v)
     device_type = a.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else \
-        torch.promote_types(a.dtype, v.dtype)
+    dtype = (
+        torch.get_autocast_dtype(device_type)
+        if torch.is_autocast_enabled(device_type)
+        else torch.promote_types(a.dtype, v.dtype)
+    )
     backend = resolve_backend(backend, a.device, dtype)
     if backend == "naive":
         return naive_batch_scores(a, frame_mask, v, head)
@@ -283,14 +290,21 @@ def batch_scores(
         return _scores_forward(a, v, weights, plan, dtype, keep_argmax=False)[0]
 
 
-def total_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, chunk: int | None = None,
-                 backend: str = "auto") -> torch.Tensor:
+def total_scores(
+    a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, chunk: int | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """Eq. 5: ``s_M(a_i, v_j)`` for every clip i and image j, ``[Ba, Bv]`` (heads max-pooled)."""
     return batch_scores(a, frame_mask, v, None, chunk, backend)
 
 
-def head_scores(a: torch.Tensor, frame_mask: torch.Tensor, v: torch.Tensor, head: int,
-                chunk: int | None = None, backend: str = "auto") -> torch.Tensor:
+def head_scores(
+    a: torch.Tensor,
+    frame_mask: torch.Tensor,
+    v: torch.Tensor,
+    head: int,
+    chunk: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Eq. 6: ``s_N(a_i, v_j)`` of head ``N = head`` for every clip i and image j, ``[Ba, Bv]``."""
     if head is None:
         raise ValueError("head_scores needs a head index; total_scores is the max over heads")

@@ -45,7 +45,9 @@ def _option_parameters(options_class: type) -> list[inspect.Parameter]:
     hints = typing.get_type_hints(options_class, include_extras=True)
     return [
         inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=hints[f.name],
             default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
         )
         for f in dataclasses.fields(options_class)

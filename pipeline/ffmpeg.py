@@ -52,10 +52,9 @@ def ffmpeg_exe() -> str:
         import imageio_ffmpeg
 
         return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no bundled binary"
+    except Exception as exc:
         raise FFmpegError(
-            "no ffmpeg found: install ffmpeg on PATH, `pip install imageio-ffmpeg`, "
-            f"or point {ENV_BINARY} at a binary"
+            f"no ffmpeg found: install ffmpeg on PATH, `pip install imageio-ffmpeg`, or point {ENV_BINARY} at a binary"
         ) from exc
 
 
@@ -106,7 +105,7 @@ def decode_audio(
         raise FFmpegError("ffmpeg wrote no audio")
     try:
         data, sr = sf.read(io.BytesIO(out), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - a malformed pipe stream is an ffmpeg failure
+    except Exception as exc:
         raise FFmpegError(f"ffmpeg output is not readable audio: {exc}") from exc
     return np.ascontiguousarray(data.T), int(sr)
 
@@ -205,9 +204,26 @@ def _last_frame_before(path, start: float, at: float, target: Path, timeout: flo
     ``select`` drops them); ``-update 1`` keeps overwriting one file, so only the last frame stays,
     whatever the frame size and count."""
     args = ["-ss", f"{start:.6f}"] if start > 0 else []
-    args += ["-t", f"{at - start + 0.05:.6f}", "-i", _input(path), "-map", "0:v:0", "-an", "-sn", "-dn",
-             "-vf", f"select='lte(t\\,{at - start + 1e-6:.6f})'", "-update", "1", "-c:v", "ppm",
-             "-f", "image2", _input(target)]
+    args += [
+        "-t",
+        f"{at - start + 0.05:.6f}",
+        "-i",
+        _input(path),
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        f"select='lte(t\\,{at - start + 1e-6:.6f})'",
+        "-update",
+        "1",
+        "-c:v",
+        "ppm",
+        "-f",
+        "image2",
+        _input(target),
+    ]
     target.unlink(missing_ok=True)
     run(args, timeout=timeout)
     return target.is_file() and target.stat().st_size > 0

@@ -78,8 +78,9 @@ class Rule:
         bound = self.bound()
         if not sequence:
             return bound or "a number"
-        words = ("a [low, high] pair with low <= high" if self.ordered
-                 else "a non-empty list" if self.nonempty else "a list")
+        words = (
+            "a [low, high] pair with low <= high" if self.ordered else "a non-empty list" if self.nonempty else "a list"
+        )
         return f"{words}, each {bound}" if bound else words
 
     def allows(self, value: Any) -> bool:
@@ -101,9 +102,14 @@ class Rule:
         if not (self.gt is not None or self.ge is not None or self.lt is not None or self.le is not None):
             return True
         # NaN fails every comparison; an infinite learning rate, probability or count is no setting either
-        return (_is_number(x) and math.isfinite(x)
-                and (self.gt is None or x > self.gt) and (self.ge is None or x >= self.ge)
-                and (self.lt is None or x < self.lt) and (self.le is None or x <= self.le))
+        return (
+            _is_number(x)
+            and math.isfinite(x)
+            and (self.gt is None or x > self.gt)
+            and (self.ge is None or x >= self.ge)
+            and (self.lt is None or x < self.lt)
+            and (self.le is None or x <= self.le)
+        )
 
 
 def _is_number(x: Any) -> bool:
@@ -115,12 +121,28 @@ def _is_sequence(x: Any) -> bool:
     return not isinstance(x, (str, bytes, dict)) and hasattr(x, "__iter__") and hasattr(x, "__len__")
 
 
-def checked(default: Any = MISSING, *, factory: Any = MISSING, gt: float | None = None, ge: float | None = None,
-            lt: float | None = None, le: float | None = None, choices: tuple | None = None, ordered: bool = False,
-            nonempty: bool = False) -> Any:
+def checked(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple | None = None,
+    ordered: bool = False,
+    nonempty: bool = False,
+) -> Any:
     """A dataclass field (``default`` or ``factory``, as ``dataclasses.field``) with what it accepts."""
-    rule = Rule(gt=gt, ge=ge, lt=lt, le=le, choices=tuple(choices) if choices is not None else None,
-                ordered=ordered, nonempty=nonempty)
+    rule = Rule(
+        gt=gt,
+        ge=ge,
+        lt=lt,
+        le=le,
+        choices=tuple(choices) if choices is not None else None,
+        ordered=ordered,
+        nonempty=nonempty,
+    )
     return dataclasses.field(default=default, default_factory=factory, metadata={RULE: rule})
 
 

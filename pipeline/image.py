@@ -54,9 +54,7 @@ def open_image(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXEL
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise BadImage(
-            f"image_too_large: {name} is {width}x{height} = {width * height:,} px > {max_pixels:,} px limit"
-        )
+        raise BadImage(f"image_too_large: {name} is {width}x{height} = {width * height:,} px > {max_pixels:,} px limit")
     return image
 
 
@@ -174,8 +172,12 @@ class CentreCrop:
     def input_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """``box`` in the input picture's pixels (rounded to whole pixels)."""
         (nw, nh), (left, top, right, bottom) = self.resized, self.box
-        return (round(left * width / nw), round(top * height / nh),
-                round(right * width / nw), round(bottom * height / nh))
+        return (
+            round(left * width / nw),
+            round(top * height / nh),
+            round(right * width / nw),
+            round(bottom * height / nh),
+        )
 
 
 def check_eval_size(width: int, height: int, name: str = "image", size: int = IMAGE_SHORT_SIDE) -> None:
@@ -186,9 +188,11 @@ def check_eval_size(width: int, height: int, name: str = "image", size: int = IM
     if max(width, height) / min(width, height) > MAX_ASPECT:
         long = int(size * max(width, height) / min(width, height))
         resized = (size, long) if width <= height else (long, size)
-        raise BadImage(f"image_aspect: {name} is {width}x{height} px, more elongated than {MAX_ASPECT:.0f}:1 "
-                       f"(its shorter side at {size} px would make it {resized[0]}x{resized[1]} px); "
-                       "crop it closer to a square")
+        raise BadImage(
+            f"image_aspect: {name} is {width}x{height} px, more elongated than {MAX_ASPECT:.0f}:1 "
+            f"(its shorter side at {size} px would make it {resized[0]}x{resized[1]} px); "
+            "crop it closer to a square"
+        )
 
 
 def centre_crop(width: int, height: int, size: int, name: str = "image") -> CentreCrop:

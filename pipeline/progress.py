@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def progress_bar(total: int | None, desc: str, enabled: bool = True, *, unit: str = "it",
-                 iterable: Iterable | None = None, **options):
+def progress_bar(
+    total: int | None, desc: str, enabled: bool = True, *, unit: str = "it", iterable: Iterable | None = None, **options
+):
     """A tqdm bar over ``total`` steps (or wrapping ``iterable``); ``bar.update(n)`` advances it and
     doubles as a ``progress(n)`` callback. A context manager: ``with progress_bar(...) as bar:``.
     ``options`` go to tqdm (``initial``, ``smoothing``)."""

@@ -239,7 +239,10 @@ def remove_dead_temp_files(out_dir: Path, started: float) -> list[Path]:
     doomed = [
         p
         for p in Path(out_dir).glob(f"*{PARTIAL_SUFFIX}")
-        if shard_index(p) is None and (pid := temp_writer(p)) is not None and not _pid_alive(pid) and _mtime(p) < started
+        if shard_index(p) is None
+        and (pid := temp_writer(p)) is not None
+        and not _pid_alive(pid)
+        and _mtime(p) < started
     ]
     for p in doomed:
         p.unlink(missing_ok=True)
@@ -291,9 +294,14 @@ class DirListing:
         if self.uncommitted_tars:
             parts.append(f"{len(self.uncommitted_tars)} uncommitted shard(s) ({', '.join(self.uncommitted_tars[:3])})")
         if self.corrupt_markers:
-            parts.append(f"{len(self.corrupt_markers)} unreadable commit marker(s) ({', '.join(self.corrupt_markers[:3])})")
+            parts.append(
+                f"{len(self.corrupt_markers)} unreadable commit marker(s) ({', '.join(self.corrupt_markers[:3])})"
+            )
         if self.markers_without_tar:
-            parts.append(f"{len(self.markers_without_tar)} marker(s) without their tar ({', '.join(self.markers_without_tar[:3])})")
+            parts.append(
+                f"{len(self.markers_without_tar)} marker(s) without their tar "
+                f"({', '.join(self.markers_without_tar[:3])})"
+            )
         return "; ".join(parts)
 
 
@@ -325,7 +333,9 @@ def _list_remote(d: S3Path) -> DirListing:
     """``list_dir`` of a store prefix: one listing, then each marker not read before."""
     entries = storage.list_dir(d)
     tars = {i: name for name in entries if name.endswith(".tar") and (i := shard_index(Path(name))) is not None}
-    markers = {i: name for name in entries if name.endswith(STATS_SUFFIX) and (i := shard_index(Path(name))) is not None}
+    markers = {
+        i: name for name in entries if name.endswith(STATS_SUFFIX) and (i := shard_index(Path(name))) is not None
+    }
     committed, corrupt = [], []
     for i, name in sorted(markers.items()):
         stats = _read_remote_stats(d / name, entries[name].stamp)
@@ -350,7 +360,12 @@ def committed_shards(directory: str | os.PathLike | S3Path) -> list[CommittedSha
 def looks_like_shard_dir(d: Path | S3Path) -> bool:
     if isinstance(d, S3Path):
         return any(name == DATASET_FILE or name.endswith((".tar", STATS_SUFFIX)) for name in storage.list_dir(d))
-    return (d / DATASET_FILE).exists() or any(d.glob("*.tar")) or any(d.glob(f"*{STATS_SUFFIX}")) or any(d.glob(f"*{PARTIAL_SUFFIX}"))
+    return (
+        (d / DATASET_FILE).exists()
+        or any(d.glob("*.tar"))
+        or any(d.glob(f"*{STATS_SUFFIX}"))
+        or any(d.glob(f"*{PARTIAL_SUFFIX}"))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +394,9 @@ def build_lock(directory: str | os.PathLike, shards: Sequence[int] | None) -> It
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
             except OSError as exc:
                 if exc.errno in _NO_LOCKS:
-                    warnings.warn(f"{d} does not support file locks: make sure no other prep run writes into it", stacklevel=3)
+                    warnings.warn(
+                        f"{d} does not support file locks: make sure no other prep run writes into it", stacklevel=3
+                    )
                     break
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
@@ -443,10 +460,7 @@ def _lock_holder(fd: int, start: int, length: int, d: Path) -> str:
         l_type, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, query))
         if l_type != fcntl.F_UNLCK:
             who = f"another prep run (pid {pid})"
-    return (
-        f"{d} is being built by {who}; wait for it to finish (or stop it), or build a --part that "
-        "run does not cover"
-    )
+    return f"{d} is being built by {who}; wait for it to finish (or stop it), or build a --part that run does not cover"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,8 +468,13 @@ def _lock_holder(fd: int, start: int, length: int, d: Path) -> str:
 
 
 def _lease_body(shards: Sequence[int] | None) -> dict:
-    return {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-            "shards": None if shards is None else _runs(shards), "expires": time.time() + LEASE_SECONDS}
+    return {
+        "run": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "shards": None if shards is None else _runs(shards),
+        "expires": time.time() + LEASE_SECONDS,
+    }
 
 
 def _read_lease(loc: S3Path) -> tuple[dict | None, str]:
@@ -475,8 +494,9 @@ def _lease_live(body: dict | None) -> bool:
     """A lease still held: not expired, and not left by a process of this host that is gone."""
     if body is None or not isinstance(body.get("expires"), (int, float)) or body["expires"] < time.time():
         return False
-    return not (body.get("host") == socket.gethostname() and isinstance(body.get("pid"), int)
-                and not _pid_alive(body["pid"]))
+    return not (
+        body.get("host") == socket.gethostname() and isinstance(body.get("pid"), int) and not _pid_alive(body["pid"])
+    )
 
 
 def _covers(a: list | None, b: list | None) -> bool:
@@ -489,9 +509,11 @@ def _covers(a: list | None, b: list | None) -> bool:
 
 def _holder(d: S3Path, body: dict) -> str:
     until = time.strftime("%H:%M:%S", time.localtime(body.get("expires", 0)))
-    return (f"{d} is being built by another prep run (host {body.get('host')}, pid {body.get('pid')}; its lease "
-            f"{d / LEASE_DIR} runs until {until} unless renewed); wait for it to finish (or stop it), or build a "
-            "--part that run does not cover")
+    return (
+        f"{d} is being built by another prep run (host {body.get('host')}, pid {body.get('pid')}; its lease "
+        f"{d / LEASE_DIR} runs until {until} unless renewed); wait for it to finish (or stop it), or build a "
+        "--part that run does not cover"
+    )
 
 
 class _Renewal:
@@ -509,8 +531,11 @@ class _Renewal:
             self.body["expires"] = time.time() + LEASE_SECONDS
             try:
                 data = json.dumps(self.body).encode()
-                self.etag = storage.write_bytes(self.loc, data, if_match=self.etag) if self.etag is not None else \
-                    storage.write_bytes(self.loc, data)
+                self.etag = (
+                    storage.write_bytes(self.loc, data, if_match=self.etag)
+                    if self.etag is not None
+                    else storage.write_bytes(self.loc, data)
+                )
             except (storage.PreconditionFailed, storage.StorageError) as exc:
                 warnings.warn(f"{self.loc}: lease not renewed ({exc})", stacklevel=1)
 
@@ -663,8 +688,11 @@ def _fetched_refs(loc: S3Path) -> Iterator[SampleRef]:
         yield from _grouped(tar, lambda key: SampleRef(key, loc.url, _FetchedSample()), fetch)
 
 
-def _grouped(tar: tarfile.TarFile, new_ref: Callable[[str], SampleRef],
-             fetch: Callable[[SampleRef, tarfile.TarFile, tarfile.TarInfo], None] | None = None) -> Iterator[SampleRef]:
+def _grouped(
+    tar: tarfile.TarFile,
+    new_ref: Callable[[str], SampleRef],
+    fetch: Callable[[SampleRef, tarfile.TarFile, tarfile.TarInfo], None] | None = None,
+) -> Iterator[SampleRef]:
     """The file members of ``tar`` as samples (``new_ref(key)``), grouped the way webdataset
     groups them; each sample is yielded once the header after it has been read. ``fetch``: called
     with each member as its header is read (a stream must be read in passing)."""
@@ -698,15 +726,17 @@ def read_sample(ref: SampleRef) -> dict:
     return sample
 
 
-def shard_sample_refs(paths: Iterable[str | os.PathLike],
-                      unreadable: Callable[[str, Exception, bool], None] | None = None) -> Iterator[SampleRef]:
+def shard_sample_refs(
+    paths: Iterable[str | os.PathLike], unreadable: Callable[[str, Exception, bool], None] | None = None
+) -> Iterator[SampleRef]:
     """``sample_refs`` of each tar in ``paths`` in turn. A tar that cannot be read (on) goes to
     ``unreadable(path, error, yielded_any)`` and the next one follows (None: the error is raised)."""
     return _each_tar(paths, sample_refs, unreadable)
 
 
-def shard_samples(paths: Iterable[str | os.PathLike],
-                  unreadable: Callable[[str, Exception, bool], None] | None = None) -> Iterator[dict]:
+def shard_samples(
+    paths: Iterable[str | os.PathLike], unreadable: Callable[[str, Exception, bool], None] | None = None
+) -> Iterator[dict]:
     """The raw samples (``read_sample``: with ``__url__``) of each tar in ``paths`` in turn, read in
     file order; an unreadable tar as in ``shard_sample_refs``."""
     return _each_tar(paths, _read_in_order, unreadable)

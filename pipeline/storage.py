@@ -39,7 +39,6 @@ import queue
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +121,10 @@ def location(spec: str | os.PathLike | S3Path) -> Location:
         if not bucket:
             raise StorageError(f"{text!r}: an S3 location needs a bucket: s3://bucket/prefix")
         return S3Path(bucket, key.strip("/"))
-    raise StorageError(f"{text!r}: the {scheme}: scheme is not accepted (a webdataset URL such as pipe:... would run "
-                       f"a command); give {ALLOWED}")
+    raise StorageError(
+        f"{text!r}: the {scheme}: scheme is not accepted (a webdataset URL such as pipe:... would run "
+        f"a command); give {ALLOWED}"
+    )
 
 
 def as_location(path: str | os.PathLike | S3Path) -> Location:
@@ -173,8 +174,9 @@ def _new_client():
         raise StorageError("s3:// locations need boto3: pip install -e '.[s3]'") from None
     # Retries of whole requests are botocore's (standard mode); a body that breaks off mid-read is
     # re-requested by _ObjectReader. The pool holds one connection per reader thread and upload part.
-    config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=60,
-                    max_pool_connections=32)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=60, max_pool_connections=32
+    )
     return boto3.session.Session().client("s3", config=config)
 
 
@@ -189,8 +191,15 @@ def read_retries() -> int:
 
 
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500", "502", "504"}
-_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
-               "AllAccessDisabled", "403"}
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+    "403",
+}
 
 
 def _code(exc) -> str:
@@ -200,8 +209,9 @@ def _code(exc) -> str:
 def _transient(exc: BaseException) -> bool:
     from botocore import exceptions as be
 
-    if isinstance(exc, (be.ConnectionError, be.ResponseStreamingError, be.IncompleteReadError, ConnectionError,
-                        TimeoutError)):
+    if isinstance(
+        exc, (be.ConnectionError, be.ResponseStreamingError, be.IncompleteReadError, ConnectionError, TimeoutError)
+    ):
         return True
     try:
         from urllib3.exceptions import HTTPError as Urllib3Error
@@ -220,15 +230,19 @@ def _error(exc: BaseException, loc: S3Path, doing: str) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError)):
-        return StorageError(f"{where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                            "or AWS_PROFILE (see docs/object-storage.md)")
+        return StorageError(
+            f"{where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE (see docs/object-storage.md)"
+        )
     if isinstance(exc, be.ProfileNotFound):
         return StorageError(f"{where}: {exc}; fix AWS_PROFILE or ~/.aws/config")
     if isinstance(exc, be.ClientError):
         code = _code(exc)
         if code in _AUTH_CODES:
-            return StorageError(f"{where}: the store refused the credentials while {doing} ({code}); check "
-                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket's permissions")
+            return StorageError(
+                f"{where}: the store refused the credentials while {doing} ({code}); check "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket's permissions"
+            )
         if code in ("NoSuchBucket",):
             return StorageError(f"{where}: bucket {loc.bucket!r} does not exist; create it or fix the location")
         if code in ("NoSuchKey", "404"):
@@ -236,8 +250,10 @@ def _error(exc: BaseException, loc: S3Path, doing: str) -> StorageError:
         return StorageError(f"{where}: {doing} failed ({code or type(exc).__name__}); rerun the same command")
     if _transient(exc):
         endpoint = getattr(getattr(client(), "meta", None), "endpoint_url", "?")
-        return StorageError(f"{where}: {doing} failed after retries ({type(exc).__name__}); is the store at "
-                            f"{_no_userinfo(endpoint)} up (AWS_ENDPOINT_URL)? Rerun the same command: it resumes")
+        return StorageError(
+            f"{where}: {doing} failed after retries ({type(exc).__name__}); is the store at "
+            f"{_no_userinfo(endpoint)} up (AWS_ENDPOINT_URL)? Rerun the same command: it resumes"
+        )
     if isinstance(exc, be.BotoCoreError):
         return StorageError(f"{where}: {doing} failed ({type(exc).__name__}: {exc})")
     return StorageError(f"{where}: {doing} failed ({type(exc).__name__}: {exc})")
@@ -363,16 +379,16 @@ def put_file(local: str | os.PathLike, loc: Location) -> None:
         with atomic.atomic_path(loc) as tmp:
             shutil.copyfile(local, tmp)
         return
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES, max_concurrency=4)
     with _calling(loc, "uploading"):
         try:
             client().upload_file(os.fspath(local), loc.bucket, loc.key, Config=config)
-        except Exception as exc:
-            # s3transfer wraps the botocore error (S3UploadFailedError); unwrap it for the message
-            cause = exc.__context__ if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ else exc
-            raise cause from None
+        except S3UploadFailedError as exc:
+            # s3transfer wraps the botocore error; unwrap it for the message
+            raise (exc.__context__ or exc) from None
 
 
 def get_file(loc: Location, local: str | os.PathLike) -> None:
@@ -397,8 +413,12 @@ def copy(src: Location, dst: Location) -> None:
     from boto3.s3.transfer import TransferConfig
 
     with _calling(dst, "copying"):
-        client().copy({"Bucket": src.bucket, "Key": src.key}, dst.bucket, dst.key,
-                      Config=TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES))
+        client().copy(
+            {"Bucket": src.bucket, "Key": src.key},
+            dst.bucket,
+            dst.key,
+            Config=TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES),
+        )
 
 
 def remove(loc: Location) -> None:
@@ -443,7 +463,7 @@ def list_dir(loc: Location) -> dict[str, Entry]:
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.prefix, Delimiter="/")
         for page in pages:
             for obj in page.get("Contents", []):
-                out[obj["Key"][len(loc.prefix):]] = Entry(int(obj["Size"]), obj.get("ETag", ""))
+                out[obj["Key"][len(loc.prefix) :]] = Entry(int(obj["Size"]), obj.get("ETag", ""))
     return out
 
 
@@ -453,7 +473,7 @@ def list_tree(loc: S3Path) -> dict[str, Entry]:
     with _calling(loc, "listing"):
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.prefix):
             for obj in page.get("Contents", []):
-                out[obj["Key"][len(loc.prefix):]] = Entry(int(obj["Size"]), obj.get("ETag", ""))
+                out[obj["Key"][len(loc.prefix) :]] = Entry(int(obj["Size"]), obj.get("ETag", ""))
     return out
 
 
@@ -533,8 +553,15 @@ class _ObjectReader(io.RawIOBase):
                 failures += 1
                 _RETRIES["count"] += 1
                 wait = BACKOFF_S * 2 ** (failures - 1)
-                log.warning("%s: %s at byte %d; retry %d/%d in %.1f s", self.loc.url, type(exc).__name__, offset,
-                            failures, READ_RETRIES, wait)
+                log.warning(
+                    "%s: %s at byte %d; retry %d/%d in %.1f s",
+                    self.loc.url,
+                    type(exc).__name__,
+                    offset,
+                    failures,
+                    READ_RETRIES,
+                    wait,
+                )
                 self._stop.wait(wait)
             finally:
                 if body is not None:

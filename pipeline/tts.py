@@ -21,8 +21,8 @@ loaded library, so the same arguments give the same samples whatever the process
 
 from __future__ import annotations
 
-import ctypes
 import _ctypes
+import ctypes
 import io
 import os
 import re
@@ -381,7 +381,7 @@ def _gtts_speak(text: str, voice: str, rate_wpm: int) -> Speech:
     buf = io.BytesIO()
     try:
         gTTS(text=text, lang="en", tld=voice, slow=rate_wpm < 120).write_to_fp(buf)
-    except Exception as exc:  # noqa: BLE001 - network and service errors come in many types
+    except Exception as exc:
         raise TTSError(f"gTTS failed for {text!r} (it needs internet access): {exc}") from exc
     audio, sample_rate = _decode_mp3(buf.getvalue())
     words, audio = _estimate_words(text, audio, sample_rate)

@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-LOSS_LABELS = {"method": "L_cor + L_dis (the method)", "cor_only": "L_cor only (DenseAV's objective)",
-               "dis_only": "L_dis only",
-               "own_heads": "L_cor by own head + L_dis (diagnostic)"}
+LOSS_LABELS = {
+    "method": "L_cor + L_dis (the method)",
+    "cor_only": "L_cor only (DenseAV's objective)",
+    "dis_only": "L_dis only",
+    "own_heads": "L_cor by own head + L_dis (diagnostic)",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ def _path(*keys: str) -> Callable[[dict], float]:
         for key in keys:
             node = node[key]
         return 100.0 * float(node)
+
     return read
 
 
@@ -59,25 +63,55 @@ def _t3(dataset, head, direction):
 def _win_share(kind: int) -> Callable[[dict], float]:
     """The share of clean matched pairs of one audio type (0 speech, 1 sound) on which the sound head
     scores above the speech head: where L_cor's max over heads sends their gradient."""
+
     def read(results: dict) -> float:
         section = results["table6"]
         sound = section.get("heads", {}).get("sound_head", 0)
         return 100.0 * float(section["results"]["disentanglement"]["win_share"][sound][kind])
+
     return read
 
 
 METRICS = (
     Metric("t1_sound", "sound head, sounding object mAP", "1", True, _t1("sound", "mAP")),
     Metric("t1_speech", "speech head, named object mAP", "1", True, _t1("speech", "mAP")),
-    Metric("t1_speech_on_sound", "speech head on the sounding object mAP", "1", False, _t1("opposite_head", "sound", "mAP")),
-    Metric("t1_sound_on_speech", "sound head on the named object mAP", "1", False, _t1("opposite_head", "speech", "mAP")),
-    Metric("t6_clean_places_i2a", "clean: speech set, sound head I→A", "6", False, _t6("clean", "places", "sound_head", "I->A")),
+    Metric(
+        "t1_speech_on_sound", "speech head on the sounding object mAP", "1", False, _t1("opposite_head", "sound", "mAP")
+    ),
+    Metric(
+        "t1_sound_on_speech", "sound head on the named object mAP", "1", False, _t1("opposite_head", "speech", "mAP")
+    ),
+    Metric(
+        "t6_clean_places_i2a",
+        "clean: speech set, sound head I→A",
+        "6",
+        False,
+        _t6("clean", "places", "sound_head", "I->A"),
+    ),
     Metric("t6_clean_places_a2i", "A→I", "6", False, _t6("clean", "places", "sound_head", "A->I")),
-    Metric("t6_clean_audioset_i2a", "sound set, speech head I→A", "6", False, _t6("clean", "audioset", "speech_head", "I->A")),
+    Metric(
+        "t6_clean_audioset_i2a",
+        "sound set, speech head I→A",
+        "6",
+        False,
+        _t6("clean", "audioset", "speech_head", "I->A"),
+    ),
     Metric("t6_clean_audioset_a2i", "A→I", "6", False, _t6("clean", "audioset", "speech_head", "A->I")),
-    Metric("t6_mixed_places_i2a", "mixed: speech set, sound head I→A", "6", False, _t6("mixed", "places", "sound_head", "I->A")),
+    Metric(
+        "t6_mixed_places_i2a",
+        "mixed: speech set, sound head I→A",
+        "6",
+        False,
+        _t6("mixed", "places", "sound_head", "I->A"),
+    ),
     Metric("t6_mixed_places_a2i", "A→I", "6", False, _t6("mixed", "places", "sound_head", "A->I")),
-    Metric("t6_mixed_audioset_i2a", "sound set, speech head I→A", "6", False, _t6("mixed", "audioset", "speech_head", "I->A")),
+    Metric(
+        "t6_mixed_audioset_i2a",
+        "sound set, speech head I→A",
+        "6",
+        False,
+        _t6("mixed", "audioset", "speech_head", "I->A"),
+    ),
     Metric("t6_mixed_audioset_a2i", "A→I", "6", False, _t6("mixed", "audioset", "speech_head", "A->I")),
     Metric("pred_dis", "Pred.Dis", "6", True, _path("table6", "results", "disentanglement", "pred_dis")),
     Metric("act_dis", "Act.Dis", "6", True, _path("table6", "results", "disentanglement", "act_dis")),
@@ -149,8 +183,12 @@ def cells(runs: dict) -> dict[str, dict[str, Cell]]:
 
 def render_table(name: str, grid: dict[str, dict[str, Cell]]) -> str:
     metrics = [m for m in METRICS if m.table == name]
-    lines = [f"**{TABLES[name]}**", "", "| loss | " + " | ".join(m.label for m in metrics) + " |",
-             "|---" * (len(metrics) + 1) + "|"]
+    lines = [
+        f"**{TABLES[name]}**",
+        "",
+        "| loss | " + " | ".join(m.label for m in metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
     for loss, row in grid.items():
         lines.append(f"| {LOSS_LABELS.get(loss, loss)} | " + " | ".join(row[m.key].text() for m in metrics) + " |")
     return "\n".join(lines)
@@ -180,12 +218,22 @@ def differences(grid: dict[str, dict[str, Cell]], base: str = "method") -> tuple
             n = min(len(a.values), len(b.values))
             separated = n > 1 and (min(a.values) > max(b.values) or max(a.values) < min(b.values))
             better = None if m.higher_is_better is None else (diff > 0) == m.higher_is_better
-            rows.append({"loss": loss, "metric": m.key, "table": m.table, "method_minus_ablation": round(diff, 2),
-                         "exceeds_spread": bool(separated), "method_better": better if separated else None})
+            rows.append(
+                {
+                    "loss": loss,
+                    "metric": m.key,
+                    "table": m.table,
+                    "method_minus_ablation": round(diff, 2),
+                    "exceeds_spread": bool(separated),
+                    "method_better": better if separated else None,
+                }
+            )
             if separated:
                 verdict = "" if better is None else f"; the method is {'better' if better else 'worse'}"
-                lines.append(f"- Table {m.table}, {_full_label(m)}: method {a.mean:.1f} vs {LOSS_LABELS[loss]} "
-                             f"{b.mean:.1f} ({diff:+.1f}{verdict})")
+                lines.append(
+                    f"- Table {m.table}, {_full_label(m)}: method {a.mean:.1f} vs {LOSS_LABELS[loss]} "
+                    f"{b.mean:.1f} ({diff:+.1f}{verdict})"
+                )
     return rows, lines
 
 
@@ -198,8 +246,10 @@ def heads_note(runs: dict) -> list[str]:
             picks = ", ".join(f"seed {i}: sound = head {h['sound_head']}" for i, h in enumerate(rules) if h)
             notes.append(f"- {LOSS_LABELS.get(loss, loss)}: heads named by the assignment Pred.Dis picks ({picks}).")
         elif rules:
-            notes.append(f"- {LOSS_LABELS.get(loss, loss)}: heads as configured (sound = head "
-                         f"{rules[0].get('sound_head', 0)}; L_dis names them, Eq. 10).")
+            notes.append(
+                f"- {LOSS_LABELS.get(loss, loss)}: heads as configured (sound = head "
+                f"{rules[0].get('sound_head', 0)}; L_dis names them, Eq. 10)."
+            )
     return notes
 
 
@@ -215,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     runs, missing = load_runs(args.root, args.losses, args.seeds)
     grid = cells(runs)
     n = {loss: len(results) for loss, results in runs.items()}
-    parts = [f"# Loss ablation on the generated world ({', '.join(f'{LOSS_LABELS[k]}: {v} seed(s)' for k, v in n.items())})",
-             "", "Percentages. A cell is one seed's figure, or mean ± sd [min, max] over the seeds.", ""]
+    parts = [
+        f"# Loss ablation on the generated world ({', '.join(f'{LOSS_LABELS[k]}: {v} seed(s)' for k, v in n.items())})",
+        "",
+        "Percentages. A cell is one seed's figure, or mean ± sd [min, max] over the seeds.",
+        "",
+    ]
     for name in TABLES:
         parts += [render_table(name, grid), ""]
     parts += ["Heads:", *heads_note(runs), ""]
@@ -231,11 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (args.root / "ablation.md").write_text(text + "\n")
     per_seed = {loss: {m.key: grid[loss][m.key].values for m in METRICS} for loss in grid}
-    (args.root / "ablation.json").write_text(json.dumps({"seeds": n, "per_seed": per_seed, "differences": rows},
-                                                        indent=1) + "\n")
+    (args.root / "ablation.json").write_text(
+        json.dumps({"seeds": n, "per_seed": per_seed, "differences": rows}, indent=1) + "\n"
+    )
     if missing:
-        print(f"missing runs ({len(missing)}): " + ", ".join(missing[:6]) + " - run scripts/ablation.sh to finish them",
-              file=sys.stderr)
+        print(
+            f"missing runs ({len(missing)}): " + ", ".join(missing[:6]) + " - run scripts/ablation.sh to finish them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -24,17 +24,20 @@ def _load(eval_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def learning_check(results: dict, chance: float, min_ratio: float = 2.0,
-                   compare_heads: bool = True) -> tuple[bool, list[str]]:
+def learning_check(
+    results: dict, chance: float, min_ratio: float = 2.0, compare_heads: bool = True
+) -> tuple[bool, list[str]]:
     cross = results["table1"]["results"]["cross"]
     lines, ok = [], True
     for head, other in (("sound", "speech"), ("speech", "sound")):
         ap, opposite = cross[head]["mAP"], cross["opposite_head"][head]["mAP"]
         passed = ap >= min_ratio * chance and (ap > opposite or not compare_heads)
         ok &= passed
-        lines.append(f"  {head} head: mAP {100 * ap:5.1f} = {ap / chance:4.1f} x chance ({100 * chance:.1f}); "
-                     f"the {other} head on the same objects: {100 * opposite:5.1f}  "
-                     f"[{'ok' if passed else 'NOT MET'}]")
+        lines.append(
+            f"  {head} head: mAP {100 * ap:5.1f} = {ap / chance:4.1f} x chance ({100 * chance:.1f}); "
+            f"the {other} head on the same objects: {100 * opposite:5.1f}  "
+            f"[{'ok' if passed else 'NOT MET'}]"
+        )
     return ok, lines
 
 
@@ -43,8 +46,11 @@ def main():
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("world_dir", type=Path)
     ap.add_argument("--min-ratio", type=float, default=2.0, help="required mAP / chance level of each head")
-    ap.add_argument("--no-compare-heads", action="store_true",
-                    help="do not require each head to beat the other head on its own audio type's objects")
+    ap.add_argument(
+        "--no-compare-heads",
+        action="store_true",
+        help="do not require each head to beat the other head on its own audio type's objects",
+    )
     args = ap.parse_args()
 
     results = _load(args.eval_dir)
@@ -56,8 +62,10 @@ def main():
     print("\n".join(lines))
     pictures = sorted((args.eval_dir / "overlays").glob("*.png"))
     if pictures:
-        print(f"\nOverlay pictures (image, sound-head map, speech-head map): {args.eval_dir / 'overlays'} "
-              f"({len(pictures)} files, e.g. {pictures[0].name})")
+        print(
+            f"\nOverlay pictures (image, sound-head map, speech-head map): {args.eval_dir / 'overlays'} "
+            f"({len(pictures)} files, e.g. {pictures[0].name})"
+        )
     if not ok:
         print("\nThe learning check was NOT met (see above).")
         sys.exit(1)

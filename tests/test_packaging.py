@@ -28,8 +28,11 @@ def editable_mapping(dist: importlib.metadata.Distribution) -> set[str] | None:
 
 def test_the_installed_distribution_has_no_command_modules():
     # installed ones only: the build's egg-info in the checkout lists the sources, scripts included
-    dists = [d for d in importlib.metadata.distributions(name="seeing-speech-and-sound")
-             if Path(d.locate_file("")).resolve() != ROOT]
+    dists = [
+        d
+        for d in importlib.metadata.distributions(name="seeing-speech-and-sound")
+        if Path(d.locate_file("")).resolve() != ROOT
+    ]
     assert dists, "the project is not installed: bash scripts/setup.sh"
     for dist in dists:
         top_level = set((dist.read_text("top_level.txt") or "").split())
@@ -43,10 +46,18 @@ def test_the_installed_distribution_has_no_command_modules():
 
 def test_outside_the_repository_the_commands_are_not_importable(tmp_path):
     names = sorted(COMMANDS | PACKAGES)
-    probe = ("import importlib.util as u, json; "
-             f"print(json.dumps({{n: getattr(u.find_spec(n), 'origin', None) for n in {names}}}))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin"})
+    probe = (
+        "import importlib.util as u, json; "
+        f"print(json.dumps({{n: getattr(u.find_spec(n), 'origin', None) for n in {names}}}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     origins = json.loads(done.stdout)
     assert all(origins[name] for name in PACKAGES), origins

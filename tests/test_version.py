@@ -28,10 +28,16 @@ def test_every_package_says_the_installed_version_and_the_release_files_agree():
 
 
 def test_a_source_tree_that_was_never_installed_says_so(tmp_path):
-    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline",
-                    ignore=lambda folder, names: [n for n in names if n != "__init__.py"])
+    shutil.copytree(
+        ROOT / "pipeline", tmp_path / "pipeline", ignore=lambda folder, names: [n for n in names if n != "__init__.py"]
+    )
     # -S: no site-packages, so no installed metadata; the copy has no egg-info beside it
-    found = subprocess.run([sys.executable, "-S", "-c", "import pipeline; print(pipeline.__version__)"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", "import pipeline; print(pipeline.__version__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "0+unknown"

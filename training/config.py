@@ -35,14 +35,26 @@ from pipeline.data.config import LoaderConfig
 from pipeline.fields import FieldError, check_fields, checked
 
 # what a command without --config is told to pass
-CONFIG_FILES = ("configs/paper.yaml (the paper's setting), configs/demo.yaml (the demo) "
-                "or configs/tiny.yaml (smoke runs)")
+CONFIG_FILES = (
+    "configs/paper.yaml (the paper's setting), configs/demo.yaml (the demo) or configs/tiny.yaml (smoke runs)"
+)
 
 
 # Accelerate's experiment trackers (accelerate.utils.LoggerType: "all" is every one installed),
 # and "none" for no logs
-TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio", "all",
-            "none")
+TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "comet_ml",
+    "mlflow",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+    "all",
+    "none",
+)
 
 
 class ConfigError(ValueError):
@@ -102,8 +114,9 @@ def require_config(path: Optional[Path], command: str) -> Path:
     """The ``--config`` of a command: a run never falls back to built-in defaults (the tiny random
     model for 800,000 steps is nobody's run)."""
     if path is None:
-        raise ConfigError(f"{command} needs --config: {CONFIG_FILES}; overrides such as data.batch_size=16 "
-                          "go after it", "config")
+        raise ConfigError(
+            f"{command} needs --config: {CONFIG_FILES}; overrides such as data.batch_size=16 go after it", "config"
+        )
     return path
 
 
@@ -140,17 +153,24 @@ def model_from_tree(spec: Any) -> ModelConfig:
     if isinstance(spec, str):
         spec = {"preset": spec}
     if not isinstance(spec, dict):
-        raise ConfigError(f"model must be a preset name ({' or '.join(PRESETS)}) or a mapping of ModelConfig "
-                          f"fields, got {spec!r}", "model")
+        raise ConfigError(
+            f"model must be a preset name ({' or '.join(PRESETS)}) or a mapping of ModelConfig fields, got {spec!r}",
+            "model",
+        )
     spec = dict(spec)
     if "preset" in spec:
         name = spec.pop("preset")
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r} at model.preset; accepted: {', '.join(PRESETS)}",
-                              "model.preset")
+            raise ConfigError(
+                f"unknown model preset {name!r} at model.preset; accepted: {', '.join(PRESETS)}", "model.preset"
+            )
         base = ModelConfig.preset(name)
-        spec = {k: _deep_merge(getattr(base, k), v) if isinstance(v, dict) and isinstance(getattr(base, k, None), dict)
-                else v for k, v in spec.items()}
+        spec = {
+            k: _deep_merge(getattr(base, k), v)
+            if isinstance(v, dict) and isinstance(getattr(base, k, None), dict)
+            else v
+            for k, v in spec.items()
+        }
     else:
         base = ModelConfig()
     node = OmegaConf.structured(base)
@@ -187,14 +207,19 @@ def _apply(node, data: Any, cls: type, prefix: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted((k for k in data if k not in names), key=str)
     if unknown:
-        problem = f"unknown ModelConfig fields {unknown} in {where}" if cls is ModelConfig else \
-            f"unknown {where} keys {unknown}"
+        problem = (
+            f"unknown ModelConfig fields {unknown} in {where}"
+            if cls is ModelConfig
+            else f"unknown {where} keys {unknown}"
+        )
         close = difflib.get_close_matches(str(unknown[0]), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{problem}{hint}; known: {sorted(names)}", f"{prefix}{unknown[0]}")
     if cls is LoaderConfig and (trainer := sorted(set(data) & set(LoaderConfig.TRAINER_FIELDS))):
-        raise ConfigError(f"{where} keys {trainer} are set by the trainer (the model's image size, the run's seed)",
-                          f"{prefix}{trainer[0]}")
+        raise ConfigError(
+            f"{where} keys {trainer} are set by the trainer (the model's image size, the run's seed)",
+            f"{prefix}{trainer[0]}",
+        )
     hints = _hints(cls)
     for name, value in data.items():
         key, hint = f"{prefix}{name}", hints[name]
@@ -221,8 +246,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-_KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-          str: ("a string", "strings"), Any: ("any value", "values")}
+_KINDS = {
+    bool: ("true or false", "booleans"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    Any: ("any value", "values"),
+}
 
 
 def _kind(hint: Any, plural: bool = False) -> str:

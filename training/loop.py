@@ -90,8 +90,9 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
             for group in optimizer.param_groups:
                 group["lr"] = lr
             start = time.perf_counter()
-            total, parts, finite, data_s, n_items = _accumulate(cfg, net, model, optimizer, stream, state, stage, step,
-                                                                accelerator)
+            total, parts, finite, data_s, n_items = _accumulate(
+                cfg, net, model, optimizer, stream, state, stage, step, accelerator
+            )
             grad_norm = torch.tensor(float("nan"))
             if finite is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.grad_clip)
@@ -110,13 +111,22 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 logs = {f"loss/{k}": float(v) for k, v in parts.items()}
-                logs.update({"lr": lr, "temperature": float(model.logit_scale().detach()), "grad_norm": float(grad_norm),
-                             **meter.window(), "bad_steps_total": state["bad_steps_total"],
-                             "data/skipped_samples": sum(_run_skips(loader, accelerator).values())})
+                logs.update(
+                    {
+                        "lr": lr,
+                        "temperature": float(model.logit_scale().detach()),
+                        "grad_norm": float(grad_norm),
+                        **meter.window(),
+                        "bad_steps_total": state["bad_steps_total"],
+                        "data/skipped_samples": sum(_run_skips(loader, accelerator).values()),
+                    }
+                )
                 accelerator.log(logs, step=step)
                 bar.set_postfix(loss=f"{float(total.detach()):.3f}", stage=stage, lr=f"{lr:.1e}")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)
+                save_training_state(
+                    out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints
+                )
             if validate is not None and cfg.val.every and step % cfg.val.every == 0:
                 validate(model, cfg, accelerator, step)
     state["step"] = step
@@ -124,9 +134,14 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
     skipped = _run_skips(loader, accelerator)
     if accelerator.is_main_process:
         save_checkpoint(model, out / "final")
-        summary = {"step": step, "bad_steps_total": state["bad_steps_total"], **meter.summary(),
-                   "skipped_samples": dict(skipped), "final_model": str(out / "final"),
-                   "last_loss": {k: float(v) for k, v in parts.items()}}
+        summary = {
+            "step": step,
+            "bad_steps_total": state["bad_steps_total"],
+            **meter.summary(),
+            "skipped_samples": dict(skipped),
+            "final_model": str(out / "final"),
+            "last_loss": {k: float(v) for k, v in parts.items()},
+        }
         write_json(out / "summary.json", summary, indent=2, sort_keys=False)
         accelerator.print(f"done: {step} steps, final model in {out / 'final'}")
     # DDP's wrapper goes before end_training destroys the process group: freed after it, its
@@ -152,8 +167,9 @@ def _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelera
         batch = next(stream)
         state["micro_step"] += 1
         data_s += time.perf_counter() - t0
-        batch, batch["valid"] = pad_batch(batch, _padded_size(cfg, batch, accelerator), cfg.model.image_size,
-                                          cfg.data.clip_samples)
+        batch, batch["valid"] = pad_batch(
+            batch, _padded_size(cfg, batch, accelerator), cfg.model.image_size, cfg.data.clip_samples
+        )
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(net):
             with accelerator.autocast():
@@ -180,13 +196,16 @@ def _padded_size(cfg: TrainConfig, batch: dict, accelerator: Accelerator) -> int
 
 
 def _bad_step(cfg: TrainConfig, step: int, bad_in_row: int, state: dict, accelerator: Accelerator):
-    accelerator.print(f"step {step}: non-finite loss or gradient (or < 2 items), step skipped "
-                      f"({bad_in_row} in a row, {state['bad_steps_total']} in total)")
+    accelerator.print(
+        f"step {step}: non-finite loss or gradient (or < 2 items), step skipped "
+        f"({bad_in_row} in a row, {state['bad_steps_total']} in total)"
+    )
     if bad_in_row >= cfg.max_bad_steps:
         raise TrainingStopped(
             f"{bad_in_row} steps in a row had a non-finite loss/gradient (last at step {step}); "
             "stopping. Check the data (prep inspect --verify) and lower optim.lr, or resume "
-            "from the last checkpoint.")
+            "from the last checkpoint."
+        )
 
 
 def _stage_at(cfg: TrainConfig, step: int) -> str:
@@ -199,15 +218,18 @@ def trackers(names: list[str]) -> list[str] | None:
     would train for days without the logs it was configured to write."""
     if "none" in names:
         if len(names) > 1:
-            raise ConfigError(f"log_with: none logs nothing and cannot be combined with other trackers, got {names}",
-                              "log_with")
+            raise ConfigError(
+                f"log_with: none logs nothing and cannot be combined with other trackers, got {names}", "log_with"
+            )
         return None
     available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name != "all" and name not in available:  # each tracker's package has the tracker's name
-            raise ConfigError(f"log_with: the {name} tracker needs the package {name}, which is not installed; "
-                              f"pip install {name}, or pick another tracker (log_with=tensorboard, or none)",
-                              "log_with")
+            raise ConfigError(
+                f"log_with: the {name} tracker needs the package {name}, which is not installed; "
+                f"pip install {name}, or pick another tracker (log_with=tensorboard, or none)",
+                "log_with",
+            )
     return list(names)
 
 
@@ -215,7 +237,9 @@ def _accelerator(cfg: TrainConfig, out: Path, log_with: list[str] | None) -> Acc
     on_gpu = torch.cuda.is_available()
     precision = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(
-        mixed_precision=precision, log_with=log_with, project_dir=str(out),
+        mixed_precision=precision,
+        log_with=log_with,
+        project_dir=str(out),
         # Each stage's DDP wrapper holds only what that stage trains (_stage_net), so every one of
         # its parameters gets a gradient each step, unless HuBERT's layerdrop skips whole layers.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.audio_layerdrop > 0)],
@@ -238,8 +262,9 @@ def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: boo
     compile_encoders(model)  # (off unless model.compile_encoders names a mode)
     model.set_stage("full")  # the optimizer holds every parameter that will ever train...
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                 weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.Adam(
+        trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+    )
     model.set_stage(stage)  # ...DDP those of the first step's stage (_stage_net)
     net, optimizer = accelerator.prepare(model, optimizer)
     _say_wrapped(accelerator, net, stage)
@@ -254,8 +279,9 @@ def _stage_net(accelerator: Accelerator, net, model, stage: str):
     if not isinstance(net, DistributedDataParallel):
         return net
     handler = accelerator.ddp_handler
-    wrapped = DistributedDataParallel(model, device_ids=net.device_ids, output_device=net.output_device,
-                                      **(handler.to_kwargs() if handler else {}))
+    wrapped = DistributedDataParallel(
+        model, device_ids=net.device_ids, output_device=net.output_device, **(handler.to_kwargs() if handler else {})
+    )
     if handler:
         handler.register_comm_hook(wrapped)
     _say_wrapped(accelerator, wrapped, stage)
@@ -265,8 +291,10 @@ def _stage_net(accelerator: Accelerator, net, model, stage: str):
 def _say_wrapped(accelerator: Accelerator, net, stage: str):
     if isinstance(net, DistributedDataParallel):
         tensors = sum(p.requires_grad for p in net.module.parameters())
-        accelerator.print(f"{stage} stage: DDP over its {tensors} trainable parameter tensors "
-                          f"(find_unused_parameters={net.find_unused_parameters})")
+        accelerator.print(
+            f"{stage} stage: DDP over its {tensors} trainable parameter tensors "
+            f"(find_unused_parameters={net.find_unused_parameters})"
+        )
 
 
 def _last_checkpoint(out: Path) -> Path:

@@ -24,12 +24,17 @@ class Meter:
     def window(self) -> dict:
         """This window's figures for the log; starts the next window."""
         now = time.perf_counter()
-        logs = {"items_per_s": self.win["items"] / max(now - self.win_start, 1e-9),
-                "time/data_s": self.win["data_s"], "time/compute_s": self.win["compute_s"]}
+        logs = {
+            "items_per_s": self.win["items"] / max(now - self.win_start, 1e-9),
+            "time/data_s": self.win["data_s"],
+            "time/compute_s": self.win["compute_s"],
+        }
         self.win, self.win_start = Counter(), now
         return logs
 
     def summary(self) -> dict:
         seconds = self.run["data_s"] + self.run["compute_s"]
-        return {"items_per_s": round(self.run["items"] / seconds, 2) if seconds else None,
-                "data_wait_fraction": round(self.run["data_s"] / seconds, 3) if seconds else None}
+        return {
+            "items_per_s": round(self.run["items"] / seconds, 2) if seconds else None,
+            "data_wait_fraction": round(self.run["data_s"] / seconds, 3) if seconds else None,
+        }

@@ -27,8 +27,9 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_training_state(out: Path, step: int, state: dict, loader_state: dict, model, optimizer,
-                        accelerator: Accelerator, keep: int):
+def save_training_state(
+    out: Path, step: int, state: dict, loader_state: dict, model, optimizer, accelerator: Accelerator, keep: int
+):
     """checkpoints/step_N/, then only the newest ``keep`` checkpoints are kept."""
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -62,7 +63,9 @@ def load_training_state(ckpt: Path, model, optimizer, accelerator: Accelerator) 
     state_dict = load_file(str(ckpt / "model" / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-        raise RuntimeError(f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(
+            f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     rank = accelerator.process_index
     if (rng_file := ckpt / f"rng_{rank}.safetensors").exists():
@@ -85,4 +88,6 @@ def load_audio_backbone(model, path: str) -> None:
         raise ValueError(f"{path} does not match the audio backbone: {str(exc)[:300]}") from None
     missing = [k for k in missing if k != "masked_spec_embed"]
     if missing or unexpected:
-        raise ValueError(f"{path} does not match the audio backbone (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path} does not match the audio backbone (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )

@@ -13,8 +13,18 @@ from model.regularizers import make_mosaic
 from pipeline.data.sources import seed_from
 from training.config import OptimConfig, TrainConfig
 
-TENSORS = ("sound_image", "speech_image", "sound_audio", "speech_audio", "mix_audio", "sound_mask",
-           "speech_mask", "mix_mask", "sound_splice", "speech_splice")
+TENSORS = (
+    "sound_image",
+    "speech_image",
+    "sound_audio",
+    "speech_audio",
+    "mix_audio",
+    "sound_mask",
+    "speech_mask",
+    "mix_mask",
+    "sound_splice",
+    "speech_splice",
+)
 
 
 def configure_backends(device: torch.device) -> None:
@@ -113,7 +123,9 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
     for kind in ("sound", "speech"):
         if stage == "full" and cfg.mosaic_prob > 0:
             g = torch.Generator().manual_seed(seed_from(cfg.seed, step, accelerator.process_index, kind))
-            inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(inputs[f"{kind}_image"], g, cfg.mosaic_prob)
+            inputs[f"{kind}_image"], inputs[f"{kind}_image_foreign"] = make_mosaic(
+                inputs[f"{kind}_image"], g, cfg.mosaic_prob
+            )
     feats = net(inputs, include_mix=needs_mixture(cfg, stage))
 
     feats = {name: gather(x, world) for name, x in feats.items()}
@@ -127,7 +139,13 @@ def step_loss(net, model, batch: dict, cfg: TrainConfig, stage: str, step: int, 
     # same draws on every process: each computes the identical global loss
     g = torch.Generator().manual_seed(seed_from(cfg.seed, step, "loss"))
     total, terms = mix_separate_loss(
-        feats, model.logit_scale(), loss_weights(cfg, stage), sound_head=model.config.sound_head,
-        speech_head=model.config.speech_head, logit_scale_init=model.config.logit_scale_init, generator=g,
-        score_backend=model.config.score_backend)
+        feats,
+        model.logit_scale(),
+        loss_weights(cfg, stage),
+        sound_head=model.config.sound_head,
+        speech_head=model.config.speech_head,
+        logit_scale_init=model.config.logit_scale_init,
+        generator=g,
+        score_backend=model.config.score_backend,
+    )
     return total, terms, n_items

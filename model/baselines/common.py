@@ -106,8 +106,10 @@ class BaselineModel(nn.Module):
         """ImageNet-normalized ``[B, 3, S, S]`` (S = ``config.image_size``) -> ``[B, C, 1, h, w]``."""
         size = self.config.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"{self.config.name} takes [B, 3, {size}, {size}] images (its position embedding "
-                             f"is fixed), got {tuple(images.shape)}")
+            raise ValueError(
+                f"{self.config.name} takes [B, 3, {size}, {size}] images (its position embedding "
+                f"is fixed), got {tuple(images.shape)}"
+            )
         tokens, embedding = self.image_tokens(images)
         b, d, h, w = tokens.shape
         image_slot, audio_slot = self.slots

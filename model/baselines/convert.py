@@ -45,11 +45,15 @@ IMAGEBIND_KEPT = ("vision", "audio")
 IMAGEBIND_OTHERS = ("text", "depth", "thermal", "imu")
 DATA_PARALLEL = "module."
 CAVMAE_DECODER = ("decoder_", "mask_token")
-SOURCES = {"imagebind": "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (CC-BY-NC 4.0)",
-           "cavmae": "the YuanGongND/cav-mae README's pretrained models (CAV-MAE-Scale++: audio_model.21.pth)"}
-PREPROCESSING = ("DenseAV evaluation: audio zero-padded to 164,200 samples (longer audio in consecutive "
-                 "windows of that length), Kaldi fbank 1024 x 128 normalized with {norm}; image shorter side "
-                 "to 224, centre crop, ImageNet normalization; {maps} maps; one similarity head")
+SOURCES = {
+    "imagebind": "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (CC-BY-NC 4.0)",
+    "cavmae": "the YuanGongND/cav-mae README's pretrained models (CAV-MAE-Scale++: audio_model.21.pth)",
+}
+PREPROCESSING = (
+    "DenseAV evaluation: audio zero-padded to 164,200 samples (longer audio in consecutive "
+    "windows of that length), Kaldi fbank 1024 x 128 normalized with {norm}; image shorter side "
+    "to 224, centre crop, ImageNet normalization; {maps} maps; one similarity head"
+)
 
 
 class BaselineFormatError(CheckpointError):
@@ -99,8 +103,9 @@ class _Weights:
             self.keys = list(handle.keys())
             self.shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in self.keys}
         except (SafetensorError, OSError, ValueError) as exc:
-            raise BaselineFormatError(self.path, f"not a readable safetensors file ({_first_line(exc)}); "
-                                                 "download it again") from exc
+            raise BaselineFormatError(
+                self.path, f"not a readable safetensors file ({_first_line(exc)}); download it again"
+            ) from exc
         self.get = handle.get_tensor
 
     def _open_torch(self) -> None:
@@ -111,14 +116,20 @@ class _Weights:
         except pickle.UnpicklingError as exc:
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
             if found:
-                raise BaselineFormatError(self.path, f"needs unpickling (it holds {found.group(1)}), which this "
-                                                     "loader never does; save its state_dict with torch.save or "
-                                                     "safetensors") from exc
-            raise BaselineFormatError(self.path, f"not a torch weights file ({_unpickler_reason(exc)}); "
-                                                 "download it again") from exc
+                raise BaselineFormatError(
+                    self.path,
+                    f"needs unpickling (it holds {found.group(1)}), which this "
+                    "loader never does; save its state_dict with torch.save or "
+                    "safetensors",
+                ) from exc
+            raise BaselineFormatError(
+                self.path, f"not a torch weights file ({_unpickler_reason(exc)}); download it again"
+            ) from exc
         except (OSError, RuntimeError, EOFError, ValueError) as exc:
-            raise BaselineFormatError(self.path, f"not a readable torch weights file, truncated or damaged "
-                                                 f"({_first_line(exc)}); download it again") from exc
+            raise BaselineFormatError(
+                self.path,
+                f"not a readable torch weights file, truncated or damaged ({_first_line(exc)}); download it again",
+            ) from exc
         if isinstance(data, dict) and set(data) == {"state_dict"} and isinstance(data["state_dict"], dict):
             data = data["state_dict"]
         if not (isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values())):
@@ -132,7 +143,7 @@ def family_from_keys(keys: list[str]) -> str | None:
     """``"imagebind"``, ``"cavmae"`` or None from a state dict's key names."""
     if any(k.split(".", 1)[0] in IMAGEBIND_GROUPS for k in keys):
         return "imagebind"
-    bare = {k[len(DATA_PARALLEL):] if k.startswith(DATA_PARALLEL) else k for k in keys}
+    bare = {k[len(DATA_PARALLEL) :] if k.startswith(DATA_PARALLEL) else k for k in keys}
     if any(k.startswith(("blocks_a.", "patch_embed_a.")) or k == "modality_a" for k in bare):
         return "cavmae"
     return None
@@ -161,8 +172,11 @@ def load_baseline(path: str | Path, family: str | None = None) -> tuple[Baseline
         raise BaselineFormatError(path, "no such file")
     family = family or baseline_family(path)
     if family not in FAMILIES:
-        raise BaselineFormatError(path, "holds neither ImageBind's nor CAV-MAE's keys; point it at "
-                                        "imagebind_huge.pth or a CAV-MAE pretraining file")
+        raise BaselineFormatError(
+            path,
+            "holds neither ImageBind's nor CAV-MAE's keys; point it at "
+            "imagebind_huge.pth or a CAV-MAE pretraining file",
+        )
     weights = _Weights(path)
     if family == "imagebind":
         names, ignored = _imagebind_names(weights.keys)
@@ -177,13 +191,23 @@ def load_baseline(path: str | Path, family: str | None = None) -> tuple[Baseline
         model = model_class(config)
     _check(path, family, model, {k: weights.shapes[f] for k, f in names.items()})
     _assign(path, model, {k: weights.get(f) for k, f in names.items()}, names)
-    desc = {"kind": family, "file": str(path), "num_heads": 1, "weights_source": SOURCES[family],
-            "weights": {"loaded": len(names), **ignored}, "sizes": sizes,
-            "preprocessing": PREPROCESSING.format(
-                norm="ImageBind's -4.268 / 9.138" if family == "imagebind" else "CAV-MAE's -5.081 / 4.4849",
-                maps="16 x 16 image, 12 x 95 audio" if family == "imagebind" else "14 x 14 image, 8 x 64 audio"),
-            "retrieval": ("audio CLS . image CLS (ImageBindAggregator)" if family == "imagebind"
-                          else "cosine of mean-pooled tokens (CAVMAEAggregator)")}
+    desc = {
+        "kind": family,
+        "file": str(path),
+        "num_heads": 1,
+        "weights_source": SOURCES[family],
+        "weights": {"loaded": len(names), **ignored},
+        "sizes": sizes,
+        "preprocessing": PREPROCESSING.format(
+            norm="ImageBind's -4.268 / 9.138" if family == "imagebind" else "CAV-MAE's -5.081 / 4.4849",
+            maps="16 x 16 image, 12 x 95 audio" if family == "imagebind" else "14 x 14 image, 8 x 64 audio",
+        ),
+        "retrieval": (
+            "audio CLS . image CLS (ImageBindAggregator)"
+            if family == "imagebind"
+            else "cosine of mean-pooled tokens (CAVMAEAggregator)"
+        ),
+    }
     return model.eval(), desc
 
 
@@ -211,7 +235,7 @@ def _cavmae_names(keys: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
     prefixed = bool(keys) and all(k.startswith(DATA_PARALLEL) for k in keys)
     names, decoder = {}, 0
     for key in keys:
-        bare = key[len(DATA_PARALLEL):] if prefixed else key
+        bare = key[len(DATA_PARALLEL) :] if prefixed else key
         if bare.startswith(CAVMAE_DECODER):
             decoder += 1
         else:
@@ -227,26 +251,35 @@ def _heads(dim: int, width: int) -> int:
 
 
 def _depth(shapes: dict[str, tuple], prefix: str) -> int:
-    return len({k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)})
+    return len({k[len(prefix) :].split(".", 1)[0] for k in shapes if k.startswith(prefix)})
 
 
 def _imagebind_sizes(shapes: dict[str, tuple]) -> dict[str, int]:
     vd = shapes["modality_preprocessors.vision.cls_token"][-1]
     ad = shapes["modality_preprocessors.audio.cls_token"][-1]
-    return dict(vision_dim=vd, vision_depth=_depth(shapes, "modality_trunks.vision.blocks."),
-                vision_heads=_heads(vd, VISION_HEAD_WIDTH),
-                vision_mlp=shapes["modality_trunks.vision.blocks.0.mlp.fc1.weight"][0],
-                audio_dim=ad, audio_depth=_depth(shapes, "modality_trunks.audio.blocks."),
-                audio_heads=_heads(ad, AUDIO_HEAD_WIDTH),
-                audio_mlp=shapes["modality_trunks.audio.blocks.0.mlp.fc1.weight"][0],
-                out_dim=shapes["modality_heads.vision.2.weight"][0])
+    return dict(
+        vision_dim=vd,
+        vision_depth=_depth(shapes, "modality_trunks.vision.blocks."),
+        vision_heads=_heads(vd, VISION_HEAD_WIDTH),
+        vision_mlp=shapes["modality_trunks.vision.blocks.0.mlp.fc1.weight"][0],
+        audio_dim=ad,
+        audio_depth=_depth(shapes, "modality_trunks.audio.blocks."),
+        audio_heads=_heads(ad, AUDIO_HEAD_WIDTH),
+        audio_mlp=shapes["modality_trunks.audio.blocks.0.mlp.fc1.weight"][0],
+        out_dim=shapes["modality_heads.vision.2.weight"][0],
+    )
 
 
 def _cavmae_sizes(shapes: dict[str, tuple]) -> dict[str, int]:
     dim = shapes["modality_a"][-1]
-    return dict(dim=dim, depth_a=_depth(shapes, "blocks_a."), depth_v=_depth(shapes, "blocks_v."),
-                depth_u=_depth(shapes, "blocks_u."), heads=_heads(dim, CAVMAE_HEAD_WIDTH),
-                mlp=shapes["blocks_u.0.mlp.fc1.weight"][0])
+    return dict(
+        dim=dim,
+        depth_a=_depth(shapes, "blocks_a."),
+        depth_v=_depth(shapes, "blocks_v."),
+        depth_u=_depth(shapes, "blocks_u."),
+        heads=_heads(dim, CAVMAE_HEAD_WIDTH),
+        mlp=shapes["blocks_u.0.mlp.fc1.weight"][0],
+    )
 
 
 def _sizes(path: Path, family: str, read: Callable[[], dict[str, int]]) -> dict[str, int]:
@@ -254,8 +287,9 @@ def _sizes(path: Path, family: str, read: Callable[[], dict[str, int]]) -> dict[
         return read()
     except (KeyError, IndexError, ValueError) as exc:
         what = f"no {exc.args[0]}" if isinstance(exc, KeyError) else _first_line(exc)
-        raise BaselineFormatError(path, f"does not have the layout of {FAMILIES[family]} ({what}); use the release "
-                                        "file as downloaded") from exc
+        raise BaselineFormatError(
+            path, f"does not have the layout of {FAMILIES[family]} ({what}); use the release file as downloaded"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- checking and loading
@@ -271,8 +305,9 @@ def _check(path: Path, family: str, model: torch.nn.Module, found: dict[str, tup
     hint = ""
     if any(k.startswith("mlp_head.") for k in set(found) - set(own)):
         hint = " (a fine-tuned CAV-MAE; DenseAV evaluates the pretrained model)"
-    raise BaselineFormatError(path, f"does not have the layout of {FAMILIES[family]}{hint}: {problem}; "
-                                    "use the release file as downloaded")
+    raise BaselineFormatError(
+        path, f"does not have the layout of {FAMILIES[family]}{hint}: {problem}; use the release file as downloaded"
+    )
 
 
 def _assign(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor], names: dict[str, str]) -> None:

@@ -36,8 +36,9 @@ def windows(wave: torch.Tensor, mask: torch.Tensor, samples: int = CLIP_SAMPLES)
     """``[B, L]`` clips and their bool validity -> ``[B, n, samples]`` windows and masks: invalid
     samples zeroed, the end zero-padded to ``n = ceil(L / samples)`` whole windows (n >= 1)."""
     if wave.dim() != 2 or mask.shape != wave.shape or mask.dtype != torch.bool:
-        raise ValueError(f"need wave [B, L] and a bool mask of its shape, got {tuple(wave.shape)}, "
-                         f"{mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"need wave [B, L] and a bool mask of its shape, got {tuple(wave.shape)}, {mask.dtype} {tuple(mask.shape)}"
+        )
     empty = (~mask.any(1)).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"clips {empty} have no valid samples")
@@ -56,9 +57,18 @@ def fbank(wave: torch.Tensor) -> torch.Tensor:
     out = []
     for clip in wave.to(torch.float32):
         # kaldi.fbank reads one channel of a [channels, samples] tensor, so one call per window
-        out.append(kaldi.fbank((clip - clip.mean()).unsqueeze(0), htk_compat=True, sample_frequency=SAMPLE_RATE,
-                               use_energy=False, window_type="hanning", num_mel_bins=MEL_BINS, dither=0.0,
-                               frame_shift=FRAME_SHIFT_MS))
+        out.append(
+            kaldi.fbank(
+                (clip - clip.mean()).unsqueeze(0),
+                htk_compat=True,
+                sample_frequency=SAMPLE_RATE,
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=MEL_BINS,
+                dither=0.0,
+                frame_shift=FRAME_SHIFT_MS,
+            )
+        )
     return torch.stack(out)
 
 

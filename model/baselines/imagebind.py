@@ -48,8 +48,17 @@ MAX_LOGIT_SCALE = 100.0
 # Head widths of the release (vision 1280 / 16 heads, audio 768 / 12 heads): the file's shapes do not
 # record the head count, so ``model.baselines.convert`` derives it from the width with these.
 VISION_HEAD_WIDTH, AUDIO_HEAD_WIDTH = 80, 64
-HUGE = dict(vision_dim=1280, vision_depth=32, vision_heads=16, vision_mlp=5120,
-            audio_dim=768, audio_depth=12, audio_heads=12, audio_mlp=3072, out_dim=1024)
+HUGE = dict(
+    vision_dim=1280,
+    vision_depth=32,
+    vision_heads=16,
+    vision_mlp=5120,
+    audio_dim=768,
+    audio_depth=12,
+    audio_heads=12,
+    audio_mlp=3072,
+    out_dim=1024,
+)
 
 
 class _RepeatFrames(nn.Module):
@@ -171,18 +180,31 @@ class ImageBindModel(BaselineModel):
         self.feature_dim = s["out_dim"]
         vd, ad = s["vision_dim"], s["audio_dim"]
         grid = self.image_grid[0] * self.image_grid[1]
-        vision_stem = _Stem(nn.Sequential(_RepeatFrames(VIDEO_FRAMES), nn.Conv3d(
-            3, vd, (VIDEO_FRAMES, PATCH, PATCH), (VIDEO_FRAMES, PATCH, PATCH), bias=False)))
+        vision_stem = _Stem(
+            nn.Sequential(
+                _RepeatFrames(VIDEO_FRAMES),
+                nn.Conv3d(3, vd, (VIDEO_FRAMES, PATCH, PATCH), (VIDEO_FRAMES, PATCH, PATCH), bias=False),
+            )
+        )
         audio_stem = _Stem(nn.Conv2d(1, ad, AUDIO_KERNEL, AUDIO_STRIDE, bias=False), nn.LayerNorm(ad, eps=STEM_EPS))
-        self.modality_preprocessors = nn.ModuleDict({
-            "vision": _Tokenizer(vision_stem, grid + 1, vd),
-            "audio": _Tokenizer(audio_stem, AUDIO_ROWS * TILE_COLUMNS + 1, ad)})
-        self.modality_trunks = nn.ModuleDict({
-            "vision": _Trunk(vd, s["vision_depth"], s["vision_heads"], s["vision_mlp"], bias_kv=False, pre_norm=True),
-            "audio": _Trunk(ad, s["audio_depth"], s["audio_heads"], s["audio_mlp"], bias_kv=True, pre_norm=False)})
+        self.modality_preprocessors = nn.ModuleDict(
+            {
+                "vision": _Tokenizer(vision_stem, grid + 1, vd),
+                "audio": _Tokenizer(audio_stem, AUDIO_ROWS * TILE_COLUMNS + 1, ad),
+            }
+        )
+        self.modality_trunks = nn.ModuleDict(
+            {
+                "vision": _Trunk(
+                    vd, s["vision_depth"], s["vision_heads"], s["vision_mlp"], bias_kv=False, pre_norm=True
+                ),
+                "audio": _Trunk(ad, s["audio_depth"], s["audio_heads"], s["audio_mlp"], bias_kv=True, pre_norm=False),
+            }
+        )
         self.modality_heads = nn.ModuleDict({"vision": _head(vd, s["out_dim"]), "audio": _head(ad, s["out_dim"])})
-        self.modality_postprocessors = nn.ModuleDict({
-            "vision": _L2Normalize(), "audio": nn.Sequential(_L2Normalize(), _LogitScale(AUDIO_LOGIT_SCALE))})
+        self.modality_postprocessors = nn.ModuleDict(
+            {"vision": _L2Normalize(), "audio": nn.Sequential(_L2Normalize(), _LogitScale(AUDIO_LOGIT_SCALE))}
+        )
         self.eval()
 
     def _tower(self, modality: str, x: torch.Tensor) -> torch.Tensor:

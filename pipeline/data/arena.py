@@ -118,6 +118,8 @@ def release(batch: dict):
     """Hand a raw batch's arena back to the worker that filled it."""
     if "arena" in batch:
         batch["arena"][0] = 1
+
+
 def unpack(batch: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The fields of a batch's arena, on ``device`` (one copy of its used part)."""
     data = batch["arena"].to(device, non_blocking=True)

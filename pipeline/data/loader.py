@@ -49,8 +49,22 @@ from pipeline.data.config import LoaderConfig
 from pipeline.data.mixing import mix_batch, span_mask, valid_mask
 from pipeline.data.sources import LoaderError, list_shards, plan_finite_epoch, require_samples, seed_from
 from pipeline.data.stages import (
-    ROLES, STRING_FIELDS, BatchAssembly, ItemDraws, SkipCounter, StreamCursor, StreamGuard, assemble_batches,
-    count, decode, draw_items, fast_forward, locate_samples, read_samples, resampled_shards, shuffle,
+    ROLES,
+    STRING_FIELDS,
+    BatchAssembly,
+    ItemDraws,
+    SkipCounter,
+    StreamCursor,
+    StreamGuard,
+    assemble_batches,
+    count,
+    decode,
+    draw_items,
+    fast_forward,
+    locate_samples,
+    read_samples,
+    resampled_shards,
+    shuffle,
 )
 from pipeline.data.transform import augment_batch
 from pipeline.storage import StorageError
@@ -83,11 +97,20 @@ def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu
         out[f"{role}_image"] = augment_batch(crops, raw[f"{role}_flip"], raw[f"{role}_jitter"], cfg.image_size)
         if f"{role}_splice" in raw:
             out[f"{role}_splice"] = tensor(f"{role}_splice")
-    mix = mix_batch(audio["speech"], audio["sound"], masks["speech"], masks["sound"],
-                    tensor("snr_db"), tensor("level_db"), cfg.mix)
-    out.update(speech_audio=mix.speech, sound_audio=mix.sound, mix_audio=mix.mixture,
-               speech_mask=masks["speech"], sound_mask=masks["sound"], mix_mask=masks["speech"] | masks["sound"],
-               snr_db=mix.snr_db, level_db=mix.level_db, clip_scale=mix.clip_scale)
+    mix = mix_batch(
+        audio["speech"], audio["sound"], masks["speech"], masks["sound"], tensor("snr_db"), tensor("level_db"), cfg.mix
+    )
+    out.update(
+        speech_audio=mix.speech,
+        sound_audio=mix.sound,
+        mix_audio=mix.mixture,
+        speech_mask=masks["speech"],
+        sound_mask=masks["sound"],
+        mix_mask=masks["speech"] | masks["sound"],
+        snr_db=mix.snr_db,
+        level_db=mix.level_db,
+        clip_scale=mix.clip_scale,
+    )
     return out
 
 
@@ -130,15 +153,22 @@ class MixedStream(torch.utils.data.IterableDataset):
         if info is None:
             return 0
         if info.num_workers != self.workers:
-            raise RuntimeError(f"LoaderConfig.num_workers={self.cfg.num_workers} but the DataLoader runs "
-                               f"{info.num_workers} workers")
+            raise RuntimeError(
+                f"LoaderConfig.num_workers={self.cfg.num_workers} but the DataLoader runs {info.num_workers} workers"
+            )
         return info.id
 
     def _speech_plan(self, slot: int, rng: random.Random):
         """The shards this worker reads (an endless draw, or its share of the epoch) and its batch sizes."""
         if self.cfg.resampled:
-            return self.speech_shards, resampled_shards(self.speech_shards, rng), [self.cfg.batch_size] * self.batches_per_worker()
-        assignment, sizes = plan_finite_epoch(self.speech_shards, self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch)
+            return (
+                self.speech_shards,
+                resampled_shards(self.speech_shards, rng),
+                [self.cfg.batch_size] * self.batches_per_worker(),
+            )
+        assignment, sizes = plan_finite_epoch(
+            self.speech_shards, self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch
+        )
         return assignment[slot], iter(assignment[slot]), sizes[slot]
 
     def _resume_point(self, slot: int, items: int) -> StreamCursor:
@@ -163,25 +193,44 @@ class MixedStream(torch.utils.data.IterableDataset):
         skip = SkipCounter(f"loader rank {self.rank} worker {worker}", cfg.log_interval_s)
         speech_read, speech_shards, sizes = self._speech_plan(slot, random.Random(seed_from(*base, "speech-shards")))
         sound_shards = resampled_shards(self.sound_shards, random.Random(seed_from(*base, "sound-shards")))
-        guards = {"speech": StreamGuard("speech", cfg.speech, speech_read, skip, cfg.max_consecutive_skips),
-                  "sound": StreamGuard("sound", cfg.sound, self.sound_shards, skip, cfg.max_consecutive_skips)}
+        guards = {
+            "speech": StreamGuard("speech", cfg.speech, speech_read, skip, cfg.max_consecutive_skips),
+            "sound": StreamGuard("sound", cfg.sound, self.sound_shards, skip, cfg.max_consecutive_skips),
+        }
         done = max(0, (self.skip_batches - worker + self.workers - 1) // self.workers)  # this stream's consumed batches
 
         cursor = StreamCursor()
-        located = {role: count(shuffle(locate_samples(shards, guards[role]), cfg.shuffle_buffer,
-                                       random.Random(seed_from(*base, role))), cursor, role)
-                   for role, shards in (("speech", speech_shards), ("sound", sound_shards))}
+        located = {
+            role: count(
+                shuffle(
+                    locate_samples(shards, guards[role]), cfg.shuffle_buffer, random.Random(seed_from(*base, role))
+                ),
+                cursor,
+                role,
+            )
+            for role, shards in (("speech", speech_shards), ("sound", sound_shards))
+        }
         fast_forward(located, cursor, self._resume_point(slot, sum(sizes[:done])), list(guards.values()), skip)
-        batch = BatchAssembly(ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None),
-                              cfg.clip_samples)
-        speech, sound = (decode(read_samples(located[role], guards[role]), guards[role], cfg.clip_samples,
-                                functools.partial(batch.next_row, role))
-                         for role in ROLES)
+        batch = BatchAssembly(
+            ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None), cfg.clip_samples
+        )
+        speech, sound = (
+            decode(
+                read_samples(located[role], guards[role]),
+                guards[role],
+                cfg.clip_samples,
+                functools.partial(batch.next_row, role),
+            )
+            for role in ROLES
+        )
         items = draw_items(speech, sound, ItemDraws(cfg, seed_from(*base, "augment")), cursor)
 
         def stats() -> dict:
-            return {"slot": slot, "cursor": cursor.snapshot(skip),
-                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            return {
+                "slot": slot,
+                "cursor": cursor.snapshot(skip),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
 
         try:
             for out in assemble_batches(items, sizes[done:], batch):
@@ -229,8 +278,12 @@ class TrainLoader:
 
     def state(self) -> dict:
         """What a checkpoint keeps to resume this loader exactly (JSON-ready)."""
-        return {"epoch": self.dataset.epoch, "consumed": self.consumed, "earlier_skips": dict(self.earlier_skips),
-                "cursors": {str(slot): c for slot, c in self.cursors.items()}}
+        return {
+            "epoch": self.dataset.epoch,
+            "consumed": self.consumed,
+            "earlier_skips": dict(self.earlier_skips),
+            "cursors": {str(slot): c for slot, c in self.cursors.items()},
+        }
 
     def restore(self, state: dict):
         self.dataset.epoch, self.consumed = state["epoch"], state["consumed"]
@@ -251,8 +304,14 @@ class TrainLoader:
         # its own generator: creating workers must not consume the global torch RNG (exact resume)
         # collate_fn: batches arrive as the workers built them. The default (without batch_size)
         # turns every numpy field into a tensor, each shipped as its own shared-memory segment.
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                             collate_fn=_as_built, generator=torch.Generator(), **kwargs)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            collate_fn=_as_built,
+            generator=torch.Generator(),
+            **kwargs,
+        )
         mapped: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}  # (worker slot, pool slot) -> buffer
         for batch in loader:
             stats = batch.pop("worker_stats")

@@ -91,8 +91,15 @@ def draw_levels(rng: np.random.Generator, cfg: MixConfig) -> tuple[float, float]
     return float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.level_db))
 
 
-def mix_batch(speech: torch.Tensor, sound: torch.Tensor, speech_mask: torch.Tensor, sound_mask: torch.Tensor,
-              snr_db: torch.Tensor, level_db: torch.Tensor, cfg: MixConfig = MixConfig()) -> Mix:
+def mix_batch(
+    speech: torch.Tensor,
+    sound: torch.Tensor,
+    speech_mask: torch.Tensor,
+    sound_mask: torch.Tensor,
+    snr_db: torch.Tensor,
+    level_db: torch.Tensor,
+    cfg: MixConfig = MixConfig(),
+) -> Mix:
     """Mix ``[B, N]`` float32 speech and sound with drawn ``[B]`` ratios and levels.
 
     Each clip must be silent outside its mask (``decode_samples`` and ``mix_pair`` make sure).
@@ -150,8 +157,9 @@ def mix_pair(
     masks = [valid_mask(torch.tensor([n if v is None else int(v)]), n) for v in (speech_valid, sound_valid)]
     sp, so = (torch.tensor(np.asarray(x, dtype=np.float32)).reshape(1, n) * m for x, m in zip((speech, sound), masks))
     mix = mix_batch(sp, so, *masks, torch.tensor([snr]), torch.tensor([level]), cfg)
-    return Mix(mix.mixture[0].numpy(), mix.speech[0].numpy(), mix.sound[0].numpy(), snr, level,
-               float(mix.clip_scale[0]))
+    return Mix(
+        mix.mixture[0].numpy(), mix.speech[0].numpy(), mix.sound[0].numpy(), snr, level, float(mix.clip_scale[0])
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +179,11 @@ class SpliceConfig:
 
 
 def splice_negative(
-    audio: np.ndarray, valid: int, donor: np.ndarray, donor_valid: int, rng: np.random.Generator,
+    audio: np.ndarray,
+    valid: int,
+    donor: np.ndarray,
+    donor_valid: int,
+    rng: np.random.Generator,
     cfg: SpliceConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crossfade a random segment of ``donor`` into ``audio``; returns (audio, foreign-sample mask)."""
@@ -236,8 +248,9 @@ class OffscreenMixer:
     target-to-distractor.
     """
 
-    def __init__(self, distractors, target_type: str, seed: int = 0, cfg: MixConfig | None = None,
-                 snr_db: float | None = 0.0):
+    def __init__(
+        self, distractors, target_type: str, seed: int = 0, cfg: MixConfig | None = None, snr_db: float | None = 0.0
+    ):
         if target_type not in ("speech", "sound"):
             raise ValueError(f"target_type must be 'speech' or 'sound', got {target_type!r}")
         if len(distractors) == 0:

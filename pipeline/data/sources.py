@@ -56,7 +56,8 @@ def list_shards(spec: str) -> list[Shard]:
         if not found:
             raise FileNotFoundError(
                 f"no committed shards in {part!r}: build them with `prep shards ...` "
-                "(a shard counts once its NNNNNN_stats.json marker exists)")
+                "(a shard counts once its NNNNNN_stats.json marker exists)"
+            )
         shards += found
     return shards
 
@@ -76,14 +77,16 @@ def _from_files(part: str, spec: str) -> list[Shard]:
             if pattern:
                 continue  # a directory, fifo or dangling link matched by the glob: not a shard
             what = "is not a regular file" if os.path.exists(path) else "does not exist"
-            raise FileNotFoundError(f"shard {path!r} {what} (from {spec!r}): build shards with "
-                                    "`prep shards ...` or fix the path")
+            raise FileNotFoundError(
+                f"shard {path!r} {what} (from {spec!r}): build shards with `prep shards ...` or fix the path"
+            )
         marker = path.removesuffix(".tar") + shard_dir.STATS_SUFFIX if path.endswith(".tar") else None
         if marker and os.path.exists(marker):
             stats = shard_dir.read_stats(marker)
             if stats is None:
-                log.warning("%s: unreadable commit marker, shard ignored as uncommitted; `prep shards` rebuilds it",
-                            marker)
+                log.warning(
+                    "%s: unreadable commit marker, shard ignored as uncommitted; `prep shards` rebuilds it", marker
+                )
                 continue
             found.append(Shard(os.path.abspath(path), int(stats.get("written", 0))))
         else:
@@ -97,8 +100,12 @@ def _from_store(loc: storage.S3Path, spec: str) -> list[Shard]:
         static = re.split(r"[*?\[]", loc.key, maxsplit=1)[0].rpartition("/")[0]
         base = storage.S3Path(loc.bucket, static)
         keys = sorted(base.prefix + k for k in storage.list_tree(base) if k.endswith(".tar"))
-        return [s for key in keys if fnmatch.fnmatchcase(key, loc.key)
-                for s in _store_tar(storage.S3Path(loc.bucket, key), spec, must_exist=False)]
+        return [
+            s
+            for key in keys
+            if fnmatch.fnmatchcase(key, loc.key)
+            for s in _store_tar(storage.S3Path(loc.bucket, key), spec, must_exist=False)
+        ]
     if loc.key.endswith(".tar"):
         return _store_tar(loc, spec, must_exist=True)
     listing = shard_dir.list_dir(loc)
@@ -117,8 +124,9 @@ def _store_tar(loc: storage.S3Path, spec: str, must_exist: bool) -> list[Shard]:
         return []
     if not storage.exists(loc):
         if must_exist:
-            raise FileNotFoundError(f"shard {loc} does not exist (from {spec!r}): build shards with "
-                                    "`prep shards ...` or fix the location")
+            raise FileNotFoundError(
+                f"shard {loc} does not exist (from {spec!r}): build shards with `prep shards ...` or fix the location"
+            )
         return []
     return [Shard(loc.url, _count_samples(loc.url))]
 
@@ -127,16 +135,20 @@ def _count_samples(path: str) -> int:
     try:
         return len(shard_dir.tar_keys(path))
     except (tarfile.TarError, OSError, EOFError) as exn:
-        raise LoaderError(f"{path}: not a readable tar ({type(exn).__name__}: {exn}); rebuild it with "
-                          "`prep shards ...` or leave it out of the spec") from None
+        raise LoaderError(
+            f"{path}: not a readable tar ({type(exn).__name__}: {exn}); rebuild it with "
+            "`prep shards ...` or leave it out of the spec"
+        ) from None
 
 
 def require_samples(shards: list[Shard], spec: str, role: str) -> None:
     """Refuse a stream whose committed shards hold nothing (rather than fail in every worker)."""
     if sum(s.samples for s in shards) == 0:
-        raise LoaderError(f"no samples in the committed shards of {spec} ({len(shards)} shard(s), each "
-                          f"recording 0 written samples): rebuild them with `prep shards ...` or set data.{role} "
-                          "to shards that hold data")
+        raise LoaderError(
+            f"no samples in the committed shards of {spec} ({len(shards)} shard(s), each "
+            f"recording 0 written samples): rebuild them with `prep shards ...` or set data.{role} "
+            "to shards that hold data"
+        )
 
 
 def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: int, epoch: int):
@@ -148,7 +160,8 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
     if len(shards) < slots:
         raise ValueError(
             f"finite mode needs at least ranks × workers = {slots} speech shards, found {len(shards)}: "
-            "use fewer workers, write smaller shards (`prep shards --shard-size`), or resampled mode")
+            "use fewer workers, write smaller shards (`prep shards --shard-size`), or resampled mode"
+        )
     order = list(shards)
     random.Random(seed_from(seed, epoch, "plan")).shuffle(order)
     assignment: list[list[Shard]] = [[] for _ in range(slots)]
@@ -163,7 +176,8 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
     if min(load) < n_batches:
         raise ValueError(
             f"speech shards are too unequal for an exact epoch ({min(load)} vs {max(load)} samples per "
-            "slot): rebalance the shards or use resampled mode")
+            "slot): rebalance the shards or use resampled mode"
+        )
     sizes = [[n // n_batches + (1 if b < n % n_batches else 0) for b in range(n_batches)] for n in load]
     return assignment, sizes
 

@@ -65,8 +65,14 @@ class SkipCounter:
         self._unlogged += 1
         now = time.monotonic()
         if now - self._last_log >= self.interval_s:
-            log.warning("%s: skipped %d sample(s) since last report; latest: %s in %s (key %s)",
-                        self.where, self._unlogged, reason, os.path.basename(shard), key)
+            log.warning(
+                "%s: skipped %d sample(s) since last report; latest: %s in %s (key %s)",
+                self.where,
+                self._unlogged,
+                reason,
+                os.path.basename(shard),
+                key,
+            )
             self._last_log, self._unlogged = now, 0
 
 
@@ -121,7 +127,8 @@ class StreamGuard:
         raise LoaderError(
             f"the {self.role} stream yields no usable sample: {self.in_a_row} skipped in a row ({tried}) "
             f"from {len(self.samples)} shard(s) of {self.spec}; most common reason: {reason} ({times}x). "
-            "Check them with `prep inspect DIR --verify` and rebuild with `prep shards`")
+            "Check them with `prep inspect DIR --verify` and rebuild with `prep shards`"
+        )
 
 
 @dataclass
@@ -189,8 +196,13 @@ def read_samples(src: Iterator[shard_dir.SampleRef], guard: StreamGuard) -> Iter
         yield sample
 
 
-def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: StreamCursor,
-                 guards: list[StreamGuard], skip: SkipCounter) -> None:
+def fast_forward(
+    raw: dict[str, Iterator[dict]],
+    cursor: StreamCursor,
+    done: StreamCursor,
+    guards: list[StreamGuard],
+    skip: SkipCounter,
+) -> None:
     """Take from each counted stream of sample locations, reading nothing, until ``cursor``
     reaches ``done`` (a finite stream may end first); the skips so far are then ``done``'s. The
     guards judge no stream meanwhile: nothing is read or decoded."""
@@ -206,8 +218,7 @@ def fast_forward(raw: dict[str, Iterator[dict]], cursor: StreamCursor, done: Str
         guard.watching = True
 
 
-def decode(src: Iterator[dict], guard: StreamGuard, clip_samples: int = fmt.CLIP_SAMPLES,
-           into=None) -> Iterator[dict]:
+def decode(src: Iterator[dict], guard: StreamGuard, clip_samples: int = fmt.CLIP_SAMPLES, into=None) -> Iterator[dict]:
     """Raw tar samples -> {key, audio, valid, image (PIL), meta}; bad ones are the guard's skips.
 
     Images decode at full resolution: training crops need it, and the evaluation transform must see
@@ -323,8 +334,9 @@ class BatchAssembly:
     def start(self, size: int):
         self.arena = self.pool.take(Arena.HEADER + len(ROLES) * (size * self.clip_samples * 2 + 64))
         # numpy views, made once per batch: indexing a tensor per clip costs more than numpy's
-        self.audio = {role: self.arena.place(f"{role}_audio", torch.int16, (size, self.clip_samples)).numpy()
-                      for role in ROLES}
+        self.audio = {
+            role: self.arena.place(f"{role}_audio", torch.int16, (size, self.clip_samples)).numpy() for role in ROLES
+        }
         self.items = []
 
     def next_row(self, role: str) -> np.ndarray:

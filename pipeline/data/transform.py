@@ -146,16 +146,18 @@ class TrainDraw:
     jitter: np.ndarray  # [9], see draw_color_jitter
 
 
-def draw_train_augment(width: int, height: int, rng: np.random.Generator,
-                       cfg: AugmentConfig = AugmentConfig()) -> TrainDraw:
+def draw_train_augment(
+    width: int, height: int, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> TrainDraw:
     """RandomResizedCrop box, horizontal flip, ColorJitter + RandomGrayscale for one image."""
     box = _random_resized_box(width, height, rng, cfg)
     flip = bool(rng.random() < cfg.flip_prob)
     return TrainDraw(box, flip, draw_color_jitter(rng, cfg))
 
 
-def cut_train_crop(image: Image.Image, rng: np.random.Generator,
-                   cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, TrainDraw]:
+def cut_train_crop(
+    image: Image.Image, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> tuple[np.ndarray, TrainDraw]:
     """Draw the training augmentation for ``image`` and cut its crop box: uint8 ``[h, w, 3]``
     (read-only) and the draw, whose flip and jitter ``augment_batch`` applies later."""
     draw = draw_train_augment(image.width, image.height, rng, cfg)
@@ -179,8 +181,13 @@ def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch
     for crop, flip in zip(crops, np.asarray(flips).tolist()):
         x = crop.permute(2, 0, 1).unsqueeze(0)  # a channels-last view
         if x.shape[-2:] != (size, size):
-            x = F.interpolate(x if x.device.type == "cpu" else x.float(), size=(size, size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x if x.device.type == "cpu" else x.float(),
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         resized.append(x.flip(-1) if flip else x)
     x = torch.cat(resized).float().reshape(len(resized), 3, size * size)
     colors = torch.from_numpy(np.stack([color_jitter_matrix(j) for j in np.asarray(jitters)])).to(x.device)
@@ -194,8 +201,9 @@ def augment_batch(crops: list[torch.Tensor], flips, jitters, size: int) -> torch
     return y.reshape(len(resized), 3, size, size)
 
 
-def train_image(image: Image.Image, size: int, rng: np.random.Generator,
-                cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def train_image(
+    image: Image.Image, size: int, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
     """One image through DenseAV's training recipe -> ImageNet-normalized float32 ``[3, size, size]``."""
     crop, draw = cut_train_crop(image, rng, cfg)
     return augment_batch([torch.from_numpy(crop.copy())], [draw.flip], draw.jitter[None], size)[0]

@@ -200,8 +200,7 @@ def find_media(index: dict[str, list[MediaFile]], item: dict, media_dir: str) ->
     candidates = index.get(item["ytid"], [])
     start, end = item["start"], item["end"]
     clips = [
-        m for m in candidates
-        if m.start is not None and m.start <= start + _TOLERANCE_S and m.end >= end - _TOLERANCE_S
+        m for m in candidates if m.start is not None and m.start <= start + _TOLERANCE_S and m.end >= end - _TOLERANCE_S
     ]
     wholes = [m for m in candidates if m.start is None]
     for group in (clips, wholes):
@@ -211,12 +210,9 @@ def find_media(index: dict[str, list[MediaFile]], item: dict, media_dir: str) ->
     if candidates:
         spans = sorted({(m.start, m.end) for m in candidates if m.start is not None})
         raise SkipItem(
-            f"media_mismatch: {item['ytid']} has clips covering {spans} under {media_dir}, "
-            f"none covers [{start}, {end})"
+            f"media_mismatch: {item['ytid']} has clips covering {spans} under {media_dir}, none covers [{start}, {end})"
         )
-    raise SkipItem(
-        f"missing_media: no {item['ytid']}.* or {item['ytid']}_<start>_<end>.* under {media_dir}"
-    )
+    raise SkipItem(f"missing_media: no {item['ytid']}.* or {item['ytid']}_<start>_<end>.* under {media_dir}")
 
 
 def load_media_file(item: dict, media: MediaFile) -> Media:
@@ -289,8 +285,16 @@ _FAILURE_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "unavailable",
         (
-            "video unavailable", "private video", "is private", "has been removed", "terminated",
-            "not available", "no longer available", "http error 404", "http error 410", "does not exist",
+            "video unavailable",
+            "private video",
+            "is private",
+            "has been removed",
+            "terminated",
+            "not available",
+            "no longer available",
+            "http error 404",
+            "http error 410",
+            "does not exist",
             "copyright",
         ),
     ),
@@ -298,8 +302,14 @@ _FAILURE_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "network_error",
         (
-            "timed out", "connection refused", "connection reset", "name resolution", "name or service not known",
-            "network is unreachable", "transporterror", "incompleteread",
+            "timed out",
+            "connection refused",
+            "connection reset",
+            "name resolution",
+            "name or service not known",
+            "network is unreachable",
+            "transporterror",
+            "incompleteread",
         ),
     ),
 )
@@ -336,12 +346,25 @@ def cached_clip(cache_dir: str | os.PathLike, ytid: str, start: float, end: floa
 
 def yt_dlp_command(url: str, start: float, end: float, output: str, options: DownloadOptions) -> list[str]:
     cmd = [
-        sys.executable, "-m", "yt_dlp", "--ignore-config", "--no-playlist", "--no-progress",
-        "--ffmpeg-location", ffmpeg.ffmpeg_exe(),
+        sys.executable,
+        "-m",
+        "yt_dlp",
+        "--ignore-config",
+        "--no-playlist",
+        "--no-progress",
+        "--ffmpeg-location",
+        ffmpeg.ffmpeg_exe(),
         # Only the segment is fetched; re-encoding at the cuts makes it start exactly at `start`
         # (a stream copy would start at the previous keyframe, seconds early).
-        "--download-sections", f"*{start:.3f}-{end:.3f}", "--force-keyframes-at-cuts",
-        "-f", options.format, "-o", output, "--socket-timeout", "30",
+        "--download-sections",
+        f"*{start:.3f}-{end:.3f}",
+        "--force-keyframes-at-cuts",
+        "-f",
+        options.format,
+        "-o",
+        output,
+        "--socket-timeout",
+        "30",
     ]
     if options.cookies:
         cmd += ["--cookies", options.cookies]
@@ -370,7 +393,9 @@ def download_clip(ytid: str, start: float, end: float, cache_dir: str | os.PathL
             try:
                 proc = subprocess.run(
                     yt_dlp_command(url, start, end, str(tmp / "clip.%(ext)s"), options),
-                    capture_output=True, timeout=options.timeout, check=False,
+                    capture_output=True,
+                    timeout=options.timeout,
+                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 kind, detail = "download_timeout", f"yt-dlp ran over {options.timeout:.0f} s"

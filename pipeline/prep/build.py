@@ -41,7 +41,7 @@ def check_picklable(load: Callable, workers: int) -> None:
         return
     try:
         pickle.dumps(load)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TypeError(
             f"load {load!r} cannot be sent to worker processes ({exc}); use a top-level function "
             "or functools.partial of one, or workers=0"
@@ -115,7 +115,9 @@ def build_shards(
     items = list(items)
     n_shards = math.ceil(len(items) / shard_size)
     selected = range(part_i, n_shards, part_n)
-    summary = BuildSummary(out_dir=str(out), items_total=len(items), shards_total=n_shards, shards_selected=len(selected))
+    summary = BuildSummary(
+        out_dir=str(out), items_total=len(items), shards_total=n_shards, shards_selected=len(selected)
+    )
     header = {
         "items_total": len(items),
         "shard_size": shard_size,
@@ -142,8 +144,13 @@ def build_shards(
                 plans.append(ShardPlan(shard, shard_tasks))
             update_dataset_summary(out, header)
             run = ShardRun(
-                out, load, summary, extra={"shard_size": shard_size},
-                on_commit=lambda _: update_dataset_summary(out, header), desc=desc, progress=progress,
+                out,
+                load,
+                summary,
+                extra={"shard_size": shard_size},
+                on_commit=lambda _: update_dataset_summary(out, header),
+                desc=desc,
+                progress=progress,
             )
             run_plans(run, plans, workers, ray)
     summary.wall_seconds = round(time.perf_counter() - started, 3)

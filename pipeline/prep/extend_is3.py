@@ -30,48 +30,119 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.testsets.common import DatasetError
-from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE, read_is3
 from pipeline import audio as audio_io
 from pipeline import format as fmt
 from pipeline import tts
 from pipeline.atomic import write_json
 from pipeline.cli_support import fail
 from pipeline.progress import progress_bar
+from pipeline.testsets.common import DatasetError
+from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE, read_is3
 from pipeline.tts import prompt_text
 
 # Class strings and target tokens of the public IS3 metadata (kaistmm/SSLalignment,
 # metadata/synthetic3240_seg.json), with the phrase to speak. The official list of the 111 class
 # strings is not published on its own; tokens missing here go through ``split_compound``.
 PHRASES: dict[str, str] = {
-    "accordion": "accordion", "acousticguitar": "acoustic guitar", "airplane": "airplane",
-    "alarmclock": "alarm clock", "alligator": "alligator", "baby": "baby",
-    "babylaughter": "laughing baby", "banjo": "banjo", "beach": "beach", "bird": "bird",
-    "blowtorch": "blowtorch", "bus": "bus", "car": "car", "cat": "cat", "cattle": "cattle",
-    "cello": "cello", "chainsaw": "chainsaw", "cheetah": "cheetah", "chicken": "chicken",
-    "child": "child", "chimpanzee": "chimpanzee", "chinchilla": "chinchilla", "chipmunk": "chipmunk",
-    "churchbell": "church bell", "computerkeyboard": "computer keyboard", "cornet": "cornet",
-    "crocodile": "crocodile", "dinosaur": "dinosaur", "dog": "dog", "donkey": "donkey",
-    "drum": "drum", "eagle": "eagle", "electricblender": "electric blender",
-    "electricgrinder": "electric grinder", "electronicorgan": "electronic organ",
-    "elephant": "elephant", "elk": "elk", "female": "woman", "firetruck": "fire truck",
-    "firework": "fireworks", "fireworks": "fireworks", "fox": "fox", "frenchhorn": "french horn",
-    "gibbon": "gibbon", "goat": "goat", "hairdryer": "hair dryer", "harp": "harp",
-    "harpsichord": "harpsichord", "hedgetrimmer": "hedge trimmer", "helicopter": "helicopter",
-    "horse": "horse", "icecreamtruck": "ice cream truck", "keyboard": "keyboard",
-    "lawnmower": "lawn mower", "lion": "lion", "machinegun": "machine gun", "male": "man",
-    "missile": "missile", "motorboat": "motorboat", "motorcycle": "motorcycle", "mouse": "mouse",
-    "ocean": "ocean", "orchestra": "orchestra", "owl": "owl", "owlhooting": "hooting owl",
-    "parrot": "parrot", "penguin": "penguin", "people": "people", "peoplemarching": "people marching",
-    "piano": "piano", "playingdrumkit": "drum kit", "playingelectronicguitar": "electric guitar",
-    "police": "police car", "policecar": "police car", "popcorn": "popcorn",
-    "popcornmachine": "popcorn machine", "racecar": "race car", "saxophone": "saxophone",
-    "sealion": "sea lion", "sheep": "sheep", "shofar": "shofar", "skateboard": "skateboard",
-    "slotmachine": "slot machine", "snake": "snake", "snowmobile": "snowmobile", "stream": "stream",
-    "subway": "subway train", "subwaytrain": "subway train", "telephone": "telephone",
-    "tractor": "tractor", "train": "train", "trumpet": "trumpet", "turkey": "turkey",
-    "ukulele": "ukulele", "vacuumcleaner": "vacuum cleaner", "waterfall": "waterfall",
-    "waterfallburbling": "burbling waterfall", "whale": "whale", "windchime": "wind chime",
+    "accordion": "accordion",
+    "acousticguitar": "acoustic guitar",
+    "airplane": "airplane",
+    "alarmclock": "alarm clock",
+    "alligator": "alligator",
+    "baby": "baby",
+    "babylaughter": "laughing baby",
+    "banjo": "banjo",
+    "beach": "beach",
+    "bird": "bird",
+    "blowtorch": "blowtorch",
+    "bus": "bus",
+    "car": "car",
+    "cat": "cat",
+    "cattle": "cattle",
+    "cello": "cello",
+    "chainsaw": "chainsaw",
+    "cheetah": "cheetah",
+    "chicken": "chicken",
+    "child": "child",
+    "chimpanzee": "chimpanzee",
+    "chinchilla": "chinchilla",
+    "chipmunk": "chipmunk",
+    "churchbell": "church bell",
+    "computerkeyboard": "computer keyboard",
+    "cornet": "cornet",
+    "crocodile": "crocodile",
+    "dinosaur": "dinosaur",
+    "dog": "dog",
+    "donkey": "donkey",
+    "drum": "drum",
+    "eagle": "eagle",
+    "electricblender": "electric blender",
+    "electricgrinder": "electric grinder",
+    "electronicorgan": "electronic organ",
+    "elephant": "elephant",
+    "elk": "elk",
+    "female": "woman",
+    "firetruck": "fire truck",
+    "firework": "fireworks",
+    "fireworks": "fireworks",
+    "fox": "fox",
+    "frenchhorn": "french horn",
+    "gibbon": "gibbon",
+    "goat": "goat",
+    "hairdryer": "hair dryer",
+    "harp": "harp",
+    "harpsichord": "harpsichord",
+    "hedgetrimmer": "hedge trimmer",
+    "helicopter": "helicopter",
+    "horse": "horse",
+    "icecreamtruck": "ice cream truck",
+    "keyboard": "keyboard",
+    "lawnmower": "lawn mower",
+    "lion": "lion",
+    "machinegun": "machine gun",
+    "male": "man",
+    "missile": "missile",
+    "motorboat": "motorboat",
+    "motorcycle": "motorcycle",
+    "mouse": "mouse",
+    "ocean": "ocean",
+    "orchestra": "orchestra",
+    "owl": "owl",
+    "owlhooting": "hooting owl",
+    "parrot": "parrot",
+    "penguin": "penguin",
+    "people": "people",
+    "peoplemarching": "people marching",
+    "piano": "piano",
+    "playingdrumkit": "drum kit",
+    "playingelectronicguitar": "electric guitar",
+    "police": "police car",
+    "policecar": "police car",
+    "popcorn": "popcorn",
+    "popcornmachine": "popcorn machine",
+    "racecar": "race car",
+    "saxophone": "saxophone",
+    "sealion": "sea lion",
+    "sheep": "sheep",
+    "shofar": "shofar",
+    "skateboard": "skateboard",
+    "slotmachine": "slot machine",
+    "snake": "snake",
+    "snowmobile": "snowmobile",
+    "stream": "stream",
+    "subway": "subway train",
+    "subwaytrain": "subway train",
+    "telephone": "telephone",
+    "tractor": "tractor",
+    "train": "train",
+    "trumpet": "trumpet",
+    "turkey": "turkey",
+    "ukulele": "ukulele",
+    "vacuumcleaner": "vacuum cleaner",
+    "waterfall": "waterfall",
+    "waterfallburbling": "burbling waterfall",
+    "whale": "whale",
+    "windchime": "wind chime",
     "woodpecker": "woodpecker",
 }
 
@@ -130,16 +201,28 @@ def _speech_item(speech: tts.Speech, token: str, phrase: str, text: str) -> tupl
     if audio.shape[0] < min_len:
         audio = np.pad(audio, (0, min_len - audio.shape[0]))
     start, end = tts.phrase_span(speech.words, phrase)
-    item = {"class": token, "phrase": phrase, "text": text,
-            "words": [{"word": w["word"], "start": round(float(w["start"]), 4),
-                       "end": round(float(w["end"]), 4)} for w in speech.words],
-            "object_span": [round(start, 4), round(end, 4)]}
+    item = {
+        "class": token,
+        "phrase": phrase,
+        "text": text,
+        "words": [
+            {"word": w["word"], "start": round(float(w["start"]), 4), "end": round(float(w["end"]), 4)}
+            for w in speech.words
+        ],
+        "object_span": [round(start, 4), round(end, 4)],
+    }
     return item, audio
 
 
-def build_extended_is3(root: Path, backend: str = "espeak", voice: str | None = None,
-                       template: str = "{phrase}", rate_wpm: int = tts.DEFAULT_RATE_WPM,
-                       overwrite: bool = False, progress: bool = True) -> dict:
+def build_extended_is3(
+    root: Path,
+    backend: str = "espeak",
+    voice: str | None = None,
+    template: str = "{phrase}",
+    rate_wpm: int = tts.DEFAULT_RATE_WPM,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Add ``speech_wav/`` and ``speech_prompts.json`` to the IS3 tree at ``root``.
 
     Returns a summary: annotations spoken, distinct texts synthesized, annotations skipped
@@ -169,12 +252,22 @@ def build_extended_is3(root: Path, backend: str = "espeak", voice: str | None = 
         sf.write(speech_dir / f"{ann.stem}.wav", audio, fmt.SAMPLE_RATE, subtype="PCM_16")
         items[ann.stem] = item
     timing = {s.timing for s, _ in cache.values()}
-    doc = {"backend": backend, "voice": voice, "template": template, "rate_wpm": int(rate_wpm),
-           "sample_rate": fmt.SAMPLE_RATE, "timing": timing.pop() if len(timing) == 1 else sorted(timing),
-           "items": items}
+    doc = {
+        "backend": backend,
+        "voice": voice,
+        "template": template,
+        "rate_wpm": int(rate_wpm),
+        "sample_rate": fmt.SAMPLE_RATE,
+        "timing": timing.pop() if len(timing) == 1 else sorted(timing),
+        "items": items,
+    }
     write_json(prompts_path, doc)
-    return {"spoken": len(items), "texts": len(cache), "skipped": [s.as_dict() for s in dataset.skipped],
-            "root": str(root)}
+    return {
+        "spoken": len(items),
+        "texts": len(cache),
+        "skipped": [s.as_dict() for s in dataset.skipped],
+        "root": str(root),
+    }
 
 
 def extend_is3_command(
@@ -197,7 +290,9 @@ def extend_is3_command(
         summary = build_extended_is3(root, backend, voice, template, rate_wpm, overwrite)
     except (DatasetError, ValueError, tts.TTSError) as exc:
         fail(str(exc))
-    typer.echo(f"{summary['spoken']} annotations spoken ({summary['texts']} distinct texts) into "
-               f"{root / SPEECH_DIR}; {len(summary['skipped'])} skipped")
+    typer.echo(
+        f"{summary['spoken']} annotations spoken ({summary['texts']} distinct texts) into "
+        f"{root / SPEECH_DIR}; {len(summary['skipped'])} skipped"
+    )
     for s in summary["skipped"][:20]:
         typer.echo(f"  skipped {s['item']}: {s['reason']}")

@@ -33,7 +33,18 @@ from pipeline.progress import progress_bar
 
 DURATION_BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
 _ShardDirError = shard_dir.ShardDirError
-_MANIFEST_COLUMNS = ["index", "key", "status", "reason", "reason_kind", "duration", "orig_sample_rate", "orig_channels", "audio_type", "meta"]
+_MANIFEST_COLUMNS = [
+    "index",
+    "key",
+    "status",
+    "reason",
+    "reason_kind",
+    "duration",
+    "orig_sample_rate",
+    "orig_channels",
+    "audio_type",
+    "meta",
+]
 
 
 def find_shard_dirs(root: str | Path | storage.S3Path) -> list[Path | storage.S3Path]:
@@ -43,7 +54,11 @@ def find_shard_dirs(root: str | Path | storage.S3Path) -> list[Path | storage.S3
         return [root]
     if isinstance(root, storage.S3Path):  # one listing of everything below, 1,000 keys per request
         names = (k.rpartition("/") for k in storage.list_tree(root))
-        found = {d for d, _, name in names if d and (name == shard_dir.DATASET_FILE or name.endswith((".tar", shard_dir.STATS_SUFFIX)))}
+        found = {
+            d
+            for d, _, name in names
+            if d and (name == shard_dir.DATASET_FILE or name.endswith((".tar", shard_dir.STATS_SUFFIX)))
+        }
         return sorted(root / d for d in found if shard_dir.LEASE_DIR not in d.split("/"))
     return sorted(d for d in root.rglob("*") if d.is_dir() and shard_dir.looks_like_shard_dir(d))
 
@@ -54,7 +69,8 @@ def shard_health(directory: Path | storage.S3Path) -> dict:
     whose size disagrees with their marker."""
     listing = shard_dir.list_dir(directory)
     size_mismatch = [
-        c.tar.name for c in listing.committed
+        c.tar.name
+        for c in listing.committed
         if c.stats.get("tar_bytes") is not None
         and c.stats["tar_bytes"] != (c.tar_bytes if c.tar_bytes is not None else c.tar.stat().st_size)
     ]
@@ -174,7 +190,9 @@ def verify_shard(directory: str | Path, shard: int) -> dict:
             sha.update(block)
     if stats.get("tar_sha256") and sha.hexdigest() != stats["tar_sha256"]:
         problems.append(f"{tar.name}: sha256 differs from {shard_dir.stats_path(directory, shard).name}")
-    expected = [r["key"] for r in manifest.read_rows(shard_dir.parquet_path(directory, shard)) if r["status"] == WRITTEN]
+    expected = [
+        r["key"] for r in manifest.read_rows(shard_dir.parquet_path(directory, shard)) if r["status"] == WRITTEN
+    ]
     try:
         for sample in shard_dir.iter_tar_samples(tar):
             key = sample["__key__"]
@@ -186,7 +204,9 @@ def verify_shard(directory: str | Path, shard: int) -> dict:
     except Exception as exc:  # noqa: BLE001 - a truncated or corrupt tar is a finding
         problems.append(f"{tar.name}: unreadable after {len(keys)} samples: {exc}")
     if keys != expected:
-        problems.append(f"{tar.name}: its {len(keys)} samples do not match the {len(expected)} written rows of its parquet")
+        problems.append(
+            f"{tar.name}: its {len(keys)} samples do not match the {len(expected)} written rows of its parquet"
+        )
     return {"tar": tar.name, "keys": keys, "problems": problems}
 
 
@@ -198,7 +218,11 @@ def verify(directory: str | Path, *, workers: int = 1, progress: bool = True, ma
     problems, checked, seen = [], 0, {}
     todo = health["committed"]
     with concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        results = pool.map(verify_shard, [directory] * len(todo), todo) if pool else map(verify_shard, [directory] * len(todo), todo)
+        results = (
+            pool.map(verify_shard, [directory] * len(todo), todo)
+            if pool
+            else map(verify_shard, [directory] * len(todo), todo)
+        )
         for result in progress_bar(len(todo), "verify", progress, unit="shard", iterable=results):
             problems += result["problems"]
             checked += len(result["keys"])
@@ -290,7 +314,9 @@ def contact_sheet(directory: str | Path, n: int, out: str | Path, *, columns: in
         words = ", ".join(_label_names(meta)) or str(meta.get("caption") or "")
         lines = [key, f"{meta['audio_type']}  {meta['duration']:.2f} s  {meta.get('orig_sample_rate')} Hz", words]
         for j, line in enumerate(lines):
-            draw.text((x + 2, y + _IMAGE_H + _SPEC_H + 3 + 15 * j), _fit(draw, line, font), fill=(230, 230, 230), font=font)
+            draw.text(
+                (x + 2, y + _IMAGE_H + _SPEC_H + 3 + 15 * j), _fit(draw, line, font), fill=(230, 230, 230), font=font
+            )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return len(picks)
@@ -316,27 +342,43 @@ def _print_report(report: dict) -> None:
     table = Table(title=report["dir"], show_header=False)
     health = report["health"]
     total = report["items_total"]
-    table.add_row("shards committed / total", f"{health['shards_committed']} / {health['shards_total'] if health['shards_total'] is not None else '?'}")
-    table.add_row("items (committed shards / input)", f"{report['items_in_committed_shards']} / {total if total is not None else '?'}")
+    table.add_row(
+        "shards committed / total",
+        f"{health['shards_committed']} / {health['shards_total'] if health['shards_total'] is not None else '?'}",
+    )
+    table.add_row(
+        "items (committed shards / input)",
+        f"{report['items_in_committed_shards']} / {total if total is not None else '?'}",
+    )
     table.add_row("written / failed", f"{report['written']} / {report['failed']}")
     table.add_row("audio hours", f"{report['audio_hours']:.3f}")
     for t, v in report["audio_types"].items():
         table.add_row(f"  {t}", f"{v['clips']} clips, {v['hours']:.3f} h")
     d = report["duration_s"]
     if d["mean"] is not None:
-        table.add_row("duration s (mean / median / min / max)", f"{d['mean']} / {d['median']} / {d['min']} / {d['max']}")
+        table.add_row(
+            "duration s (mean / median / min / max)", f"{d['mean']} / {d['median']} / {d['min']} / {d['max']}"
+        )
         table.add_row("duration histogram", "  ".join(f"{k}:{v}" for k, v in d["histogram"].items() if v))
     table.add_row("original sample rates", "  ".join(f"{k} Hz:{v}" for k, v in report["orig_sample_rates"].items()))
     table.add_row("original channels", "  ".join(f"{k}ch:{v}" for k, v in report["orig_channels"].items()))
     if report["labels_top"]:
-        table.add_row(f"labels ({report['labels_distinct']} distinct), top", ", ".join(f"{k} {v}" for k, v in report["labels_top"].items()))
+        table.add_row(
+            f"labels ({report['labels_distinct']} distinct), top",
+            ", ".join(f"{k} {v}" for k, v in report["labels_top"].items()),
+        )
     for kind, n in report["failures"].items():
         table.add_row(f"failed: {kind}", f"{n}   e.g. {report['failure_examples'][kind][0][:110]}")
     for name in ("uncommitted_tars", "corrupt_markers", "partial_files", "markers_without_tar", "size_mismatch"):
         if health[name]:
-            table.add_row(f"health: {name.replace('_', ' ')}", ", ".join(health[name][:8]) + (" …" if len(health[name]) > 8 else ""))
+            table.add_row(
+                f"health: {name.replace('_', ' ')}",
+                ", ".join(health[name][:8]) + (" …" if len(health[name]) > 8 else ""),
+            )
     if health["shards_missing"]:
-        table.add_row("health: shards not built yet", f"{len(health['shards_missing'])} (first: {health['shards_missing'][:5]})")
+        table.add_row(
+            "health: shards not built yet", f"{len(health['shards_missing'])} (first: {health['shards_missing'][:5]})"
+        )
     if "verify" in report:
         v = report["verify"]
         table.add_row("verify", f"{v['samples_checked']} samples decoded, {v['problems']} problems")
@@ -346,12 +388,16 @@ def _print_report(report: dict) -> None:
 
 
 def command(
-    shard_dir: Annotated[str, typer.Argument(help="A shard directory, or a folder of them (a local path or s3://bucket/prefix).")],
+    shard_dir: Annotated[
+        str, typer.Argument(help="A shard directory, or a folder of them (a local path or s3://bucket/prefix).")
+    ],
     verify_samples: Annotated[bool, typer.Option("--verify", help="Decode every sample and check the format.")] = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Draw N samples into a contact sheet (needs --out).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path for --show.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes for --verify (shards in parallel).")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Processes for --verify (shards in parallel).")
+    ] = 1,
 ) -> None:
     """Counts, hours, audio types, labels, durations, sample rates, failures and shard health."""
     if show and out is None:
@@ -365,8 +411,9 @@ def command(
         fail(str(exc))
 
 
-def _inspect(shard_dir: Path | storage.S3Path, verify_samples: bool, show: int, out: Path | None, as_json: bool,
-             workers: int) -> None:
+def _inspect(
+    shard_dir: Path | storage.S3Path, verify_samples: bool, show: int, out: Path | None, as_json: bool, workers: int
+) -> None:
     dirs = find_shard_dirs(shard_dir)
     if not dirs:
         fail(f"no shards under {shard_dir}")
@@ -387,6 +434,8 @@ def _inspect(shard_dir: Path | storage.S3Path, verify_samples: bool, show: int, 
         for report in reports:
             _print_report(report)
             if "contact_sheet" in report:
-                typer.echo(f"contact sheet: {report['contact_sheet']['path']} ({report['contact_sheet']['samples']} samples)")
+                typer.echo(
+                    f"contact sheet: {report['contact_sheet']['path']} ({report['contact_sheet']['samples']} samples)"
+                )
     if verify_samples and any(r["verify"]["problems"] for r in reports):
         raise typer.Exit(PROBLEMS_FOUND)

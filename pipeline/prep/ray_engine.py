@@ -1,12 +1,12 @@
 """Where items run with ``--engine ray``: one Ray task per shard, on any node of a cluster.
 
-The driver makes the shard plan (``pipeline.prep.build``) and holds the build lock; each task
-runs the same per-shard writer as the local engine (``shard.write_shard``) under the shard's
-write lock and commits with the same marker into the same directory: a local ``--out`` must be
-seen by every node at the same path (a shared filesystem); an ``s3://`` one needs none, each task
-writing in its node's temporary directory and uploading (``pipeline.storage``). A task whose worker or node dies is re-run by
-Ray; one that keeps dying is re-run once more with each item in a child process, so only an item
-that kills its process is recorded, as ``worker_crashed``. When there is a progress bar, one
+The driver makes the shard plan (``pipeline.prep.build``) and holds the build lock; each task runs
+the same per-shard writer as the local engine (``shard.write_shard``) under the shard's write lock
+and commits with the same marker into the same directory: a local ``--out`` must be seen by every
+node at the same path (a shared filesystem); an ``s3://`` one needs none, each task writing in its
+node's temporary directory and uploading (``pipeline.storage``). A task whose worker or node dies is
+re-run by Ray; one that keeps dying is re-run once more with each item in a child process, so only
+an item that kills its process is recorded, as ``worker_crashed``. When there is a progress bar, one
 actor sums every task's counts for it (``ray_progress``); a limiter actor
 (``pipeline.prep.ratelimit``) paces downloads. ``ray`` is imported only here, when a build uses it.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pipeline import shard_dir, storage
 from pipeline.prep import ratelimit
-from pipeline.prep.shard import Progress, ShardPlan, ShardRun, build_one_shard, keys_digest
 from pipeline.prep.media import reason_kind
 from pipeline.prep.ray_progress import ProgressActor
+from pipeline.prep.shard import Progress, ShardPlan, ShardRun, build_one_shard, keys_digest
 from pipeline.prep.worker import WRITTEN, Outcome
 
 _REPORT_SECONDS = 0.5  # how often a task sends its counts, and the driver redraws the bar
@@ -68,7 +68,9 @@ class _Reporter:
         self.sent = time.monotonic()
 
 
-def build_shard(out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float) -> dict:
+def build_shard(
+    out_dir: str, plan: ShardPlan, load: Callable, extra: dict, progress, isolate: bool, lock_wait: float
+) -> dict:
     """One shard in a Ray worker, under its write lock: ``shard.build_one_shard``, unless an
     earlier attempt committed it. Returns the commit marker's contents."""
     out = storage.as_location(out_dir)
@@ -132,8 +134,9 @@ def start_local(num_cpus: int | None = None, **init_options) -> None:
     if previous_mode is not None:
         ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address=LOOPBACK,
-                 **init_options)
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address=LOOPBACK, **init_options
+        )
     finally:
         if previous_env is None:
             os.environ.pop(_CLUSTER_MODE_VAR, None)
@@ -157,7 +160,9 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     if not sep or not port.isdigit():
         if address == "auto":
             return
-        raise RayConnectError(f"--ray-address {address!r}: give auto or HOST:PORT (the head's GCS port, 6379 by default)")
+        raise RayConnectError(
+            f"--ray-address {address!r}: give auto or HOST:PORT (the head's GCS port, 6379 by default)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
@@ -180,8 +185,10 @@ def run_plans(run: ShardRun, plans: list[ShardPlan], options: RayOptions) -> Non
         counter = ray.remote(ProgressActor).options(num_cpus=0).remote() if run.progress else None
         limiter = None
         if options.download_rate:
-            limiter = ray.remote(ratelimit.BucketActor).options(name=ratelimit.ACTOR_NAME, num_cpus=0).remote(
-                options.download_rate, options.download_burst
+            limiter = (
+                ray.remote(ratelimit.BucketActor)
+                .options(name=ratelimit.ACTOR_NAME, num_cpus=0)
+                .remote(options.download_rate, options.download_burst)
             )
             ray.get(limiter.reserve.remote())  # up before any task looks for it
         task = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=options.max_retries)
@@ -221,7 +228,9 @@ def _result(ref, out: Path, plan: ShardPlan, isolated: bool) -> dict | None:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        raise exc.cause if isinstance(exc.cause, (OSError, ValueError)) else exc
+        if isinstance(exc.cause, (OSError, ValueError)):
+            raise exc.cause from exc
+        raise
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
         if not isolated:
             return None

@@ -46,7 +46,8 @@ def retry_failed(
     if load is None:
         if not header.get("loader"):
             raise ValueError(
-                f"{out / shard_dir.DATASET_FILE} records no re-creatable loader; rerun the original `prep shards` command instead"
+                f"{out / shard_dir.DATASET_FILE} records no re-creatable loader; "
+                "rerun the original `prep shards` command instead"
             )
         load = loaders.resolve_loader(header["loader"], out / shard_dir.DATASET_FILE)
     check_picklable(load, 1 if ray else workers)
@@ -64,7 +65,9 @@ def retry_failed(
             retry = {
                 r["index"]
                 for r in rows
-                if r["status"] == FAILED and r["reason_kind"] not in _NOT_RETRIED and (not kinds or r["reason_kind"] in kinds)
+                if r["status"] == FAILED
+                and r["reason_kind"] not in _NOT_RETRIED
+                and (not kinds or r["reason_kind"] in kinds)
             }
             if not retry:
                 summary.shards_skipped += 1
@@ -108,13 +111,22 @@ class _Kept:
         item = json.loads(row["item"])
         if row["status"] == FAILED:
             return Outcome(row["index"], row["key"], item, reason=row["reason"])
-        return Outcome(row["index"], row["key"], item, WRITTEN, sample=self.old_samples.find(row["key"]), meta=json.loads(row["meta"]))
+        return Outcome(
+            row["index"],
+            row["key"],
+            item,
+            WRITTEN,
+            sample=self.old_samples.find(row["key"]),
+            meta=json.loads(row["meta"]),
+        )
 
 
 def _retry_plan(out: Path | storage.S3Path, shard: int, rows: list[dict], retry: set[int]) -> ShardPlan:
     old_samples = _OldSamples(shard_dir.tar_path(out, shard))
     tasks = [
-        Task(r["index"], r["key"], json.loads(r["item"])) if r["index"] in retry else Task(r["index"], r["key"], None, ready=_Kept(r, old_samples))
+        Task(r["index"], r["key"], json.loads(r["item"]))
+        if r["index"] in retry
+        else Task(r["index"], r["key"], None, ready=_Kept(r, old_samples))
         for r in sorted(rows, key=lambda r: r["index"])
     ]
     return ShardPlan(shard, tasks)
@@ -146,8 +158,9 @@ def _run_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOpti
         staging.rmdir()
 
 
-def _run_remote_retry(run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOptions | None,
-                      staging: storage.S3Path) -> None:
+def _run_remote_retry(
+    run: ShardRun, plans: list[ShardPlan], workers: int, ray: RayOptions | None, staging: storage.S3Path
+) -> None:
     # The same order in a store: each shard is committed under the staging prefix (written in a
     # local temporary folder and uploaded, on any node), then shard_dir.move_shard swaps it in.
     out = run.out

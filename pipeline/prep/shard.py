@@ -115,7 +115,9 @@ class Progress:
 
     def _postfix(self) -> None:
         top = ", ".join(f"{k} {n}" for k, n in self.failures.most_common(3))
-        self.bar.set_postfix_str(f"ok={self.written} failed={sum(self.failures.values())}" + (f" ({top})" if top else ""), refresh=False)
+        self.bar.set_postfix_str(
+            f"ok={self.written} failed={sum(self.failures.values())}" + (f" ({top})" if top else ""), refresh=False
+        )
 
     def __enter__(self) -> "Progress":
         return self
@@ -124,7 +126,9 @@ class Progress:
         self.bar.close()
 
 
-def write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
+def write_shard(
+    out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]
+) -> dict:
     """The per-shard writer both engines run: the plan's outcomes (in order) -> tar, manifest and,
     last, the commit marker. Returns the marker's contents; a failed write (OSError) leaves
     nothing of the shard behind. ``out_dir`` in a store: written locally, then uploaded."""
@@ -137,8 +141,9 @@ def write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], ext
         raise
 
 
-def _write_remote_shard(out: storage.S3Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict,
-                        on_item: Callable[[Outcome], None]) -> dict:
+def _write_remote_shard(
+    out: storage.S3Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]
+) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"prep-{shard_dir.shard_stem(plan.shard)}-") as tmp:
         stats = _write_shard(Path(tmp), plan, outcomes, extra, on_item)
         try:
@@ -150,7 +155,9 @@ def _write_remote_shard(out: storage.S3Path, plan: ShardPlan, outcomes: Iterator
     return stats
 
 
-def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]) -> dict:
+def _write_shard(
+    out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], extra: dict, on_item: Callable[[Outcome], None]
+) -> dict:
     start = time.perf_counter()
     writer = TarShardWriter(shard_dir.tar_path(out_dir, plan.shard))
     rows, seconds = [], dict.fromkeys(STAGES, 0.0)
@@ -203,7 +210,9 @@ def _write_shard(out_dir: Path, plan: ShardPlan, outcomes: Iterator[Outcome], ex
     return stats
 
 
-def build_one_shard(out_dir: Path, plan: ShardPlan, load: Callable, extra: dict, on_item=None, isolate: bool = False) -> dict:
+def build_one_shard(
+    out_dir: Path, plan: ShardPlan, load: Callable, extra: dict, on_item=None, isolate: bool = False
+) -> dict:
     """One whole shard in this process (a pool worker or a Ray task): its items run here (with
     ``isolate``, each in a child process, so an item that kills its process is only a failed
     row), written by ``write_shard``. Returns the commit marker's contents."""

@@ -54,7 +54,12 @@ def complete_meta(media: Media, duration: float) -> dict:
     SkipItem ``bad_duration`` when the duration the loader gave is not a positive number: the
     loader's validity mask ``[0, duration)`` would be empty."""
     given = media.meta.get("duration", duration)
-    if isinstance(given, bool) or not isinstance(given, (int, float, np.number)) or not math.isfinite(given) or given <= 0:
+    if (
+        isinstance(given, bool)
+        or not isinstance(given, (int, float, np.number))
+        or not math.isfinite(given)
+        or given <= 0
+    ):
         raise SkipItem(f"bad_duration: duration {given!r} is not a positive number of seconds")
     meta = strict_json(dict(media.meta))
     samples = np.shape(media.audio)[-1]

@@ -18,8 +18,10 @@ from PIL import Image
 
 from pipeline.testsets.common import MASK_SIZE, DatasetError, Skipped, probe_audio, raise_if_strict, resize_crop_labels
 
-ADE_KINDS = {"speech": ("ADE20KSpeechPrompted", "speech_prompt_file"),
-             "sound": ("ADE20KSoundPrompted", "vggsound_file")}
+ADE_KINDS = {
+    "speech": ("ADE20KSpeechPrompted", "speech_prompt_file"),
+    "sound": ("ADE20KSoundPrompted", "vggsound_file"),
+}
 ADE_CSV = "prompted_segmentation.csv"
 
 
@@ -85,8 +87,9 @@ def read_ade20k_prompted(root: Path, kind: str, strict: bool = False) -> Prompte
         columns = set(reader.fieldnames or [])
         need = {"image_location", audio_col, "ade_class_id"} | ({"timing"} if kind == "speech" else set())
         if not need <= columns:
-            raise DatasetError(f"{csv_path} lacks column(s) {sorted(need - columns)} "
-                               f"(has {sorted(columns)}); is this the {kind} set?")
+            raise DatasetError(
+                f"{csv_path} lacks column(s) {sorted(need - columns)} (has {sorted(columns)}); is this the {kind} set?"
+            )
         rows = list(reader)
     name_col = next((c for c in ("ade_class_name", "class_name", "object", "name") if c in columns), None)
     items, skipped, dropped = [], [], 0
@@ -115,10 +118,21 @@ def read_ade20k_prompted(root: Path, kind: str, strict: bool = False) -> Prompte
         if kind == "speech" and timing is None:
             skipped.append(Skipped(f"row {i}", "no word timing for the object"))
             continue
-        items.append(PromptedItem(i, image_path, annotation_path, audio_path, class_id,
-                                  (row.get(name_col) or str(class_id)) if name_col else str(class_id), timing))
+        items.append(
+            PromptedItem(
+                i,
+                image_path,
+                annotation_path,
+                audio_path,
+                class_id,
+                (row.get(name_col) or str(class_id)) if name_col else str(class_id),
+                timing,
+            )
+        )
     raise_if_strict(skipped, strict, csv_path)
     if not items:
-        raise DatasetError(f"{csv_path}: no usable row ({dropped} dropped by protocol, {len(skipped)} with "
-                           f"missing files{': ' + skipped[0].reason if skipped else ''})")
+        raise DatasetError(
+            f"{csv_path}: no usable row ({dropped} dropped by protocol, {len(skipped)} with "
+            f"missing files{': ' + skipped[0].reason if skipped else ''})"
+        )
     return PromptedSet(kind, root, items, dropped, skipped)

@@ -42,15 +42,19 @@ def find_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (root / name).is_dir():
             return root / name
-    raise DatasetError(f"{root}: no {what} folder (looked for {', '.join(n + '/' for n in names)}); "
-                       "is this the root of the data set as published?")
+    raise DatasetError(
+        f"{root}: no {what} folder (looked for {', '.join(n + '/' for n in names)}); "
+        "is this the root of the data set as published?"
+    )
 
 
 def raise_if_strict(skipped: list[Skipped], strict: bool, where: Path) -> None:
     if skipped and strict:
         first = skipped[0]
-        raise DatasetError(f"{where}: {first.item}: {first.reason} "
-                           f"({len(skipped)} item(s) with problems; run without strict to skip them)")
+        raise DatasetError(
+            f"{where}: {first.item}: {first.reason} "
+            f"({len(skipped)} item(s) with problems; run without strict to skip them)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,8 +79,10 @@ class IS3Dataset:
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
         if not self.extended:
-            raise DatasetError(f"{self.root} has no spoken prompts ({SPEECH_DIR}/, {SPEECH_PROMPTS_FILE}); "
-                               "build Extended IS3 first: prep extend-is3 " + str(self.root))
+            raise DatasetError(
+                f"{self.root} has no spoken prompts ({SPEECH_DIR}/, {SPEECH_PROMPTS_FILE}); "
+                "build Extended IS3 first: prep extend-is3 " + str(self.root)
+            )
         out, skipped = [], []
         for image_id, anns in sorted(self.images().items()):
             if pairing == "same":
@@ -125,13 +127,14 @@ def _summarize_annotation_json(path: Path, stems: set[str]) -> dict:
 
     visit(data)
     like_stems = {m for m in mentioned if parse_is3_stem(m)}
-    return {"entries": len(data) if isinstance(data, (list, dict)) else 1,
-            "stems_mentioned": len(like_stems & stems),
-            "stems_missing_from_tree": sorted(like_stems - stems)[:50]}
+    return {
+        "entries": len(data) if isinstance(data, (list, dict)) else 1,
+        "stems_mentioned": len(like_stems & stems),
+        "stems_missing_from_tree": sorted(like_stems - stems)[:50],
+    }
 
 
-def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
-             read_speech: bool = True) -> IS3Dataset:
+def read_is3(root: Path, require_speech: bool = False, strict: bool = False, read_speech: bool = True) -> IS3Dataset:
     """Read an IS3 tree by file stems. Extended IS3 is recognized by ``speech_prompts.json``;
     ``read_speech=False`` reads the published IS3 files only (the Extended-IS3 builder does)."""
     root = Path(root)
@@ -144,8 +147,9 @@ def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
     speech_dir = root / SPEECH_DIR
     extended = read_speech and prompts_path.is_file()
     if require_speech and not extended:
-        raise DatasetError(f"{root} is plain IS3: {SPEECH_PROMPTS_FILE} is missing; build Extended IS3 "
-                           f"with `prep extend-is3 {root}`")
+        raise DatasetError(
+            f"{root} is plain IS3: {SPEECH_PROMPTS_FILE} is missing; build Extended IS3 with `prep extend-is3 {root}`"
+        )
     prompts: dict = {}
     if extended:
         try:
@@ -155,8 +159,9 @@ def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
         if not isinstance(prompts.get("items"), dict):
             raise DatasetError(f"{prompts_path} has no 'items' mapping; rebuild it with prep extend-is3")
         if not speech_dir.is_dir():
-            raise DatasetError(f"{root}: {SPEECH_PROMPTS_FILE} is there but {SPEECH_DIR}/ is not; "
-                               "rebuild with prep extend-is3")
+            raise DatasetError(
+                f"{root}: {SPEECH_PROMPTS_FILE} is there but {SPEECH_DIR}/ is not; rebuild with prep extend-is3"
+            )
 
     image_files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not image_files:
@@ -187,13 +192,18 @@ def read_is3(root: Path, require_speech: bool = False, strict: bool = False,
         if bad:
             skipped.append(Skipped(stem, bad))
             continue
-        annotations.append(IS3Annotation(stem, parsed[0], parsed[1], image_path, audio_by_stem[stem],
-                                         mask_by_stem[stem], speech_path, speech))
+        annotations.append(
+            IS3Annotation(
+                stem, parsed[0], parsed[1], image_path, audio_by_stem[stem], mask_by_stem[stem], speech_path, speech
+            )
+        )
     raise_if_strict(skipped, strict, root)
     if not annotations:
         first = f"{skipped[0].item}: {skipped[0].reason}" if skipped else "none found"
-        raise DatasetError(f"{root}: no complete annotation (image + audio + mask"
-                           f"{' + speech' if extended else ''}); first problem: {first}")
+        raise DatasetError(
+            f"{root}: no complete annotation (image + audio + mask"
+            f"{' + speech' if extended else ''}); first problem: {first}"
+        )
     summary = None
     if (root / IS3_ANNOTATION_FILE).is_file():
         summary = _summarize_annotation_json(root / IS3_ANNOTATION_FILE, {a.stem for a in annotations})

@@ -59,9 +59,15 @@ def _sample_index(directory: Path | storage.S3Path) -> tuple[list[tuple[Path | s
         raise DatasetError(f"{directory} holds no .tar shards; build them with `prep shards ...`")
     # prep writes the marker last: a tar without a readable one is unfinished or crashed
     corrupt = {shard_dir.shard_index(name) for name in listing.corrupt_markers}
-    skipped = [Skipped(name, "unreadable _stats.json marker (rebuild the shard with `prep shards ...`)"
-                       if shard_dir.shard_index(name) in corrupt else "no _stats.json marker (unfinished shard)")
-               for name in listing.uncommitted_tars]
+    skipped = [
+        Skipped(
+            name,
+            "unreadable _stats.json marker (rebuild the shard with `prep shards ...`)"
+            if shard_dir.shard_index(name) in corrupt
+            else "no _stats.json marker (unfinished shard)",
+        )
+        for name in listing.uncommitted_tars
+    ]
     index = [(shard.tar, key) for shard in listing.committed for key in shard_dir.tar_keys(shard.tar)]
     return index, skipped
 
@@ -82,8 +88,9 @@ def _read_item(tar_path: Path | storage.S3Path, key: str, sample: dict) -> Retri
     return RetrievalItem(key, sample[fmt.AUDIO_EXT], sample[fmt.IMAGE_EXT], fmt.decode_meta(sample[fmt.META_EXT]))
 
 
-def read_retrieval_set(directory: str | Path | storage.S3Path, n: int = RETRIEVAL_PAIRS,
-                       seed: int = RETRIEVAL_SEED) -> RetrievalSet:
+def read_retrieval_set(
+    directory: str | Path | storage.S3Path, n: int = RETRIEVAL_PAIRS, seed: int = RETRIEVAL_SEED
+) -> RetrievalSet:
     try:
         directory = storage.location(directory)
     except storage.StorageError as exc:

@@ -22,8 +22,28 @@ def _run(args, tmp_path):
 
 
 def test_loader_benchmark_prints_every_figure(tmp_path):
-    out = _run(["bench/loader.py", "--speech", "24", "--sound", "12", "--items", "64", "--batch-size", "4",
-                "--image-size", "64", "--clip-seconds", "2", "--rounds", "2", "--out", str(tmp_path / "shards")], tmp_path)
+    out = _run(
+        [
+            "bench/loader.py",
+            "--speech",
+            "24",
+            "--sound",
+            "12",
+            "--items",
+            "64",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "64",
+            "--clip-seconds",
+            "2",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path / "shards"),
+        ],
+        tmp_path,
+    )
     assert re.search(r"decode-only ceiling .* items/s", out)
     for workers in (1, 2):
         for label in ("workers \\(raw batches\\)", "full, finished on"):
@@ -36,19 +56,64 @@ def test_train_step_benchmark_measures_every_variant_against_the_baseline(tmp_pa
     # tests/model/test_levers.py checks a compiled model's loss and gradients
     variants = ["baseline", "sdpa", "channels_last", "checkpoint_front_end", "freeze_feature_encoder"]
     ab = tmp_path / "ab.jsonl"
-    out = _run(["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "1",
-                "--warmup", "1", "--clip-seconds", "1", "--variants", *variants, "--json", str(ab)], tmp_path)
+    out = _run(
+        [
+            "bench/train_step.py",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--clip-seconds",
+            "1",
+            "--variants",
+            *variants,
+            "--json",
+            str(ab),
+        ],
+        tmp_path,
+    )
     for name in variants:
-        assert re.search(rf"tiny stage=full B=2 {name} +cpu no: [0-9.]+ items/s, [0-9]+ ms/step, [0-9.]+ TFLOP/s, "
-                         rf"MFU n/a, peak n/a, [0-9.]+ GFLOP/item, vs baseline: loss [0-9.e+-]+, grad norm "
-                         rf"[0-9.e+-]+ rel. diff ok", out), out
+        assert re.search(
+            rf"tiny stage=full B=2 {name} +cpu no: [0-9.]+ items/s, [0-9]+ ms/step, [0-9.]+ TFLOP/s, "
+            rf"MFU n/a, peak n/a, [0-9.]+ GFLOP/item, vs baseline: loss [0-9.e+-]+, grad norm "
+            rf"[0-9.e+-]+ rel. diff ok",
+            out,
+        ), out
     rows = [json.loads(line) for line in ab.read_text().splitlines()]
     assert [r["variant"] for r in rows] == variants and all(r["ok"] for r in rows)
     assert max(max(r["loss_rel_diff"], r["grad_rel_diff"]) for r in rows) < 1e-5  # float32
     # the best checked variant, with selective checkpointing, at the next batch size
-    out = _run(["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "3", "--steps", "1",
-                "--warmup", "1", "--clip-seconds", "1", "--variants", "best", "--best-from", str(ab),
-                "--set", "gradient_checkpointing=front_end", "--until-oom"], tmp_path)
+    out = _run(
+        [
+            "bench/train_step.py",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--clip-seconds",
+            "1",
+            "--variants",
+            "best",
+            "--best-from",
+            str(ab),
+            "--set",
+            "gradient_checkpointing=front_end",
+            "--until-oom",
+        ],
+        tmp_path,
+    )
     best = max((r for r in rows if r["variant"] != "freeze_feature_encoder"), key=lambda r: r["items_per_s"])
     assert re.search(rf"B=3 {best['variant']}\+gradient_checkpointing=front_end +cpu no: [0-9.]+ items/s", out), out
     overrides = _run(["bench/train_step.py", "--print-best", str(ab)], tmp_path).split()
@@ -59,15 +124,32 @@ def test_train_step_benchmark_measures_every_variant_against_the_baseline(tmp_pa
 def test_train_step_benchmark_checks_the_fused_score_kernels_or_says_why_not(tmp_path):
     """A whole training step with the Triton score kernels (interpreted on the CPU) gives the
     baseline's loss and gradient norm; without the interpreter the variant is skipped, with why."""
-    args = ["bench/train_step.py", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "1",
-            "--warmup", "0", "--clip-seconds", "1", "--variants", "baseline", "fused_scores"]
+    args = [
+        "bench/train_step.py",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--clip-seconds",
+        "1",
+        "--variants",
+        "baseline",
+        "fused_scores",
+    ]
     out = _run(args, tmp_path)
     assert re.search(r"B=2 fused_scores +cpu: skipped \(score backend 'fused' runs Triton kernels on CUDA", out), out
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"B=2 fused_scores +cpu no: .* vs baseline: loss [0-9.e+-]+, grad norm [0-9.e+-]+ rel. diff ok",
-                     result.stdout), result.stdout
+    assert re.search(
+        r"B=2 fused_scores +cpu no: .* vs baseline: loss [0-9.e+-]+, grad norm [0-9.e+-]+ rel. diff ok", result.stdout
+    ), result.stdout
 
 
 def test_mfu_uses_the_dense_bf16_peak_of_known_devices():

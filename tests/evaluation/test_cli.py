@@ -21,8 +21,17 @@ def invoke(out, *args, base=BASE):
 
 
 def test_table1(data, tmp_path):
-    res, md = invoke(tmp_path, "--save-heatmaps", "--overlay-key",
-                     "gibbon_drum_drum+gibbon_drum_gibbon", "table1", "--is3", str(data / "is3"), "--pairing", "cross")
+    res, md = invoke(
+        tmp_path,
+        "--save-heatmaps",
+        "--overlay-key",
+        "gibbon_drum_drum+gibbon_drum_gibbon",
+        "table1",
+        "--is3",
+        str(data / "is3"),
+        "--pairing",
+        "cross",
+    )
     t1 = res["table1"]
     assert t1["label"] == "tiny (random weights)" and t1["normalization"] == "global"
     assert t1["model"]["preset"] == "tiny" and t1["counts"] == {"cross_pairs": 6}
@@ -63,9 +72,21 @@ def test_retrieval_tables(data, tmp_path, table):
 
 def test_table7_with_an_ablation_checkpoint(data, tmp_path, tiny_checkpoint):
     ckpt = tiny_checkpoint
-    res, md = invoke(tmp_path / "out", "--checkpoint", str(ckpt), "--label", "Ours", "table7",
-                     "--places", str(data / "places"), "--audioset", str(data / "audioset"),
-                     "--ablation", f"L_cor only={ckpt}", base=OPTS)
+    res, md = invoke(
+        tmp_path / "out",
+        "--checkpoint",
+        str(ckpt),
+        "--label",
+        "Ours",
+        "table7",
+        "--places",
+        str(data / "places"),
+        "--audioset",
+        str(data / "audioset"),
+        "--ablation",
+        f"L_cor only={ckpt}",
+        base=OPTS,
+    )
     rows = res["table7"]["results"]["rows"]
     assert [r["label"] for r in rows] == ["Ours", "L_cor only"]
     assert rows[0]["audioset_sound_head"] == rows[1]["audioset_sound_head"]  # the same weights
@@ -74,9 +95,23 @@ def test_table7_with_an_ablation_checkpoint(data, tmp_path, tiny_checkpoint):
 
 
 def test_all_runs_what_the_data_allows(data, tmp_path):
-    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path), "--overlay-key", "row1-ADE_val_00000001",
-                              "--overlay-key", "no-such-item", "all", "--ade-sound", str(data / "ADE20KSoundPrompted"),
-                              "--places", str(data / "places")])
+    result = RUN.invoke(
+        app,
+        [
+            *BASE,
+            "--out",
+            str(tmp_path),
+            "--overlay-key",
+            "row1-ADE_val_00000001",
+            "--overlay-key",
+            "no-such-item",
+            "all",
+            "--ade-sound",
+            str(data / "ADE20KSoundPrompted"),
+            "--places",
+            str(data / "places"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "no item has the --overlay-key(s) ['no-such-item']" in result.output
     assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["table2_sound_row1-ADE_val_00000001.png"]
@@ -97,8 +132,18 @@ def test_errors_are_reported(data, tmp_path):
 
 def test_heads_named_by_pred_dis(data, tmp_path):
     """`--heads pred-dis` names the heads before the tables run and every section records it."""
-    res, md = invoke(tmp_path, "--heads", "pred-dis", "all", "--is3", str(data / "is3"), "--places",
-                     str(data / "places"), "--audioset", str(data / "audioset"))
+    res, md = invoke(
+        tmp_path,
+        "--heads",
+        "pred-dis",
+        "all",
+        "--is3",
+        str(data / "is3"),
+        "--places",
+        str(data / "places"),
+        "--audioset",
+        str(data / "audioset"),
+    )
     heads = {name: section["heads"] for name, section in res.items()}
     assert set(heads) == {"table1", "table3", "table5", "table6"}
     first = heads["table1"]
@@ -107,6 +152,7 @@ def test_heads_named_by_pred_dis(data, tmp_path):
     assert f"sound = head {first['sound_head']}" in md
     plain, _ = invoke(tmp_path / "plain", "table3", "--places", str(data / "places"))
     assert plain["table3"]["heads"] == {"rule": "config", "sound_head": 0, "speech_head": 1}
-    result = RUN.invoke(app, [*BASE, "--out", str(tmp_path / "x"), "--heads", "pred-dis", "table3",
-                              "--places", str(data / "places")])
+    result = RUN.invoke(
+        app, [*BASE, "--out", str(tmp_path / "x"), "--heads", "pred-dis", "table3", "--places", str(data / "places")]
+    )
     assert result.exit_code == 2 and "pass --places and --audioset" in result.output

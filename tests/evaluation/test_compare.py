@@ -29,15 +29,28 @@ OPTS = ["--batch-size", "6", "--no-progress", "--workers", "1"]
 @pytest.fixture(scope="module")
 def world(data):
     """The generated test sets of every table as ``DataPaths``."""
-    return tables.DataPaths(data / "is3", data / "ADE20KSpeechPrompted", data / "ADE20KSoundPrompted",
-                            data / "places", data / "audioset")
+    return tables.DataPaths(
+        data / "is3", data / "ADE20KSpeechPrompted", data / "ADE20KSoundPrompted", data / "places", data / "audioset"
+    )
 
 
 def _evaluate(model, out, data, names):
     """Tables ``names`` of ``model`` into ``out``/results.json, the way `evaluate.py` writes them."""
-    run = tables.EvalRun(checkpoint=None, preset="oracle", label=None, out=out, device="cpu", batch_size=4,
-                         normalization="global", save_heatmaps=False, overlays=0, overlay_keys=[], seed=0,
-                         progress=False, workers=1)
+    run = tables.EvalRun(
+        checkpoint=None,
+        preset="oracle",
+        label=None,
+        out=out,
+        device="cpu",
+        batch_size=4,
+        normalization="global",
+        save_heatmaps=False,
+        overlays=0,
+        overlay_keys=[],
+        seed=0,
+        progress=False,
+        workers=1,
+    )
     run._loaded = (ModelRunner(model, torch.device("cpu"), 4), LoadedModel(model, {"config": {"name": "oracle"}}))
     for name in names:
         started = time.time()
@@ -47,10 +60,28 @@ def _evaluate(model, out, data, names):
 
 def _evaluate_all(checkpoint, out, data, *options):
     """`evaluate.py --checkpoint CHECKPOINT ... all` over every generated test set."""
-    result = RUN.invoke(app, ["--checkpoint", str(checkpoint), "--out", str(out), *OPTS, *options, "all",
-                              "--is3", str(data.is3), "--ade-speech", str(data.ade_speech),
-                              "--ade-sound", str(data.ade_sound), "--places", str(data.places),
-                              "--audioset", str(data.audioset)])
+    result = RUN.invoke(
+        app,
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            *OPTS,
+            *options,
+            "all",
+            "--is3",
+            str(data.is3),
+            "--ade-speech",
+            str(data.ade_speech),
+            "--ade-sound",
+            str(data.ade_sound),
+            "--places",
+            str(data.places),
+            "--audioset",
+            str(data.audioset),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
 
 
@@ -58,8 +89,21 @@ def _evaluate_all(checkpoint, out, data, *options):
 def runs(tmp_path_factory, world, tiny_checkpoint):
     root = tmp_path_factory.mktemp("compare")
     _evaluate(OracleModel(), root / "oracle", world, ["table1", "table2", "table3", "table4", "table5", "table6"])
-    tiny = RUN.invoke(app, ["--checkpoint", str(tiny_checkpoint), "--out", str(root / "tiny"), *OPTS,
-                            "table3", "--places", str(world.places), "--audioset", str(world.audioset)])
+    tiny = RUN.invoke(
+        app,
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(root / "tiny"),
+            *OPTS,
+            "table3",
+            "--places",
+            str(world.places),
+            "--audioset",
+            str(world.audioset),
+        ],
+    )
     assert tiny.exit_code == 0, tiny.output
     return root
 
@@ -70,10 +114,21 @@ def _train(shards, out: Path, **loss) -> Path:
     from training.config import load_config
     from training.loop import train
 
-    overrides = {"data.speech": shards.root / "speech", "data.sound": shards.root / "sound", "data.batch_size": 4,
-                 "data.num_workers": 0, "data.clip_seconds": 1.0, "data.shuffle_buffer": 8, "out_dir": out,
-                 "steps": 2, "warmup_steps": 0, "log_every": 1, "ckpt_every": 0, "optim.lr_warmup_steps": 1,
-                 **{f"loss.{k}": v for k, v in loss.items()}}
+    overrides = {
+        "data.speech": shards.root / "speech",
+        "data.sound": shards.root / "sound",
+        "data.batch_size": 4,
+        "data.num_workers": 0,
+        "data.clip_seconds": 1.0,
+        "data.shuffle_buffer": 8,
+        "out_dir": out,
+        "steps": 2,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "ckpt_every": 0,
+        "optim.lr_warmup_steps": 1,
+        **{f"loss.{k}": v for k, v in loss.items()},
+    }
     threads = torch.get_num_threads()
     try:
         train(load_config(ROOT / "configs" / "tiny.yaml", [f"{k}={v}" for k, v in overrides.items()]))
@@ -88,8 +143,10 @@ def four_rows(tmp_path_factory, world, shards):
     root = tmp_path_factory.mktemp("four-rows")
     method = _train(shards, root / "train-method")
     cor_only = _train(shards, root / "train-cor-only", disentanglement=0)
-    files = {"ImageBind": save(imagebind_state(), root / "imagebind_huge.pth"),
-             "CAV-MAE": save(cavmae_state(), root / "audio_model.21.pth")}
+    files = {
+        "ImageBind": save(imagebind_state(), root / "imagebind_huge.pth"),
+        "CAV-MAE": save(cavmae_state(), root / "audio_model.21.pth"),
+    }
     out = {name: root / "eval" / name for name in ("Ours", "L_cor only", "ImageBind", "CAV-MAE")}
     _evaluate_all(method, out["Ours"], world)  # trained with L_dis: Eq. 10 named its heads
     _evaluate_all(cor_only, out["L_cor only"], world, "--heads", "pred-dis")  # as the paper evaluates DenseAV
@@ -175,19 +232,38 @@ def test_the_papers_four_rows_on_the_generated_world(four_rows, tmp_path):
 def test_every_figure_is_its_results_json_value_in_the_papers_layout(runs):
     out, texts = _compared(runs, f"Ours={runs / 'oracle' / 'results.json'}", f"tiny={runs / 'tiny'}")
     assert out["tables"]["table2"]["blocks"][0]["columns"] == [
-        "Sound Total mAP", "Sound Total mIoU", "Sound Head mAP", "Sound Head mIoU",
-        "Speech Total mAP", "Speech Total mIoU", "Speech Head mAP", "Speech Head mIoU"]
+        "Sound Total mAP",
+        "Sound Total mIoU",
+        "Sound Head mAP",
+        "Sound Head mIoU",
+        "Speech Total mAP",
+        "Speech Total mIoU",
+        "Speech Head mAP",
+        "Speech Head mIoU",
+    ]
     assert out["tables"]["table3"]["blocks"][0]["columns"][:4] == [
-        "AudioSet Total I→A", "AudioSet Total A→I", "AudioSet Sound I→A", "AudioSet Sound A→I"]
+        "AudioSet Total I→A",
+        "AudioSet Total A→I",
+        "AudioSet Sound I→A",
+        "AudioSet Sound A→I",
+    ]
     assert [b["caption"] for b in out["tables"]["table1"]["blocks"]] == ["cross-object pairs", "same-object pairs"]
-    keys = {(name, c["column"]): c["key"] for name, t in out["tables"].items()
-            for c in t["blocks"][0]["rows"][0]["cells"]}
+    keys = {
+        (name, c["column"]): c["key"] for name, t in out["tables"].items() for c in t["blocks"][0]["rows"][0]["cells"]
+    }
     assert keys[("table1", "Sim-Speech mAP")] == ["table1", "results", "cross", "speech", "mAP"]
     assert keys[("table4", "Speech Head mIoU")] == ["table4", "results", "speech", "head", "mIoU"]
     assert keys[("table5", "AudioSet Sound A→I")] == ["table5", "results", "audioset", "sound_head", "A->I", "10"]
     assert keys[("table3", "Places Speech I→A")] == ["table3", "results", "places", "speech_head", "I->A", "10"]
-    assert keys[("table6", "Mixed Places Sound I→A")] == ["table6", "results", "mixed", "places", "sound_head",
-                                                          "I->A", "10"]
+    assert keys[("table6", "Mixed Places Sound I→A")] == [
+        "table6",
+        "results",
+        "mixed",
+        "places",
+        "sound_head",
+        "I->A",
+        "10",
+    ]
     assert sum(t not in ("N/A", "—", "n/a") for cells in texts.values() for t in cells) > 40
     # the oracle: every figure of every table; the oracle's specialized heads are perfect
     assert all(t not in ("N/A", "—") for (t_name, model), cells in texts.items() if model == "Ours" for t in cells)
@@ -195,8 +271,10 @@ def test_every_figure_is_its_results_json_value_in_the_papers_layout(runs):
     # the tiny model ran Table 3 only: its other rows are "—", and a note says which file lacks what
     assert all(t not in ("N/A", "—") for t in texts[("table3", "tiny")])
     assert set(texts[("table1", "tiny")]) == {"—"} and set(texts[("table6", "tiny")]) == {"—"}
-    assert f"tiny: {runs / 'tiny' / 'results.json'} has no table2 section (8 figure(s) shown as —)" \
+    assert (
+        f"tiny: {runs / 'tiny' / 'results.json'} has no table2 section (8 figure(s) shown as —)"
         in out["tables"]["table2"]["notes"]
+    )
     assert out["runs"][0]["one_head"] is None
 
 
@@ -209,11 +287,13 @@ def test_unusable_runs_are_one_line_errors(runs, tmp_path):
     section = json.loads((runs / "oracle" / "results.json").read_text())
     section["table2"]["results"]["sound"]["total"]["mAP"] = "high"
     (wrong / "results.json").write_text(json.dumps(section))
-    cases = [([f"a={tmp_path / 'nothing'}"], f"{tmp_path / 'nothing' / 'results.json'} does not exist"),
-             ([f"a={garbled}"], f"{garbled / 'results.json'} cannot be read as JSON"),
-             ([f"a={wrong}"], f"{wrong / 'results.json'}: table2.results.sound.total.mAP is 'high', not a number"),
-             ([str(runs / "oracle")], "give NAME=RUN_DIR"),
-             ([f"a={runs / 'oracle'}", f"a={runs / 'tiny'}"], "the name 'a' is given twice")]
+    cases = [
+        ([f"a={tmp_path / 'nothing'}"], f"{tmp_path / 'nothing' / 'results.json'} does not exist"),
+        ([f"a={garbled}"], f"{garbled / 'results.json'} cannot be read as JSON"),
+        ([f"a={wrong}"], f"{wrong / 'results.json'}: table2.results.sound.total.mAP is 'high', not a number"),
+        ([str(runs / "oracle")], "give NAME=RUN_DIR"),
+        ([f"a={runs / 'oracle'}", f"a={runs / 'tiny'}"], "the name 'a' is given twice"),
+    ]
     for args, says in cases:
         result = _compare(tmp_path, *args)
         assert result.exit_code == 2, result.output

@@ -5,7 +5,6 @@ import pytest
 
 from evaluation import metrics
 
-
 # ---------------------------------------------------------------------------------------------
 # brute-force references: written straight from the definitions, no shortcuts
 

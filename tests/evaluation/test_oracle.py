@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
-from tests.support.oracle_model import OracleModel
-from pipeline.testsets.ade20k import read_ade20k_prompted
-from pipeline.testsets.is3 import read_is3
-from pipeline.testsets.retrieval import read_retrieval_set
 from evaluation.retrieval import RetrievalSession, run_table3, run_table5, run_table6, table7_row
 from evaluation.runner import ModelRunner
 from evaluation.segmentation import SegSettings, Table1Settings, run_table1, run_table2, run_table4
+from pipeline.testsets.ade20k import read_ade20k_prompted
+from pipeline.testsets.is3 import read_is3
+from pipeline.testsets.retrieval import read_retrieval_set
+from tests.support.oracle_model import OracleModel
+from tests.support.testsets import make_ade_tree, make_is3_tree, make_retrieval_shards
 
 
 @pytest.fixture
@@ -63,8 +63,10 @@ def test_ade_tables_geometry_and_mixing(tmp_path, runner):
     sound = read_ade20k_prompted(make_ade_tree(tmp_path, "sound"), "sound")
     for mixed, run_table in ((False, run_table2), (True, run_table4)):
         body = run_table(runner, speech, sound, SegSettings(progress=False, normalization="per_image"))
-        for kind, variants in (("sound", ("total", "head")),
-                               ("speech", ("total", "head", "basic_total", "basic_head"))):
+        for kind, variants in (
+            ("sound", ("total", "head")),
+            ("speech", ("total", "head", "basic_total", "basic_head")),
+        ):
             for v in variants:
                 res = body["results"][kind][v]
                 assert res["mAP"] == pytest.approx(1.0, abs=1e-3), (mixed, kind, v)

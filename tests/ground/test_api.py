@@ -52,7 +52,9 @@ def test_activation_means_are_the_head_and_total_scores(grounder, files, result)
         assert np.nanmean(result.activation[name]) == pytest.approx(s_n, rel=1e-5)
     s_m = float(similarity.total_scores(a, mask, v)[0, 0])  # Eq. 5
     assert np.nanmean(result.activation["total"]) == pytest.approx(s_m, rel=1e-5)
-    assert np.all(result.activation["total"] >= np.maximum(result.activation["sound"], result.activation["speech"]) - 1e-5)
+    assert np.all(
+        result.activation["total"] >= np.maximum(result.activation["sound"], result.activation["speech"]) - 1e-5
+    )
 
 
 def test_mean_maps_average_the_frames_and_the_window_picks_frames(grounder, files, result):
@@ -85,8 +87,11 @@ def test_any_image_and_audio_form_gives_the_same_maps(grounder, files, result):
     array = np.asarray(pil.convert("RGB"))
     samples, rate = paudio.read(files["speech"])
     stereo = np.stack([samples[0], samples[0]])
-    for image, audio, sr in [(pil, samples[0], rate), (array, torch.from_numpy(stereo), rate),
-                             (torch.from_numpy(array.copy()).permute(2, 0, 1), files["speech"], None)]:
+    for image, audio, sr in [
+        (pil, samples[0], rate),
+        (array, torch.from_numpy(stereo), rate),
+        (torch.from_numpy(array.copy()).permute(2, 0, 1), files["speech"], None),
+    ]:
         other = grounder.ground(image, audio, sr)
         np.testing.assert_allclose(other.maps["total"], result.maps["total"], rtol=1e-4, atol=1e-4, equal_nan=True)
 
@@ -104,14 +109,17 @@ def test_speech_head_override_swaps_the_names(tiny_checkpoint, files, result):
     np.testing.assert_allclose(other.activation["speech"], result.activation["sound"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("audio, sr, message", [
-    (np.zeros(16_000, np.float32), 16_000, "is silent"),
-    (np.full(16_000, 1e-6, np.float32), 16_000, "is silent"),
-    (np.ones(4_000, np.float32) * 0.1, 16_000, r"is too short \(0\.250 s\)"),
-    (np.array([0.1, np.nan] * 8000, np.float32), 16_000, "NaN"),
-    (np.ones(16_000, np.float32) * 0.1, None, "give its sample_rate"),
-    (np.ones((2, 2, 16_000), np.float32), 16_000, "audio_shape"),
-])
+@pytest.mark.parametrize(
+    "audio, sr, message",
+    [
+        (np.zeros(16_000, np.float32), 16_000, "is silent"),
+        (np.full(16_000, 1e-6, np.float32), 16_000, "is silent"),
+        (np.ones(4_000, np.float32) * 0.1, 16_000, r"is too short \(0\.250 s\)"),
+        (np.array([0.1, np.nan] * 8000, np.float32), 16_000, "NaN"),
+        (np.ones(16_000, np.float32) * 0.1, None, "give its sample_rate"),
+        (np.ones((2, 2, 16_000), np.float32), 16_000, "audio_shape"),
+    ],
+)
 def test_unusable_audio_is_refused_with_one_line(grounder, files, audio, sr, message):
     with pytest.raises(GroundInputError, match=message) as info:
         grounder.ground(files["image"], audio, sr)
@@ -139,8 +147,12 @@ def test_the_crop_box_is_what_the_model_sees(size):
     picture = Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).round().astype(np.uint8))
     seen = np.asarray(eval_image(picture, 112), dtype=np.float64)
     left, top, right, bottom = crop_box(size, 112)
-    for got, edge, extent in [(seen[:, 0, 0].mean(), left, width), (seen[:, -1, 0].mean(), right - 1, width),
-                              (seen[0, :, 1].mean(), top, height), (seen[-1, :, 1].mean(), bottom - 1, height)]:
+    for got, edge, extent in [
+        (seen[:, 0, 0].mean(), left, width),
+        (seen[:, -1, 0].mean(), right - 1, width),
+        (seen[0, :, 1].mean(), top, height),
+        (seen[-1, :, 1].mean(), bottom - 1, height),
+    ]:
         assert abs(got - 255 * edge / (extent - 1)) < 255 * 1.5 / extent + 2
 
 

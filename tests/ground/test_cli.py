@@ -38,8 +38,16 @@ def check_folder(folder, image_size, seconds):
 
 
 def test_an_image_and_a_mixture_of_two_files(tiny_checkpoint, files, tmp_path):
-    result = ground(tiny_checkpoint, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
-                    "--audio", str(files["sound"]))
+    result = ground(
+        tiny_checkpoint,
+        tmp_path,
+        "--image",
+        str(files["image"]),
+        "--audio",
+        str(files["speech"]),
+        "--audio",
+        str(files["sound"]),
+    )
     assert result.exit_code == 0, result.output
     summary = check_folder(tmp_path, (200, 120), 2.5)  # the mixture lasts as long as its longest part
     assert summary["inputs"]["audio"] == [str(files["speech"]), str(files["sound"])]
@@ -48,8 +56,19 @@ def test_an_image_and_a_mixture_of_two_files(tiny_checkpoint, files, tmp_path):
 
 
 def test_separate_grounds_each_file_in_its_own_folder(tiny_checkpoint, files, tmp_path):
-    result = ground(tiny_checkpoint, tmp_path, "--image", str(files["image"]), "--audio", str(files["speech"]),
-                    "--audio", str(files["sound"]), "--separate", "--window", "0.5:1.5")
+    result = ground(
+        tiny_checkpoint,
+        tmp_path,
+        "--image",
+        str(files["image"]),
+        "--audio",
+        str(files["speech"]),
+        "--audio",
+        str(files["sound"]),
+        "--separate",
+        "--window",
+        "0.5:1.5",
+    )
     assert result.exit_code == 0, result.output
     speech = check_folder(tmp_path / "speech", (200, 120), 2.5)
     drum = check_folder(tmp_path / "drum", (200, 120), 2.0)
@@ -68,8 +87,8 @@ def test_a_video_with_its_own_sound(tiny_checkpoint, files, tmp_path, every):
 
 def test_every_frame_maps_follow_the_pictures(tiny_checkpoint, files, tmp_path):
     """Frame t is grounded on the picture shown at t: the video's colour changes each second."""
-    from ground.cli import _ground_video
     from ground.api import Grounder
+    from ground.cli import _ground_video
 
     result = _ground_video(Grounder.from_checkpoint(tiny_checkpoint), files["video"], True, None, False)
     colours = [im.getpixel((48, 32)) for im in result.frames]
@@ -84,27 +103,53 @@ def hostile_cases(files):
     return {
         "silent audio": (["--image", image, "--audio", str(files["silent"])], f"{files['silent']} is silent"),
         "too short audio": (["--image", image, "--audio", str(files["short"])], f"{files['short']} is too short"),
-        "garbage audio": (["--image", image, "--audio", str(files["garbage"])], f"audio {files['garbage']} cannot be decoded"),
+        "garbage audio": (
+            ["--image", image, "--audio", str(files["garbage"])],
+            f"audio {files['garbage']} cannot be decoded",
+        ),
         "garbage image": (["--image", str(files["bad_image"]), "--audio", speech], f"image {files['bad_image']}"),
-        "decompression bomb": (["--image", str(files["bomb"]), "--audio", speech], f"image {files['bomb']}: image_too_large"),
+        "decompression bomb": (
+            ["--image", str(files["bomb"]), "--audio", speech],
+            f"image {files['bomb']}: image_too_large",
+        ),
         "truncated image": (["--image", str(files["cut_image"]), "--audio", speech], f"image {files['cut_image']}"),
         "video without picture": (["--video", speech], f"video {speech}: no picture"),
         "missing audio": (["--image", image, "--audio", "nope.wav"], "nope.wav does not exist"),
-        "video without sound": (["--video", str(files["mute_video"])], f"video {files['mute_video']} has no sound track"),
+        "video without sound": (
+            ["--video", str(files["mute_video"])],
+            f"video {files['mute_video']} has no sound track",
+        ),
         "window past the end": (["--image", image, "--audio", speech, "--window", "7:9"], "holds no audio frame"),
         "window not a range": (["--image", image, "--audio", speech, "--window", "abc"], "is not START:END"),
         "image without audio": (["--image", image], "--image needs at least one --audio"),
         "image and video": (["--image", image, "--audio", speech, "--video", str(files["video"])], "exactly one of"),
         "video and audio": (["--video", str(files["video"]), "--audio", speech], "drop --audio"),
-        "every frame without video": (["--image", image, "--audio", speech, "--every-frame"], "--every-frame needs --video"),
+        "every frame without video": (
+            ["--image", image, "--audio", speech, "--every-frame"],
+            "--every-frame needs --video",
+        ),
         "speech head out of range": (["--image", image, "--audio", speech, "--speech-head", "5"], "outside 0..1"),
     }
 
 
-CASES = ["silent audio", "too short audio", "garbage audio", "garbage image", "decompression bomb", "truncated image",
-         "video without picture", "missing audio", "video without sound",
-         "window past the end", "window not a range", "image without audio", "image and video", "video and audio",
-         "every frame without video", "speech head out of range"]
+CASES = [
+    "silent audio",
+    "too short audio",
+    "garbage audio",
+    "garbage image",
+    "decompression bomb",
+    "truncated image",
+    "video without picture",
+    "missing audio",
+    "video without sound",
+    "window past the end",
+    "window not a range",
+    "image without audio",
+    "image and video",
+    "video and audio",
+    "every frame without video",
+    "speech head out of range",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -84,23 +84,43 @@ def test_an_out_on_a_read_only_file_system(files, tmp_path):
     """A read-only tmpfs mounted in a private mount namespace (`unshare -rm`): root cannot write it."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:  # noqa: PLW1510
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare -rm (user and mount namespaces) is not available")
-    cmd = [sys.executable, "-c", "from ground.cli import app; app()", "--checkpoint", str(tmp_path),
-           "--out", str(mount / "out"), "--image", str(files["image"]), "--audio", str(files["speech"])]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from ground.cli import app; app()",
+        "--checkpoint",
+        str(tmp_path),
+        "--out",
+        str(mount / "out"),
+        "--image",
+        str(files["image"]),
+        "--audio",
+        str(files["speech"]),
+    ]
     script = 'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"'
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(mount), *cmd], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(mount), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (f"error: --out {mount / 'out'} cannot be written ({mount}: Read-only file system); "
-                                   "give --out a folder you can write")
+    assert proc.stderr.strip() == (
+        f"error: --out {mount / 'out'} cannot be written ({mount}: Read-only file system); "
+        "give --out a folder you can write"
+    )
 
 
 def test_a_write_that_fails_after_the_probe_is_one_line(tiny_checkpoint, files, tmp_path):
     """The probe passes (the folder is writable) but one output name is taken by a folder."""
     (tmp_path / "out" / "overlay_speech.png").mkdir(parents=True)
-    line = one_error_line(ground(tiny_checkpoint, tmp_path / "out", "--image", str(files["image"]),
-                                 "--audio", str(files["speech"])))
+    line = one_error_line(
+        ground(tiny_checkpoint, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"]))
+    )
     assert f"cannot write {tmp_path / 'out' / 'overlay_speech.png'} (Is a directory)" in line, line
 
 
@@ -114,8 +134,9 @@ def still_video(tmp_path_factory):
     picture = media.write_image(root / "still.png", size=(96, 64), colour=(20, 40, 220))
     sound = media.write_audio(root / "sound.wav", media.speech_like(2.0, 16_000, seed=4), 16_000)
     path = root / "still.mp4"
-    ffmpeg.run(["-y", "-i", str(picture), "-i", str(sound), "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                "-c:a", "aac", str(path)])
+    ffmpeg.run(
+        ["-y", "-i", str(picture), "-i", str(sound), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)]
+    )
     return path
 
 
@@ -142,7 +163,9 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_first_bad_key(tiny_
             state[key] = torch.full_like(state[key], float("nan"))
 
     ckpt = edited_checkpoint(tiny_checkpoint, tmp_path / "nan", nan_all)
-    line = one_error_line(ground(ckpt, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"])))
+    line = one_error_line(
+        ground(ckpt, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"]))
+    )
     first = sorted(load_file(str(ckpt / WEIGHTS_FILE)))[0]
     assert f"weights file {ckpt / WEIGHTS_FILE}: {first} holds" in line and "NaN or infinite" in line, line
     assert not (tmp_path / "out").exists()
@@ -151,13 +174,20 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_first_bad_key(tiny_
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy on the inf maps
 def test_maps_that_overflow_are_refused_and_nothing_is_written(tiny_checkpoint, files, tmp_path):
     """Finite weights, finite features of ~1e20 on both sides: their dot products overflow to inf."""
+
     def overflow(state):
-        for key in ("image_aligner.proj.weight", "image_aligner.proj.bias",
-                    "audio_aligner.attention.mlp.2.weight", "audio_aligner.attention.mlp.2.bias"):
+        for key in (
+            "image_aligner.proj.weight",
+            "image_aligner.proj.bias",
+            "audio_aligner.attention.mlp.2.weight",
+            "audio_aligner.attention.mlp.2.bias",
+        ):
             state[key] = state[key] * 1e20
 
     ckpt = edited_checkpoint(tiny_checkpoint, tmp_path / "overflow", overflow)
-    line = one_error_line(ground(ckpt, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"])))
+    line = one_error_line(
+        ground(ckpt, tmp_path / "out", "--image", str(files["image"]), "--audio", str(files["speech"]))
+    )
     assert "maps are NaN or infinite" in line and "nothing was written" in line, line
     assert not (tmp_path / "out").exists()
     # the web page gets the same line from the same check (Grounder.assemble), never the maps

@@ -57,17 +57,37 @@ def test_a_64_mp_jpeg_and_a_prime_rate_wav_cost_what_the_model_needs(tiny_checkp
     Image.merge("RGB", [big, big.transpose(Image.Transpose.ROTATE_90), big]).save(tmp_path / "big.jpg", quality=40)
     wav = media.write_audio(tmp_path / "prime.wav", media.tone(440, 0.6, PRIME_RATE), PRIME_RATE)
     run = subprocess.run(
-        [sys.executable, "-c", CHILD, "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
-         "--no-progress", "--image", str(tmp_path / "big.jpg"), "--audio", str(wav)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--image",
+            str(tmp_path / "big.jpg"),
+            "--audio",
+            str(wav),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     base_mb, extra_mb = (int(run.stderr.split(f"{k}_rss_kb")[-1].split()[0]) / 1024 for k in ("base", "extra"))
-    print(f"\n`ground` on a 8000x8000 JPEG and a {PRIME_RATE} Hz WAV: peak {extra_mb:.0f} MB above its imports' {base_mb:.0f} MB")
+    print(
+        f"\n`ground` on a 8000x8000 JPEG and a {PRIME_RATE} Hz WAV: "
+        f"peak {extra_mb:.0f} MB above its imports' {base_mb:.0f} MB"
+    )
     assert extra_mb < MAX_EXTRA_RSS_MB
     summary = json.loads((tmp_path / "out" / "result.json").read_text())
     assert summary["image_size"] == [8000, 8000] and summary["map_size"] == [DISPLAY_SIDE, DISPLAY_SIDE]
-    assert summary["model"]["audio"][str(wav)]["source_rate"] == PRIME_RATE and summary["duration_s"] == pytest.approx(0.6, abs=1e-3)
+    assert summary["model"]["audio"][str(wav)]["source_rate"] == PRIME_RATE and summary["duration_s"] == pytest.approx(
+        0.6, abs=1e-3
+    )
     left, top, right, bottom = summary["model"]["crop_box"]  # peaks in input pixels, inside the crop
     assert all(left <= h["peak"]["x"] < right and top <= h["peak"]["y"] < bottom for h in summary["heads"].values())
     with Image.open(tmp_path / "out" / "overlay_total.png") as im:
@@ -77,11 +97,15 @@ def test_a_64_mp_jpeg_and_a_prime_rate_wav_cost_what_the_model_needs(tiny_checkp
 def test_a_strip_is_refused_and_a_panorama_is_drawn_at_a_bounded_size(tiny_checkpoint, files, tmp_path):
     strip = Image.new("RGB", (20_000, 20), (90, 140, 30))
     strip.save(tmp_path / "strip.png")
-    refused = ground(tiny_checkpoint, tmp_path / "a", "--image", str(tmp_path / "strip.png"), "--audio", str(files["speech"]))
+    refused = ground(
+        tiny_checkpoint, tmp_path / "a", "--image", str(tmp_path / "strip.png"), "--audio", str(files["speech"])
+    )
     assert refused.exit_code == 2 and refused.output.startswith("error: image_aspect: ")
     assert len(refused.output.strip().splitlines()) == 1 and "strip.png" in refused.output
     media.write_image(tmp_path / "wide.jpg", (2400, 120))  # 20:1, the most elongated picture taken
-    result = ground(tiny_checkpoint, tmp_path / "b", "--image", str(tmp_path / "wide.jpg"), "--audio", str(files["speech"]))
+    result = ground(
+        tiny_checkpoint, tmp_path / "b", "--image", str(tmp_path / "wide.jpg"), "--audio", str(files["speech"])
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "b" / "result.json").read_text())
     assert summary["image_size"] == [2400, 120] and summary["map_size"] == [DISPLAY_SIDE, 51]
@@ -102,9 +126,14 @@ def test_every_image_mode_reaches_the_model_by_its_value_range(tiny_checkpoint, 
 
 def test_a_16_bit_png_through_the_command_is_its_8_bit_copy(tiny_checkpoint, files, pictures, tmp_path):
     for name in ("I16.png", "L.png"):
-        result = ground(tiny_checkpoint, tmp_path / name, "--image", str(pictures[name][0]), "--audio", str(files["speech"]))
+        result = ground(
+            tiny_checkpoint, tmp_path / name, "--image", str(pictures[name][0]), "--audio", str(files["speech"])
+        )
         assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "I16.png" / "overlays.png") as wide, Image.open(tmp_path / "L.png" / "overlays.png") as eight:
+    with (
+        Image.open(tmp_path / "I16.png" / "overlays.png") as wide,
+        Image.open(tmp_path / "L.png" / "overlays.png") as eight,
+    ):
         np.testing.assert_array_equal(np.asarray(wide), np.asarray(eight))
     with Image.open(pictures["I16.png"][0]) as im:
         assert np.asarray(im.convert("RGB"))[:, :16].mean() > 200  # PIL alone clips: the dark quarter white

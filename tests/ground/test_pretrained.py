@@ -42,8 +42,10 @@ def test_from_backbones_loads_the_backbones_from_directories(backbones, files):
     key = next(k for k in image_weights if k.endswith("patch_embeddings.projection.weight"))
     torch.testing.assert_close(image_weights[key], saved_tensor(vit, key.split("base_model.model.")[-1]))
     audio_weights = dict(model.audio_encoder.backbone.named_parameters())
-    torch.testing.assert_close(audio_weights["feature_projection.projection.weight"],
-                               saved_tensor(hubert, "feature_projection.projection.weight"))
+    torch.testing.assert_close(
+        audio_weights["feature_projection.projection.weight"],
+        saved_tensor(hubert, "feature_projection.projection.weight"),
+    )
     assert grounder.description["pretrained"] == {"image": str(vit), "audio": str(hubert)}
     assert "aligners random" in grounder.description["weights"]
     result = grounder.ground(files["image"], files["speech"])
@@ -54,10 +56,13 @@ def batch(n=2):
     rng = np.random.default_rng(0)
     speech = np.stack([media.speech_like(SAMPLES / 16_000, seed=i) for i in range(n)])
     sound = np.stack([media.noise(SAMPLES / 16_000, seed=10 + i) for i in range(n)])
-    out = {"speech_audio": torch.from_numpy(speech), "sound_audio": torch.from_numpy(sound),
-           "mix_audio": torch.from_numpy(speech + sound),
-           "sound_image": torch.from_numpy(rng.standard_normal((n, 3, 112, 112)).astype(np.float32)),
-           "speech_image": torch.from_numpy(rng.standard_normal((n, 3, 112, 112)).astype(np.float32))}
+    out = {
+        "speech_audio": torch.from_numpy(speech),
+        "sound_audio": torch.from_numpy(sound),
+        "mix_audio": torch.from_numpy(speech + sound),
+        "sound_image": torch.from_numpy(rng.standard_normal((n, 3, 112, 112)).astype(np.float32)),
+        "speech_image": torch.from_numpy(rng.standard_normal((n, 3, 112, 112)).astype(np.float32)),
+    }
     for kind in ("speech", "sound", "mix"):
         out[f"{kind}_mask"] = torch.ones(n, SAMPLES, dtype=torch.bool)
     out["speech_key"] = [f"item{i}" for i in range(n)]

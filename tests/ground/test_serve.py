@@ -34,10 +34,19 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path(os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium"))  # Debian's package
 # Playwright's own browser download is not reachable: its driver runs Debian's binary with these
 # (no sandbox: CI runs as root; no /dev/shm: containers give it 64 MB).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 # the microphone is chromium's fake device (a beep), allowed without a prompt
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # the microphone is chromium's fake device (a beep), allowed without a prompt
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
 START_TIMEOUT_S = 120.0  # a cold import of gradio + torch on a loaded 2-core machine
 RESULT_TIMEOUT_MS = 60_000
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "ground_serve.png"
@@ -106,8 +115,18 @@ def server(checkpoint, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     port, log, uploads = _free_port(), tmp / "server.log", tmp / "uploads"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(uploads), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-c", "from ground.cli import app; app(prog_name='ground')",
-           "serve", "--checkpoint", str(checkpoint), "--port", str(port), "--max-file-size", str(MAX_FILE_SIZE_MB)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from ground.cli import app; app(prog_name='ground')",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-file-size",
+        str(MAX_FILE_SIZE_MB),
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     running = Server(proc, f"http://127.0.0.1:{port}/", uploads, log)
@@ -129,8 +148,13 @@ def browser(tmp_path_factory):
         _missing("Playwright's Python package is missing (pip install -e '.[dev]')")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 860}, timeout=60_000)
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 860},
+            timeout=60_000,
+        )
         try:
             yield context
         finally:
@@ -195,8 +219,9 @@ def test_page_grounds_a_clip_recorded_from_the_microphone(page, tmp_path):
     page.locator("#audio button:visible", has_text="Stop").first.click()
     page.wait_for_selector("#audio button[aria-label='Play']", timeout=30_000)  # the recording is in place
     page.click("#run")
-    page.wait_for_function(f"document.querySelector('#{map_id('total')} img')?.naturalWidth > 0",
-                           timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function(
+        f"document.querySelector('#{map_id('total')} img')?.naturalWidth > 0", timeout=RESULT_TIMEOUT_MS
+    )
     headline = page.locator("#summary").inner_text()
     seconds = float(re.search(r"Dominant head over time \(([0-9.]+) s\)", headline).group(1))
     assert 1.0 < seconds < 5.0, headline  # the ~2 s recorded, not a stray file
@@ -258,10 +283,20 @@ def test_page_refuses_an_upload_over_the_size_limit(page, server, tmp_path):
 def _post_upload(server: Server, name: str, data: bytes) -> tuple[int, str]:
     """A file sent to Gradio's upload route as the page sends it (multipart/form-data)."""
     boundary = "ground-serve-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(server.url + "gradio_api/upload", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        server.url + "gradio_api/upload",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, reply.read().decode()
@@ -279,8 +314,9 @@ def test_the_server_listens_on_loopback_only_by_default(server):
     port = int(server.url.rsplit(":", 1)[1].strip("/"))
     listening = set()
     for proc in [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]:
-        listening |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN}
+        listening |= {
+            (c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+        }
     assert listening == {("127.0.0.1", port)}, listening
 
 
@@ -305,16 +341,19 @@ def test_a_video_is_grounded_on_its_middle_frame_with_its_own_soundtrack(grounde
     assert headline.startswith("**Dominant head over time** (2.00 s): ") and "| total |" in headline
 
 
-@pytest.mark.parametrize("case, message", [
-    ("image and video", "give an image or a video (one of them)"),
-    ("video and audio", "a video is grounded with its own sound track"),
-    ("no picture", "give an image or a video (one of them)"),
-    ("garbage audio", "cannot be decoded"),
-    ("too short", "too short"),
-    ("garbage image", "give a readable"),
-    ("decompression bomb", "give a readable"),
-    ("swept upload", "gone.png is no longer on the server: upload it again"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("image and video", "give an image or a video (one of them)"),
+        ("video and audio", "a video is grounded with its own sound track"),
+        ("no picture", "give an image or a video (one of them)"),
+        ("garbage audio", "cannot be decoded"),
+        ("too short", "too short"),
+        ("garbage image", "give a readable"),
+        ("decompression bomb", "give a readable"),
+        ("swept upload", "gone.png is no longer on the server: upload it again"),
+    ],
+)
 def test_the_page_refuses_bad_input_in_one_line(grounder, tmp_path, case, message):
     import gradio as gr
 
@@ -386,11 +425,13 @@ def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path):
 # uvicorn's server thread ends in SystemExit after the failed bind; the command itself logs one line
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_host_beyond_loopback_is_warned_about_and_a_failed_start_leaves_no_upload_folder(
-        checkpoint, tmp_path, monkeypatch):
+    checkpoint, tmp_path, monkeypatch
+):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     # 192.0.2.1 (TEST-NET-1, RFC 5737) is on no machine: binding fails without opening any socket
-    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--host", "192.0.2.1",
-                                      "--port", str(_free_port())])
+    result = CliRunner().invoke(
+        app, ["serve", "--checkpoint", str(checkpoint), "--host", "192.0.2.1", "--port", str(_free_port())]
+    )
     assert result.exit_code == 2, result.output
     assert "warning: --host 192.0.2.1 opens the page beyond this machine" in result.output
     assert "error: cannot serve on 192.0.2.1:" in result.output and "Traceback" not in result.output
@@ -421,8 +462,10 @@ def test_the_headline_spells_out_a_dozen_dominant_runs_and_counts_the_rest():
     from ground.serve import HEADLINE_SPANS, _headline
 
     runs = [{"head": ("sound", "speech")[i % 2], "start": 0.2 * i, "end": 0.2 * i + 0.2} for i in range(20)]
-    heads = {"sound": {"peak": {"x": 3, "y": 4}, "mean_activation": 0.5},
-             "total": {"peak": {"x": None, "y": None}, "mean_activation": None}}
+    heads = {
+        "sound": {"peak": {"x": 3, "y": 4}, "mean_activation": 0.5},
+        "total": {"peak": {"x": None, "y": None}, "mean_activation": None},
+    }
     text = _headline({"dominant_segments": runs, "duration_s": 4.0, "heads": heads})
     assert text.count(" s, ") == HEADLINE_SPANS and f"({20 - HEADLINE_SPANS} more in result.json)" in text
     assert "| sound | (3, 4) | 0.500 |" in text and "| total | - | - |" in text

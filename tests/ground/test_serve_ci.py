@@ -18,15 +18,30 @@ def _run_browser_test(tmp_path: Path, ci: str | None) -> subprocess.CompletedPro
     env["CHROMIUM_BINARY"] = str(tmp_path / "no-chromium")
     if ci is not None:
         env["CI"] = ci
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist",
-           "tests/ground/test_serve.py", "-k", "test_page_refuses_missing_and_silent_audio"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "tests/ground/test_serve.py",
+        "-k",
+        "test_page_refuses_missing_and_silent_audio",
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize("ci, rc, words", [
-    (None, 0, "1 skipped"),
-    ("true", 1, "CI must run the browser test: .ci/run installs chromium"),
-])
+@pytest.mark.parametrize(
+    "ci, rc, words",
+    [
+        (None, 0, "1 skipped"),
+        ("true", 1, "CI must run the browser test: .ci/run installs chromium"),
+    ],
+)
 def test_missing_chromium_skips_outside_ci_and_fails_in_ci(tmp_path, ci, rc, words):
     result = _run_browser_test(tmp_path, ci)
     assert result.returncode == rc, result.stdout[-3000:] + result.stderr[-3000:]

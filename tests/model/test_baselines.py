@@ -56,8 +56,11 @@ def random_state(layout: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]
     for key, shape in layout.items():
         t = torch.randn(shape, generator=g)
         parts = key.split(".")
-        layer_norm = len(parts) > 1 and "norm" in parts[-2] or key.endswith(
-            ("pre_transformer_layer.0.weight", "heads.vision.0.weight", "heads.audio.0.weight"))
+        layer_norm = (
+            len(parts) > 1
+            and "norm" in parts[-2]
+            or key.endswith(("pre_transformer_layer.0.weight", "heads.vision.0.weight", "heads.audio.0.weight"))
+        )
         if key.endswith("log_logit_scale"):
             t = torch.tensor(math.log(20.0))
         elif layer_norm and key.endswith("weight"):
@@ -142,9 +145,16 @@ def ib_reference_image(s, images, heads=2):
 def reference_fbank(clip: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """DenseAV's prep_waveform: pad to 164,200, remove the padded clip's mean, torchaudio's fbank."""
     wave = F.pad(torch.from_numpy(clip), (0, CLIP - len(clip)))
-    spec = torchaudio.compliance.kaldi.fbank(wave.unsqueeze(0) - wave.mean(), htk_compat=True, sample_frequency=16000,
-                                             use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
-                                             frame_shift=10)
+    spec = torchaudio.compliance.kaldi.fbank(
+        wave.unsqueeze(0) - wave.mean(),
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
     return (spec - mean) / std
 
 
@@ -229,9 +239,17 @@ def encode(model, images, clips, valid):
 def test_real_size_modules_have_the_release_layout():
     """The real-size modules, built on the meta device, have exactly the manifest's keys and shapes."""
     s = IB["sizes"]["huge"]
-    sizes = dict(vision_dim=s["V"], vision_depth=s["VL"], vision_heads=IB["facts"]["vision_heads"], vision_mlp=s["VM"],
-                 audio_dim=s["A"], audio_depth=s["AL"], audio_heads=IB["facts"]["audio_heads"], audio_mlp=s["AM"],
-                 out_dim=s["O"])
+    sizes = dict(
+        vision_dim=s["V"],
+        vision_depth=s["VL"],
+        vision_heads=IB["facts"]["vision_heads"],
+        vision_mlp=s["VM"],
+        audio_dim=s["A"],
+        audio_depth=s["AL"],
+        audio_heads=IB["facts"]["audio_heads"],
+        audio_mlp=s["AM"],
+        out_dim=s["O"],
+    )
     with torch.device("meta"):
         ib = ImageBindModel(BaselineConfig("imagebind", sizes))
     state = {k: tuple(v.shape) for k, v in ib.state_dict().items()}
@@ -244,8 +262,19 @@ def test_real_size_modules_have_the_release_layout():
 
     s = CM["sizes"]["release"]
     with torch.device("meta"):
-        cm = CAVMAEModel(BaselineConfig("cavmae", dict(dim=s["D"], depth_a=s["LA"], depth_v=s["LV"], depth_u=s["LU"],
-                                                       heads=CM["facts"]["heads"], mlp=s["M"])))
+        cm = CAVMAEModel(
+            BaselineConfig(
+                "cavmae",
+                dict(
+                    dim=s["D"],
+                    depth_a=s["LA"],
+                    depth_v=s["LV"],
+                    depth_u=s["LU"],
+                    heads=CM["facts"]["heads"],
+                    mlp=s["M"],
+                ),
+            )
+        )
     state = {k: tuple(v.shape) for k, v in cm.state_dict().items()}
     decoder = expand(CM["decoder_keys"], s)
     assert state == expand(CM["keys"], s)
@@ -291,11 +320,14 @@ def test_imagebind_release_file_gives_denseavs_features_maps_and_scores(imagebin
 
 def test_cavmae_release_file_gives_denseavs_features_maps_and_scores(cavmae_file):
     model, desc = load_any(cavmae_file)
-    state = {k[len("module."):]: v for k, v in cavmae_state().items()}
+    state = {k[len("module.") :]: v for k, v in cavmae_state().items()}
     decoder = expand(CM["decoder_keys"], CM["sizes"]["tiny"])
     assert desc["kind"] == "cavmae" and desc["config"]["num_heads"] == 1
-    assert desc["weights"] == {"loaded": len(state) - len(decoder), "dropped_decoder": len(decoder),
-                               "prefix": "module."}
+    assert desc["weights"] == {
+        "loaded": len(state) - len(decoder),
+        "dropped_decoder": len(decoder),
+        "prefix": "module.",
+    }
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
 
@@ -317,8 +349,9 @@ def test_cavmae_release_file_gives_denseavs_features_maps_and_scores(cavmae_file
         torch.testing.assert_close(torch.from_numpy(maps[i]), ref, rtol=1e-4, atol=1e-4)
     pooled_a = F.normalize(torch.stack([t.mean((1, 2)) for t in refs]), dim=1)  # every token, padding included
     pooled_v = F.normalize(ref_v.mean((2, 3)), dim=1)
-    torch.testing.assert_close(torch.from_numpy(runner.score_matrices(a, frame_mask, v)[0]), pooled_a @ pooled_v.T,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.from_numpy(runner.score_matrices(a, frame_mask, v)[0]), pooled_a @ pooled_v.T, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_fbank_is_torchaudios_and_long_audio_goes_in_windows():
@@ -389,8 +422,10 @@ def test_cli_refuses_truncated_and_garbage_files_in_one_line(imagebind_file, tmp
     cut = tmp_path / "imagebind_huge.pth"
     cut.write_bytes(imagebind_file.read_bytes()[: imagebind_file.stat().st_size // 2])
     out = tmp_path / "out"
-    result = RUN.invoke(evaluate_app, ["--checkpoint", str(cut), "--no-progress", "--out", str(out), "table3",
-                                       "--places", str(tmp_path)])
+    result = RUN.invoke(
+        evaluate_app,
+        ["--checkpoint", str(cut), "--no-progress", "--out", str(out), "table3", "--places", str(tmp_path)],
+    )
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith(f"error: {cut}: not a readable torch weights file, truncated or damaged")
@@ -398,8 +433,20 @@ def test_cli_refuses_truncated_and_garbage_files_in_one_line(imagebind_file, tmp
     garbage = media.write_garbage(tmp_path / "audio_model.21.pth")
     image = media.write_image(tmp_path / "x.png", size=(64, 48))
     sound = media.write_audio(tmp_path / "x.wav", media.noise(1.0), 16_000)
-    result = RUN.invoke(ground_app, ["--checkpoint", str(garbage), "--out", str(out), "--no-progress",
-                                     "--image", str(image), "--audio", str(sound)])
+    result = RUN.invoke(
+        ground_app,
+        [
+            "--checkpoint",
+            str(garbage),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--image",
+            str(image),
+            "--audio",
+            str(sound),
+        ],
+    )
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and f"{garbage}: not a torch weights file" in lines[0]
@@ -416,8 +463,20 @@ def test_ground_runs_the_baselines(cavmae_file, tmp_path):
 
     image = media.write_image(tmp_path / "scene.png", size=(200, 120))
     sound = media.write_audio(tmp_path / "drum.wav", media.noise(2.0, 22_050), 22_050)
-    result = RUN.invoke(ground_app, ["--checkpoint", str(cavmae_file), "--out", str(tmp_path / "g"), "--no-progress",
-                                     "--image", str(image), "--audio", str(sound)])
+    result = RUN.invoke(
+        ground_app,
+        [
+            "--checkpoint",
+            str(cavmae_file),
+            "--out",
+            str(tmp_path / "g"),
+            "--no-progress",
+            "--image",
+            str(image),
+            "--audio",
+            str(sound),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads((tmp_path / "g" / "result.json").read_text())
     assert set(summary["heads"]) == {"audio", "total"} and summary["model"]["kind"] == "cavmae"

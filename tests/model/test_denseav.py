@@ -19,9 +19,14 @@ from model.loading import load_any, probe_inputs
 
 MANIFEST = json.loads((Path(__file__).parent / "fixtures" / "denseav_keys.json").read_text())
 SIZES = MANIFEST["sizes"]["tiny"]
-STYLES = {"peft05": {"{qkv}": "qkv", "{weight_g}": "weight_g", "{weight_v}": "weight_v"},
-          "peft07": {"{qkv}": "qkv.base_layer", "{weight_g}": "parametrizations.weight.original0",
-                     "{weight_v}": "parametrizations.weight.original1"}}
+STYLES = {
+    "peft05": {"{qkv}": "qkv", "{weight_g}": "weight_g", "{weight_v}": "weight_v"},
+    "peft07": {
+        "{qkv}": "qkv.base_layer",
+        "{weight_g}": "parametrizations.weight.original0",
+        "{weight_v}": "parametrizations.weight.original1",
+    },
+}
 CLIP = 164_200
 
 
@@ -30,8 +35,10 @@ CLIP = 164_200
 
 def dim(formula: str, sizes: dict) -> int:
     """A shape formula of the manifest: sums of products/quotients of sizes and integers."""
+
     def factor(f):
         return int(f) if f.isdigit() else sizes[f]
+
     total = 0
     for term in formula.split("+"):
         value = 1
@@ -80,8 +87,16 @@ def random_state(style: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def write(state: dict, path: Path, kind: str, hparams: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "ckpt":
-        torch.save({"state_dict": state, "epoch": 1, "global_step": 10, "pytorch-lightning_version": "1.9.5",
-                    "hyper_parameters": hparams or {}}, path)
+        torch.save(
+            {
+                "state_dict": state,
+                "epoch": 1,
+                "global_step": 10,
+                "pytorch-lightning_version": "1.9.5",
+                "hyper_parameters": hparams or {},
+            },
+            path,
+        )
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
         if hparams is not None:
@@ -89,8 +104,15 @@ def write(state: dict, path: Path, kind: str, hparams: dict | None = None) -> Pa
     return path
 
 
-HPARAMS = {"code_dim": SIZES["C"], "sim_agg_heads": 2, "sim_use_cls": False, "mask_silence": True,
-           "nonneg_sim": False, "head_agg": "max_elementwise", "sim_agg_type": "misa"}
+HPARAMS = {
+    "code_dim": SIZES["C"],
+    "sim_agg_heads": 2,
+    "sim_use_cls": False,
+    "mask_silence": True,
+    "nonneg_sim": False,
+    "head_agg": "max_elementwise",
+    "sim_agg_type": "misa",
+}
 
 
 # --------------------------------------------------------------------------- reference (DenseAV's equations)
@@ -117,7 +139,7 @@ def merged_vit(state: dict, style: str) -> dict:
     vit = {}
     for key, value in state.items():
         if key.startswith(pre) and ".lora_" not in key:
-            vit[key[len(pre):].replace("qkv.base_layer.", "qkv.")] = value.clone()
+            vit[key[len(pre) :].replace("qkv.base_layer.", "qkv.")] = value.clone()
     for i in range(SIZES["VL"]):
         a = state[f"{pre}blocks.{i}.attn.qkv.lora_A.default.weight"]
         b = state[f"{pre}blocks.{i}.attn.qkv.lora_B.default.weight"]
@@ -135,8 +157,11 @@ def reference_image(state, style, images, heads):
         x = block(x, vit, f"blocks.{i}.", heads=max(1, SIZES["D"] // 64))
     x = ln(x, vit, "norm.", 1e-4)
     patches = x[:, 1:]  # [B, hw, D]
-    y = F.linear(ln(patches, state, "image_aligner.norm.norm."), state["image_aligner.layer.weight"][:, :, 0, 0],
-                 state["image_aligner.layer.bias"])
+    y = F.linear(
+        ln(patches, state, "image_aligner.norm.norm."),
+        state["image_aligner.layer.weight"][:, :, 0, 0],
+        state["image_aligner.layer.bias"],
+    )
     return y.transpose(1, 2).reshape(b, heads, -1, h, w)  # [B, K, C/K, h, w]
 
 
@@ -148,10 +173,23 @@ def reference_audio(state, hubert, wave, mask, heads):
     x = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + 1e-7)
     hid = hubert(input_values=x).last_hidden_state  # [B, T, A]
     feats = ln(hid, state, "audio_aligner.mod_list.1.norm.").transpose(1, 2).unsqueeze(2)
-    cls = F.linear(ln(state["audio_cls"], state, "audio_aligner.mod_list.1.norm."),
-                   state["audio_aligner.mod_list.2.cls_layer.weight"], state["audio_aligner.mod_list.2.cls_layer.bias"])
-    feats = F.conv2d(feats, state["audio_aligner.mod_list.2.layer.weight"], state["audio_aligner.mod_list.2.layer.bias"], stride=(1, 3))
-    feats = F.conv2d(feats, state["audio_aligner.mod_list.3.layer.weight"], state["audio_aligner.mod_list.3.layer.bias"], stride=(1, 3))
+    cls = F.linear(
+        ln(state["audio_cls"], state, "audio_aligner.mod_list.1.norm."),
+        state["audio_aligner.mod_list.2.cls_layer.weight"],
+        state["audio_aligner.mod_list.2.cls_layer.bias"],
+    )
+    feats = F.conv2d(
+        feats,
+        state["audio_aligner.mod_list.2.layer.weight"],
+        state["audio_aligner.mod_list.2.layer.bias"],
+        stride=(1, 3),
+    )
+    feats = F.conv2d(
+        feats,
+        state["audio_aligner.mod_list.3.layer.weight"],
+        state["audio_aligner.mod_list.3.layer.bias"],
+        stride=(1, 3),
+    )
     b, c, _, t = feats.shape
     padding = SIZES["CP"] - c
     tokens = torch.cat([cls.expand(b, 1, -1), feats[:, :, 0].transpose(1, 2)], 1)
@@ -236,7 +274,9 @@ def test_backbone_weights_are_merged_and_renamed(tmp_path):
 
 def test_single_head_model_and_cls_term(tmp_path):
     state = random_state("peft07")
-    path = write(state, tmp_path / "denseav_language.ckpt", "ckpt", {**HPARAMS, "sim_agg_heads": 1, "sim_use_cls": True})
+    path = write(
+        state, tmp_path / "denseav_language.ckpt", "ckpt", {**HPARAMS, "sim_agg_heads": 1, "sim_use_cls": True}
+    )
     model, desc = load_any(path)
     assert model.config.num_heads == 1 and desc["head_assignment"] == "single head"
     images, wave, mask = inputs(n=2)
@@ -258,10 +298,23 @@ def test_single_head_model_and_cls_term(tmp_path):
 def _audio_cls(model, state, x):
     hid = model.audio_backbone(input_values=x).last_hidden_state
     feats = ln(hid, state, "audio_aligner.mod_list.1.norm.").transpose(1, 2).unsqueeze(2)
-    feats = F.conv2d(feats, state["audio_aligner.mod_list.2.layer.weight"], state["audio_aligner.mod_list.2.layer.bias"], stride=(1, 3))
-    feats = F.conv2d(feats, state["audio_aligner.mod_list.3.layer.weight"], state["audio_aligner.mod_list.3.layer.bias"], stride=(1, 3))
-    cls = F.linear(ln(state["audio_cls"], state, "audio_aligner.mod_list.1.norm."),
-                   state["audio_aligner.mod_list.2.cls_layer.weight"], state["audio_aligner.mod_list.2.cls_layer.bias"])
+    feats = F.conv2d(
+        feats,
+        state["audio_aligner.mod_list.2.layer.weight"],
+        state["audio_aligner.mod_list.2.layer.bias"],
+        stride=(1, 3),
+    )
+    feats = F.conv2d(
+        feats,
+        state["audio_aligner.mod_list.3.layer.weight"],
+        state["audio_aligner.mod_list.3.layer.bias"],
+        stride=(1, 3),
+    )
+    cls = F.linear(
+        ln(state["audio_cls"], state, "audio_aligner.mod_list.1.norm."),
+        state["audio_aligner.mod_list.2.cls_layer.weight"],
+        state["audio_aligner.mod_list.2.cls_layer.bias"],
+    )
     tokens = torch.cat([cls.expand(x.shape[0], 1, -1), feats[:, :, 0].transpose(1, 2)], 1)
     padding = SIZES["CP"] - SIZES["C"]
     return block(F.pad(tokens, (padding, 0)), state, "audio_aligner.mod_list.4.block.")[:, 0, padding:]
@@ -282,8 +335,9 @@ def test_checkpoint_needing_unpickling_is_refused_with_one_line(tmp_path):
     assert "LightningThing" in message and "safetensors" in message and "DenseAV-" in message
 
 
-@pytest.mark.parametrize("case", ["truncated", "not_denseav", "no_heads", "misfit", "lora_without_b", "no_tensors",
-                                  "missing"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "not_denseav", "no_heads", "misfit", "lora_without_b", "no_tensors", "missing"]
+)
 def test_hostile_denseav_files(tmp_path, case):
     state = random_state("peft05")
     if case == "misfit":
@@ -326,8 +380,9 @@ def _head_discriminating_state(tmp_path, speech_head: int) -> dict:
 
     def mean_features(clips):
         with torch.no_grad():
-            feats = [model.encode_audio(torch.from_numpy(c)[None], torch.ones(1, len(c), dtype=torch.bool))[0]
-                     for c in clips]
+            feats = [
+                model.encode_audio(torch.from_numpy(c)[None], torch.ones(1, len(c), dtype=torch.bool))[0] for c in clips
+            ]
         return torch.stack([f.mean((0, 3, 4)) for f in feats]).mean(0)  # [C, K]
 
     diff = mean_features(speech) - mean_features(sound)

@@ -19,8 +19,25 @@ def test_evaluate_gives_a_denseav_row(tmp_path):
     make_retrieval_shards(places, 6, "speech")
     make_retrieval_shards(audioset, 6, "sound")
     out = tmp_path / "out"
-    result = RUN.invoke(app, ["--checkpoint", str(ckpt), "--batch-size", "4", "--no-progress", "--workers", "1",
-                              "--out", str(out), "table3", "--places", str(places), "--audioset", str(audioset)])
+    result = RUN.invoke(
+        app,
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "table3",
+            "--places",
+            str(places),
+            "--audioset",
+            str(audioset),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     t3 = json.loads((out / "results.json").read_text())["table3"]
     assert t3["label"] == "denseav_2head.ckpt"
@@ -32,8 +49,9 @@ def test_evaluate_gives_a_denseav_row(tmp_path):
 
 @pytest.mark.parametrize("form", ["folder", "file"])
 def test_hugging_face_copy_loads_as_folder_or_file(tmp_path, form):
-    weights = write(random_state("peft05"), tmp_path / "DenseAV-sound-language" / "model.safetensors",
-                    "safetensors", HPARAMS)
+    weights = write(
+        random_state("peft05"), tmp_path / "DenseAV-sound-language" / "model.safetensors", "safetensors", HPARAMS
+    )
     model, desc = load_any(weights.parent if form == "folder" else weights, speech_head=0)
     assert desc["kind"] == "denseav" and desc["hyper_parameters"]["sim_agg_heads"] == 2
     assert (model.config.speech_head, model.config.sound_head) == (0, 1)
@@ -41,6 +59,7 @@ def test_hugging_face_copy_loads_as_folder_or_file(tmp_path, form):
 
 def test_ground_runs_a_denseav_checkpoint(tmp_path):
     import numpy as np
+
     from ground.api import Grounder
 
     ckpt = write(random_state("peft05"), tmp_path / "denseav_2head.ckpt", "ckpt", HPARAMS)
@@ -61,8 +80,10 @@ def test_evaluate_refuses_a_pickled_denseav_checkpoint_in_one_line(tmp_path):
     torch.save({"state_dict": random_state("peft05"), "hyper_parameters": LightningThing()}, ckpt)
     places = tmp_path / "places"
     make_retrieval_shards(places, 4, "speech")
-    result = RUN.invoke(app, ["--checkpoint", str(ckpt), "--no-progress", "--out", str(tmp_path / "out"),
-                              "table3", "--places", str(places)])
+    result = RUN.invoke(
+        app,
+        ["--checkpoint", str(ckpt), "--no-progress", "--out", str(tmp_path / "out"), "table3", "--places", str(places)],
+    )
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith(f"error: {ckpt}: needs unpickling") and "safetensors" in lines[0]

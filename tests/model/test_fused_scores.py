@@ -32,8 +32,14 @@ LOW_CASES = ["bf16_autocast", "bf16_inputs_one_head", "fp16_inputs"]
 @pytest.fixture(scope="module")
 def interpreted():
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "tests.support.fused_cases"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.fused_cases"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["interpret"] is True  # the child really ran the interpreter
@@ -87,12 +93,23 @@ def test_fused_on_cpu_without_interpreter_says_what_to_do():
 def test_score_backend_of_the_loss_reaches_the_scores():
     a, mask, v = _inputs()
     images = torch.cat([v, v[:1]])
-    feats = {"sound_audio": a, "speech_audio": a.flip(0), "sound_mask": mask, "speech_mask": mask,
-             "sound_image": images, "speech_image": images.flip(0)}
+    feats = {
+        "sound_audio": a,
+        "speech_audio": a.flip(0),
+        "sound_mask": mask,
+        "speech_mask": mask,
+        "sound_image": images,
+        "speech_image": images.flip(0),
+    }
 
     def loss(backend):
-        return mix_separate_loss(feats, torch.tensor(2.0), LossWeights(disentanglement=0.0), score_backend=backend,
-                                 generator=torch.Generator().manual_seed(0))[0]
+        return mix_separate_loss(
+            feats,
+            torch.tensor(2.0),
+            LossWeights(disentanglement=0.0),
+            score_backend=backend,
+            generator=torch.Generator().manual_seed(0),
+        )[0]
 
     torch.testing.assert_close(loss("blocked"), loss("naive"))
     with pytest.raises(ValueError, match="score backend 'fused'"):
@@ -103,7 +120,9 @@ def test_auto_is_blocked_on_cpu_and_naive_is_the_einsum():
     a, mask, v = _inputs()
     assert similarity.resolve_backend("auto", a.device, torch.float32) == "blocked"
     torch.testing.assert_close(batch_scores(a, mask, v, backend="auto"), batch_scores(a, mask, v, backend="blocked"))
-    torch.testing.assert_close(batch_scores(a, mask, v, head=1, backend="naive"), naive_batch_scores(a, mask, v, head=1))
+    torch.testing.assert_close(
+        batch_scores(a, mask, v, head=1, backend="naive"), naive_batch_scores(a, mask, v, head=1)
+    )
 
 
 def test_unknown_backend_is_rejected_by_the_scores_and_the_config():
@@ -117,8 +136,27 @@ def test_unknown_backend_is_rejected_by_the_scores_and_the_config():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs fused on the CPU")
 def test_similarity_benchmark_runs_on_the_cpu_and_says_why_fused_is_skipped():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "bench/similarity.py", "--batch-sizes", "3", "--repeats", "1", "--channels", "8",
-                           "--frames", "6", "--hw", "9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/similarity.py",
+            "--batch-sizes",
+            "3",
+            "--repeats",
+            "1",
+            "--channels",
+            "8",
+            "--frames",
+            "6",
+            "--hw",
+            "9",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert any(line.startswith("fused: skipped (") and "TRITON_INTERPRET=1" in line for line in lines)

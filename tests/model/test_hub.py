@@ -153,8 +153,18 @@ def test_ground_loads_a_checkpoint_by_repo_id_from_the_cache(project_repo, hub_c
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     # the installed `ground` command, run where no checkpoint folder of that name exists
-    command = [str(Path(sys.executable).parent / "ground"), "--checkpoint", f"{REPO}@{COMMIT_OLD}",
-               "--image", str(image), "--audio", str(speech), "--out", str(out), "--no-progress"]
+    command = [
+        str(Path(sys.executable).parent / "ground"),
+        "--checkpoint",
+        f"{REPO}@{COMMIT_OLD}",
+        "--image",
+        str(image),
+        "--audio",
+        str(speech),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     model = json.loads((out / "result.json").read_text())["model"]
@@ -173,9 +183,25 @@ def test_evaluate_gives_a_denseav_row_by_repo_id(hub_cache, tmp_path):
     make_retrieval_shards(places, 4, "speech")
     make_retrieval_shards(audioset, 4, "sound")
     out = tmp_path / "eval"
-    result = CliRunner().invoke(evaluate_app, ["--checkpoint", DENSEAV, "--batch-size", "4", "--no-progress",
-                                               "--workers", "1", "--out", str(out), "table3", "--places", str(places),
-                                               "--audioset", str(audioset)])
+    result = CliRunner().invoke(
+        evaluate_app,
+        [
+            "--checkpoint",
+            DENSEAV,
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "table3",
+            "--places",
+            str(places),
+            "--audioset",
+            str(audioset),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     t3 = json.loads((out / "results.json").read_text())["table3"]
     assert t3["label"] == "DenseAV-sound-language" and t3["model"]["checkpoint"] == DENSEAV
@@ -188,8 +214,9 @@ def test_evaluate_gives_a_denseav_row_by_repo_id(hub_cache, tmp_path):
 def test_save_pretrained_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("data:\n  speech: shards/places/train\n  sound: shards/audioset/unbalanced\n"
-                                     "  batch_size: 8\nsteps: 800000\n")
+    (run / "config.yaml").write_text(
+        "data:\n  speech: shards/places/train\n  sound: shards/audioset/unbalanced\n  batch_size: 8\nsteps: 800000\n"
+    )
     (run / "summary.json").write_text(json.dumps({"step": 1234}))
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
@@ -203,9 +230,15 @@ def test_save_pretrained_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     card = ModelCard.load(directory / "README.md")
     assert card.data.license == "mit" and card.data.library_name == "seeing-speech-and-sound"
     assert "audio-visual" in card.data.tags
-    for text in ("Seeing Speech and Sound: Distinguishing and Locating Audio Sources in Visual Scenes",
-                 "shards/places/train", "shards/audioset/unbalanced", "| steps (done) | 1234 |", "| ours | 25.0 |",
-                 "## License", '"step": 1234'):
+    for text in (
+        "Seeing Speech and Sound: Distinguishing and Locating Audio Sources in Visual Scenes",
+        "shards/places/train",
+        "shards/audioset/unbalanced",
+        "| steps (done) | 1234 |",
+        "| ours | 25.0 |",
+        "## License",
+        '"step": 1234',
+    ):
         assert text in card.text, text
     (evaluation / "tables.md").unlink()  # without evaluate.py's tables: every number as stored
     assert "| table3 | results.R@1 | 0.25 |" in model_card(directory, results=evaluation)

@@ -44,8 +44,14 @@ def _model(state, **options):
 
 def _loss_and_grads(model, batch):
     feats = model(batch)
-    total, _ = mix_separate_loss(feats, model.logit_scale(), LossWeights(), sound_head=0, speech_head=1,
-                                 generator=torch.Generator().manual_seed(0))
+    total, _ = mix_separate_loss(
+        feats,
+        model.logit_scale(),
+        LossWeights(),
+        sound_head=0,
+        speech_head=1,
+        generator=torch.Generator().manual_seed(0),
+    )
     total.backward()
     return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -58,8 +64,9 @@ def _assert_same_step(ref, other, skip=()):
     assert any("lora_A" in n for n in expected) and any("feature_extractor" in n for n in grads_a)
     for name in expected:  # float32 sums in another order: tolerance relative to the gradient's scale
         scale = float(grads_a[name].abs().max())
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4 * scale + 1e-8,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4 * scale + 1e-8, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +84,7 @@ def test_sdpa_masks_the_padded_frames_as_eager_does(state, batch, reference):
         hidden = [m.audio_encoder(wave, mask).squeeze(2) for m in (eager, sdpa)]  # [B, D, T]
     valid = eager.audio_encoder.backbone._get_feature_vector_attention_mask(hidden[0].shape[-1], mask.long())
     assert 0 < int(valid[0].sum()) < valid.shape[1]
-    torch.testing.assert_close(hidden[1].transpose(1, 2)[valid], hidden[0].transpose(1, 2)[valid],
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hidden[1].transpose(1, 2)[valid], hidden[0].transpose(1, 2)[valid], rtol=1e-4, atol=1e-5)
     _assert_same_step(reference, _loss_and_grads(sdpa, batch))
 
 
@@ -132,16 +138,23 @@ def _inductor_compiler_missing() -> str:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
-    except Exception as exn:  # no C++ compiler: inductor cannot build CPU kernels
+    except Exception as exn:  # noqa: BLE001 - any failure here: inductor cannot build CPU kernels, the test skips
         return f"inductor's C++ compiler is not available: {exn}"
     return ""
 
 
 # One layer per backbone and a two-layer conv front end (still 50 Hz frames): inductor builds
 # every kernel with the C++ compiler, and the fewer distinct layers, the shorter the test.
-SMALL = dict(audio_backbone={**TINY_HUBERT, "num_hidden_layers": 1, "conv_dim": [16, 16], "conv_kernel": [10, 32],
-                             "conv_stride": [10, 32]},
-             image_backbone={**TINY_VIT, "num_hidden_layers": 1})
+SMALL = dict(
+    audio_backbone={
+        **TINY_HUBERT,
+        "num_hidden_layers": 1,
+        "conv_dim": [16, 16],
+        "conv_kernel": [10, 32],
+        "conv_stride": [10, 32],
+    },
+    image_backbone={**TINY_VIT, "num_hidden_layers": 1},
+)
 
 
 @pytest.mark.slow
@@ -161,8 +174,11 @@ def test_compiled_encoders_give_the_same_loss_and_gradients(batch):
 
 
 def test_speed_options_are_validated_and_old_configs_still_load():
-    for field, value in (("attn_implementation", "flash_attention_2"), ("gradient_checkpointing", "half"),
-                         ("compile_encoders", "reduce-overhead")):
+    for field, value in (
+        ("attn_implementation", "flash_attention_2"),
+        ("gradient_checkpointing", "half"),
+        ("compile_encoders", "reduce-overhead"),
+    ):
         with pytest.raises(ValueError, match=field):
             ModelConfig.preset("tiny", **{field: value})
     old = {**ModelConfig.preset("tiny").to_dict(), "gradient_checkpointing": True}

@@ -7,8 +7,14 @@ from torch.nn import functional as F
 from model import regularizers as reg
 from model.config import ModelConfig
 from model.factory import build_model
-from model.loss import (LossWeights, correspondence_loss, disentanglement_loss, info_nce, mix_separate_loss,
-                        regularizer_terms)
+from model.loss import (
+    LossWeights,
+    correspondence_loss,
+    disentanglement_loss,
+    info_nce,
+    mix_separate_loss,
+    regularizer_terms,
+)
 from model.similarity import batch_scores, pair_volume
 
 SR = 16_000
@@ -68,16 +74,20 @@ def test_eq11_is_the_sum_of_the_named_terms():
     feats = _feats(seed=4)
     w = torch.tensor(1.5, dtype=torch.float64)
     weights = LossWeights(correspondence=0.5, disentanglement=2.0)
-    total, terms = mix_separate_loss(feats, w, weights, sound_head=1, speech_head=0,
-                                     generator=torch.Generator().manual_seed(0))
+    total, terms = mix_separate_loss(
+        feats, w, weights, sound_head=1, speech_head=0, generator=torch.Generator().manual_seed(0)
+    )
     cor = correspondence_loss(feats, w)
     dis = disentanglement_loss(feats, w, sound_head=1, speech_head=0)
     regs = regularizer_terms(feats, w, weights.regularizers, generator=torch.Generator().manual_seed(0))
     assert set(cor) == set(dis) == {"sound", "speech"}
     torch.testing.assert_close(terms["cor"], cor["sound"] + cor["speech"])
     torch.testing.assert_close(terms["dis/speech"], dis["speech"])
-    expected = 0.5 * (cor["sound"] + cor["speech"]) + 2.0 * (dis["sound"] + dis["speech"]) + sum(
-        getattr(weights.regularizers, name) * value for name, value in regs.items())
+    expected = (
+        0.5 * (cor["sound"] + cor["speech"])
+        + 2.0 * (dis["sound"] + dis["speech"])
+        + sum(getattr(weights.regularizers, name) * value for name, value in regs.items())
+    )
     torch.testing.assert_close(total.detach(), expected.detach())
     assert {f"reg/{name}" for name in regs} == {t for t in terms if t.startswith("reg/")}
 
@@ -98,8 +108,9 @@ def test_correspondence_with_own_heads_scores_each_type_with_its_head():
     """The ``correspondence_heads: own`` diagnostic: s_N of the type's own head instead of s_M."""
     feats = _feats(seed=5)
     w = torch.tensor(1.0, dtype=torch.float64)
-    weights = LossWeights(disentanglement=0.0, correspondence_heads="own",
-                          regularizers=reg.RegularizerWeights(0, 0, 0, 0, 0, 0, 0))
+    weights = LossWeights(
+        disentanglement=0.0, correspondence_heads="own", regularizers=reg.RegularizerWeights(0, 0, 0, 0, 0, 0, 0)
+    )
     _, terms = mix_separate_loss(feats, w, weights, sound_head=1, speech_head=0)
     own_sound = info_nce(batch_scores(feats["sound_audio"], feats["sound_mask"], feats["sound_image"], head=1), w)
     own_speech = info_nce(batch_scores(feats["speech_audio"], feats["speech_mask"], feats["speech_image"], head=0), w)
@@ -236,7 +247,9 @@ def test_tiny_model_overfits_a_fixed_batch():
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for step in range(15):
-        total, terms = mix_separate_loss(model(batch), model.logit_scale(), generator=torch.Generator().manual_seed(step))
+        total, terms = mix_separate_loss(
+            model(batch), model.logit_scale(), generator=torch.Generator().manual_seed(step)
+        )
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -119,7 +119,9 @@ def test_stage_parameters():
 
 def test_spec_augment_embedding_trains_only_when_spec_augment_is_on():
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", audio_backbone={**ModelConfig.preset("tiny").audio_backbone, "mask_time_prob": 0.05})
+    cfg = ModelConfig.preset(
+        "tiny", audio_backbone={**ModelConfig.preset("tiny").audio_backbone, "mask_time_prob": 0.05}
+    )
     model = build_model(cfg).set_stage("full")
     assert "audio_encoder.backbone.masked_spec_embed" not in _trainable(model)
     model = build_model(ModelConfig.from_dict({**cfg.to_dict(), "audio_spec_augment": True})).set_stage("full")
@@ -162,8 +164,17 @@ def test_full_step_changes_lora_and_hubert_but_never_the_vit_weights():
 
 
 def test_lora_targets_are_found_in_the_module_tree():
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=16, patch_size=8), add_pooling_layer=False)
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=8,
+        ),
+        add_pooling_layer=False,
+    )
     found = set(attention_projection_names(vit))
     assert found in ({"q_proj", "k_proj", "v_proj"}, {"query", "key", "value"})  # transformers 5.x / 4.x
 

@@ -22,10 +22,27 @@ def strict_loads(text: str):
 
 def test_strict_json_writes_non_finite_numbers_as_null_and_numpy_as_plain_types(tmp_path):
     path = tmp_path / "out.json"
-    atomic.write_json(path, {"inf": math.inf, "ninf": np.float32(-np.inf), "nan": np.float64("nan"),
-                             "array": np.array([0.5, np.inf]), "int": np.int64(3), "path": Path("/x"), 7: (1, 2)})
-    assert strict_loads(path.read_text()) == {"inf": None, "ninf": None, "nan": None, "array": [0.5, None], "int": 3,
-                                              "path": "/x", "7": [1, 2]}
+    atomic.write_json(
+        path,
+        {
+            "inf": math.inf,
+            "ninf": np.float32(-np.inf),
+            "nan": np.float64("nan"),
+            "array": np.array([0.5, np.inf]),
+            "int": np.int64(3),
+            "path": Path("/x"),
+            7: (1, 2),
+        },
+    )
+    assert strict_loads(path.read_text()) == {
+        "inf": None,
+        "ninf": None,
+        "nan": None,
+        "array": [0.5, None],
+        "int": 3,
+        "path": "/x",
+        "7": [1, 2],
+    }
     with pytest.raises(ValueError):  # what was not sanitized is refused, never written as NaN
         atomic.dumps_strict({"x": math.nan})
 
@@ -53,5 +70,8 @@ def test_replace_dir_swaps_a_whole_directory(tmp_path):
     (tmp / "trainer_state.json").write_text("{}")
     atomic.replace_dir(tmp, final)
     assert not tmp.exists()
-    assert sorted(str(p.relative_to(final)) for p in final.rglob("*")) == ["model", "model/config.json",
-                                                                          "trainer_state.json"]
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*")) == [
+        "model",
+        "model/config.json",
+        "trainer_state.json",
+    ]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import media
 from pipeline import audio, ffmpeg, image
 from pipeline.format import CLIP_SAMPLES, IMAGE_SHORT_SIDE, SAMPLE_RATE
+from tests.support import media
 
 
 def test_ffmpeg_binary_is_found_and_runs():
@@ -199,7 +199,11 @@ def test_every_image_mode_becomes_8_bit_rgb_by_its_value_range(tmp_path):
         assert np.abs(np.asarray(image.to_rgb(made.convert(mode))).astype(int) - rgb).max() <= 2, mode
     for mode in ("RGBa", "La"):  # premultiplied alpha, opaque here
         source = Image.fromarray(np.dstack([rgb, np.full_like(grey, 255)]), "RGBA")
-        source = source.convert(mode) if mode == "RGBa" else Image.merge("La", [Image.fromarray(grey), source.getchannel("A")])
+        source = (
+            source.convert(mode)
+            if mode == "RGBa"
+            else Image.merge("La", [Image.fromarray(grey), source.getchannel("A")])
+        )
         np.testing.assert_array_equal(np.asarray(image.to_rgb(source)), rgb, err_msg=mode)
     nan = Image.fromarray(np.array([[np.nan, 0.25, np.inf, 1.0]], np.float32))
     assert np.asarray(image.to_rgb(nan))[0, :, 0].tolist() == [0, 64, 0, 255]  # non-finite pixels black

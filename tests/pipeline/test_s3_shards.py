@@ -31,7 +31,9 @@ TIMING = {"created", "updated", "wall_seconds", "stage_seconds", "retried"}
 
 def _objects(url: str) -> dict[str, bytes]:
     loc = storage.location(url)
-    return {name: storage.read_bytes(loc / name) for name in storage.list_tree(loc) if not name.startswith(".prep.lock")}
+    return {
+        name: storage.read_bytes(loc / name) for name in storage.list_tree(loc) if not name.startswith(".prep.lock")
+    }
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -44,21 +46,46 @@ def _same_content(local: dict[str, bytes], remote: dict[str, bytes]) -> None:
     for name, data in local.items():
         if name.endswith(".json"):
             a, b = json.loads(data), json.loads(remote[name])
-            assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}, name
+            assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}, (
+                name
+            )
         else:
             assert data == remote[name], name
 
 
 def _places(tmp_path, n):
-    entries = [{"wav": f"wavs/{i % 2}/u{i}.wav", "image": f"b/bakery/img_{i}.jpg", "audio": media.speech_like(1.0 + i % 3, 16_000, seed=i),
-                "sr": 16_000, "image_size": (64, 48), "uttid": f"U{i}", "speaker": "S0", "asr_text": f"thing {i}"} for i in range(n)]
+    entries = [
+        {
+            "wav": f"wavs/{i % 2}/u{i}.wav",
+            "image": f"b/bakery/img_{i}.jpg",
+            "audio": media.speech_like(1.0 + i % 3, 16_000, seed=i),
+            "sr": 16_000,
+            "image_size": (64, 48),
+            "uttid": f"U{i}",
+            "speaker": "S0",
+            "asr_text": f"thing {i}",
+        }
+        for i in range(n)
+    ]
     entries[1]["image_size"] = None  # a failed row, for `prep retry`
     return media.places_tree(tmp_path, entries), tmp_path / "places205"
 
 
 def _places_args(meta, image_root, out, *extra):
-    return ["shards", "places", "--metadata", str(meta), "--image-root", str(image_root), "--out", out, "--no-progress",
-            "--shard-size", "2", *extra]
+    return [
+        "shards",
+        "places",
+        "--metadata",
+        str(meta),
+        "--image-root",
+        str(image_root),
+        "--out",
+        out,
+        "--no-progress",
+        "--shard-size",
+        "2",
+        *extra,
+    ]
 
 
 def test_prep_inspect_and_retry_with_an_s3_out(s3_env, tmp_path, monkeypatch):
@@ -97,10 +124,16 @@ def test_kill_during_an_upload_then_rerun_gives_the_same_objects(s3_server, s3_e
     out = storage.location(s3_env)
     cmd = [sys.executable, "-m", "pipeline.prep.cli", *_places_args(meta, image_root, s3_env, "--workers", "1")]
     env = {**os.environ, **s3_server.env()}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not any(k.endswith(".tar") for k in storage.list_dir(out)):
+        while (
+            proc.poll() is None
+            and time.monotonic() < deadline
+            and not any(k.endswith(".tar") for k in storage.list_dir(out))
+        ):
             time.sleep(0.005)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # mid-build: its lease stays behind, a shard may be half uploaded
@@ -110,7 +143,9 @@ def test_kill_during_an_upload_then_rerun_gives_the_same_objects(s3_server, s3_e
     for shard in listing.committed:  # what counts is whole
         assert storage.exists(shard_dir.parquet_path(out, shard.index))
 
-    result = CliRunner().invoke(app, _places_args(meta, image_root, s3_env, "--workers", "2"))  # the dead run's lease is stale
+    result = CliRunner().invoke(
+        app, _places_args(meta, image_root, s3_env, "--workers", "2")
+    )  # the dead run's lease is stale
     assert result.exit_code == 0, result.output
     _same_content(_files(reference), _objects(s3_env))
 
@@ -140,8 +175,17 @@ def test_loader_and_retrieval_read_s3_as_they_read_disk(shards, s3_env):
     _same_content(_files(root / "speech"), _objects(f"{s3_env}/speech"))
 
     def cfg(speech, sound):
-        return LoaderConfig(speech=speech, sound=sound, batch_size=4, num_workers=1, image_size=32, clip_seconds=3.0,
-                            shuffle_buffer=8, seed=0, epoch_samples=20)
+        return LoaderConfig(
+            speech=speech,
+            sound=sound,
+            batch_size=4,
+            num_workers=1,
+            image_size=32,
+            clip_seconds=3.0,
+            shuffle_buffer=8,
+            seed=0,
+            epoch_samples=20,
+        )
 
     local = list(TrainLoader(cfg(str(root / "speech"), str(root / "sound"))))
     loader = TrainLoader(cfg(f"{s3_env}/speech", f"{s3_env}/sound/00000*.tar"))  # a directory, and a glob of keys
@@ -166,9 +210,18 @@ def test_the_ray_engine_writes_straight_to_the_bucket(s3_env, tmp_path):
     from pipeline.prep.ray_engine import RayOptions
 
     items = [{"type": "speech", "seed": i, "seconds": 1.0 + i % 2} for i in range(6)]
-    build_shards(items, shardgen.load_item, tmp_path / "local", key=shardgen.item_key, shard_size=2, workers=0, progress=False)
+    build_shards(
+        items, shardgen.load_item, tmp_path / "local", key=shardgen.item_key, shard_size=2, workers=0, progress=False
+    )
     # Ray started here inherits the store's environment; each task writes in its own temporary
     # folder and uploads (no shared folder with the driver)
-    build_shards(items, shardgen.load_item, f"{s3_env}/ray", key=shardgen.item_key, shard_size=2, progress=False,
-                 ray=RayOptions(num_cpus=2))
+    build_shards(
+        items,
+        shardgen.load_item,
+        f"{s3_env}/ray",
+        key=shardgen.item_key,
+        shard_size=2,
+        progress=False,
+        ray=RayOptions(num_cpus=2),
+    )
     _same_content(_files(tmp_path / "local"), _objects(f"{s3_env}/ray"))

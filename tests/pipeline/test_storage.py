@@ -18,7 +18,14 @@ def test_locations_are_an_allow_list(tmp_path):
     assert storage.location(f"file://{tmp_path}") == tmp_path
     assert storage.location("shards/places") == Path("shards/places")
     assert str(storage.S3Path("b", "p") / "x.tar") == "s3://b/p/x.tar"
-    for bad in ("pipe:cat /etc/passwd", "http://example.com/x.tar", "https://a/b", "gs://b/p", "s3://", "file://host/x"):
+    for bad in (
+        "pipe:cat /etc/passwd",
+        "http://example.com/x.tar",
+        "https://a/b",
+        "gs://b/p",
+        "s3://",
+        "file://host/x",
+    ):
         with pytest.raises(storage.StorageError) as err:
             storage.location(bad)
         assert "\n" not in str(err.value)

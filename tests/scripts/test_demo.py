@@ -25,7 +25,9 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
         # CI-sized check: both heads beat the chance level (the demo itself requires 2x and more)
         "DEMO_REPORT_ARGS": "--min-ratio 1.0 --no-compare-heads",
     }
-    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Table 1" in result.stdout and "Does the method learn?" in result.stdout
 
@@ -45,8 +47,9 @@ def test_demo_script_end_to_end_on_a_ci_sized_world(tmp_path):
     assert pretrain["steps"] == 100 and pretrain["loss_last"] < pretrain["loss_first"]
 
     # the second command of the README's ablation line: one seed of each loss next to the demo's model
-    result = subprocess.run(["bash", "scripts/demo.sh", "--ablation"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", "scripts/demo.sh", "--ablation"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ablation = tmp_path / "runs" / "ablation"
     assert "reusing the trained model" in result.stdout

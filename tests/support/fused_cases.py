@@ -74,13 +74,20 @@ def loss_case() -> dict:
     out = {}
     for backend in ("naive", "fused"):
         leaves = {name: x.clone().requires_grad_() for name, x in feats.items() if x.is_floating_point()}
-        total, _ = mix_separate_loss({**feats, **leaves}, torch.tensor(3.0), LossWeights(),
-                                     generator=torch.Generator().manual_seed(0), score_backend=backend)
+        total, _ = mix_separate_loss(
+            {**feats, **leaves},
+            torch.tensor(3.0),
+            LossWeights(),
+            generator=torch.Generator().manual_seed(0),
+            score_backend=backend,
+        )
         total.backward()
         out[backend] = (total.detach(), {name: x.grad for name, x in leaves.items()})
     (ref, ref_grads), (got, got_grads) = out["naive"], out["fused"]
-    return {"loss": relative(got, ref.double()),
-            "grads": max(relative(got_grads[name], ref_grads[name].double()) for name in ref_grads)}
+    return {
+        "loss": relative(got, ref.double()),
+        "grads": max(relative(got_grads[name], ref_grads[name].double()) for name in ref_grads),
+    }
 
 
 def empty_batch_case() -> dict:
@@ -92,8 +99,11 @@ def empty_batch_case() -> dict:
         mask = torch.ones(ba, 5, dtype=torch.bool)
         scores = batch_scores(a, mask, v, None, backend="fused")
         scores.sum().backward()
-        out[name] = {"shape": list(scores.shape), "naive_shape": list(naive_batch_scores(a, mask, v, None).shape),
-                     "grad_shapes": [list(a.grad.shape), list(v.grad.shape)]}
+        out[name] = {
+            "shape": list(scores.shape),
+            "naive_shape": list(naive_batch_scores(a, mask, v, None).shape),
+            "grad_shapes": [list(a.grad.shape), list(v.grad.shape)],
+        }
     return out
 
 

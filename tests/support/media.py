@@ -39,7 +39,9 @@ def step_frequency(second: int, base: float = 300.0, step: float = 100.0) -> flo
     return base + step * second
 
 
-def stepped_tone(seconds: float, sr: int = 16_000, amp: float = 0.3, base: float = 300.0, step: float = 100.0) -> np.ndarray:
+def stepped_tone(
+    seconds: float, sr: int = 16_000, amp: float = 0.3, base: float = 300.0, step: float = 100.0
+) -> np.ndarray:
     """A tone whose pitch jumps at every whole second (phase-continuous): where a clip came from
     in its source can be read back from its pitch."""
     n = int(round(seconds * sr))
@@ -104,8 +106,18 @@ def write_audio(path: str | Path, audio: np.ndarray, sr: int, subtype: str = "PC
 
 
 PALETTE = [
-    (230, 25, 25), (25, 200, 40), (30, 60, 230), (240, 220, 20), (220, 30, 220), (20, 220, 220),
-    (250, 140, 0), (130, 0, 160), (255, 255, 255), (10, 10, 10), (120, 200, 120), (200, 120, 120),
+    (230, 25, 25),
+    (25, 200, 40),
+    (30, 60, 230),
+    (240, 220, 20),
+    (220, 30, 220),
+    (20, 220, 220),
+    (250, 140, 0),
+    (130, 0, 160),
+    (255, 255, 255),
+    (10, 10, 10),
+    (120, 200, 120),
+    (200, 120, 120),
 ]
 
 
@@ -219,8 +231,10 @@ def write_mode_pictures(folder: str | Path, size=(64, 48)) -> dict[str, tuple[Pa
         "I16.png": (Image.fromarray(wide.astype(np.uint16)), rgb),
         "I16B.tif": (Image.fromarray(wide.astype(np.uint16)).convert("I").convert("I;16B"), rgb),
         "I.tif": (Image.fromarray(wide.astype(np.int32)), rgb),
-        "I-signed.tif": (Image.fromarray(signed), np.repeat(np.rint((signed - signed.min()) * 255.0 / np.ptp(signed))
-                                                                .astype(np.uint8)[..., None], 3, 2)),
+        "I-signed.tif": (
+            Image.fromarray(signed),
+            np.repeat(np.rint((signed - signed.min()) * 255.0 / np.ptp(signed)).astype(np.uint8)[..., None], 3, 2),
+        ),
         "F.tif": (Image.fromarray(grey.astype(np.float32) / 255), rgb),
         "F-wide.tif": (Image.fromarray(grey.astype(np.float32) * 4 - 100), rgb),  # min..max: the same ramp
     }
@@ -263,7 +277,9 @@ def write_huge_png_header(path: str | Path, width: int = 30_000, height: int = 3
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
@@ -297,19 +313,26 @@ def places_tree(root: str | Path, entries: Sequence[dict]) -> Path:
         data.append(fields)
     meta = audio_root / "metadata" / "train.json"
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"image_base_path": "/nonexistent/images256", "audio_base_path": "/nonexistent/distro", "data": data}))
+    meta.write_text(
+        json.dumps(
+            {"image_base_path": "/nonexistent/images256", "audio_base_path": "/nonexistent/distro", "data": data}
+        )
+    )
     image_root.mkdir(parents=True, exist_ok=True)
     return meta
 
 
-def audioset_csvs(root: str | Path, segments: Sequence[tuple], labels: dict[str, str], extra_lines: Sequence[str] = ()) -> tuple[Path, Path]:
+def audioset_csvs(
+    root: str | Path, segments: Sequence[tuple], labels: dict[str, str], extra_lines: Sequence[str] = ()
+) -> tuple[Path, Path]:
     """A segment CSV (Google's layout: three '#' lines, quoted label lists) and a
     class_labels_indices.csv. ``segments``: (ytid, start, end, [mids])."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Segments csv created Sun Mar  5 10:54:25 2017",
-        f"# num_ytids={len(segments)}, num_segs={len(segments)}, num_unique_labels={len(labels)}, num_positive_labels=0",
+        f"# num_ytids={len(segments)}, num_segs={len(segments)}, "
+        f"num_unique_labels={len(labels)}, num_positive_labels=0",
         "# YTID, start_seconds, end_seconds, positive_labels",
     ]
     lines += [f'{y}, {s:.3f}, {e:.3f}, "{",".join(m)}"' for y, s, e, m in segments]
@@ -333,7 +356,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         if "ratelimited" in self.path:
             self.send_error(429, "Too Many Requests")
             return
@@ -359,7 +382,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
 

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from tests.support.testsets import ADE_BASE_HZ, IS3_SOUND_HZ, IS3_SPEECH_HZ, RETRIEVAL_BASE_HZ
 from pipeline.data.transform import denormalize
+from tests.support.testsets import ADE_BASE_HZ, IS3_SOUND_HZ, IS3_SPEECH_HZ, RETRIEVAL_BASE_HZ
 
 C, FRAMES, PATCH = 40, 10, 8
 N_RETRIEVAL = C - 8
@@ -27,8 +27,9 @@ N_RETRIEVAL = C - 8
 class OracleModel(torch.nn.Module):
     def __init__(self, image_size: int = 64):
         super().__init__()
-        self.config = SimpleNamespace(image_size=image_size, num_heads=2, sound_head=0, speech_head=1,
-                                      to_dict=lambda: {"name": "oracle"})
+        self.config = SimpleNamespace(
+            image_size=image_size, num_heads=2, sound_head=0, speech_head=1, to_dict=lambda: {"name": "oracle"}
+        )
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         rgb = denormalize(images)  # [B, 3, S, S] in [0, 1]
@@ -58,11 +59,13 @@ class OracleModel(torch.nn.Module):
             freqs = np.fft.rfftfreq(x.shape[0], 1 / 16000)
             total = spec.sum() + 1e-12
 
-            def energy(f):
+            def energy(f, spec=spec, freqs=freqs, total=total):
                 return spec[np.abs(freqs - f) < 3].sum() / total
 
-            for head, tones, base in ((0, IS3_SOUND_HZ, RETRIEVAL_BASE_HZ["sound"]),
-                                      (1, IS3_SPEECH_HZ, RETRIEVAL_BASE_HZ["speech"])):
+            for head, tones, base in (
+                (0, IS3_SOUND_HZ, RETRIEVAL_BASE_HZ["sound"]),
+                (1, IS3_SPEECH_HZ, RETRIEVAL_BASE_HZ["speech"]),
+            ):
                 e = [energy(f) for f in tones]
                 if max(e) > 0.05:
                     a[i, int(np.argmax(e)), head] = 1.0

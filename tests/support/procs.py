@@ -50,7 +50,9 @@ def survivors(pids: list[int], timeout: float) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def survivors_of_kill_9(cmd: list[str], n: int, cwd: str | os.PathLike, timeout: float = 5) -> tuple[list[int], list[int]]:
+def survivors_of_kill_9(
+    cmd: list[str], n: int, cwd: str | os.PathLike, timeout: float = 5
+) -> tuple[list[int], list[int]]:
     """Start ``cmd``, wait until it has ``n`` children, SIGKILL it, and return (its children, those
     still running ``timeout`` seconds later). Survivors are killed before this returns, so none is
     left to the next test; fewer than ``n`` children means the command never got that far."""

@@ -28,9 +28,21 @@ KEY_ID = "seeing-test-key"
 SECRET = "seeing-test-secret-0123456789"
 # every port `weed mini` opens, each given a free one (the defaults would collide between runs)
 PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "webdav.port", "admin.port", "admin.port.grpc",
-    "debug.port", "s3.debug.port",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "webdav.port",
+    "admin.port",
+    "admin.port.grpc",
+    "debug.port",
+    "s3.debug.port",
 )
 
 
@@ -71,8 +83,12 @@ class S3Server:
     def env(self, key_id: str = KEY_ID, secret: str = SECRET) -> dict:
         """The AWS environment a client of this server needs (and nothing from ~/.aws)."""
         return {
-            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
@@ -81,15 +97,28 @@ class S3Server:
             self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
         self.data.mkdir(parents=True, exist_ok=True)
         # its logs and unix sockets in its own folder, not in /tmp
-        cmd = [self.binary, f"-logdir={self.data}", "mini", f"-dir={self.data}",
-               f"-filer.localSocket={self.data / 'filer.sock'}", f"-s3.localSocket={self.data / 's3.sock'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-admin.ui=false", f"-bucket={BUCKET}",
-               *(f"-{flag}={port}" for flag, port in self.ports.items())]
+        cmd = [
+            self.binary,
+            f"-logdir={self.data}",
+            "mini",
+            f"-dir={self.data}",
+            f"-filer.localSocket={self.data / 'filer.sock'}",
+            f"-s3.localSocket={self.data / 's3.sock'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            f"-bucket={BUCKET}",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, TMPDIR=str(self.data))  # the "mini" identity: SigV4 enforced
+        env.update(
+            AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, TMPDIR=str(self.data)
+        )  # the "mini" identity: SigV4 enforced
         log = open(self.data / "weed.log", "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         log.close()
         self._wait_ready(timeout)
 
@@ -98,8 +127,13 @@ class S3Server:
         from botocore.config import Config
 
         c = boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
-            region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:

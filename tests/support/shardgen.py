@@ -21,9 +21,18 @@ def load_item(item: dict) -> Media:
     else:
         audio = rng.uniform(0.05, 2.0) * rng.standard_normal(n)  # loud enough to clip sometimes
     image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    return Media(audio=audio.astype(np.float32), sample_rate=SR, image=image,
-                 meta={"source": "test", "source_id": f"{item['type']}-{item['seed']}",
-                       "audio_type": item["type"], "clip_start": 0.0, "clip_end": item["seconds"]})
+    return Media(
+        audio=audio.astype(np.float32),
+        sample_rate=SR,
+        image=image,
+        meta={
+            "source": "test",
+            "source_id": f"{item['type']}-{item['seed']}",
+            "audio_type": item["type"],
+            "clip_start": 0.0,
+            "clip_end": item["seconds"],
+        },
+    )
 
 
 def item_key(item: dict) -> str:

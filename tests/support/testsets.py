@@ -54,8 +54,9 @@ def _noisy(rng: np.random.Generator, h: int, w: int, rgb) -> np.ndarray:
     return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def make_is3_tree(root: Path, extended: bool = True, audio_dir: str = "audio_wav", size: int = 48,
-                  seed: int = 0) -> Path:
+def make_is3_tree(
+    root: Path, extended: bool = True, audio_dir: str = "audio_wav", size: int = 48, seed: int = 0
+) -> Path:
     """IS3 (and, with ``extended``, the spoken prompts) for the images in ``IS3_IMAGES``.
 
     The two objects of an image occupy its left (red) and right (blue) halves; masks are JPEGs.
@@ -81,16 +82,20 @@ def make_is3_tree(root: Path, extended: bool = True, audio_dir: str = "audio_wav
             sf.write(root / audio_dir / f"{stem}.wav", _tone(2.0, 22050, IS3_SOUND_HZ[side], 2), 22050)
             if extended:
                 sf.write(root / "speech_wav" / f"{stem}.wav", _tone(0.8, 16000, IS3_SPEECH_HZ[side]), 16000)
-                items[stem] = {"class": target, "phrase": target, "words": [
-                    {"word": target, "start": 0.1, "end": 0.7}], "object_span": [0.1, 0.7]}
+                items[stem] = {
+                    "class": target,
+                    "phrase": target,
+                    "words": [{"word": target, "start": 0.1, "end": 0.7}],
+                    "object_span": [0.1, 0.7],
+                }
     if extended:
-        (root / "speech_prompts.json").write_text(json.dumps(
-            {"backend": "test", "voice": "none", "items": items}, indent=1))
+        (root / "speech_prompts.json").write_text(
+            json.dumps({"backend": "test", "voice": "none", "items": items}, indent=1)
+        )
     return root
 
 
-ADE_CLASSES = {"speech": [(2978, "person"), (1, "wall"), (724, "dog")],
-               "sound": [(724, "dog"), (2978, "person")]}
+ADE_CLASSES = {"speech": [(2978, "person"), (1, "wall"), (724, "dog")], "sound": [(724, "dog"), (2978, "person")]}
 
 
 def encode_ade_classes(classes: np.ndarray) -> np.ndarray:
@@ -122,12 +127,33 @@ def make_ade_tree(parent: Path, kind: str, seed: int = 0) -> Path:
         audio_name = f"prompt_{i}.wav"
         rate = 16000 if kind == "speech" else 44100
         sf.write(root / "audio" / audio_name, _tone(3.0, rate, ADE_BASE_HZ + 50 * i), rate)
-        rows.append({"image_location": loc, col: f"some/where/{audio_name}", "ade_class_id": class_id,
-                     "ade_class_name": name, "timing": json.dumps([1.0, 1.5]) if kind == "speech" else ""})
-    rows.append({"image_location": "validation/ADE_val_00000000.jpg", col: "x/prompt_0.wav",
-                 "ade_class_id": 0, "ade_class_name": "-", "timing": "[0, 1]"})  # class 0: dropped
-    rows.append({"image_location": "validation/ADE_val_00000001.jpg", col: "",
-                 "ade_class_id": 1, "ade_class_name": "wall", "timing": ""})  # no prompt: dropped
+        rows.append(
+            {
+                "image_location": loc,
+                col: f"some/where/{audio_name}",
+                "ade_class_id": class_id,
+                "ade_class_name": name,
+                "timing": json.dumps([1.0, 1.5]) if kind == "speech" else "",
+            }
+        )
+    rows.append(
+        {
+            "image_location": "validation/ADE_val_00000000.jpg",
+            col: "x/prompt_0.wav",
+            "ade_class_id": 0,
+            "ade_class_name": "-",
+            "timing": "[0, 1]",
+        }
+    )  # class 0: dropped
+    rows.append(
+        {
+            "image_location": "validation/ADE_val_00000001.jpg",
+            col: "",
+            "ade_class_id": 1,
+            "ade_class_name": "wall",
+            "timing": "",
+        }
+    )  # no prompt: dropped
     with (root / "prompted_segmentation.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, ["image_location", col, "ade_class_id", "ade_class_name", "timing"])
         writer.writeheader()
@@ -135,8 +161,9 @@ def make_ade_tree(parent: Path, kind: str, seed: int = 0) -> Path:
     return root
 
 
-def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 4,
-                          unfinished: bool = True) -> list[str]:
+def make_retrieval_shards(
+    out: Path, n: int, audio_type: str, shard_size: int = 4, unfinished: bool = True
+) -> list[str]:
     """Committed shards of ``n`` samples (plus one unfinished shard), as ``prep`` writes them.
 
     Returns the keys in shard order. Sample ``i`` has a tone at ``RETRIEVAL_BASE_HZ[type] + 20 i``
@@ -151,11 +178,21 @@ def make_retrieval_shards(out: Path, n: int, audio_type: str, shard_size: int = 
                 key = f"{audio_type}_{i:04d}"
                 audio = np.zeros(fmt.CLIP_SAMPLES, np.float32)
                 dur = 2.0 + (i % 5)
-                audio[: int(dur * fmt.SAMPLE_RATE)] = _tone(dur, fmt.SAMPLE_RATE, RETRIEVAL_BASE_HZ[audio_type] + 20 * i)
+                audio[: int(dur * fmt.SAMPLE_RATE)] = _tone(
+                    dur, fmt.SAMPLE_RATE, RETRIEVAL_BASE_HZ[audio_type] + 20 * i
+                )
                 img = np.full((fmt.IMAGE_SHORT_SIDE, 300, 3), 128, np.uint8)
                 img[..., 0] = (10 * i) % 256
-                meta = {"source": "test", "source_id": key, "audio_type": audio_type, "clip_start": 0.0,
-                        "clip_end": dur, "duration": dur, "orig_sample_rate": 16000, "orig_channels": 1}
+                meta = {
+                    "source": "test",
+                    "source_id": key,
+                    "audio_type": audio_type,
+                    "clip_start": 0.0,
+                    "clip_end": dur,
+                    "duration": dur,
+                    "orig_sample_rate": 16000,
+                    "orig_channels": 1,
+                }
                 sample = fmt.encode_sample(key, audio, Image.fromarray(img), meta)
                 for ext in fmt.MEMBER_EXTS:
                     _add(tar, f"{key}.{ext}", sample[ext])

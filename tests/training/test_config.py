@@ -23,29 +23,46 @@ RUN = CliRunner()
 def test_a_model_block_is_deep_merged_over_its_preset():
     demo = load_config(ROOT / "configs" / "demo.yaml", [])
     backbone = demo.model.audio_backbone
-    assert backbone == {**TINY_HUBERT, "feat_extract_norm": "group", "conv_dim": [32] * 4,
-                        "conv_stride": [10, 4, 4, 2], "conv_kernel": [20, 8, 4, 4]}
+    assert backbone == {
+        **TINY_HUBERT,
+        "feat_extract_norm": "group",
+        "conv_dim": [32] * 4,
+        "conv_stride": [10, 4, 4, 2],
+        "conv_kernel": [20, 8, 4, 4],
+    }
     assert demo.model == ModelConfig.preset("tiny", audio_backbone=backbone)
     deeper = load_config(ROOT / "configs" / "demo.yaml", ["model.audio_backbone.num_hidden_layers=3"])
     assert deeper.model.audio_backbone == {**backbone, "num_hidden_layers": 3}
 
 
 def test_every_loader_option_is_a_typed_data_key():
-    cfg = load_config(None, ["data.augment.scale=[0.2, 1]", "data.mix.level_db=[-30, -20]", "data.splice.prob=0.5",
-                             "data.masking.prob=0.25", "data.max_consecutive_skips=7", "data.clip_seconds=2.5"])
+    cfg = load_config(
+        None,
+        [
+            "data.augment.scale=[0.2, 1]",
+            "data.mix.level_db=[-30, -20]",
+            "data.splice.prob=0.5",
+            "data.masking.prob=0.25",
+            "data.max_consecutive_skips=7",
+            "data.clip_seconds=2.5",
+        ],
+    )
     d = cfg.data
     assert (d.augment.scale, d.mix.level_db, d.splice.prob, d.masking.prob) == ((0.2, 1), (-30, -20), 0.5, 0.25)
     assert (d.max_consecutive_skips, d.clip_samples) == (7, 40_000)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.mix.snr=[0, 1]", r"unknown config.data.mix keys \['snr'\]"),
-    ("model.lora_rnk=4", "unknown ModelConfig fields"),
-    ("model.preset=huge", "unknown model preset"),
-    ("data.image_size=64", r"\['image_size'\] are set by the trainer"),
-    ("loss.regularizers.tvv=1", r"unknown config.loss.regularizers keys \['tvv'\]"),
-    ("steps", "must look like key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.mix.snr=[0, 1]", r"unknown config.data.mix keys \['snr'\]"),
+        ("model.lora_rnk=4", "unknown ModelConfig fields"),
+        ("model.preset=huge", "unknown model preset"),
+        ("data.image_size=64", r"\['image_size'\] are set by the trainer"),
+        ("loss.regularizers.tvv=1", r"unknown config.loss.regularizers keys \['tvv'\]"),
+        ("steps", "must look like key.sub=value"),
+    ],
+)
 def test_typos_and_trainer_owned_keys_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "configs" / "tiny.yaml", [override])
@@ -85,33 +102,39 @@ def test_values_that_crashed_a_run_are_converted(tmp_path):
     assert type(cfg.optim.grad_clip) is float and type(cfg.data.mix.level_db) is tuple
 
 
-@pytest.mark.parametrize("override, line", [
-    ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
-    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
-    ("optim.betas=[0.9, 1.0]", "optim.betas must be a list, each in [0, 1), got [0.9, 1.0]"),
-    ("steps=0", "steps must be >= 1, got 0"),
-    ("steps=1.5", "steps must be an integer, got 1.5"),
-    ("mosaic_prob=2", "mosaic_prob must be in [0, 1], got 2.0"),
-    ("mixed_precision=fp8", "mixed_precision must be one of auto, no, bf16, fp16, got 'fp8'"),
-    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
-    ("data.clip_seconds=12", "data.clip_seconds must be in (0, 10], got 12.0"),
-    ("data.epoch_samples=0", "data.epoch_samples must be >= 1, got 0"),
-    ("data.speech=[a, b]", "data.speech must be a string, got ['a', 'b']"),
-    ("data.augment.flip_prob=1.5", "data.augment.flip_prob must be in [0, 1], got 1.5"),
-    ("data.augment.scale=[0.5]", "data.augment.scale must be a list of 2 numbers, got [0.5]"),
-    ("data.mix.snr_db=[5, -5]", "data.mix.snr_db must be a [low, high] pair with low <= high, got [5.0, -5.0]"),
-    ("data.splice.prob=-0.1", "data.splice.prob must be in [0, 1], got -0.1"),
-    ("loss.regularizers.tv=-1", "loss.regularizers.tv must be >= 0, got -1.0"),
-    ("loss.correspondence_heads=sum", "loss.correspondence_heads must be max or own, got 'sum'"),
-    ("model.attn_implementation=flash", "model.attn_implementation must be eager or sdpa, got 'flash'"),
-    ("model.audio_pool=[]", "model.audio_pool must be a non-empty list, each >= 1, got []"),
-    ("model.sound_head=5", "model: sound_head=5 is outside 0..1"),
-    ("model=huge", "unknown model preset 'huge' at model.preset; accepted: paper, tiny"),
-    ("val.pairs=none", "val.pairs must be an integer, got 'none'"),
-    ("out_dir=runs/${seed}", "out_dir must be a literal value, got the interpolation 'runs/${seed}'"),
-    ("log_with=tensorbord", "log_with must be a non-empty list whose items are each one of tensorboard, wandb, "
-                            "comet_ml, mlflow, aim, clearml, dvclive, swanlab, trackio, all, none, got ['tensorbord']"),
-])
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
+        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+        ("optim.betas=[0.9, 1.0]", "optim.betas must be a list, each in [0, 1), got [0.9, 1.0]"),
+        ("steps=0", "steps must be >= 1, got 0"),
+        ("steps=1.5", "steps must be an integer, got 1.5"),
+        ("mosaic_prob=2", "mosaic_prob must be in [0, 1], got 2.0"),
+        ("mixed_precision=fp8", "mixed_precision must be one of auto, no, bf16, fp16, got 'fp8'"),
+        ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+        ("data.clip_seconds=12", "data.clip_seconds must be in (0, 10], got 12.0"),
+        ("data.epoch_samples=0", "data.epoch_samples must be >= 1, got 0"),
+        ("data.speech=[a, b]", "data.speech must be a string, got ['a', 'b']"),
+        ("data.augment.flip_prob=1.5", "data.augment.flip_prob must be in [0, 1], got 1.5"),
+        ("data.augment.scale=[0.5]", "data.augment.scale must be a list of 2 numbers, got [0.5]"),
+        ("data.mix.snr_db=[5, -5]", "data.mix.snr_db must be a [low, high] pair with low <= high, got [5.0, -5.0]"),
+        ("data.splice.prob=-0.1", "data.splice.prob must be in [0, 1], got -0.1"),
+        ("loss.regularizers.tv=-1", "loss.regularizers.tv must be >= 0, got -1.0"),
+        ("loss.correspondence_heads=sum", "loss.correspondence_heads must be max or own, got 'sum'"),
+        ("model.attn_implementation=flash", "model.attn_implementation must be eager or sdpa, got 'flash'"),
+        ("model.audio_pool=[]", "model.audio_pool must be a non-empty list, each >= 1, got []"),
+        ("model.sound_head=5", "model: sound_head=5 is outside 0..1"),
+        ("model=huge", "unknown model preset 'huge' at model.preset; accepted: paper, tiny"),
+        ("val.pairs=none", "val.pairs must be an integer, got 'none'"),
+        ("out_dir=runs/${seed}", "out_dir must be a literal value, got the interpolation 'runs/${seed}'"),
+        (
+            "log_with=tensorbord",
+            "log_with must be a non-empty list whose items are each one of tensorboard, wandb, "
+            "comet_ml, mlflow, aim, clearml, dvclive, swanlab, trackio, all, none, got ['tensorbord']",
+        ),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_accepted(override, line):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs" / "tiny.yaml", [override])
@@ -121,8 +144,11 @@ def test_a_bad_value_is_one_line_naming_key_value_and_what_is_accepted(override,
 def test_a_bad_value_in_the_file_names_the_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data:\n  mix: {level_db: [-10, 5]}\n")
-    with pytest.raises(ConfigError, match=r"^data\.mix\.level_db must be a \[low, high\] pair with low <= high, "
-                                          r"each <= 0, got \[-10\.0, 5\.0\] \(in .*run\.yaml\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.mix\.level_db must be a \[low, high\] pair with low <= high, "
+        r"each <= 0, got \[-10\.0, 5\.0\] \(in .*run\.yaml\)$",
+    ):
         load_config(path, [])
     path.write_text("optim: [1\n")
     with pytest.raises(ConfigError, match=r"run\.yaml is not a readable YAML config: .*line 2"):
@@ -181,14 +207,27 @@ def test_the_commands_say_a_config_error_in_one_line_before_loading_a_backbone(t
     tiny = str(ROOT / "configs/tiny.yaml")
     line = _one_error_line(RUN.invoke(train.app, ["--config", tiny, "model=paper", "steps=0"]))
     assert line == "error: steps must be >= 1, got 0 (from the override 'steps=0')"
-    line = _one_error_line(RUN.invoke(pretrain_audio.app, ["--config", str(ROOT / "configs/demo.yaml"), "--shards", "x",
-                                                           "--out", str(tmp_path / "w.safetensors"),
-                                                           "data.clip_seconds=0"]))
+    line = _one_error_line(
+        RUN.invoke(
+            pretrain_audio.app,
+            [
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--shards",
+                "x",
+                "--out",
+                str(tmp_path / "w.safetensors"),
+                "data.clip_seconds=0",
+            ],
+        )
+    )
     assert line == "error: data.clip_seconds must be in (0, 10], got 0.0 (from the override 'data.clip_seconds=0')"
     assert "needs --config" in _one_error_line(
-        RUN.invoke(pretrain_audio.app, ["--shards", "x", "--out", str(tmp_path / "w.safetensors")]))
-    line = _one_error_line(RUN.invoke(evaluate.app, ["--preset", "huge", "--out", str(tmp_path / "e"), "table1",
-                                                     "--is3", str(tmp_path)]))
+        RUN.invoke(pretrain_audio.app, ["--shards", "x", "--out", str(tmp_path / "w.safetensors")])
+    )
+    line = _one_error_line(
+        RUN.invoke(evaluate.app, ["--preset", "huge", "--out", str(tmp_path / "e"), "table1", "--is3", str(tmp_path)])
+    )
     assert line == "error: --preset must be paper or tiny, got 'huge'"
     assert not (tmp_path / "e").exists() and not (tmp_path / "w.safetensors").exists()
 
@@ -199,10 +238,21 @@ def test_a_run_from_a_yaml_11_float_and_a_named_preset_writes_a_config_that_read
     path = tmp_path / "run.yaml"
     path.write_text("model: paper\noptim:\n  lr: 1e-4\n  lr_warmup_steps: 1\n")
     out = tmp_path / "run"
-    overrides = ["model=tiny", "model.code_dim=8", f"data.speech={shards.root / 'speech'}",
-                 f"data.sound={shards.root / 'sound'}", "data.batch_size=2", "data.num_workers=0",
-                 "data.clip_seconds=1.0", "data.shuffle_buffer=4", f"out_dir={out}", "steps=1", "warmup_steps=1",
-                 "log_every=1", "ckpt_every=0"]
+    overrides = [
+        "model=tiny",
+        "model.code_dim=8",
+        f"data.speech={shards.root / 'speech'}",
+        f"data.sound={shards.root / 'sound'}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.clip_seconds=1.0",
+        "data.shuffle_buffer=4",
+        f"out_dir={out}",
+        "steps=1",
+        "warmup_steps=1",
+        "log_every=1",
+        "ckpt_every=0",
+    ]
     result = RUN.invoke(train.app, ["--config", str(path), *overrides])
     assert result.exit_code == 0, (result.output, result.exception)
     written = yaml.safe_load((out / "config.yaml").read_text())
@@ -238,10 +288,15 @@ def test_a_tracker_without_its_package_stops_train_py_in_one_line_before_anythin
         pytest.skip("every tracker Accelerate knows is installed here")
     out = tmp_path / "run"
     data = [f"data.speech={shards.root / 'speech'}", f"data.sound={shards.root / 'sound'}", f"out_dir={out}"]
-    line = _one_error_line(RUN.invoke(train.app, ["--config", str(ROOT / "configs/tiny.yaml"), *data,
-                                                  f"log_with=[tensorboard, {missing[0]}]"]))
-    assert line == (f"error: log_with: the {missing[0]} tracker needs the package {missing[0]}, which is not "
-                    f"installed; pip install {missing[0]}, or pick another tracker (log_with=tensorboard, or none)")
+    line = _one_error_line(
+        RUN.invoke(
+            train.app, ["--config", str(ROOT / "configs/tiny.yaml"), *data, f"log_with=[tensorboard, {missing[0]}]"]
+        )
+    )
+    assert line == (
+        f"error: log_with: the {missing[0]} tracker needs the package {missing[0]}, which is not "
+        f"installed; pip install {missing[0]}, or pick another tracker (log_with=tensorboard, or none)"
+    )
     assert not out.exists()
     with pytest.raises(ConfigError, match="none logs nothing and cannot be combined"):
         trackers(["none", "tensorboard"])

@@ -18,8 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_pretraining_learns_and_its_weights_load_into_the_model(shards, tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.clip_seconds=1.0"])
     out = tmp_path / "init" / "audio.safetensors"
-    report = pretrain_audio.pretrain(cfg, f"{shards.root / 'speech'},{shards.root / 'sound'}", out, steps=40, clips=32,
-                                     batch_size=8, clusters=8, lr=2e-3, seed=0)
+    report = pretrain_audio.pretrain(
+        cfg,
+        f"{shards.root / 'speech'},{shards.root / 'sound'}",
+        out,
+        steps=40,
+        clips=32,
+        batch_size=8,
+        clusters=8,
+        lr=2e-3,
+        seed=0,
+    )
     assert report["clips"] == 32 and report["frames_with_audio"] > 0
     assert report["loss_last"] < report["loss_first"], report
     written = json.loads(out.with_suffix(".json").read_text())

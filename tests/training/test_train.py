@@ -17,19 +17,30 @@ from evaluation.validation import validate
 from model.checkpoint import load_checkpoint
 from model.factory import build_model
 from pipeline.data.loader import TrainLoader
+from tests.support import procs, shardgen
 from training.config import load_config
 from training.loop import train
 from training.step import lr_at
-from tests.support import procs, shardgen
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def _overrides(shards, out, **kw):
-    base = {"data.speech": shards.root / "speech", "data.sound": shards.root / "sound", "data.batch_size": 4,
-            "data.num_workers": 0, "data.clip_seconds": 1.0, "data.shuffle_buffer": 8, "out_dir": out,
-            "steps": 6, "warmup_steps": 2, "log_every": 2, "ckpt_every": 3, "optim.lr_warmup_steps": 2}
+    base = {
+        "data.speech": shards.root / "speech",
+        "data.sound": shards.root / "sound",
+        "data.batch_size": 4,
+        "data.num_workers": 0,
+        "data.clip_seconds": 1.0,
+        "data.shuffle_buffer": 8,
+        "out_dir": out,
+        "steps": 6,
+        "warmup_steps": 2,
+        "log_every": 2,
+        "ckpt_every": 3,
+        "optim.lr_warmup_steps": 2,
+    }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -40,11 +51,18 @@ def _cfg(shards, out, **kw):
 
 def test_config_presets_and_overrides(tmp_path):
     paper = load_config(ROOT / "configs" / "paper.yaml", [])
-    assert (paper.optim.lr, paper.optim.eps, paper.optim.lr_warmup_steps, paper.optim.grad_clip) == (5e-5, 1e-7, 1000, 10.0)
+    assert (paper.optim.lr, paper.optim.eps, paper.optim.lr_warmup_steps, paper.optim.grad_clip) == (
+        5e-5,
+        1e-7,
+        1000,
+        10.0,
+    )
     assert (paper.warmup_steps, paper.steps, paper.model.lora_rank) == (3000, 800_000, 8)
     assert paper.loss.regularizers.specialization == 0.05
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.batch_size=3", "optim.lr=3e-3", "data.mix.snr_db=[-1, 2]",
-                                                       "out_dir=runs/x-1"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        ["data.batch_size=3", "optim.lr=3e-3", "data.mix.snr_db=[-1, 2]", "out_dir=runs/x-1"],
+    )
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.mix.snr_db, cfg.out_dir) == (3, 0.003, (-1, 2), "runs/x-1")
     with pytest.raises(Exception, match="unknown"):
         load_config(None, ["data.batch_sise=3"])
@@ -63,9 +81,23 @@ def test_short_run_writes_everything_and_warmup_freezes_backbones(shards, tmp_pa
     assert not any(k.startswith(("image_encoder", "audio_encoder")) for k in changed), "backbones frozen in warm-up"
 
     # continue into the full stage: HuBERT and LoRA train, DINO's own weights never; with validation
-    train(_cfg(shards, tmp_path / "run", steps=4, warmup_steps=2, ckpt_every=0,
-                 **{"val.every": 2, "val.speech": shards.root / "speech", "val.sound": shards.root / "sound", "val.pairs": 8}),
-          resume=True, validate=validate)
+    train(
+        _cfg(
+            shards,
+            tmp_path / "run",
+            steps=4,
+            warmup_steps=2,
+            ckpt_every=0,
+            **{
+                "val.every": 2,
+                "val.speech": shards.root / "speech",
+                "val.sound": shards.root / "sound",
+                "val.pairs": 8,
+            },
+        ),
+        resume=True,
+        validate=validate,
+    )
     full = load_checkpoint(tmp_path / "run" / "final").state_dict()
     changed = {k for k in initial if not torch.equal(warm[k], full[k])}
     assert any(k.startswith("audio_encoder") for k in changed)
@@ -101,10 +133,17 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *args, *_overrides(shards, killed_dir, steps=12, ckpt_every=4)],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *args, *_overrides(shards, killed_dir, steps=12, ckpt_every=4)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while not (killed_dir / "checkpoints" / "step_00000004").exists() and proc.poll() is None and time.time() < deadline:
+    while (
+        not (killed_dir / "checkpoints" / "step_00000004").exists() and proc.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -144,9 +183,13 @@ def test_nan_batches_are_skipped_counted_and_stop_the_run(shards, tmp_path, monk
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
     poisoned["every"] = 1
-    monkeypatch.setattr(TrainLoader, "iterate",
-                        lambda self, skip=0, device="cpu": ({**b, "sound_audio": b["sound_audio"] * float("nan")}
-                                                            for b in real_iterate(self, skip, device)))
+    monkeypatch.setattr(
+        TrainLoader,
+        "iterate",
+        lambda self, skip=0, device="cpu": (
+            {**b, "sound_audio": b["sound_audio"] * float("nan")} for b in real_iterate(self, skip, device)
+        ),
+    )
     with pytest.raises(RuntimeError, match="in a row"):
         train(_cfg(shards, tmp_path / "nan2", steps=6, ckpt_every=0, max_bad_steps=3))
 
@@ -161,10 +204,30 @@ def _launch(n, script_args, timeout=600):
     # n CPU processes: accelerate's --cpu starts one process unless MPI is configured, so the
     # processes come from its torchrun launcher (--multi_gpu) with the CPU asked for by the
     # environment (and no GPU visible: ENV)
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *script_args]
-    return subprocess.run([sys.executable, *cmd], cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"},
-                          capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *script_args,
+    ]
+    return subprocess.run(
+        [sys.executable, *cmd],
+        cwd=ROOT,
+        env={**ENV, "ACCELERATE_USE_CPU": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -182,9 +245,14 @@ def test_two_processes_give_the_single_process_loss_and_gradients(tmp_path, stag
     batch.update(sound_mask=mask, speech_mask=mask.flip(0), mix_mask=mask | mask.flip(0))
     save_file(batch, str(tmp_path / "batch.safetensors"))
 
-    one = _run(["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "one.safetensors"), stage], timeout=600)
+    one = _run(
+        ["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "one.safetensors"), stage],
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = _launch(2, ["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "two.safetensors"), stage])
+    two = _launch(
+        2, ["tests/support/dist_step.py", str(tmp_path / "batch.safetensors"), str(tmp_path / "two.safetensors"), stage]
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, c = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
     assert (int(a.pop("processes")), int(c.pop("processes"))) == (1, 2)
@@ -199,8 +267,9 @@ def _ddp_wraps(output: str) -> list[tuple[str, str]]:
     """(stage, find_unused_parameters) of each DDP wrapper a run built, in order."""
     import re
 
-    return re.findall(r"(\w+) stage: DDP over its \d+ trainable parameter tensors \(find_unused_parameters=(\w+)\)",
-                      output)
+    return re.findall(
+        r"(\w+) stage: DDP over its \d+ trainable parameter tensors \(find_unused_parameters=(\w+)\)", output
+    )
 
 
 @pytest.mark.slow
@@ -209,8 +278,9 @@ def test_two_processes_train_through_the_stage_switch_and_resume_after_it_exactl
 
     args = ["train.py", "--config", "configs/tiny.yaml"]
     # finite epoch: ranks may get batches of unequal size, which the padded gather must absorb
-    overrides = _overrides(shards, tmp_path / "straight", steps=4, warmup_steps=2, ckpt_every=3,
-                           **{"data.resampled": False})
+    overrides = _overrides(
+        shards, tmp_path / "straight", steps=4, warmup_steps=2, ckpt_every=3, **{"data.resampled": False}
+    )
     straight = _launch(2, [*args, *overrides])
     assert straight.returncode == 0, straight.stderr[-3000:]
     # each stage's wrapper holds what the stage trains, and neither searches for unused parameters
@@ -244,9 +314,18 @@ def _speech_with(shards, tmp_path, edit):
 
 
 def test_no_valid_speech_stops_train_py_with_one_line(shards, tmp_path):
-    speech = _speech_with(shards, tmp_path, lambda name, data: shardgen.with_duration(data, 0) if name.endswith(".json") else data)
-    result = _run(["train.py", "--config", "configs/tiny.yaml",
-                   *_overrides(shards, tmp_path / "run", **{"data.speech": speech, "data.num_workers": 2})], timeout=120)
+    speech = _speech_with(
+        shards, tmp_path, lambda name, data: shardgen.with_duration(data, 0) if name.endswith(".json") else data
+    )
+    result = _run(
+        [
+            "train.py",
+            "--config",
+            "configs/tiny.yaml",
+            *_overrides(shards, tmp_path / "run", **{"data.speech": speech, "data.num_workers": 2}),
+        ],
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -254,16 +333,20 @@ def test_no_valid_speech_stops_train_py_with_one_line(shards, tmp_path):
     assert "json duration is not a positive number" in last
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.speech=pipe:touch X", "the pipe: scheme is not accepted"),
-    ("data.batch_sise=3", r"unknown config.data keys \['batch_sise'\]"),
-    ("data.sound=.", "no committed shards in '.'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.speech=pipe:touch X", "the pipe: scheme is not accepted"),
+        ("data.batch_sise=3", r"unknown config.data keys \['batch_sise'\]"),
+        ("data.sound=.", "no committed shards in '.'"),
+    ],
+)
 def test_train_py_refuses_bad_input_with_one_line(shards, tmp_path, override, message):
     import re
 
-    result = _run(["train.py", "--config", "configs/tiny.yaml", *_overrides(shards, tmp_path / "run"), override],
-                  timeout=120)
+    result = _run(
+        ["train.py", "--config", "configs/tiny.yaml", *_overrides(shards, tmp_path / "run"), override], timeout=120
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and re.search(message, last), last
@@ -307,9 +390,19 @@ def test_resume_is_exact_and_skips_are_counted_over_the_run_with_invalid_samples
 
 
 def test_loader_workers_exit_when_the_trainer_is_killed(shards, tmp_path):
-    proc = subprocess.Popen([sys.executable, "train.py", "--config", "configs/tiny.yaml",
-                             *_overrides(shards, tmp_path / "run", steps=10_000, ckpt_every=0, **{"data.num_workers": 2})],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/tiny.yaml",
+            *_overrides(shards, tmp_path / "run", steps=10_000, ckpt_every=0, **{"data.num_workers": 2}),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers = procs.wait_for_children(proc, 2)
     assert len(workers) >= 2, "the loader workers did not start"
     proc.send_signal(signal.SIGKILL)

@@ -13,12 +13,20 @@ from typing import Annotated
 
 import typer
 
-from pipeline.prep.audioset import (
-    CsvError, DownloadOptions, count_found, item_key, load_downloaded, load_from_dir, media_index, read_labels,
-    read_segments, unknown_mids,
-)
 from pipeline import storage
 from pipeline.cli_support import fail, with_options
+from pipeline.prep.audioset import (
+    CsvError,
+    DownloadOptions,
+    count_found,
+    item_key,
+    load_downloaded,
+    load_from_dir,
+    media_index,
+    read_labels,
+    read_segments,
+    unknown_mids,
+)
 from pipeline.prep.commands.common import Engine
 from pipeline.prep.commands.options import BuildOptions
 
@@ -29,14 +37,21 @@ def command(
     labels: Annotated[Path, typer.Option("--labels", "-l", help="class_labels_indices.csv (mid -> display name).")],
     media_dir: Annotated[
         Path | None,
-        typer.Option(help="Files already on disk, named YTID.* (whole videos) or YTID_<start>_<end>.* (cut clips). "
-                     "Without it, clips are downloaded with yt-dlp."),
+        typer.Option(
+            help="Files already on disk, named YTID.* (whole videos) or YTID_<start>_<end>.* (cut clips). "
+            "Without it, clips are downloaded with yt-dlp."
+        ),
     ] = None,
     download_dir: Annotated[
-        Path | None, typer.Option(help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media; for an "
-                                  "s3:// --out, prep-media/ in the local temporary directory.")
+        Path | None,
+        typer.Option(
+            help="Where downloaded clips are kept (a cache for reruns). Default: <out>/media; for an "
+            "s3:// --out, prep-media/ in the local temporary directory."
+        ),
     ] = None,
-    url_template: Annotated[str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")] = DownloadOptions.url_template,
+    url_template: Annotated[
+        str, typer.Option(help="Video URL; {ytid}, {start}, {end} are filled in.")
+    ] = DownloadOptions.url_template,
     cookies: Annotated[
         Path | None, typer.Option(help="cookies.txt for YouTube's bot and age checks.", exists=True, dir_okay=False)
     ] = None,
@@ -47,8 +62,11 @@ def command(
     yt_format: Annotated[str, typer.Option("--format", help="yt-dlp format selector.")] = DownloadOptions.format,
     downloads_per_second: Annotated[
         float | None,
-        typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster (a rate-limit "
-                     "answer pauses them all)."),
+        typer.Option(
+            min=0.001,
+            help="With --engine ray: downloads started per second over the whole cluster (a rate-limit "
+            "answer pauses them all).",
+        ),
     ] = None,
     *,
     opts: BuildOptions,
@@ -65,12 +83,21 @@ def command(
         load = local_loader(media_dir, items)
     else:
         options = DownloadOptions(
-            url_template=url_template, cookies=str(cookies.resolve()) if cookies else None, rate_limit=rate_limit,
-            sleep=sleep, retries=retries, retry_wait=retry_wait, format=yt_format,
+            url_template=url_template,
+            cookies=str(cookies.resolve()) if cookies else None,
+            rate_limit=rate_limit,
+            sleep=sleep,
+            retries=retries,
+            retry_wait=retry_wait,
+            format=yt_format,
         )
         load = download_loader(download_dir or default_download_dir(opts.out), options)
     opts.run(
-        items, load, key=item_key, desc="audioset", input_warnings={"unknown_mids": unknown} if unknown else None,
+        items,
+        load,
+        key=item_key,
+        desc="audioset",
+        input_warnings={"unknown_mids": unknown} if unknown else None,
         ray_extra={"download_rate": downloads_per_second} if downloads_per_second else None,
     )
 

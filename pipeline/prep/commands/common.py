@@ -15,9 +15,10 @@ from pipeline.prep.build import build_shards, parse_part
 from pipeline.prep.ray_engine import RayOptions
 from pipeline.prep.shard import BuildSummary
 
-
 # a string, not a Path: Path("s3://bucket/p") would drop a slash; pipeline.storage reads it
-OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory for the shards: a local path or s3://bucket/prefix.")]
+OutOpt = Annotated[
+    str, typer.Option("--out", "-o", help="Output directory for the shards: a local path or s3://bucket/prefix.")
+]
 WorkersOpt = Annotated[
     int, typer.Option("--workers", "-w", min=0, help="Worker processes (about one per core; 0 = in this process).")
 ]
@@ -27,6 +28,8 @@ PartOpt = Annotated[
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Input items per shard.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N input items (trial runs).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
 class Engine(str, enum.Enum):
     local = "local"
     ray = "ray"
@@ -35,17 +38,24 @@ class Engine(str, enum.Enum):
 EngineOpt = Annotated[
     Engine,
     typer.Option(
-        "--engine", help="Where items run: this machine's process pool, or one Ray task per shard (docs/prep-on-ray.md)."
+        "--engine",
+        help="Where items run: this machine's process pool, or one Ray task per shard (docs/prep-on-ray.md).",
     ),
 ]
 RayAddressOpt = Annotated[
     str | None,
     typer.Option(
-        "--ray-address", help="With --engine ray: a running cluster (auto or HOST:PORT); default: start Ray here with --workers CPUs."
+        "--ray-address",
+        help="With --engine ray: a running cluster (auto or HOST:PORT); default: start Ray here with --workers CPUs.",
     ),
 ]
 RayTaskCpusOpt = Annotated[
-    float, typer.Option("--ray-task-cpus", min=0.01, help="With --engine ray: CPUs one shard task reserves (0.25: four downloads per core).")
+    float,
+    typer.Option(
+        "--ray-task-cpus",
+        min=0.01,
+        help="With --engine ray: CPUs one shard task reserves (0.25: four downloads per core).",
+    ),
 ]
 
 
@@ -64,7 +74,10 @@ def print_summary(summary: BuildSummary) -> None:
 
     table = Table(title=f"shards in {summary.out_dir}", show_header=False)
     rate = summary.items_processed / summary.wall_seconds if summary.wall_seconds else 0.0
-    table.add_row("shards built / skipped (done before) / in part", f"{summary.shards_built} / {summary.shards_skipped} / {summary.shards_selected}")
+    table.add_row(
+        "shards built / skipped (done before) / in part",
+        f"{summary.shards_built} / {summary.shards_skipped} / {summary.shards_selected}",
+    )
     table.add_row("items processed", f"{summary.items_processed}  ({rate:.1f} clips/s)")
     table.add_row("written / failed", f"{summary.written} / {summary.failed}")
     table.add_row("audio hours written", f"{summary.audio_hours:.3f}")
@@ -75,7 +88,19 @@ def print_summary(summary: BuildSummary) -> None:
 
 
 def run_build(
-    items, load, out: str | Path, *, key, workers, part, shard_size, limit, progress, desc, input_warnings=None, ray: RayOptions | None = None
+    items,
+    load,
+    out: str | Path,
+    *,
+    key,
+    workers,
+    part,
+    shard_size,
+    limit,
+    progress,
+    desc,
+    input_warnings=None,
+    ray: RayOptions | None = None,
 ) -> BuildSummary:
     """What every `prep shards <corpus>` command does once it has its items and loader;
     ``input_warnings`` (what the reader noticed about its input) goes into dataset.json."""
@@ -87,8 +112,17 @@ def run_build(
         items = items[:limit]
     try:
         summary = build_shards(
-            items, load, out, key=key, shard_size=shard_size, workers=workers, part=part_tuple, desc=desc, progress=progress,
-            input_warnings=input_warnings, ray=ray,
+            items,
+            load,
+            out,
+            key=key,
+            shard_size=shard_size,
+            workers=workers,
+            part=part_tuple,
+            desc=desc,
+            progress=progress,
+            input_warnings=input_warnings,
+            ray=ray,
         )
     except ValueError as exc:  # e.g. a resume over shards built from other input; a store that refuses
         fail(str(exc))

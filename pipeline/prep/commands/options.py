@@ -30,12 +30,29 @@ class BuildOptions:
     ray_task_cpus: common.RayTaskCpusOpt = 1.0
 
     def run(
-        self, items: list, load: Callable, *, key: Callable, desc: str, input_warnings: dict | None = None, ray_extra: dict | None = None
+        self,
+        items: list,
+        load: Callable,
+        *,
+        key: Callable,
+        desc: str,
+        input_warnings: dict | None = None,
+        ray_extra: dict | None = None,
     ) -> BuildSummary:
         """Build the shards of ``items`` with these options (see ``common.run_build``);
         ``ray_extra`` adds to the Ray engine's options (e.g. a download rate)."""
         ray = common.ray_options(self.engine, self.ray_address, self.workers, self.ray_task_cpus, **(ray_extra or {}))
         return common.run_build(
-            items, load, self.out, key=key, workers=self.workers, part=self.part, shard_size=self.shard_size,
-            limit=self.limit, progress=self.progress, desc=desc, input_warnings=input_warnings, ray=ray,
+            items,
+            load,
+            self.out,
+            key=key,
+            workers=self.workers,
+            part=self.part,
+            shard_size=self.shard_size,
+            limit=self.limit,
+            progress=self.progress,
+            desc=desc,
+            input_warnings=input_warnings,
+            ray=ray,
         )

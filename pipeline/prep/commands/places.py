@@ -36,13 +36,21 @@ def resolve_roots(metadata: Path, header: dict, audio_root: Path | None, image_r
 
 @with_options
 def command(
-    metadata: Annotated[Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")],
+    metadata: Annotated[
+        Path, typer.Option("--metadata", "-m", help="PlacesAudio metadata JSON (train.json / val.json).")
+    ],
     audio_root: Annotated[
         Path | None,
-        typer.Option(help="Folder the 'wav' paths are relative to. Default: the metadata's audio_base_path, else the folder holding metadata/."),
+        typer.Option(
+            help="Folder the 'wav' paths are relative to. "
+            "Default: the metadata's audio_base_path, else the folder holding metadata/."
+        ),
     ] = None,
     image_root: Annotated[
-        Path | None, typer.Option(help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path.")
+        Path | None,
+        typer.Option(
+            help="Places205 folder the 'image' paths are relative to. Default: the metadata's image_base_path."
+        ),
     ] = None,
     *,
     opts: BuildOptions,
@@ -53,5 +61,7 @@ def command(
     except places.MetadataError as exc:
         fail(str(exc))
     audio_root, image_root = resolve_roots(metadata, header, audio_root, image_root)
-    load = functools.partial(places.load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve()))
+    load = functools.partial(
+        places.load_item, audio_root=str(audio_root.resolve()), image_root=str(image_root.resolve())
+    )
     opts.run(items, load, key=places.item_key, desc="places")

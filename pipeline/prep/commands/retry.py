@@ -10,15 +10,25 @@ import typer
 from pipeline import storage
 from pipeline.cli_support import fail
 from pipeline.prep.commands.common import (
-    Engine, EngineOpt, ProgressOpt, RayAddressOpt, RayTaskCpusOpt, WorkersOpt, print_summary, ray_options,
+    Engine,
+    EngineOpt,
+    ProgressOpt,
+    RayAddressOpt,
+    RayTaskCpusOpt,
+    WorkersOpt,
+    print_summary,
+    ray_options,
 )
 from pipeline.prep.retry import retry_failed
 
 
 def command(
-    out_dir: Annotated[str, typer.Argument(help="A shard directory built by `prep shards ...` (a local path or s3://bucket/prefix).")],
+    out_dir: Annotated[
+        str, typer.Argument(help="A shard directory built by `prep shards ...` (a local path or s3://bucket/prefix).")
+    ],
     reason: Annotated[
-        list[str] | None, typer.Option("--reason", "-r", help="Retry only failures of this kind (repeatable), e.g. rate_limited.")
+        list[str] | None,
+        typer.Option("--reason", "-r", help="Retry only failures of this kind (repeatable), e.g. rate_limited."),
     ] = None,
     workers: WorkersOpt = 1,
     progress: ProgressOpt = True,
@@ -26,7 +36,8 @@ def command(
     ray_address: RayAddressOpt = None,
     ray_task_cpus: RayTaskCpusOpt = 1.0,
     downloads_per_second: Annotated[
-        float | None, typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster.")
+        float | None,
+        typer.Option(min=0.001, help="With --engine ray: downloads started per second over the whole cluster."),
     ] = None,
 ) -> None:
     """Re-run only the failed rows of a shard directory and rewrite the shards they belong to."""

@@ -21,15 +21,25 @@ def _default_workers() -> int:
 
 @synthetic_app.callback(invoke_without_command=True)
 def synthetic(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Root folder of the generated world.")] = Path("shards/synthetic"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Root folder of the generated world.")] = Path(
+        "shards/synthetic"
+    ),
     seed: Annotated[int, typer.Option(min=0, help="World seed: the same seed gives the same files.")] = 0,
     size: Annotated[str, typer.Option(help=f"Preset: {', '.join(SIZES)}.")] = "demo",
-    train: Annotated[int | None, typer.Option(min=1, help="Training samples per audio type (overrides the preset).")] = None,
-    val: Annotated[int | None, typer.Option(min=1, help="Retrieval pairs per audio type (overrides the preset).")] = None,
+    train: Annotated[
+        int | None, typer.Option(min=1, help="Training samples per audio type (overrides the preset).")
+    ] = None,
+    val: Annotated[
+        int | None, typer.Option(min=1, help="Retrieval pairs per audio type (overrides the preset).")
+    ] = None,
     is3_images: Annotated[int | None, typer.Option(min=1, help="Extended-IS3 images (overrides the preset).")] = None,
-    ade_images: Annotated[int | None, typer.Option(min=1, help="Images per ADE20K-layout set (overrides the preset).")] = None,
+    ade_images: Annotated[
+        int | None, typer.Option(min=1, help="Images per ADE20K-layout set (overrides the preset).")
+    ] = None,
     shard_size: Annotated[int | None, typer.Option(min=1, help="Samples per shard (overrides the preset).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Worker processes (0 = in this process).")] = _default_workers(),
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=0, help="Worker processes (0 = in this process).")
+    ] = _default_workers(),
     overwrite: Annotated[bool, typer.Option(help="Replace a world generated with another seed or size.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
@@ -40,7 +50,9 @@ def synthetic(
     """
     overrides = {
         k: v
-        for k, v in dict(train=train, val=val, is3_images=is3_images, ade_images=ade_images, shard_size=shard_size).items()
+        for k, v in dict(
+            train=train, val=val, is3_images=is3_images, ade_images=ade_images, shard_size=shard_size
+        ).items()
         if v is not None
     }
     try:
@@ -62,7 +74,9 @@ def _print_summary(out: Path, world: dict) -> None:
     for col in ("set", "format", "path", "items"):
         table.add_column(col)
     for name, info in world["sets"].items():
-        count = info.get("items") or (f"{info['annotations']} annotations" if "annotations" in info else f"{info['rows']} rows")
+        count = info.get("items") or (
+            f"{info['annotations']} annotations" if "annotations" in info else f"{info['rows']} rows"
+        )
         table.add_row(name, info["format"], info["path"], str(count))
     console = Console(stderr=True)
     console.print(table)

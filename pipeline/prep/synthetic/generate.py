@@ -122,7 +122,9 @@ def generate_world(
     is3 = writers.write_is3(plan_scenes(cfg, seed, "is3"), cfg, out / "is3", workers, progress)
     sets["is3"] = {"format": "extended-is3", "path": "is3", **is3}
     for kind in ("speech", "sound"):
-        ade = writers.write_ade20k(plan_scenes(cfg, seed, f"ade20k/{kind}"), cfg, out / "ade20k", kind, workers, progress)
+        ade = writers.write_ade20k(
+            plan_scenes(cfg, seed, f"ade20k/{kind}"), cfg, out / "ade20k", kind, workers, progress
+        )
         ade["path"] = str(Path(ade["path"]).relative_to(out))
         sets[f"ade20k/{kind}"] = {"format": "denseav-ade20k-prompted", **ade}
     for name in SHARD_SETS:

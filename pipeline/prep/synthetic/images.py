@@ -159,7 +159,13 @@ def _tex_dots(u, v, r):
     return np.where(du * du + dv * dv < 0.09, 0.55, 1.0)
 
 
-TEXTURES = {"solid": _tex_solid, "radial": _tex_radial, "stripes": _tex_stripes, "checker": _tex_checker, "dots": _tex_dots}
+TEXTURES = {
+    "solid": _tex_solid,
+    "radial": _tex_radial,
+    "stripes": _tex_stripes,
+    "checker": _tex_checker,
+    "dots": _tex_dots,
+}
 
 
 def _rgb(hue_deg: float, sat: float, val: float) -> np.ndarray:

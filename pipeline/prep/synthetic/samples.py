@@ -88,7 +88,9 @@ class SceneMedia:
     prompts: list[speech.SpokenPrompt]
 
 
-def render_eval_scene(cfg: dict | WorldConfig, item: dict, with_sound: bool = True, with_speech: bool = True) -> SceneMedia:
+def render_eval_scene(
+    cfg: dict | WorldConfig, item: dict, with_sound: bool = True, with_speech: bool = True
+) -> SceneMedia:
     cfg = _config(cfg)
     classes = [object_class(c) for c in item["classes"]]
     scene = images.render_scene(classes, cfg, stream(item["seed"], IMAGE_STREAM))

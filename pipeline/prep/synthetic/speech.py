@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import tts
-from pipeline.tts import prompt_text
 from pipeline.format import MIN_DURATION_S
 from pipeline.prep.synthetic.world import ObjectClass, WorldConfig
+from pipeline.tts import prompt_text
 
 TRAIN_TEMPLATES = (
     "a picture of {article} {phrase}",
@@ -72,5 +72,13 @@ def render_speech(
     ]
     start, end = tts.phrase_span(words, cls.name)
     return SpokenPrompt(
-        audio.astype(np.float32), speech.sample_rate, text, cls.name, words, (start, end), speech.voice, rate, speech.timing
+        audio.astype(np.float32),
+        speech.sample_rate,
+        text,
+        cls.name,
+        words,
+        (start, end),
+        speech.voice,
+        rate,
+        speech.timing,
     )

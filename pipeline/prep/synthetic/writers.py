@@ -23,8 +23,6 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
-from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 from pipeline import audio as audio_io
 from pipeline import format as fmt
 from pipeline.atomic import write_atomic, write_json
@@ -34,6 +32,8 @@ from pipeline.prep.shard import BuildSummary
 from pipeline.prep.synthetic.samples import load_pair, render_eval_scene, sample_key
 from pipeline.prep.synthetic.world import SetPlan, WorldConfig, object_class
 from pipeline.progress import progress_bar
+from pipeline.testsets.ade20k import ADE_CSV, ADE_KINDS
+from pipeline.testsets.is3 import SPEECH_DIR, SPEECH_PROMPTS_FILE
 
 MASK_JPEG_QUALITY = 95  # IS3 masks are JPEGs; high quality keeps the thresholded mask exact
 
@@ -45,7 +45,14 @@ MASK_JPEG_QUALITY = 95  # IS3 masks are JPEGs; high quality keeps the thresholde
 def write_shard_set(plan: SetPlan, cfg: WorldConfig, out_dir: Path, workers: int, progress: bool) -> BuildSummary:
     load = functools.partial(load_pair, cfg.to_dict())
     return build_shards(
-        plan.items, load, out_dir, key=sample_key, shard_size=cfg.shard_size, workers=workers, desc=plan.name, progress=progress
+        plan.items,
+        load,
+        out_dir,
+        key=sample_key,
+        shard_size=cfg.shard_size,
+        workers=workers,
+        desc=plan.name,
+        progress=progress,
     )
 
 
@@ -189,12 +196,21 @@ def _ade_item(cfg: dict, root: str, kind: str, item: dict) -> dict:
         if kind == "speech":
             said = media.prompts[k]
             _write_bytes(root_p / "audio" / audio_name, _wav16k(said.audio, said.sample_rate))
-            extra = {"timing": json.dumps([round(said.object_span[0], 4), round(said.object_span[1], 4)]), "text": said.text}
+            extra = {
+                "timing": json.dumps([round(said.object_span[0], 4), round(said.object_span[1], 4)]),
+                "text": said.text,
+            }
         else:
             _write_bytes(root_p / "audio" / audio_name, _wav16k(media.sounds[k], fmt.SAMPLE_RATE))
             extra = {}
         rows.append(
-            {"image_location": image_location, ADE_KINDS[kind][1]: audio_name, "ade_class_id": ids[k], "ade_class_name": name, **extra}
+            {
+                "image_location": image_location,
+                ADE_KINDS[kind][1]: audio_name,
+                "ade_class_id": ids[k],
+                "ade_class_name": name,
+                **extra,
+            }
         )
         shares.append(float(media.scene.masks[k].mean()))
     return {"rows": rows, "shares": shares}
@@ -212,7 +228,9 @@ def write_ade20k(plan: SetPlan, cfg: WorldConfig, parent: Path, kind: str, worke
     for result in map_items(fn, plan.items, workers, f"ade20k/{kind}", progress):
         rows += result["rows"]
         shares += result["shares"]
-    columns = ["image_location", audio_col, "ade_class_id", "ade_class_name"] + (["timing", "text"] if kind == "speech" else [])
+    columns = ["image_location", audio_col, "ade_class_id", "ade_class_name"] + (
+        ["timing", "text"] if kind == "speech" else []
+    )
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

@@ -8,8 +8,8 @@ import torch
 
 from pipeline.data.config import LoaderConfig
 from pipeline.data.loader import TrainLoader
-from pipeline.data.sources import Shard, list_shards, plan_finite_epoch
 from pipeline.data.mixing import MixConfig, active_rms
+from pipeline.data.sources import Shard, list_shards, plan_finite_epoch
 from pipeline.data.transform import denormalize
 from tests.support import shardgen
 
@@ -17,8 +17,16 @@ SR = 16_000
 
 
 def _cfg(root, **kw):
-    base = dict(speech=str(root / "speech"), sound=str(root / "sound"), batch_size=4, num_workers=0,
-                image_size=32, clip_seconds=3.0, shuffle_buffer=8, seed=0)
+    base = dict(
+        speech=str(root / "speech"),
+        sound=str(root / "sound"),
+        batch_size=4,
+        num_workers=0,
+        image_size=32,
+        clip_seconds=3.0,
+        shuffle_buffer=8,
+        seed=0,
+    )
     base.update(kw)
     return LoaderConfig(**base)
 
@@ -42,8 +50,9 @@ def test_batch_contents_and_mixing_invariants(shards):
         assert b["mix_audio"].abs().max() <= 0.99 + 1e-6
         assert torch.equal(b["mix_mask"], b["speech_mask"] | b["sound_mask"])
         assert not b["speech_audio"][~b["speech_mask"]].any() and not b["sound_audio"][~b["sound_mask"]].any()
-        realized = 20 * torch.log10(active_rms(b["speech_audio"], b["speech_mask"])
-                                    / active_rms(b["sound_audio"], b["sound_mask"]))
+        realized = 20 * torch.log10(
+            active_rms(b["speech_audio"], b["speech_mask"]) / active_rms(b["sound_audio"], b["sound_mask"])
+        )
         torch.testing.assert_close(realized, b["snr_db"], atol=0.1, rtol=0)
         assert ((-5 <= b["snr_db"]) & (b["snr_db"] <= 5)).all()
         # images: ImageNet-normalized pixels of 0-255, so each channel within its normalized range
@@ -192,8 +201,9 @@ def test_splicing_and_masking_reach_the_batch(shards):
             holes += int((real < last).sum())
             assert not audio[~mask].any()
         torch.testing.assert_close(b["speech_audio"] + b["sound_audio"], b["mix_audio"], atol=1e-5, rtol=0)
-        realized = 20 * torch.log10(active_rms(b["speech_audio"], b["speech_mask"])
-                                    / active_rms(b["sound_audio"], b["sound_mask"]))
+        realized = 20 * torch.log10(
+            active_rms(b["speech_audio"], b["speech_mask"]) / active_rms(b["sound_audio"], b["sound_mask"])
+        )
         torch.testing.assert_close(realized, b["snr_db"], atol=0.1, rtol=0)
     assert spliced > 0 and holes > 0
 

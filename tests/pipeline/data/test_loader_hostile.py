@@ -23,8 +23,16 @@ PIPE_NAME = "pipe:touch X;#"
 
 
 def _cfg(root, **kw):
-    base = dict(speech=str(root / "speech"), sound=str(root / "sound"), batch_size=2, num_workers=0,
-                image_size=32, clip_seconds=1.0, shuffle_buffer=4, log_interval_s=0.0)
+    base = dict(
+        speech=str(root / "speech"),
+        sound=str(root / "sound"),
+        batch_size=2,
+        num_workers=0,
+        image_size=32,
+        clip_seconds=1.0,
+        shuffle_buffer=4,
+        log_interval_s=0.0,
+    )
     base.update(kw)
     return LoaderConfig(**base)
 
@@ -65,11 +73,17 @@ def test_a_spec_that_is_a_webdataset_url_is_refused(shards, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("role, edit, reason", [
-    ("speech", lambda name, data: shardgen.with_duration(data, 0) if name.endswith(".json") else data,
-     "json duration is not a positive number"),
-    ("sound", lambda name, data: b"not a flac file" if name.endswith(".flac") else data, "undecodable"),
-])
+@pytest.mark.parametrize(
+    "role, edit, reason",
+    [
+        (
+            "speech",
+            lambda name, data: shardgen.with_duration(data, 0) if name.endswith(".json") else data,
+            "json duration is not a positive number",
+        ),
+        ("sound", lambda name, data: b"not a flac file" if name.endswith(".flac") else data, "undecodable"),
+    ],
+)
 def test_a_stream_with_no_valid_sample_stops_within_seconds(shards, tmp_path, workers, role, edit, reason):
     root, _ = shards
     broken = _copy(root, tmp_path, role)
@@ -86,7 +100,9 @@ def test_a_stream_with_no_valid_sample_stops_within_seconds(shards, tmp_path, wo
 def test_consecutive_skips_stop_the_stream_at_the_configured_limit(shards, tmp_path):
     root, _ = shards
     broken = _copy(root, tmp_path)
-    _edit_every_sample(broken, lambda name, data: shardgen.with_duration(data, -1.0) if name.endswith(".json") else data)
+    _edit_every_sample(
+        broken, lambda name, data: shardgen.with_duration(data, -1.0) if name.endswith(".json") else data
+    )
     with pytest.raises(LoaderError, match="3 skipped in a row .data.max_consecutive_skips=3"):
         list(TrainLoader(_cfg(root, speech=str(broken), max_consecutive_skips=3)))
 
@@ -94,8 +110,13 @@ def test_consecutive_skips_stop_the_stream_at_the_configured_limit(shards, tmp_p
 def test_bad_durations_are_skipped_and_counted_by_reason(shards, tmp_path):
     root, speech_keys = shards
     speech = _copy(root, tmp_path)
-    bad = {speech_keys[0]: 0, speech_keys[5]: -2.5, speech_keys[9]: math.nan, speech_keys[11]: math.inf,
-           speech_keys[20]: 1e-9}
+    bad = {
+        speech_keys[0]: 0,
+        speech_keys[5]: -2.5,
+        speech_keys[9]: math.nan,
+        speech_keys[11]: math.inf,
+        speech_keys[20]: 1e-9,
+    }
     absurd = {speech_keys[30]: 1e308, speech_keys[31]: "ten", speech_keys[32]: None}
 
     def edit(name, data):
@@ -107,10 +128,12 @@ def test_bad_durations_are_skipped_and_counted_by_reason(shards, tmp_path):
     loader = TrainLoader(_cfg(root, speech=str(speech), resampled=False))
     seen = [k for b in loader for k in b.get("speech_key", [])]
     assert sorted(seen) == sorted(set(speech_keys) - set(bad) - set(absurd))
-    assert loader.skipped == {"speech: json duration is not a positive number": 5,
-                              "speech: json unreadable or without a duration (OverflowError)": 1,
-                              "speech: json unreadable or without a duration (ValueError)": 1,
-                              "speech: json unreadable or without a duration (TypeError)": 1}
+    assert loader.skipped == {
+        "speech: json duration is not a positive number": 5,
+        "speech: json unreadable or without a duration (OverflowError)": 1,
+        "speech: json unreadable or without a duration (ValueError)": 1,
+        "speech: json unreadable or without a duration (TypeError)": 1,
+    }
 
 
 def test_a_corrupt_commit_marker_is_an_uncommitted_shard(shards, tmp_path, caplog):
@@ -139,8 +162,15 @@ def _fail(item):
 def test_committed_shards_without_samples_are_refused_at_start(shards, tmp_path, role):
     root, _ = shards
     empty = tmp_path / "empty"
-    build_shards([{"seed": i} for i in range(3)], _fail, empty, key=lambda it: f"k_{it['seed']}", shard_size=2,
-                 workers=0, progress=False)
+    build_shards(
+        [{"seed": i} for i in range(3)],
+        _fail,
+        empty,
+        key=lambda it: f"k_{it['seed']}",
+        shard_size=2,
+        workers=0,
+        progress=False,
+    )
     assert len(list_shards(str(empty))) == 2
     with pytest.raises(LoaderError, match=f"no samples in the committed shards of {empty}.*data.{role}"):
         TrainLoader(_cfg(root, **{role: str(empty)}))

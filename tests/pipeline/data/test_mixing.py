@@ -1,11 +1,18 @@
 import numpy as np
 import pytest
-
 import torch
 
 from pipeline.data.mixing import (
-    MaskConfig, MixConfig, OffscreenMixer, SpliceConfig, draw_masked_span, mix_batch, mix_pair, valid_mask,
-    span_mask, splice_negative,
+    MaskConfig,
+    MixConfig,
+    OffscreenMixer,
+    SpliceConfig,
+    draw_masked_span,
+    mix_batch,
+    mix_pair,
+    span_mask,
+    splice_negative,
+    valid_mask,
 )
 from pipeline.data.mixing import active_rms as _active_rms
 
@@ -15,6 +22,7 @@ def active_rms(x: np.ndarray, valid: int | None = None) -> float:
     t = torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
     mask = valid_mask(torch.tensor([t.shape[1] if valid is None else valid]), t.shape[1])
     return float(_active_rms(t, mask)[0])
+
 
 SR = 16_000
 
@@ -50,7 +58,7 @@ def test_stems_sum_snr_and_peak(seed):
     assert cfg.snr_db[0] <= mix.snr_db <= cfg.snr_db[1]
     assert np.abs(mix.mixture).max() <= cfg.peak_limit + 1e-6
     assert np.abs(mix.speech).max() <= cfg.peak_limit + 1e-6 and np.abs(mix.sound).max() <= cfg.peak_limit + 1e-6
-    assert not mix.mixture[max(sp_valid, so_valid):].any(), "padding must stay silent"
+    assert not mix.mixture[max(sp_valid, so_valid) :].any(), "padding must stay silent"
 
 
 def test_peak_guard_scales_everything_by_one_factor():
@@ -95,7 +103,7 @@ def test_splice_marks_foreign_samples():
     span = foreign.sum() / SR
     assert 0.9 <= span <= 4.0
     assert np.all(out[foreign] > 0.5) and np.all(out[~foreign] <= 0.5)
-    assert not foreign[8 * SR:].any(), "splices stay inside the real audio"
+    assert not foreign[8 * SR :].any(), "splices stay inside the real audio"
     same, none = splice_negative(audio, 8 * SR, donor, 10 * SR, rng, SpliceConfig(prob=0.0))
     assert same is audio and not none.any()
 
@@ -136,11 +144,13 @@ def test_mix_batch_equals_mix_pair_item_by_item():
     sound = np.stack([_noise(rng, n, v, scale=float(rng.uniform(0.05, 2))) for v in valid[1]])
     snr, level = rng.uniform(-5, 5, b), rng.uniform(-30, -5, b)
     masks = [valid_mask(torch.from_numpy(v), n) for v in valid]
-    batch = mix_batch(torch.from_numpy(speech), torch.from_numpy(sound), *masks,
-                      torch.from_numpy(snr), torch.from_numpy(level))
+    batch = mix_batch(
+        torch.from_numpy(speech), torch.from_numpy(sound), *masks, torch.from_numpy(snr), torch.from_numpy(level)
+    )
     for i in range(b):
-        one = mix_pair(speech[i], sound[i], rng, MixConfig(), int(valid[0, i]), int(valid[1, i]),
-                       snr_db=snr[i], level_db=level[i])
+        one = mix_pair(
+            speech[i], sound[i], rng, MixConfig(), int(valid[0, i]), int(valid[1, i]), snr_db=snr[i], level_db=level[i]
+        )
         np.testing.assert_allclose(batch.mixture[i].numpy(), one.mixture, atol=1e-6)
         assert abs(float(batch.clip_scale[i]) - one.clip_scale) < 1e-6
 

@@ -3,7 +3,14 @@ import torch
 from PIL import Image, ImageFilter
 
 from pipeline.data.transform import (
-    AugmentConfig, denormalize, draw_train_augment, eval_image, normalize, to_tensor, to_uint8_tensor, train_image,
+    AugmentConfig,
+    denormalize,
+    draw_train_augment,
+    eval_image,
+    normalize,
+    to_tensor,
+    to_uint8_tensor,
+    train_image,
 )
 
 

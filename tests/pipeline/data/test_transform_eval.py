@@ -36,8 +36,14 @@ def test_eval_image_is_torchvisions_resize_and_centre_crop(width, height):
         assert got.size == (size, size)
         assert np.array_equal(np.asarray(got), np.asarray(_torchvision(picture, size))), (width, height, size)
     # ... and through ToTensor + Normalize the model input agrees to float rounding
-    reference = T.Compose([T.Resize(224, T.InterpolationMode.BILINEAR), T.CenterCrop(224), T.ToTensor(),
-                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(picture)
+    reference = T.Compose(
+        [
+            T.Resize(224, T.InterpolationMode.BILINEAR),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )(picture)
     torch.testing.assert_close(to_tensor(eval_image(picture, 224)), reference, atol=2e-6, rtol=0)
 
 

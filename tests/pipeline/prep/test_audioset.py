@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.support import media
+from pipeline import format as fmt
 from pipeline import shard_dir
 from pipeline.prep import audioset
+from pipeline.prep.cli import app
 from pipeline.prep.manifest import read_rows
 from pipeline.prep.media import SkipItem
 from pipeline.prep.worker import FAILED
-from pipeline import format as fmt
-from pipeline.prep.cli import app
+from tests.support import media
 
 LABELS = {"/m/09x0r": "Speech", "/m/04rlf": "Music", "/t/dd00088": "Gush, water"}
 SR = 44_100
@@ -52,14 +52,24 @@ def test_read_segments_as_published(tmp_path):
         tmp_path,
         [("--PJHxphWEs", 30, 40, ["/m/09x0r", "/t/dd00088"]), ("abcdefghijk", 0.5, 10.5, ["/m/unknown"])],
         LABELS,
-        extra_lines=["just-one-field", 'bad id!!!!!, 1, 2, "/m/04rlf"', 'abcdefghij2, 10, 5, "/m/04rlf"', 'abcdefghij3, 1, 2, ""', 'abcdefghij4, x, 2, "/m/04rlf"', ""],
+        extra_lines=[
+            "just-one-field",
+            'bad id!!!!!, 1, 2, "/m/04rlf"',
+            'abcdefghij2, 10, 5, "/m/04rlf"',
+            'abcdefghij3, 1, 2, ""',
+            'abcdefghij4, x, 2, "/m/04rlf"',
+            "",
+        ],
     )
     labels = audioset.read_labels(lab)
     assert labels["/t/dd00088"] == "Gush, water"
     items = audioset.read_segments(seg, labels)
     assert len(items) == 7
     assert items[0] == {
-        "line": 4, "ytid": "--PJHxphWEs", "start": 30.0, "end": 40.0,
+        "line": 4,
+        "ytid": "--PJHxphWEs",
+        "start": 30.0,
+        "end": 40.0,
         "labels": [{"mid": "/m/09x0r", "name": "Speech"}, {"mid": "/t/dd00088", "name": "Gush, water"}],
     }
     assert items[1]["labels"] == [{"mid": "/m/unknown", "name": None}]
@@ -78,8 +88,15 @@ def test_unquoted_label_lists_are_still_read(tmp_path):
 
 
 def test_media_names_whole_videos_and_clips_in_every_spelling(tmp_path):
-    for name in ["abcdefghijk.mp4", "clipInt0001_30_40.mkv", "clipFlt0001_30.000_40.000.webm", "clipMs00001_30000_40000.mp4",
-                 "YaudioOnly01.wav", "YaudioOnly01.jpg", "notes.txt"]:
+    for name in [
+        "abcdefghijk.mp4",
+        "clipInt0001_30_40.mkv",
+        "clipFlt0001_30.000_40.000.webm",
+        "clipMs00001_30000_40000.mp4",
+        "YaudioOnly01.wav",
+        "YaudioOnly01.jpg",
+        "notes.txt",
+    ]:
         (tmp_path / "sub" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "sub" / name).write_bytes(b"x")
     index = audioset.scan_media(tmp_path)
@@ -130,8 +147,26 @@ def test_audioset_from_a_media_dir(media_dir, tmp_path):
     ]
     seg, lab = media.audioset_csvs(tmp_path, segments, LABELS, extra_lines=["broken line"])
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(out),
-                                      "--media-dir", str(media_dir), "--workers", "2", "--shard-size", "4", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "shards",
+            "audioset",
+            "--segments",
+            str(seg),
+            "--labels",
+            str(lab),
+            "--out",
+            str(out),
+            "--media-dir",
+            str(media_dir),
+            "--workers",
+            "2",
+            "--shard-size",
+            "4",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "media for 8 of 11 segments found" in result.output
     rows = {r["index"]: r for p in sorted(out.glob("*.parquet")) for r in read_rows(p)}
@@ -147,7 +182,12 @@ def test_audioset_from_a_media_dir(media_dir, tmp_path):
         check_range(samples[key], start, start + 10)
     meta = fmt.decode_meta(samples["as_clipFlt0001_30000"]["json"])
     assert meta["labels"] == [{"mid": "/m/04rlf", "name": "Music"}, {"mid": "/t/dd00088", "name": "Gush, water"}]
-    assert (meta["source"], meta["source_id"], meta["audio_type"], meta["orig_channels"]) == ("audioset", "clipFlt0001", "sound", 2)
+    assert (meta["source"], meta["source_id"], meta["audio_type"], meta["orig_channels"]) == (
+        "audioset",
+        "clipFlt0001",
+        "sound",
+        2,
+    )
 
     wide = fmt.decode_meta(samples["as_clipWide001_2250"]["json"])
     assert wide["duration"] == pytest.approx(9.75, abs=0.01)  # the source ends before the segment does
@@ -179,13 +219,35 @@ def test_download_failure_kinds():
 def test_download_with_yt_dlp_from_a_local_server(tmp_path):
     served = tmp_path / "served"
     source_video(served / "dlvideo0001.mp4", 16.0)
-    segments = [("dlvideo0001", 4.5, 14.5, ["/m/04rlf"]), ("gone0000001", 0, 10, ["/m/04rlf"]), ("ratelimited", 0, 10, ["/m/04rlf"])]
+    segments = [
+        ("dlvideo0001", 4.5, 14.5, ["/m/04rlf"]),
+        ("gone0000001", 0, 10, ["/m/04rlf"]),
+        ("ratelimited", 0, 10, ["/m/04rlf"]),
+    ]
     seg, lab = media.audioset_csvs(tmp_path, segments, LABELS)
     cache = tmp_path / "cache"
     with media.serve_directory(served) as base:
-        args = ["shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(tmp_path / "out"),
-                "--download-dir", str(cache), "--url-template", base + "/{ytid}.mp4", "--retries", "1", "--retry-wait", "0",
-                "--workers", "2", "--no-progress"]
+        args = [
+            "shards",
+            "audioset",
+            "--segments",
+            str(seg),
+            "--labels",
+            str(lab),
+            "--out",
+            str(tmp_path / "out"),
+            "--download-dir",
+            str(cache),
+            "--url-template",
+            base + "/{ytid}.mp4",
+            "--retries",
+            "1",
+            "--retry-wait",
+            "0",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = {r["index"]: r for r in read_rows(tmp_path / "out" / "000000.parquet")}

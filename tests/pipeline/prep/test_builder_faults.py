@@ -43,8 +43,21 @@ def _tree(root: Path, entries: list[dict]) -> tuple[Path, Path]:
 
 
 def _cli(meta: Path, image_root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.prep.cli", "shards", "places", "--metadata", str(meta),
-            "--image-root", str(image_root), "--out", str(out), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.prep.cli",
+        "shards",
+        "places",
+        "--metadata",
+        str(meta),
+        "--image-root",
+        str(image_root),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -57,8 +70,10 @@ def _shas(out: Path) -> dict:
 
 def _strict(text: str):
     """json.loads that refuses the non-standard NaN/Infinity literals."""
+
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -79,7 +94,8 @@ def test_places_build_records_the_loader_by_registered_name(tmp_path):
     assert _run(_cli(meta, image_root, out, "--workers", "0")).returncode == 0
     dataset = _strict((out / "dataset.json").read_text())
     assert dataset["loader"] == {
-        "name": "places", "args": [],
+        "name": "places",
+        "args": [],
         "kwargs": {"audio_root": str(meta.parent.parent.resolve()), "image_root": str(image_root.resolve())},
     }
     assert dataset["key"] == "places"
@@ -106,7 +122,9 @@ def test_retry_refuses_a_loader_that_is_not_registered_and_runs_nothing(tmp_path
     result = _run([sys.executable, "-m", "pipeline.prep.cli", "retry", str(out), "--workers", "0", "--no-progress"])
     assert result.returncode == 2
     line = _error_line(result.stderr)
-    assert "dataset.json names loader" in line and "which is not one of places, audioset" in line and "prep shards" in line
+    assert (
+        "dataset.json names loader" in line and "which is not one of places, audioset" in line and "prep shards" in line
+    )
     assert not marker.exists() and _shas(out) == before
 
 
@@ -129,6 +147,7 @@ def _limit_file_size(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -143,7 +162,9 @@ def test_a_write_error_stops_with_one_line_leaves_nothing_partial_and_a_rerun_re
     limit = (max(sizes[:2]) + sizes[2]) // 2
 
     out = tmp_path / "out"
-    result = _run(_cli(meta, image_root, out, "--shard-size", "2", "--workers", "1"), preexec_fn=_limit_file_size(limit))
+    result = _run(
+        _cli(meta, image_root, out, "--shard-size", "2", "--workers", "1"), preexec_fn=_limit_file_size(limit)
+    )
     assert result.returncode == 2
     line = _error_line(result.stderr)
     assert f"cannot write the shards in {out}" in line and "File too large" in line
@@ -172,7 +193,9 @@ def test_an_output_that_cannot_be_a_directory_is_one_line(tmp_path):
 def _start_and_pause_after_first_commit(cmd: list[str], out: Path) -> subprocess.Popen:
     """Start ``cmd``; once it has committed a shard, stop it (SIGSTOP, with its pool) while it
     holds the lock, so the test does not race a build that might finish first."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("*_stats.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -193,8 +216,10 @@ def test_a_second_run_into_the_same_out_is_refused_at_once_naming_the_holder(tmp
     out = tmp_path / "out"
     first = _start_and_pause_after_first_commit(_cli(meta, image_root, out, "--shard-size", "2", "--workers", "1"), out)
     try:
-        for second in (_cli(meta, image_root, out, "--shard-size", "2", "--workers", "1"),
-                       [sys.executable, "-m", "pipeline.prep.cli", "retry", str(out), "--no-progress"]):
+        for second in (
+            _cli(meta, image_root, out, "--shard-size", "2", "--workers", "1"),
+            [sys.executable, "-m", "pipeline.prep.cli", "retry", str(out), "--no-progress"],
+        ):
             started = time.monotonic()
             result = _run(second, timeout=60)
             assert result.returncode == 2 and time.monotonic() - started < 30
@@ -228,8 +253,12 @@ def test_parts_of_one_array_share_a_directory_but_one_part_runs_once(tmp_path):
 
 def _load(item: dict) -> Media:
     audio = media.tone(300, 2.0, item.get("sr", 16_000)) if item.get("sr", 16_000) > 0 else np.ones(32_000, np.float32)
-    return Media(audio, item.get("sr", 16_000), Image.new("RGB", (64, 48)), {"source": "test", "source_id": str(item["i"]),
-                                                                             "audio_type": "sound", **item.get("meta", {})})
+    return Media(
+        audio,
+        item.get("sr", 16_000),
+        Image.new("RGB", (64, 48)),
+        {"source": "test", "source_id": str(item["i"]), "audio_type": "sound", **item.get("meta", {})},
+    )
 
 
 def _key(item: dict) -> str:
@@ -237,15 +266,33 @@ def _key(item: dict) -> str:
 
 
 def test_bad_durations_become_failed_rows_never_samples(tmp_path):
-    cases = {0: {}, 1: {"meta": {"duration": 0}}, 2: {"meta": {"duration": -1.5}}, 3: {"meta": {"duration": float("nan")}},
-             4: {"meta": {"duration": float("inf")}}, 5: {"meta": {"duration": "2"}}, 6: {"meta": {"duration": None}},
-             7: {"sr": 0}, 8: {"sr": -16_000}}
+    cases = {
+        0: {},
+        1: {"meta": {"duration": 0}},
+        2: {"meta": {"duration": -1.5}},
+        3: {"meta": {"duration": float("nan")}},
+        4: {"meta": {"duration": float("inf")}},
+        5: {"meta": {"duration": "2"}},
+        6: {"meta": {"duration": None}},
+        7: {"sr": 0},
+        8: {"sr": -16_000},
+    }
     out = tmp_path / "ds"
-    summary = build_shards([{"i": i, **c} for i, c in cases.items()], _load, out, key=_key, shard_size=4, workers=0, progress=False)
+    summary = build_shards(
+        [{"i": i, **c} for i, c in cases.items()], _load, out, key=_key, shard_size=4, workers=0, progress=False
+    )
     rows = {r["index"]: r for p in sorted(out.glob("*.parquet")) for r in read_rows(p)}
     kinds = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == "failed"}
-    assert kinds == {1: "bad_duration", 2: "bad_duration", 3: "bad_duration", 4: "bad_duration", 5: "bad_duration",
-                     6: "bad_duration", 7: "audio_rate", 8: "audio_rate"}
+    assert kinds == {
+        1: "bad_duration",
+        2: "bad_duration",
+        3: "bad_duration",
+        4: "bad_duration",
+        5: "bad_duration",
+        6: "bad_duration",
+        7: "audio_rate",
+        8: "audio_rate",
+    }
     assert summary.written == 1
     assert [s["__key__"] for p in sorted(out.glob("*.tar")) for s in shard_dir.iter_tar_samples(p)] == ["t_0"]
     for r in rows.values():  # the manifest's item/meta columns are strict JSON too
@@ -284,6 +331,8 @@ def test_places_metadata_holding_nan_gives_null_through_the_cli(tmp_path):
 def test_kill_9_of_the_driver_takes_its_pool_workers_with_it(tmp_path):
     meta, image_root = _tree(tmp_path, [_entry(i, seconds=6.0) for i in range(40)])
     out = tmp_path / "out"
-    workers, left = procs.survivors_of_kill_9(_cli(meta, image_root, out, "--workers", "2", "--shard-size", "4"), 2, REPO)
+    workers, left = procs.survivors_of_kill_9(
+        _cli(meta, image_root, out, "--workers", "2", "--shard-size", "4"), 2, REPO
+    )
     assert len(workers) >= 2, "the pool never started"
     assert left == [], f"pool workers outlived their driver: {left}"

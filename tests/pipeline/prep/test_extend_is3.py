@@ -7,11 +7,11 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from tests.support.testsets import is3_stems, make_is3_tree
+from pipeline import format as fmt
+from pipeline.prep import extend_is3 as X
 from pipeline.testsets.common import DatasetError, load_clip
 from pipeline.testsets.is3 import read_is3
-from pipeline.prep import extend_is3 as X
-from pipeline import format as fmt
+from tests.support.testsets import is3_stems, make_is3_tree
 
 
 def test_readable_phrases():
@@ -29,8 +29,7 @@ def test_readable_phrases():
 
 def test_build_extended_is3_offline(tmp_path):
     root = make_is3_tree(tmp_path / "is3", extended=False)
-    summary = X.build_extended_is3(root, backend="espeak", template="a picture of {article} {phrase}",
-                                   progress=False)
+    summary = X.build_extended_is3(root, backend="espeak", template="a picture of {article} {phrase}", progress=False)
     assert summary["spoken"] == 6 and not summary["skipped"]
     doc = json.loads((root / "speech_prompts.json").read_text())
     assert doc["backend"] == "espeak" and doc["voice"] == "en-us" and doc["timing"] == "engine"

@@ -36,8 +36,20 @@ def invoke(*args: str):
 
 
 def build_places(meta: Path, out: Path, *extra: str):
-    result = invoke("shards", "places", "--metadata", str(meta), "--image-root", str(meta.parents[2] / "places205"),
-                    "--out", str(out), "--workers", "0", "--no-progress", *extra)
+    result = invoke(
+        "shards",
+        "places",
+        "--metadata",
+        str(meta),
+        "--image-root",
+        str(meta.parents[2] / "places205"),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    )
     assert result.exit_code == 0, result.output
     return result
 
@@ -65,7 +77,9 @@ def test_places_non_utf8_file_name_is_one_failed_row(tmp_path):
     got = rows(out)
     assert sorted(got) == [0, 1, 2]
     assert [got[i]["status"] for i in range(3)] == ["written", "failed", "written"]
-    assert got[1]["reason_kind"] == "bad_row" and "not valid UTF-8" in got[1]["reason"] and "\\udcff" in got[1]["reason"]
+    assert (
+        got[1]["reason_kind"] == "bad_row" and "not valid UTF-8" in got[1]["reason"] and "\\udcff" in got[1]["reason"]
+    )
     assert len(samples(out)) == 2
     dataset = json.loads((out / "dataset.json").read_text())
     assert (dataset["written"], dataset["failed"]) == (2, 1)
@@ -92,8 +106,19 @@ def test_audioset_csv_that_is_not_utf8_is_a_one_line_error(tmp_path, which):
     seg, lab = media.audioset_csvs(tmp_path, [("abcdefghijk", 0, 10, ["/m/09x0r"])], LABELS)
     bad = lab if which == "labels" else seg
     bad.write_bytes(bad.read_bytes().replace(b"Speech", b"Caf\xe9").replace(b"# YTID", b"# Caf\xe9"))
-    result = invoke("shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(tmp_path / "out"),
-                    "--media-dir", str(tmp_path), "--no-progress")
+    result = invoke(
+        "shards",
+        "audioset",
+        "--segments",
+        str(seg),
+        "--labels",
+        str(lab),
+        "--out",
+        str(tmp_path / "out"),
+        "--media-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad} is not UTF-8 text") and "re-save" in lines[0]
@@ -101,7 +126,9 @@ def test_audioset_csv_that_is_not_utf8_is_a_one_line_error(tmp_path, which):
 
 
 def test_audioset_bom_before_the_header_and_before_a_data_row(tmp_path):
-    seg, lab = media.audioset_csvs(tmp_path, [("abcdefghijk", 0, 10, ["/m/09x0r"]), ("bcdefghijkl", 5, 15, ["/m/04rlf"])], LABELS)
+    seg, lab = media.audioset_csvs(
+        tmp_path, [("abcdefghijk", 0, 10, ["/m/09x0r"]), ("bcdefghijkl", 5, 15, ["/m/04rlf"])], LABELS
+    )
     lines = seg.read_text().splitlines()
     lines[0], lines[4] = "\ufeff" + lines[0], "\ufeff" + lines[4]  # a spreadsheet's BOM; a second file pasted on
     seg.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -112,20 +139,50 @@ def test_audioset_bom_before_the_header_and_before_a_data_row(tmp_path):
     media.write_audio(media_dir / "abcdefghijk.wav", media.tone(440, 10, 16_000), 16_000)
     media.write_image(media_dir / "abcdefghijk.jpg")
     out = tmp_path / "out"
-    result = invoke("shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(out),
-                    "--media-dir", str(media_dir), "--workers", "0", "--no-progress")
+    result = invoke(
+        "shards",
+        "audioset",
+        "--segments",
+        str(seg),
+        "--labels",
+        str(lab),
+        "--out",
+        str(out),
+        "--media-dir",
+        str(media_dir),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     dataset = json.loads((out / "dataset.json").read_text())
     assert (dataset["written"], dataset["failures"]) == (1, {"missing_media": 1})
 
 
 def test_audioset_unknown_mids_are_counted_and_warned_once(tmp_path):
-    segments = [("abcdefghijk", 0, 10, ["/m/09x0r", "/m/gone1"]), ("bcdefghijkl", 0, 10, ["/m/gone1"]), ("cdefghijklm", 0, 10, ["/m/gone2"])]
+    segments = [
+        ("abcdefghijk", 0, 10, ["/m/09x0r", "/m/gone1"]),
+        ("bcdefghijkl", 0, 10, ["/m/gone1"]),
+        ("cdefghijklm", 0, 10, ["/m/gone2"]),
+    ]
     seg, lab = media.audioset_csvs(tmp_path, segments, LABELS)
     (tmp_path / "media").mkdir()
     out = tmp_path / "out"
-    result = invoke("shards", "audioset", "--segments", str(seg), "--labels", str(lab), "--out", str(out),
-                    "--media-dir", str(tmp_path / "media"), "--workers", "0", "--no-progress")
+    result = invoke(
+        "shards",
+        "audioset",
+        "--segments",
+        str(seg),
+        "--labels",
+        str(lab),
+        "--out",
+        str(out),
+        "--media-dir",
+        str(tmp_path / "media"),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "2 MID(s)" in warnings[0] and "/m/gone1" in warnings[0] and str(lab) in warnings[0]

@@ -9,8 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.prep import inspect as inspect_shards
-from pipeline.prep.cli import app
 from pipeline.prep.build import build_shards
+from pipeline.prep.cli import app
 from pipeline.prep.media import Media, SkipItem
 from tests.support import media
 
@@ -26,7 +26,11 @@ def load(item: dict) -> Media:
         meta["labels"] = [{"mid": m, "name": n} for m, n in item["labels"]]
     else:
         meta["caption"] = f"caption {item['i']}"
-    signal = media.speech_like(item["seconds"], sr, seed=item["i"]) if item["type"] == "speech" else media.noise(item["seconds"], sr)
+    signal = (
+        media.speech_like(item["seconds"], sr, seed=item["i"])
+        if item["type"] == "speech"
+        else media.noise(item["seconds"], sr)
+    )
     return Media(signal, sr, Image.new("RGB", (300, 200), COLOURS[item["i"] % 3]), meta)
 
 
@@ -53,7 +57,12 @@ def dataset(tmp_path):
 
 def test_collect_figures(dataset):
     report = inspect_shards.collect(dataset)
-    assert (report["items_total"], report["items_in_committed_shards"], report["written"], report["failed"]) == (6, 6, 4, 2)
+    assert (report["items_total"], report["items_in_committed_shards"], report["written"], report["failed"]) == (
+        6,
+        6,
+        4,
+        2,
+    )
     assert report["audio_hours"] == pytest.approx((4 + 10 + 10 + 6.5) / 3600, abs=1e-4)
     assert report["audio_types"]["speech"]["clips"] == 2 and report["audio_types"]["sound"]["clips"] == 2
     assert report["labels_top"] == {"Dog": 2, "Bark": 1}
@@ -99,14 +108,20 @@ def test_contact_sheet_draws_images_and_spectrograms(dataset, tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(dataset), "--show", "3", "--out", str(sheet)])
     assert result.exit_code == 0, result.output
     picture = np.asarray(Image.open(sheet).convert("RGB"))
-    tile_w, tile_h = inspect_shards._TILE_W + 8, inspect_shards._IMAGE_H + inspect_shards._SPEC_H + inspect_shards._TEXT_H + 8
+    tile_w, tile_h = (
+        inspect_shards._TILE_W + 8,
+        inspect_shards._IMAGE_H + inspect_shards._SPEC_H + inspect_shards._TEXT_H + 8,
+    )
     assert picture.shape == (tile_h + 8, 3 * tile_w + 8, 3)
     # the tiles show samples k000, k001, k002 (evenly picked from 4): their image colours
     for column, colour in enumerate(COLOURS):
         centre = picture[8 + inspect_shards._IMAGE_H // 2, 8 + column * tile_w + inspect_shards._TILE_W // 2]
         assert np.abs(centre.astype(int) - colour).max() < 20
     # spectrogram strip: speech/noise energy makes it far from uniform
-    strip = picture[8 + inspect_shards._IMAGE_H : 8 + inspect_shards._IMAGE_H + inspect_shards._SPEC_H, 8 : 8 + inspect_shards._TILE_W]
+    strip = picture[
+        8 + inspect_shards._IMAGE_H : 8 + inspect_shards._IMAGE_H + inspect_shards._SPEC_H,
+        8 : 8 + inspect_shards._TILE_W,
+    ]
     assert strip.std() > 10
 
 

@@ -8,10 +8,10 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from pipeline.prep.commands import audioset, places
+from pipeline.cli_support import with_options
 from pipeline.prep.build import DEFAULT_SHARD_SIZE
 from pipeline.prep.cli import app
-from pipeline.cli_support import with_options
+from pipeline.prep.commands import audioset, places
 from pipeline.prep.commands.options import BuildOptions
 
 SHARED_FLAGS = ["--out", "--workers", "--part", "--shard-size", "--limit", "--progress"]
@@ -39,9 +39,18 @@ def test_the_command_receives_one_options_object(tmp_path):
     toy_app = typer.Typer()
     toy_app.command()(toy)
     toy_app.command("other")(lambda: None)
-    result = CliRunner().invoke(toy_app, ["toy", "--out", str(tmp_path), "--workers", "3", "--limit", "5", "--no-progress", "--name", "y"])
+    result = CliRunner().invoke(
+        toy_app, ["toy", "--out", str(tmp_path), "--workers", "3", "--limit", "5", "--no-progress", "--name", "y"]
+    )
     assert result.exit_code == 0, result.output
-    assert seen == [("y", BuildOptions(out=str(tmp_path), workers=3, part="0/1", shard_size=DEFAULT_SHARD_SIZE, limit=5, progress=False))]
+    assert seen == [
+        (
+            "y",
+            BuildOptions(
+                out=str(tmp_path), workers=3, part="0/1", shard_size=DEFAULT_SHARD_SIZE, limit=5, progress=False
+            ),
+        )
+    ]
     missing = CliRunner().invoke(toy_app, ["toy"])
     assert missing.exit_code == 2 and "--out" in missing.output
 

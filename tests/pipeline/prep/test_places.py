@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.support import media
 from pipeline import format as fmt
 from pipeline import shard_dir
 from pipeline.prep import places
+from pipeline.prep.cli import app
 from pipeline.prep.manifest import read_rows
 from pipeline.prep.worker import FAILED, WRITTEN
-from pipeline.prep.cli import app
+from tests.support import media
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,7 +43,14 @@ def tree(tmp_path):
     stereo = media.stepped_tone(12.0, 44_100)
     entries = [
         good(0),
-        {**good(1, sr=44_100), "audio": np.stack([stereo, stereo]), "subtype": "FLOAT", "image": "a/attic/x.png", "image_size": (640, 480), "image_mode": "RGBA"},
+        {
+            **good(1, sr=44_100),
+            "audio": np.stack([stereo, stereo]),
+            "subtype": "FLOAT",
+            "image": "a/attic/x.png",
+            "image_size": (640, 480),
+            "image_mode": "RGBA",
+        },
         {**good(2, sr=8_000, seconds=2.0), "wav": "wavs/2/utterance_2.flac", "image_mode": "L"},
         {**good(3, sr=48_000, seconds=6.0), "image_mode": "CMYK"},
         {**good(4), "audio": None},  # missing wav
@@ -70,7 +77,18 @@ def tree(tmp_path):
 
 
 def run_places(meta, image_root, out, *extra):
-    args = ["shards", "places", "--metadata", str(meta), "--image-root", str(image_root), "--out", str(out), "--no-progress", *extra]
+    args = [
+        "shards",
+        "places",
+        "--metadata",
+        str(meta),
+        "--image-root",
+        str(image_root),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return result
@@ -92,9 +110,18 @@ def test_places_shards_real_outputs_and_counted_failures(tree, tmp_path):
     assert sorted(rows) == list(range(17))  # every entry is one row, malformed ones included
     kinds = {i: r["reason_kind"] for i, r in rows.items() if r["status"] == FAILED}
     assert kinds == {
-        4: "missing_audio", 5: "missing_image", 6: "audio_decode", 7: "audio_empty", 8: "audio_nan",
-        9: "audio_too_short", 10: "image_too_large", 11: "image_decode", 12: "path_escapes_root",
-        13: "path_escapes_root", 14: "bad_row", 15: "bad_row",
+        4: "missing_audio",
+        5: "missing_image",
+        6: "audio_decode",
+        7: "audio_empty",
+        8: "audio_nan",
+        9: "audio_too_short",
+        10: "image_too_large",
+        11: "image_decode",
+        12: "path_escapes_root",
+        13: "path_escapes_root",
+        14: "bad_row",
+        15: "bad_row",
     }
     assert "utterance_6.wav" in rows[6]["reason"] and "bomb.png" in rows[10]["reason"]
     samples = all_samples(out)
@@ -133,7 +160,9 @@ def test_places_shards_real_outputs_and_counted_failures(tree, tmp_path):
 def test_bad_metadata_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "train.json"
     bad.write_text("{not json")
-    result = CliRunner().invoke(app, ["shards", "places", "--metadata", str(bad), "--image-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["shards", "places", "--metadata", str(bad), "--image-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code != 0 and "is not valid JSON" in result.output
     bad.write_text(json.dumps({"rows": []}))
     with pytest.raises(places.MetadataError, match="no top-level 'data' list"):
@@ -158,8 +187,24 @@ def test_resume_after_a_killed_run_gives_the_same_samples_without_duplicates(tmp
     run_places(meta, image_root, reference, "--shard-size", "3", "--workers", "2")
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipeline.prep.cli", "shards", "places", "--metadata", str(meta), "--image-root", str(image_root),
-           "--out", str(out), "--shard-size", "3", "--workers", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.prep.cli",
+        "shards",
+        "places",
+        "--metadata",
+        str(meta),
+        "--image-root",
+        str(image_root),
+        "--out",
+        str(out),
+        "--shard-size",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -188,7 +233,9 @@ def test_prep_retry_picks_up_files_that_arrived_later(tree, tmp_path):
     before = all_rows(out)
     assert before[5]["reason_kind"] == "missing_image" and before[4]["reason_kind"] == "missing_audio"
     media.write_image(image_root / "b/bakery/img_5.jpg", (256, 256))
-    result = CliRunner().invoke(app, ["retry", str(out), "--reason", "missing_image", "--workers", "2", "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["retry", str(out), "--reason", "missing_image", "--workers", "2", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     after = all_rows(out)
     assert after[5]["status"] == WRITTEN and after[4]["reason_kind"] == "missing_audio"

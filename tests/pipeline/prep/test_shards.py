@@ -14,7 +14,6 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from tests.support import media
 from pipeline import format as fmt
 from pipeline import shard_dir
 from pipeline.prep import loaders
@@ -25,6 +24,7 @@ from pipeline.prep.retry import retry_failed
 from pipeline.prep.synthetic.samples import load_pair, sample_key
 from pipeline.prep.synthetic.world import world_config
 from pipeline.prep.worker import FAILED, STAGES
+from tests.support import media
 
 
 def load_synthetic(item: dict) -> Media:
@@ -43,7 +43,17 @@ def load_synthetic(item: dict) -> Media:
     if what == "nan":
         signal[10] = np.nan
     picture = Image.new("RGB", (320, 240), media.colour_for_second(item["i"]))
-    return Media(np.stack([signal, signal]), sr, picture, {"source": "test", "source_id": str(item["i"]), "audio_type": "sound", "labels": [{"mid": "/m/x", "name": "X"}]})
+    return Media(
+        np.stack([signal, signal]),
+        sr,
+        picture,
+        {
+            "source": "test",
+            "source_id": str(item["i"]),
+            "audio_type": "sound",
+            "labels": [{"mid": "/m/x", "name": "X"}],
+        },
+    )
 
 
 def key_of(item: dict) -> str:
@@ -68,9 +78,15 @@ def test_build_writes_shards_manifests_markers_and_summary(tmp_path):
     assert summary.written == 11 and summary.failed == 0 and summary.shards_built == 3
     assert sorted(p.name for p in out.iterdir()) == [
         shard_dir.LOCK_FILE,  # the build lock, kept: removing it would race another run taking it
-        "000000.parquet", "000000.tar", "000000_stats.json",
-        "000001.parquet", "000001.tar", "000001_stats.json",
-        "000002.parquet", "000002.tar", "000002_stats.json",
+        "000000.parquet",
+        "000000.tar",
+        "000000_stats.json",
+        "000001.parquet",
+        "000001.tar",
+        "000001_stats.json",
+        "000002.parquet",
+        "000002.tar",
+        "000002_stats.json",
         "dataset.json",
     ]
     # shard i holds items [4i, 4i+4), in order; a webdataset reader sees every sample whole
@@ -107,8 +123,14 @@ def test_every_input_item_becomes_exactly_one_row_whatever_goes_wrong(tmp_path):
     assert sorted(got) == list(range(10))
     kinds = {i: r["reason_kind"] for i, r in got.items() if r["status"] == FAILED}
     assert kinds == {
-        1: "bad_input", 2: "error", 3: "worker_crashed", 4: "audio_nan", 5: "audio_too_short",
-        6: "worker_crashed", 8: "duplicate_key", 9: "bad_key",
+        1: "bad_input",
+        2: "error",
+        3: "worker_crashed",
+        4: "audio_nan",
+        5: "audio_too_short",
+        6: "worker_crashed",
+        8: "duplicate_key",
+        9: "bad_key",
     }
     assert "loader bug" in got[2]["reason"] and json.loads(got[1]["item"]) == inputs[1]
     assert summary.written == 2 and summary.failed == 8
@@ -129,7 +151,9 @@ def test_parts_then_resume_equal_a_single_run_and_partial_shards_are_rebuilt(tmp
     single = tmp_path / "single"
     build_shards(items(10), load_synthetic, single, key=key_of, shard_size=3, workers=1, progress=False)
     split = tmp_path / "split"
-    first = build_shards(items(10), load_synthetic, split, key=key_of, shard_size=3, workers=1, part=(1, 2), progress=False)
+    first = build_shards(
+        items(10), load_synthetic, split, key=key_of, shard_size=3, workers=1, part=(1, 2), progress=False
+    )
     assert first.shards_built == 2 and sorted(p.name for p in split.glob("*.tar")) == ["000001.tar", "000003.tar"]
     # leftovers of a killed build of shard 2: a partial tar and an orphan parquet
     (split / "000002.tar.partial").write_bytes(b"half a tar")

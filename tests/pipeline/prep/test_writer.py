@@ -15,8 +15,16 @@ from pipeline.shard_dir import PARTIAL_SUFFIX
 def _sample(i: int) -> dict:
     audio = np.zeros(fmt.CLIP_SAMPLES, dtype=np.float32)
     audio[: 100 * (i + 1)] = 0.1
-    meta = {"source": "test", "source_id": str(i), "audio_type": "sound", "clip_start": 0.0, "clip_end": 1.0,
-            "duration": 1.0, "orig_sample_rate": 16_000, "orig_channels": 1}
+    meta = {
+        "source": "test",
+        "source_id": str(i),
+        "audio_type": "sound",
+        "clip_start": 0.0,
+        "clip_end": 1.0,
+        "duration": 1.0,
+        "orig_sample_rate": 16_000,
+        "orig_channels": 1,
+    }
     image = Image.new("RGB", (fmt.IMAGE_SHORT_SIDE + i, fmt.IMAGE_SHORT_SIDE), (10 * i, 20, 30))
     return fmt.encode_sample(f"k_{i}", audio, image, meta)
 

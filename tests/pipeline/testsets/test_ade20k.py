@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tests.support.testsets import ADE_CLASSES, encode_ade_classes, make_ade_tree
 from pipeline import format as fmt
 from pipeline.testsets.ade20k import decode_ade_classes, load_ade_class_mask, read_ade20k_prompted
 from pipeline.testsets.common import DatasetError, load_clip
+from tests.support.testsets import ADE_CLASSES, encode_ade_classes, make_ade_tree
 
 
 @pytest.mark.parametrize("kind", ["speech", "sound"])

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.support.testsets import is3_stems, make_is3_tree
 from pipeline import format as fmt
 from pipeline.testsets.common import DatasetError, load_binary_mask, load_clip
 from pipeline.testsets.is3 import read_is3
+from tests.support.testsets import is3_stems, make_is3_tree
 
 
 def test_is3_reads_stems_groups_and_pairs(tmp_path):
@@ -40,7 +40,7 @@ def test_is3_masks_and_audio_are_standardized(tmp_path):
     clip = load_clip(ann.audio_path)
     assert clip.audio.shape == (fmt.CLIP_SAMPLES,) and clip.audio.dtype == np.float32
     assert clip.valid == 2 * fmt.SAMPLE_RATE  # 2 s at 22,050 Hz stereo -> 32,000 samples at 16 kHz
-    assert np.all(clip.audio[clip.valid:] == 0) and np.abs(clip.audio[: clip.valid]).max() > 0.1
+    assert np.all(clip.audio[clip.valid :] == 0) and np.abs(clip.audio[: clip.valid]).max() > 0.1
 
 
 def test_is3_accepts_readme_spelling_and_counts_missing_files(tmp_path):

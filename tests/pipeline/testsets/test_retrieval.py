@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tests.support.testsets import make_retrieval_shards
 from pipeline import format as fmt
 from pipeline.testsets.common import DatasetError
 from pipeline.testsets.retrieval import read_retrieval_set
+from tests.support.testsets import make_retrieval_shards
 
 
 def test_retrieval_set_selects_seeded_permutation(tmp_path):
@@ -44,5 +44,6 @@ def test_retrieval_set_follows_the_commit_rule(tmp_path):
     rs = read_retrieval_set(tmp_path / "val")
     assert rs.available == 4 and sorted(it.key for it in rs.items) == keys[:4]
     assert [(s.item, s.reason.split(" (")[0]) for s in rs.skipped_shards] == [
-        ("000001.tar", "unreadable _stats.json marker")]
+        ("000001.tar", "unreadable _stats.json marker")
+    ]
     assert not (tmp_path / "HACKED").exists() and not list(tmp_path.glob("*HACKED*"))

@@ -139,7 +139,9 @@ def test_speech_names_the_class_and_its_span_holds_the_name():
         assert cls.name in [w["word"] for w in said.words]
         assert 0 <= start < end <= len(said.audio) / said.sample_rate + 1e-3  # times are rounded to 0.1 ms
         seg = said.audio[int(start * said.sample_rate) : int(end * said.sample_rate)]
-        assert np.sqrt(np.mean(seg.astype(np.float64) ** 2)) > 0.2 * np.sqrt(np.mean(said.audio.astype(np.float64) ** 2))
+        assert np.sqrt(np.mean(seg.astype(np.float64) ** 2)) > 0.2 * np.sqrt(
+            np.mean(said.audio.astype(np.float64) ** 2)
+        )
     fixed = speech.render_speech(object_class("arrow"), CFG, rng(0), template=speech.EVAL_TEMPLATE)
     assert fixed.text == "a picture of an arrow"
 

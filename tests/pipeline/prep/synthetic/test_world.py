@@ -11,18 +11,18 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from pipeline import format as fmt
+from pipeline.data.config import LoaderConfig
+from pipeline.data.loader import TrainLoader
+from pipeline.prep.cli import app
+from pipeline.prep.synthetic.generate import PENDING_FILE, WORLD_FILE, WorldExists, generate_world
+from pipeline.prep.synthetic.samples import render_eval_scene
+from pipeline.prep.synthetic.world import CLASS_NAMES, object_class, plan_scenes, world_config
+from pipeline.shard_dir import iter_tar_samples
 from pipeline.testsets.ade20k import decode_ade_classes, read_ade20k_prompted
 from pipeline.testsets.common import load_clip
 from pipeline.testsets.is3 import read_is3
 from pipeline.testsets.retrieval import read_retrieval_set
-from pipeline import format as fmt
-from pipeline.prep.cli import app
-from pipeline.data.config import LoaderConfig
-from pipeline.data.loader import TrainLoader
-from pipeline.shard_dir import iter_tar_samples
-from pipeline.prep.synthetic.generate import PENDING_FILE, WORLD_FILE, WorldExists, generate_world
-from pipeline.prep.synthetic.samples import render_eval_scene
-from pipeline.prep.synthetic.world import CLASS_NAMES, object_class, plan_scenes, world_config
 
 # a small world (the ci preset, cut down): every set, several shards per training set
 CI = world_config("ci", train=40, val=12, is3_images=6, ade_images=4, shard_size=16)
@@ -56,7 +56,15 @@ def test_world_json_describes_classes_and_every_set(world_root):
     assert [c["name"] for c in world["classes"]] == list(CLASS_NAMES)
     assert [c["ade_class_id"] for c in world["classes"]] == list(range(1, 11))
     sets = world["sets"]
-    assert set(sets) == {"speech/train", "sound/train", "speech/val", "sound/val", "is3", "ade20k/speech", "ade20k/sound"}
+    assert set(sets) == {
+        "speech/train",
+        "sound/train",
+        "speech/val",
+        "sound/val",
+        "is3",
+        "ade20k/speech",
+        "ade20k/sound",
+    }
     assert sets["speech/train"]["items"] == CI.train and sets["sound/val"]["items"] == CI.val
     assert sets["is3"]["annotations"] == 2 * CI.is3_images
     assert sets["ade20k/speech"]["rows"] == 2 * CI.ade_images
@@ -84,14 +92,25 @@ def test_same_seed_gives_the_same_files_whatever_the_worker_count(world_root, tm
 
 def test_another_seed_gives_another_world(world_root, tmp_path):
     other = tmp_path / "other"
-    generate_world(other, world_config("ci", train=10, val=4, is3_images=2, ade_images=2, shard_size=10), seed=1, workers=1, progress=False)
+    generate_world(
+        other,
+        world_config("ci", train=10, val=4, is3_images=2, ade_images=2, shard_size=10),
+        seed=1,
+        workers=1,
+        progress=False,
+    )
     mine = {p.name: p.read_bytes() for p in (world_root / "is3" / "images").iterdir()}
     theirs = {p.name: p.read_bytes() for p in (other / "is3" / "images").iterdir()}
     assert not any(mine.get(name) == data for name, data in theirs.items())
 
 
 def test_every_shard_sample_follows_the_shard_format(world_root):
-    for name, n in (("speech/train", CI.train), ("sound/train", CI.train), ("speech/val", CI.val), ("sound/val", CI.val)):
+    for name, n in (
+        ("speech/train", CI.train),
+        ("sound/train", CI.train),
+        ("speech/val", CI.val),
+        ("sound/val", CI.val),
+    ):
         audio_type = name.split("/")[0]
         tars = sorted((world_root / name).glob("*.tar"))
         assert len(tars) == -(-n // CI.shard_size)
@@ -113,7 +132,9 @@ def test_every_shard_sample_follows_the_shard_format(world_root):
                 assert meta["class"] in meta["caption"].split()
                 start, end = meta["object_span"]
                 assert meta["words"][-1]["end"] <= meta["duration"] + 1e-3
-                assert any(w["word"] == meta["class"] and w["start"] == start and w["end"] == end for w in meta["words"])
+                assert any(
+                    w["word"] == meta["class"] and w["start"] == start and w["end"] == end for w in meta["words"]
+                )
             else:
                 assert meta["labels"] == [{"mid": f"/synthetic/{meta['class']}", "name": meta["class"]}]
 
@@ -140,7 +161,10 @@ def test_extended_is3_tree_is_read_and_its_masks_are_the_drawn_objects(world_roo
         clip = load_clip(ann.audio_path)
         assert 1.5 * fmt.SAMPLE_RATE <= clip.valid <= 3.4 * fmt.SAMPLE_RATE
         speech = ann.speech
-        assert speech["class"] == ann.target and speech["text"] == f"a picture of {'an' if ann.target[0] in 'aeiou' else 'a'} {ann.target}"
+        assert (
+            speech["class"] == ann.target
+            and speech["text"] == f"a picture of {'an' if ann.target[0] in 'aeiou' else 'a'} {ann.target}"
+        )
         spoken = load_clip(ann.speech_path)
         start, end = speech["object_span"]
         assert 0 < start < end <= spoken.valid / fmt.SAMPLE_RATE + 1e-3
@@ -181,7 +205,11 @@ def test_retrieval_sets_are_read(world_root):
 
 def test_training_loader_pairs_and_mixes_the_shards(world_root):
     cfg = LoaderConfig(
-        speech=str(world_root / "speech/train"), sound=str(world_root / "sound/train"), batch_size=4, num_workers=0, epoch_samples=8
+        speech=str(world_root / "speech/train"),
+        sound=str(world_root / "sound/train"),
+        batch_size=4,
+        num_workers=0,
+        epoch_samples=8,
     )
     batches = list(TrainLoader(cfg))
     assert len(batches) == 2
@@ -219,7 +247,9 @@ def test_cli_generates_resumes_and_refuses_to_mix_worlds(tmp_path):
 def test_folders_not_written_by_the_generator_are_not_overwritten_silently(tmp_path):
     (tmp_path / "speech" / "train").mkdir(parents=True)
     with pytest.raises(WorldExists, match="not a world this generator wrote"):
-        generate_world(tmp_path, world_config("ci", train=2, val=2, is3_images=1, ade_images=1), workers=0, progress=False)
+        generate_world(
+            tmp_path, world_config("ci", train=2, val=2, is3_images=1, ade_images=1), workers=0, progress=False
+        )
 
 
 def test_generation_works_after_torch_ran_in_the_parent(tmp_path):
@@ -234,12 +264,18 @@ x = torch.randn(256, 256)
 F.resample(torch.randn(22050), 22050, 16000)
 from pipeline.prep.synthetic.generate import generate_world
 from pipeline.prep.synthetic.world import world_config
-generate_world({str(tmp_path / 'w')!r}, world_config("ci", train=4, val=2, is3_images=2, ade_images=2, shard_size=4),
+generate_world({str(tmp_path / "w")!r}, world_config("ci", train=4, val=2, is3_images=2, ade_images=2, shard_size=4),
                workers=2, progress=False)
 """
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[4], timeout=120, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[4],
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "w" / WORLD_FILE).is_file()
