@@ -32,3 +32,17 @@ def tiny_checkpoint(tmp_path_factory):
 
     torch.manual_seed(1)
     return save_checkpoint(build_model(ModelConfig.preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+# The files whose tests take minutes go first: under `pytest -n 2 --dist loadfile` a worker takes
+# whole files in collection order, so a long file collected last runs alone at the end while the
+# other worker idles (the demo's four minutes were the suite's last four).
+LONG_FIRST = ("tests/scripts/test_demo.py", "tests/model/test_levers.py", "tests/training/test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: every file keeps its own order, and the others theirs

@@ -351,7 +351,7 @@ def test_hostile_denseav_files(tmp_path, case):
         torch.save({"state_dict": [1, 2, 3]}, path)
         expected = "holds no state_dict of tensors"
     elif case == "missing":
-        path, expected = tmp_path / "denseav_2head.ckpt", "no such DenseAV file"
+        path, expected = tmp_path / "denseav_2head.ckpt", "no such checkpoint file or directory"
     elif case == "truncated":
         path = write(state, tmp_path / "denseav_2head.ckpt", "ckpt")
         path.write_bytes(path.read_bytes()[:1000])
