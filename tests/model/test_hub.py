@@ -135,7 +135,8 @@ def test_neither_a_path_nor_a_repo_id_is_one_line(hub_cache, spec):
     with pytest.raises(HubError) as exc:
         load_any(spec)
     text = one_line(exc)
-    assert text.startswith(f"{spec}: no such checkpoint file or directory, and not a Hub repo id") and "owner/name" in text
+    assert text.startswith(f"{spec}: no such checkpoint file or directory, and not a Hub repo id"), text
+    assert "owner/name" in text
 
 
 def test_a_cached_repo_without_checkpoint_files_is_refused(hub_cache, tmp_path):
