@@ -104,7 +104,9 @@ def checkpoint_source(spec: str | os.PathLike, revision: str | None = None) -> P
         return path
     repo = parse_repo_spec(spec)
     if repo is None:
-        raise HubError(f"{spec}: no such checkpoint file or directory, and not a Hub repo id; give {ACCEPTED}")
+        raise HubError(
+            f"{spec} does not exist (no such checkpoint file or directory) and is not a Hub repo id; give {ACCEPTED}"
+        )
     if revision is not None:
         if repo.revision not in (None, revision):
             raise HubError(f"{spec} pins revision {repo.revision} but revision {revision} was also given; give one")

@@ -135,7 +135,7 @@ def test_neither_a_path_nor_a_repo_id_is_one_line(hub_cache, spec):
     with pytest.raises(HubError) as exc:
         load_any(spec)
     text = one_line(exc)
-    assert text.startswith(f"{spec}: no such checkpoint file or directory, and not a Hub repo id"), text
+    assert text.startswith(f"{spec} does not exist (no such checkpoint file or directory)"), text
     assert "owner/name" in text
 
 
