@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import gc
 import math
+import os
 import random
 import resource
 from collections import Counter
@@ -67,6 +68,7 @@ from pipeline.data.stages import (
     shuffle,
 )
 from pipeline.data.transform import augment_batch
+from pipeline.lifetime import die_with_parent
 from pipeline.storage import StorageError
 
 
@@ -310,6 +312,7 @@ class TrainLoader:
             num_workers=self.cfg.num_workers,
             collate_fn=_as_built,
             generator=torch.Generator(),
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()),  # never outlive a killed trainer
             **kwargs,
         )
         mapped: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}  # (worker slot, pool slot) -> buffer

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import ctypes
 import multiprocessing
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.lifetime import die_with_parent
 from pipeline.prep.worker import Outcome, describe_failure, process_item
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-_WATCHDOG_SECONDS = 1.0
 
 
 @dataclass
@@ -34,28 +29,8 @@ class Task:
     ready: Callable[[], Outcome] | None = None  # precomputed outcome (bad key, kept sample)
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker whose driver is killed (kill -9, OOM) must not live on, reparented and blocked on
-    its task queue. Linux kills it at once (parent-death signal); elsewhere, or if the signal was
-    set too late, a thread notices the new parent pid within a second."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_WATCHDOG_SECONDS)
-        os._exit(1)
-
-    if os.getppid() != parent:  # the driver died before the signal was armed
-        os._exit(1)
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
 def _init_worker(parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     # Ctrl-C goes to the parent, which shuts the pool down; workers finishing their item is fine.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One worker per core: intra-op threads would only oversubscribe the CPUs. This also keeps a
