@@ -336,54 +336,57 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font) -> str:
 
 def _print_report(report: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    table = Table(title=report["dir"], show_header=False)
+    # Every cell holds data (paths, labels, failure reasons): escaped, so that text such as "[a-z]"
+    # in a reason is shown as written instead of being read as rich markup and dropped.
+    table = Table(title=escape(report["dir"]), show_header=False)
+
+    def row(*cells: str) -> None:
+        table.add_row(*(escape(cell) for cell in cells))
+
     health = report["health"]
     total = report["items_total"]
-    table.add_row(
+    row(
         "shards committed / total",
         f"{health['shards_committed']} / {health['shards_total'] if health['shards_total'] is not None else '?'}",
     )
-    table.add_row(
+    row(
         "items (committed shards / input)",
         f"{report['items_in_committed_shards']} / {total if total is not None else '?'}",
     )
-    table.add_row("written / failed", f"{report['written']} / {report['failed']}")
-    table.add_row("audio hours", f"{report['audio_hours']:.3f}")
+    row("written / failed", f"{report['written']} / {report['failed']}")
+    row("audio hours", f"{report['audio_hours']:.3f}")
     for t, v in report["audio_types"].items():
-        table.add_row(f"  {t}", f"{v['clips']} clips, {v['hours']:.3f} h")
+        row(f"  {t}", f"{v['clips']} clips, {v['hours']:.3f} h")
     d = report["duration_s"]
     if d["mean"] is not None:
-        table.add_row(
-            "duration s (mean / median / min / max)", f"{d['mean']} / {d['median']} / {d['min']} / {d['max']}"
-        )
-        table.add_row("duration histogram", "  ".join(f"{k}:{v}" for k, v in d["histogram"].items() if v))
-    table.add_row("original sample rates", "  ".join(f"{k} Hz:{v}" for k, v in report["orig_sample_rates"].items()))
-    table.add_row("original channels", "  ".join(f"{k}ch:{v}" for k, v in report["orig_channels"].items()))
+        row("duration s (mean / median / min / max)", f"{d['mean']} / {d['median']} / {d['min']} / {d['max']}")
+        row("duration histogram", "  ".join(f"{k}:{v}" for k, v in d["histogram"].items() if v))
+    row("original sample rates", "  ".join(f"{k} Hz:{v}" for k, v in report["orig_sample_rates"].items()))
+    row("original channels", "  ".join(f"{k}ch:{v}" for k, v in report["orig_channels"].items()))
     if report["labels_top"]:
-        table.add_row(
+        row(
             f"labels ({report['labels_distinct']} distinct), top",
             ", ".join(f"{k} {v}" for k, v in report["labels_top"].items()),
         )
     for kind, n in report["failures"].items():
-        table.add_row(f"failed: {kind}", f"{n}   e.g. {report['failure_examples'][kind][0][:110]}")
+        row(f"failed: {kind}", f"{n}   e.g. {report['failure_examples'][kind][0][:110]}")
     for name in ("uncommitted_tars", "corrupt_markers", "partial_files", "markers_without_tar", "size_mismatch"):
         if health[name]:
-            table.add_row(
+            row(
                 f"health: {name.replace('_', ' ')}",
                 ", ".join(health[name][:8]) + (" …" if len(health[name]) > 8 else ""),
             )
     if health["shards_missing"]:
-        table.add_row(
-            "health: shards not built yet", f"{len(health['shards_missing'])} (first: {health['shards_missing'][:5]})"
-        )
+        row("health: shards not built yet", f"{len(health['shards_missing'])} (first: {health['shards_missing'][:5]})")
     if "verify" in report:
         v = report["verify"]
-        table.add_row("verify", f"{v['samples_checked']} samples decoded, {v['problems']} problems")
+        row("verify", f"{v['samples_checked']} samples decoded, {v['problems']} problems")
         for text in v["problem_list"][:10]:
-            table.add_row("", text)
+            row("", text)
     console.print(table)
 
 

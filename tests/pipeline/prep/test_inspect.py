@@ -152,3 +152,14 @@ def test_verify_in_parallel_finds_keys_repeated_across_shards(dataset):
     assert report["samples_checked"] == 4 + 3
     repeats = [p for p in report["problem_list"] if "repeats" in p]
     assert len(repeats) == 3 and all(p.startswith("000007.tar: key k00") for p in repeats)
+
+
+def test_text_report_shows_data_with_brackets_as_written(tmp_path):
+    # labels and failure reasons are data: rich markup in them ("[b]", "[a-z]") must not vanish
+    items = [
+        {"i": 0, "type": "sound", "sr": 16_000, "seconds": 1.0, "labels": [("/m/x", "Engine [b]idle[/b]")]},
+        {"i": 1, "type": "speech", "sr": 16_000, "seconds": 1.0, "missing": True},
+    ]
+    build_shards(items, load, tmp_path / "ds", key=key, shard_size=4, workers=0, progress=False)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "ds")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "Engine [b]idle[/b] 1" in result.output
