@@ -8,7 +8,9 @@ A config dataclass states what each field accepts next to the field::
     attn_implementation: str = checked("sdpa", choices=("eager", "sdpa"))
 
 ``check_fields`` walks a config (nested sections included) and raises ``FieldError`` for the first
-value outside its declaration, naming the key, the value and what is accepted. Types are not this
+value outside its declaration, naming the key, the value and what is accepted; a section whose
+fields must also agree with each other says so in a static ``check_together(values, prefix)``,
+which ``check_fields`` calls after the section's own fields. Types are not this
 module's concern: the training config converts every value to its field's type first
 (``training.config``), and code that builds a config in Python passes typed values.
 
@@ -176,3 +178,6 @@ def check_fields(config: Any, prefix: str = "", cls: type | None = None) -> None
             check_fields(value, f"{prefix}{field.name}.", section)
         elif (rule := rule_of(field)) is not None:
             check_value(f"{prefix}{field.name}", rule, value)
+    together = getattr(cls, "check_together", None)
+    if together is not None:  # the fields against each other (e.g. the loader's streams and its pace)
+        together(config, prefix)

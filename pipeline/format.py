@@ -33,7 +33,9 @@ PCM_SCALE = 32768.0  # int16 sample -> float in [-1, 1): the scale libsndfile us
 IMAGE_SHORT_SIDE = 224
 JPEG_QUALITY = 90
 MIN_DURATION_S = 0.5  # shorter clips carry too little signal to pair with an image
-AUDIO_TYPES = ("speech", "sound")
+AUDIO_TYPES = ("speech", "sound")  # the two types of the paper's corpora
+# any audio type is a lower-case name (the loader's streams are named by it: `music`, ...)
+AUDIO_TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")  # matched whole (fullmatch)
 FORMAT_VERSION = 1
 
 AUDIO_EXT, IMAGE_EXT, META_EXT = "flac", "jpg", "json"
@@ -43,7 +45,7 @@ MEMBER_EXTS = (AUDIO_EXT, IMAGE_EXT, META_EXT)
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "source": (str,),  # corpus: "places", "audioset", "synthetic", ...
     "source_id": (str,),  # id inside the corpus (PlacesAudio wav path, YTID, ...)
-    "audio_type": (str,),  # one of AUDIO_TYPES
+    "audio_type": (str,),  # a name matching AUDIO_TYPE_RE: AUDIO_TYPES, or another (`music`)
     "clip_start": (int, float),  # seconds into the source where the clip starts
     "clip_end": (int, float),  # seconds into the source where the clip ends
     "duration": (int, float),  # real (unpadded) audio seconds in the 10 s clip
@@ -118,8 +120,9 @@ def check_meta(meta: dict) -> list[str]:
             problems.append(f"missing field {field!r}")
         elif not isinstance(meta[field], types) or isinstance(meta[field], bool):
             problems.append(f"field {field!r} has type {type(meta[field]).__name__}")
-    if meta.get("audio_type") not in AUDIO_TYPES:
-        problems.append(f"audio_type must be one of {AUDIO_TYPES}, got {meta.get('audio_type')!r}")
+    audio_type = meta.get("audio_type")
+    if not isinstance(audio_type, str) or not AUDIO_TYPE_RE.fullmatch(audio_type):
+        problems.append(f"audio_type must be a name matching [a-z][a-z0-9_]* (speech, sound, ...), got {audio_type!r}")
     dur = meta.get("duration")
     if isinstance(dur, (int, float)) and not (0 < dur <= CLIP_SECONDS + 1e-6 and math.isfinite(dur)):
         problems.append(f"duration {dur} outside (0, {CLIP_SECONDS}]")

@@ -1,25 +1,31 @@
-"""The training loader: speech shards paired with sound shards, mixed at read time.
+"""The training loader: K >= 2 typed streams of shards (speech, sound, ...), mixed at read time.
 
-Each worker runs one stream of named stages (``pipeline.data.stages``), read top to bottom in
-``MixedStream.__iter__``::
+Each worker runs one stream of named stages (``pipeline.data.stages``) per type, read top to bottom
+in ``MixedStream.__iter__``::
 
-    speech shards ─▶ locate ─▶ shuffle ─▶ count ─▶ read ─▶ decode ─┐
-                                                                   ├─▶ draw_items ─▶ assemble_batches
-    sound shards (resampled forever) ─▶ … ─▶ decode ───────────────┘                        │
-                                                                                            ▼
+    pace shards (speech) ─▶ locate ─▶ shuffle ─▶ count ─▶ read ─▶ decode ─┐
+                                                                          ├─▶ draw_items ─▶ assemble_batches
+    every other type's shards (resampled forever) ─▶ … ─▶ decode ─────────┘     (+ mix_types)   │
+                                                                                                ▼
                     main process, on the training device:   crop + colour jitter + mix (finish_batch)
+
+The streams are ``LoaderConfig.stream_specs`` (``data.streams``, or ``data.speech`` + ``data.sound``),
+in config order; every item holds one clip of every type. ``data.mix.subset`` picks the types of
+each batch's mixture (``pipeline.data.mixing.draw_mixture_types``) from a generator seeded by
+(seed, epoch, the batch's number in the rank's epoch), the same on every rank, so the gathered
+loss sees one kind of mixture per step.
 
 Workers do what needs a CPU (tar reading, FLAC and JPEG decoding) and every random draw (crop box,
 flip, colour matrix, mixing ratio and level, splices), so a batch is fixed by the seeds alone; the
 dense arithmetic runs batched where the batch lands, which keeps a worker's cost per item close to
 the cost of decoding it. Batches cross in one shared buffer each (``pipeline.data.arena``).
 
-Two modes for the speech stream, which drives the epoch:
+Two modes for the pace stream (``data.pace``, speech by default), which drives the epoch:
 
-* ``resampled`` (default for training): every worker draws speech shards with replacement, forever;
+* ``resampled`` (default for training): every worker draws pace shards with replacement, forever;
   an epoch is ``batches_per_worker`` batches of exactly ``batch_size`` per worker, so every rank gets
   the same number of equal batches by construction.
-* finite: each speech sample is seen exactly once per epoch. Shards are dealt to the
+* finite: each pace sample is seen exactly once per epoch. Shards are dealt to the
   ranks × workers slots (same plan on every rank, from the shard sizes recorded by ``prep``); every
   slot yields the same number of batches, its samples spread as evenly as possible over them, so
   batch sizes may differ by one between slots. Unequal batch *counts* would hang the gathered
@@ -47,11 +53,9 @@ import torch
 from pipeline import format as fmt
 from pipeline.data.arena import PREFETCH, ArenaPool, release, unpack, unpack_images
 from pipeline.data.config import LoaderConfig
-from pipeline.data.mixing import mix_batch, span_mask, valid_mask
+from pipeline.data.mixing import draw_mixture_types, mix_streams, span_mask, valid_mask
 from pipeline.data.sources import LoaderError, list_shards, plan_finite_epoch, require_samples, seed_from
 from pipeline.data.stages import (
-    ROLES,
-    STRING_FIELDS,
     BatchAssembly,
     ItemDraws,
     SkipCounter,
@@ -75,12 +79,15 @@ from pipeline.storage import StorageError
 def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu") -> dict:
     """A worker's batch of decoded data and draws -> the training batch, computed on ``device``.
 
-    Returns per role (``speech``, ``sound``) the ImageNet-normalized image ``[B, 3, S, S]``, the
-    stem as it sits in the mixture ``[B, L]`` (float32) and its mask of real samples; ``mix_audio``
-    and ``mix_mask``; the drawn ``snr_db``, ``level_db`` and the peak guard's ``clip_scale``; the
-    keys; ``*_splice`` foreign-sample masks when splicing is on.
+    Returns per type ``t`` (``cfg.types``) the ImageNet-normalized image ``t_image [B, 3, S, S]``,
+    the stem as it sits in the mixture ``t_audio [B, L]`` (float32; a type left out of this batch's
+    mixture: its clean clip, normalized the same way) and its mask of real samples ``t_mask``, the
+    keys ``t_key``, ``t_splice`` foreign-sample masks when splicing is on; ``mix_audio`` and
+    ``mix_mask``; the drawn ``snr_db`` (``[B]`` for two types, else ``[B, K - 1]``), ``level_db``
+    and the peak guard's ``clip_scale``; ``types`` (every type) and ``mix_types`` (the mixture's).
     """
-    out = {k: raw[k] for k in STRING_FIELDS}
+    types = cfg.types
+    out = {f"{kind}_key": raw[f"{kind}_key"] for kind in types}
 
     bulk = unpack(raw, device)
 
@@ -88,30 +95,28 @@ def finish_batch(raw: dict, cfg: LoaderConfig, device: torch.device | str = "cpu
         return torch.as_tensor(raw[name]).to(device, non_blocking=True)
 
     audio, masks = {}, {}
-    for role in ("speech", "sound"):
-        pcm = bulk[f"{role}_audio"][: len(raw["speech_key"])]
-        audio[role] = pcm.float().mul_(1 / fmt.PCM_SCALE)
-        mask = valid_mask(tensor(f"{role}_valid"), pcm.shape[1])
-        if f"{role}_span" in raw:
-            mask &= ~span_mask(tensor(f"{role}_span"), pcm.shape[1])
-        masks[role] = mask
-        crops = unpack_images(bulk[f"{role}_pixels"], raw[f"{role}_pixels_hw"])
-        out[f"{role}_image"] = augment_batch(crops, raw[f"{role}_flip"], raw[f"{role}_jitter"], cfg.image_size)
-        if f"{role}_splice" in raw:
-            out[f"{role}_splice"] = tensor(f"{role}_splice")
-    mix = mix_batch(
-        audio["speech"], audio["sound"], masks["speech"], masks["sound"], tensor("snr_db"), tensor("level_db"), cfg.mix
-    )
+    for kind in types:
+        pcm = bulk[f"{kind}_audio"][: len(raw[f"{types[0]}_key"])]
+        audio[kind] = pcm.float().mul_(1 / fmt.PCM_SCALE)
+        mask = valid_mask(tensor(f"{kind}_valid"), pcm.shape[1])
+        if f"{kind}_span" in raw:
+            mask &= ~span_mask(tensor(f"{kind}_span"), pcm.shape[1])
+        masks[kind] = mask
+        crops = unpack_images(bulk[f"{kind}_pixels"], raw[f"{kind}_pixels_hw"])
+        out[f"{kind}_image"] = augment_batch(crops, raw[f"{kind}_flip"], raw[f"{kind}_jitter"], cfg.image_size)
+        if f"{kind}_splice" in raw:
+            out[f"{kind}_splice"] = tensor(f"{kind}_splice")
+    mix = mix_streams(audio, masks, tensor("snr_db"), tensor("level_db"), cfg.mix, raw.get("mix_types", types))
+    for kind in types:
+        out[f"{kind}_audio"], out[f"{kind}_mask"] = mix.stems[kind], masks[kind]
     out.update(
-        speech_audio=mix.speech,
-        sound_audio=mix.sound,
         mix_audio=mix.mixture,
-        speech_mask=masks["speech"],
-        sound_mask=masks["sound"],
-        mix_mask=masks["speech"] | masks["sound"],
+        mix_mask=mix.mask,
         snr_db=mix.snr_db,
         level_db=mix.level_db,
         clip_scale=mix.clip_scale,
+        types=types,
+        mix_types=mix.types,
     )
     return out
 
@@ -130,21 +135,27 @@ class MixedStream(torch.utils.data.IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.cfg, self.rank, self.world_size, self.epoch = cfg, rank, world_size, epoch
-        self.speech_shards = list_shards(cfg.speech)
-        self.sound_shards = list_shards(cfg.sound)
-        require_samples(self.speech_shards, cfg.speech, "speech")
-        require_samples(self.sound_shards, cfg.sound, "sound")
+        self.types, self.pace = cfg.types, cfg.pace_type
+        specs = cfg.stream_specs
+        self.shards = {kind: list_shards(spec) for kind, spec in specs.items()}  # every spec checked first
+        for kind, spec in specs.items():
+            require_samples(self.shards[kind], spec, cfg.spec_key(kind))
         self.workers = max(1, cfg.num_workers)
         self.slots = world_size * self.workers
-        self.speech_samples = sum(s.samples for s in self.speech_shards)
+        self.pace_samples = sum(s.samples for s in self.shards[self.pace])
         if not cfg.resampled:
-            plan_finite_epoch(self.speech_shards, self.slots, cfg.batch_size, cfg.seed, epoch)  # fail early
+            self._finite_plan()  # fail early
+
+    def _finite_plan(self):
+        return plan_finite_epoch(
+            self.shards[self.pace], self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch, self.pace
+        )
 
     def batches_per_worker(self) -> int:
         if self.cfg.resampled:
-            total = self.cfg.epoch_samples or self.speech_samples
+            total = self.cfg.epoch_samples or self.pace_samples
             return max(1, math.ceil(total / (self.slots * self.cfg.batch_size)))
-        _, sizes = plan_finite_epoch(self.speech_shards, self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch)
+        _, sizes = self._finite_plan()
         return len(sizes[0])
 
     def __len__(self) -> int:
@@ -160,24 +171,19 @@ class MixedStream(torch.utils.data.IterableDataset):
             )
         return info.id
 
-    def _speech_plan(self, slot: int, rng: random.Random):
-        """The shards this worker reads (an endless draw, or its share of the epoch) and its batch sizes."""
+    def _pace_plan(self, slot: int, rng: random.Random):
+        """The pace shards this worker reads (an endless draw, or its share of the epoch) and its batch sizes."""
+        shards = self.shards[self.pace]
         if self.cfg.resampled:
-            return (
-                self.speech_shards,
-                resampled_shards(self.speech_shards, rng),
-                [self.cfg.batch_size] * self.batches_per_worker(),
-            )
-        assignment, sizes = plan_finite_epoch(
-            self.speech_shards, self.slots, self.cfg.batch_size, self.cfg.seed, self.epoch
-        )
+            return shards, resampled_shards(shards, rng), [self.cfg.batch_size] * self.batches_per_worker()
+        assignment, sizes = self._finite_plan()
         return assignment[slot], iter(assignment[slot]), sizes[slot]
 
     def _resume_point(self, slot: int, items: int) -> StreamCursor:
         """Where the stream of ``slot`` resumes: its saved cursor, or else (no cursor saved) the
         position after ``items`` items as if none had been skipped."""
         saved = self.cursors.get(slot)
-        return StreamCursor(**saved) if saved else StreamCursor.without_skips(items)
+        return StreamCursor.from_state(saved) if saved else StreamCursor.without_skips(items, self.types)
 
     def __iter__(self):
         # The DataLoader takes the rank's batch j from worker j % workers, always starting at
@@ -193,39 +199,53 @@ class MixedStream(torch.utils.data.IterableDataset):
         slot = self.rank * self.workers + worker
         base = (cfg.seed, self.epoch, self.rank, worker)
         skip = SkipCounter(f"loader rank {self.rank} worker {worker}", cfg.log_interval_s)
-        speech_read, speech_shards, sizes = self._speech_plan(slot, random.Random(seed_from(*base, "speech-shards")))
-        sound_shards = resampled_shards(self.sound_shards, random.Random(seed_from(*base, "sound-shards")))
-        guards = {
-            "speech": StreamGuard("speech", cfg.speech, speech_read, skip, cfg.max_consecutive_skips),
-            "sound": StreamGuard("sound", cfg.sound, self.sound_shards, skip, cfg.max_consecutive_skips),
-        }
+        specs, pace = cfg.stream_specs, self.pace
+        pace_read, pace_shards, sizes = self._pace_plan(slot, random.Random(seed_from(*base, f"{pace}-shards")))
+        shards, guards = {}, {}
+        for kind in self.types:
+            if kind == pace:
+                read, shards[kind] = pace_read, pace_shards
+            else:  # (seeds named by type: speech and sound keep the ones of the two-stream loader)
+                read = self.shards[kind]
+                shards[kind] = resampled_shards(read, random.Random(seed_from(*base, f"{kind}-shards")))
+            guards[kind] = StreamGuard(kind, specs[kind], read, skip, cfg.max_consecutive_skips)
         done = max(0, (self.skip_batches - worker + self.workers - 1) // self.workers)  # this stream's consumed batches
+        # the rank's batch j comes from logical worker j % workers: this worker's b-th batch is j = b * workers + worker
+        subset_seed = seed_from(cfg.seed, self.epoch, "mix-subset")
+        mixtures = [
+            draw_mixture_types(self.types, cfg.mix.subset, subset_seed, b * self.workers + worker)
+            for b in range(done, len(sizes))
+        ]
 
         cursor = StreamCursor()
         located = {
-            role: count(
+            kind: count(
                 shuffle(
-                    locate_samples(shards, guards[role]), cfg.shuffle_buffer, random.Random(seed_from(*base, role))
+                    locate_samples(shards[kind], guards[kind]),
+                    cfg.shuffle_buffer,
+                    random.Random(seed_from(*base, kind)),
                 ),
                 cursor,
-                role,
+                kind,
             )
-            for role, shards in (("speech", speech_shards), ("sound", sound_shards))
+            for kind in self.types
         }
         fast_forward(located, cursor, self._resume_point(slot, sum(sizes[:done])), list(guards.values()), skip)
         batch = BatchAssembly(
-            ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None), cfg.clip_samples
+            ArenaPool(PREFETCH + 2, shared=torch.utils.data.get_worker_info() is not None),
+            cfg.clip_samples,
+            self.types,
         )
-        speech, sound = (
-            decode(
-                read_samples(located[role], guards[role]),
-                guards[role],
+        streams = {
+            kind: decode(
+                read_samples(located[kind], guards[kind]),
+                guards[kind],
                 cfg.clip_samples,
-                functools.partial(batch.next_row, role),
+                functools.partial(batch.next_row, kind),
             )
-            for role in ROLES
-        )
-        items = draw_items(speech, sound, ItemDraws(cfg, seed_from(*base, "augment")), cursor)
+            for kind in self.types
+        }
+        items = draw_items(streams, pace, ItemDraws(cfg, seed_from(*base, "augment")), cursor)
 
         def stats() -> dict:
             return {
@@ -235,7 +255,7 @@ class MixedStream(torch.utils.data.IterableDataset):
             }
 
         try:
-            for out in assemble_batches(items, sizes[done:], batch):
+            for out in assemble_batches(items, sizes[done:], batch, mixtures, pace):
                 out["worker_stats"] = stats()
                 yield out
         except (LoaderError, StorageError) as exn:  # to the main process as one line (see TrainLoader.raw_batches);
@@ -339,8 +359,8 @@ class TrainLoader:
         the whole batch on ``device`` (pass the training device: this is dense arithmetic).
         """
         for batch in self.raw_batches(skip):
-            if "speech_key" not in batch:
-                yield batch  # empty: see assemble_batches
+            if f"{self.cfg.types[0]}_key" not in batch:  # empty: see assemble_batches
+                yield {"types": self.cfg.types, "mix_types": batch["mix_types"]}
                 continue
             finished = finish_batch(batch, self.cfg, device)
             release(batch)  # nothing finished refers to the worker's buffers

@@ -1,20 +1,43 @@
-"""Speech + sound mixing, and the audio augmentations that go with it.
+"""Mixing the typed audio streams, and the audio augmentations that go with it.
 
 The mixer follows the DNS-Challenge recipe: each source is RMS-normalized over its *active* part,
-the speech-to-sound ratio is drawn uniformly in dB, the stems are summed, an output level is drawn,
-and if the peak would exceed ``peak_limit`` the mixture *and both stems* are scaled by the same
-factor, so ``speech_stem + sound_stem == mixture`` always holds (torchaudio's ``add_noise`` has no
-such guard). Everything drawn is returned, so a batch records how it was made.
+the ratio between sources is drawn uniformly in dB, the stems are summed, an output level is drawn,
+and if the peak would exceed ``peak_limit`` the mixture *and every stem* are scaled by the same
+factor, so the stems always sum to the mixture exactly (torchaudio's ``add_noise`` has no such
+guard). Everything drawn is returned, so a batch records how it was made.
+
+**K >= 2 types** (``mix_streams``; the types in config order ``t_0, ..., t_{K-1}``):
+
+* per item, ``draw_levels`` draws K - 1 ratios ``r_1, ..., r_{K-1}`` (``r_j``: the reference's
+  level over ``t_j``'s, uniform in ``mix.snr_db``), then the output level (uniform in
+  ``mix.level_db``), in that order from the item's generator;
+* per batch, ``draw_mixture_types`` picks the types in the mixture (``mix.subset``: ``all``; one
+  pair, ``pairs``; any subset of two or more, ``any``; uniformly among the choices), from a
+  generator of its own; with K = 2 there is one choice and nothing is drawn;
+* each source is normalized to ``source_level_db`` (a silent one, active RMS below 1e-5, is never
+  amplified); in each item the *reference* is the first type of the mixture, in config order,
+  that is not silent, and every later non-silent type ``t_j`` of the mixture is scaled by
+  ``10^(-r_j / 20)``; the output level is set on the sum, then the peak guard;
+* a type left out of the batch's mixture keeps its clean clip, normalized to ``source_level_db``
+  and scaled by the item's output-level factor and peak-guard factor (the guard also keeps that
+  stem under the limit).
+
+With the types (speech, sound) this is the two-stream mixer exactly: ``r_1`` is the
+speech-to-sound ratio ``snr_db``, drawn before the level, and the arithmetic is the same, term by
+term.
 
 Drawing and arithmetic are split: ``draw_levels`` takes an explicit ``np.random.Generator`` (the
 loader draws per item in its workers, which makes batches reproducible and workers independent);
-``mix_batch`` is batched torch arithmetic that runs wherever the batch is, the training device
-included, so the loader workers only decode. ``mix_pair`` mixes one numpy pair (evaluation).
+``mix_streams`` (``mix_batch``: speech + sound) is batched torch arithmetic that runs wherever the
+batch is, the training device included, so the loader workers only decode. ``mix_pair`` mixes one
+numpy pair (evaluation).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,15 +48,19 @@ from pipeline.format import SAMPLE_RATE
 _FRAME = 400  # 25 ms at 16 kHz: the unit over which activity is decided
 _ACTIVE_BELOW_PEAK_DB = 40.0  # frames quieter than the loudest frame by more than this are pauses
 _SILENT_RMS = 1e-5  # below this a clip is treated as silent: never amplified (no division by ~0)
+SUBSETS = ("all", "pairs", "any")  # MixConfig.subset
 
 
 @dataclass
 class MixConfig:
-    snr_db: tuple[float, float] = checked((-5.0, 5.0), ordered=True)  # speech-to-sound ratio, drawn uniformly in dB
+    # the reference's level over each other type's (speech-to-sound), drawn uniformly in dB
+    snr_db: tuple[float, float] = checked((-5.0, 5.0), ordered=True)
     source_level_db: float = checked(-25.0, le=0)  # each source is first normalized to this RMS (dBFS)
     # output level of the mixture, uniform in dBFS
     level_db: tuple[float, float] = checked((-35.0, -15.0), le=0, ordered=True)
     peak_limit: float = checked(0.99, gt=0, le=1)
+    # the types in each batch's mixture: every type, one pair, or any two or more (one choice when K = 2)
+    subset: str = checked("all", choices=SUBSETS)
 
 
 @dataclass
@@ -44,6 +71,19 @@ class Mix:
     snr_db: float | torch.Tensor  # drawn speech-to-sound ratio (= realized, measured with active_rms)
     level_db: float | torch.Tensor  # drawn output level
     clip_scale: float | torch.Tensor  # extra factor applied to keep the peak under the limit (1.0 = none)
+
+
+@dataclass
+class StreamMix:
+    """A batch of mixtures of typed streams (``mix_streams``), ``[B, N]`` / ``[B]`` tensors."""
+
+    mixture: torch.Tensor  # the sum of the stems of ``types``, exactly
+    mask: torch.Tensor  # real samples of the mixture: the OR of its types' masks
+    stems: dict[str, torch.Tensor]  # every type's stem as it sits in the mixture (left out: module docstring)
+    types: tuple[str, ...]  # the types in the mixture, in config order
+    snr_db: torch.Tensor  # the drawn ratios, as given ([B] for two types, else [B, K - 1])
+    level_db: torch.Tensor  # drawn output level
+    clip_scale: torch.Tensor  # the peak guard's factor (1.0 = none)
 
 
 def valid_mask(valid: torch.Tensor, samples: int) -> torch.Tensor:
@@ -86,9 +126,112 @@ def active_rms(audio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.T
     return _rms_of_frames(torch.linalg.vecdot(frames, frames), _frame_lengths(mask))
 
 
-def draw_levels(rng: np.random.Generator, cfg: MixConfig) -> tuple[float, float]:
-    """The per-item draws of a mixture: (speech-to-sound ratio, output level) in dB."""
-    return float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.level_db))
+def draw_levels(rng: np.random.Generator, cfg: MixConfig, ratios: int = 1) -> tuple[float | list[float], float]:
+    """The per-item draws of a mixture of ``ratios + 1`` types: the reference-to-type ratios in dB
+    (one float for two types: the speech-to-sound ratio; else a list), then the output level."""
+    if ratios == 1:
+        return float(rng.uniform(*cfg.snr_db)), float(rng.uniform(*cfg.level_db))
+    snr = [float(rng.uniform(*cfg.snr_db)) for _ in range(ratios)]
+    return snr, float(rng.uniform(*cfg.level_db))
+
+
+def mixture_choices(types: Sequence[str], subset: str) -> list[tuple[str, ...]]:
+    """The type sets a batch's mixture may hold under ``subset`` (each in config order)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"mix.subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
+    if subset == "all":
+        return [tuple(types)]
+    sizes = [2] if subset == "pairs" else range(2, len(types) + 1)
+    return [combo for size in sizes for combo in itertools.combinations(types, size)]
+
+
+def draw_mixture_types(types: Sequence[str], subset: str, seed: int, batch: int) -> tuple[str, ...]:
+    """The types in batch ``batch``'s mixture, uniformly among ``mixture_choices``, from a generator
+    seeded by (``seed``, ``batch``); nothing is drawn when there is one choice (K = 2)."""
+    choices = mixture_choices(types, subset)
+    if len(choices) == 1:
+        return choices[0]
+    return choices[int(np.random.default_rng([seed, batch]).integers(len(choices)))]
+
+
+def mix_streams(
+    audio: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    snr_db: torch.Tensor,
+    level_db: torch.Tensor,
+    cfg: MixConfig = MixConfig(),
+    types: Sequence[str] | None = None,
+) -> StreamMix:
+    """Mix ``[B, N]`` float32 clips of K typed streams (``audio``, in config order; ``masks`` of
+    their real samples) with the drawn ratios (``[B]`` for K = 2, else ``[B, K - 1]``; column j
+    belongs to the type j + 1) and ``[B]`` output levels. ``types``: the types in the mixture
+    (default: all). The module docstring states the recipe.
+
+    Each clip must be silent outside its mask (``decode_samples`` and ``mix_pair`` make sure).
+    The mixture's activity is measured from per-frame sums of the sources (``|sum_t g_t x_t|^2 =
+    sum_t g_t^2 x_t.x_t + 2 sum_{s<t} g_s g_t x_s.x_t`` per frame), so the whole mix is a few
+    dot-product passes and a handful of scaling passes, with no host synchronisation: it runs as
+    well on the training device as on a CPU.
+    """
+    order = list(audio)
+    mixed = order if types is None else [t for t in order if t in types]
+    if types is not None and (len(mixed) != len(set(types)) or not mixed):
+        raise ValueError(f"the mixture's types {tuple(types)} must be among the streams {tuple(order)}")
+    first = audio[order[0]]
+    for name in order[1:]:
+        if audio[name].shape != first.shape:
+            raise ValueError(
+                f"{order[0]} {tuple(first.shape)} and {name} {tuple(audio[name].shape)} must have the same shape"
+            )
+    snr = snr_db.to(first.device, torch.float32)
+    level = level_db.to(first.device, torch.float32)
+    if len(order) > 2 and tuple(snr.shape[1:]) != (len(order) - 1,):
+        raise ValueError(f"{len(order)} streams need [B, {len(order) - 1}] ratios, got {tuple(snr.shape)}")
+    ratio = {name: snr[:, j] if snr.ndim == 2 else snr for j, name in enumerate(order[1:])}
+    frames = {name: _frames(audio[name]) for name in order}
+    power = {name: torch.linalg.vecdot(frames[name], frames[name]) for name in order}
+    rms = {name: _rms_of_frames(power[name], _frame_lengths(masks[name])) for name in order}
+
+    def gain_to(target: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
+        # a silent source is never amplified (no division by ~0)
+        return torch.where(rms >= _SILENT_RMS, target / rms.clamp(min=_SILENT_RMS), torch.ones_like(rms))
+
+    source_level = torch.full_like(level, 10 ** (cfg.source_level_db / 20))
+    gains = {name: gain_to(source_level, rms[name]) for name in order}
+    heard = None  # per item: some earlier type of the mixture is not silent (the reference is the first)
+    for name in mixed:
+        audible = rms[name] >= _SILENT_RMS
+        if heard is not None:  # a ratio needs two real sources
+            gains[name] = torch.where(audible & heard, gains[name] * 10 ** (-ratio[name] / 20), gains[name])
+        heard = audible if heard is None else heard | audible
+    g = {name: gains[name][:, None] for name in mixed}
+    p_mix = g[mixed[0]] * g[mixed[0]] * power[mixed[0]]
+    for name in mixed[1:]:
+        p_mix = p_mix + g[name] * g[name] * power[name]
+    for i, a in enumerate(mixed):
+        for b in mixed[i + 1 :]:
+            p_mix = p_mix + 2 * g[a] * g[b] * torch.linalg.vecdot(frames[a], frames[b])
+    mask = masks[mixed[0]]
+    for name in mixed[1:]:
+        mask = mask | masks[name]
+    gain = gain_to(10 ** (level / 20), _rms_of_frames(p_mix.clamp(min=0), _frame_lengths(mask)))
+    stems = {name: audio[name] * (gains[name] * gain)[:, None] for name in order}
+
+    def total() -> torch.Tensor:
+        out = stems[mixed[0]] if len(mixed) > 1 else stems[mixed[0]].clone()
+        for name in mixed[1:]:
+            out = out + stems[name]
+        return out
+
+    peak = total().abs().amax(-1)
+    for name in order:
+        if name not in mixed:  # a left-out stem stays under the limit too
+            peak = torch.maximum(peak, stems[name].abs().amax(-1))
+    clip_scale = torch.where(peak > cfg.peak_limit, cfg.peak_limit / peak.clamp(min=1e-12), torch.ones_like(peak))
+    for stem in stems.values():
+        stem.mul_(clip_scale[:, None])
+    # summed in float32 after the last scaling, so the stems add up to the mixture exactly
+    return StreamMix(total(), mask, stems, tuple(mixed), snr, level, clip_scale)
 
 
 def mix_batch(
@@ -100,41 +243,14 @@ def mix_batch(
     level_db: torch.Tensor,
     cfg: MixConfig = MixConfig(),
 ) -> Mix:
-    """Mix ``[B, N]`` float32 speech and sound with drawn ``[B]`` ratios and levels.
-
-    Each clip must be silent outside its mask (``decode_samples`` and ``mix_pair`` make sure).
-    The mixture's activity is measured from per-frame sums of the sources (``|g s + h n|^2 =
-    g^2 s.s + h^2 n.n + 2gh s.n`` per frame), so the whole mix is three dot-product passes and a
-    handful of scaling passes, with no host synchronisation: it runs as well on the training
-    device as on a CPU.
-    """
+    """Mix ``[B, N]`` float32 speech and sound with drawn ``[B]`` speech-to-sound ratios and
+    levels (``mix_streams`` with the types speech and sound)."""
     if speech.shape != sound.shape:
         raise ValueError(f"speech {tuple(speech.shape)} and sound {tuple(sound.shape)} must have the same shape")
-    snr = snr_db.to(speech.device, torch.float32)
-    level = level_db.to(speech.device, torch.float32)
-    s, n = _frames(speech), _frames(sound)
-    p_s, p_n, p_sn = torch.linalg.vecdot(s, s), torch.linalg.vecdot(n, n), torch.linalg.vecdot(s, n)
-    s_rms = _rms_of_frames(p_s, _frame_lengths(speech_mask))
-    n_rms = _rms_of_frames(p_n, _frame_lengths(sound_mask))
-
-    def gain_to(target: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
-        # a silent source is never amplified (no division by ~0)
-        return torch.where(rms >= _SILENT_RMS, target / rms.clamp(min=_SILENT_RMS), torch.ones_like(rms))
-
-    source_level = torch.full_like(snr, 10 ** (cfg.source_level_db / 20))
-    g_s, g_n = gain_to(source_level, s_rms), gain_to(source_level, n_rms)
-    both = (s_rms >= _SILENT_RMS) & (n_rms >= _SILENT_RMS)  # the ratio needs two real sources
-    g_n = torch.where(both, g_n * 10 ** (-snr / 20), g_n)
-    gs, gn = g_s[:, None], g_n[:, None]
-    p_mix = (gs * gs * p_s + gn * gn * p_n + 2 * gs * gn * p_sn).clamp(min=0)
-    gain = gain_to(10 ** (level / 20), _rms_of_frames(p_mix, _frame_lengths(speech_mask | sound_mask)))
-    speech_stem, sound_stem = speech * (g_s * gain)[:, None], sound * (g_n * gain)[:, None]
-    peak = (speech_stem + sound_stem).abs().amax(-1)
-    clip_scale = torch.where(peak > cfg.peak_limit, cfg.peak_limit / peak.clamp(min=1e-12), torch.ones_like(peak))
-    speech_stem.mul_(clip_scale[:, None])
-    sound_stem.mul_(clip_scale[:, None])
-    # summed in float32 after the last scaling, so the stems add up to the mixture exactly
-    return Mix(speech_stem + sound_stem, speech_stem, sound_stem, snr, level, clip_scale)
+    mix = mix_streams(
+        {"speech": speech, "sound": sound}, {"speech": speech_mask, "sound": sound_mask}, snr_db, level_db, cfg
+    )
+    return Mix(mix.mixture, mix.stems["speech"], mix.stems["sound"], mix.snr_db, mix.level_db, mix.clip_scale)
 
 
 def mix_pair(

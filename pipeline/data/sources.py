@@ -141,25 +141,27 @@ def _count_samples(path: str) -> int:
         ) from None
 
 
-def require_samples(shards: list[Shard], spec: str, role: str) -> None:
-    """Refuse a stream whose committed shards hold nothing (rather than fail in every worker)."""
+def require_samples(shards: list[Shard], spec: str, key: str) -> None:
+    """Refuse a stream whose committed shards hold nothing (rather than fail in every worker);
+    ``key`` is where its spec is set (``data.speech``, ``data.streams.music``)."""
     if sum(s.samples for s in shards) == 0:
         raise LoaderError(
             f"no samples in the committed shards of {spec} ({len(shards)} shard(s), each "
-            f"recording 0 written samples): rebuild them with `prep shards ...` or set data.{role} "
+            f"recording 0 written samples): rebuild them with `prep shards ...` or set {key} "
             "to shards that hold data"
         )
 
 
-def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: int, epoch: int):
-    """Deal shards to ``slots`` (= ranks × workers) and size every slot's batches.
+def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: int, epoch: int, kind: str = "speech"):
+    """Deal the shards of the pace stream (``kind``) to ``slots`` (= ranks × workers) and size
+    every slot's batches.
 
     Returns ``(assignment, batch_sizes)``: shard lists and batch-size lists per slot, identical on
     every rank. All slots get the same number of batches.
     """
     if len(shards) < slots:
         raise ValueError(
-            f"finite mode needs at least ranks × workers = {slots} speech shards, found {len(shards)}: "
+            f"finite mode needs at least ranks × workers = {slots} {kind} shards, found {len(shards)}: "
             "use fewer workers, write smaller shards (`prep shards --shard-size`), or resampled mode"
         )
     order = list(shards)
@@ -175,7 +177,7 @@ def plan_finite_epoch(shards: list[Shard], slots: int, batch_size: int, seed: in
     n_batches = max(math.ceil(n / batch_size) for n in load)
     if min(load) < n_batches:
         raise ValueError(
-            f"speech shards are too unequal for an exact epoch ({min(load)} vs {max(load)} samples per "
+            f"{kind} shards are too unequal for an exact epoch ({min(load)} vs {max(load)} samples per "
             "slot): rebalance the shards or use resampled mode"
         )
     sizes = [[n // n_batches + (1 if b < n % n_batches else 0) for b in range(n_batches)] for n in load]

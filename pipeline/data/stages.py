@@ -1,7 +1,10 @@
 """The stages of a worker's stream, each a small generator (webdataset style), in reading order::
 
     shards -> locate_samples -> shuffle -> count (the cursor) -> read_samples -> decode (into the
-           batch's arena) -> draw_items (pair speech with sound, draw) -> assemble_batches (collate)
+           batch's arena) -> draw_items (one clip of every type, draw) -> assemble_batches (collate)
+
+once per typed stream (``LoaderConfig.types``) up to ``draw_items``, which takes one sample of the
+pace stream and the next sample of every other stream for each item,
 
 plus what they share: the skip accounting (``SkipCounter`` for the worker, ``StreamGuard`` per
 stream: a stream that yields no good sample stops with a ``LoaderError``) and the ``StreamCursor``
@@ -42,9 +45,6 @@ from pipeline.image import open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
-ROLES = ("speech", "sound")
-STRING_FIELDS = ("speech_key", "sound_key")
-
 
 # ---------------------------------------------------------------------------------------------
 # skip accounting and the resumable position
@@ -77,9 +77,9 @@ class SkipCounter:
 
 
 class StreamGuard:
-    """One stream's skips: counted (reason prefixed with the role), and a stream that yields no good
-    sample stops the run with a ``LoaderError`` naming the stream, its shards and the most common
-    reason. It stops after ``limit`` skips in a row, or once every shard it reads has failed since
+    """One stream's skips: counted (reason prefixed with the stream's type), and a stream that
+    yields no good sample stops the run with a ``LoaderError`` naming the stream, its shards and the
+    most common reason. It stops after ``limit`` skips in a row, or once every shard it reads has failed since
     the last good sample (each of its recorded samples skipped, or its tar unreadable from the start).
     """
 
@@ -133,20 +133,28 @@ class StreamGuard:
 
 @dataclass
 class StreamCursor:
-    """Where a worker's streams stand after a batch: raw samples taken from each shuffled stream,
-    items drawn, and this epoch's skips by reason. A checkpoint keeps the cursor of each worker's
-    last consumed batch; a resumed worker fast-forwards to it by raw samples, decoding nothing, so
-    skipped samples cannot shift the stream."""
+    """Where a worker's streams stand after a batch: raw samples taken from each shuffled stream
+    (``taken``, by type), items drawn, and this epoch's skips by reason. A checkpoint keeps the
+    cursor of each worker's last consumed batch; a resumed worker fast-forwards to it by raw
+    samples, decoding nothing, so skipped samples cannot shift the stream."""
 
-    speech: int = 0
-    sound: int = 0
+    taken: dict[str, int] = field(default_factory=dict)
     items: int = 0
     skipped: dict = field(default_factory=dict)
 
     @classmethod
-    def without_skips(cls, items: int) -> "StreamCursor":
+    def without_skips(cls, items: int, types: Iterable[str]) -> "StreamCursor":
         """The position after ``items`` items when none was skipped (no saved cursor to go by)."""
-        return cls(speech=items, sound=items, items=items)
+        return cls(taken=dict.fromkeys(types, items), items=items)
+
+    @classmethod
+    def from_state(cls, saved: dict) -> "StreamCursor":
+        """A cursor as ``snapshot`` wrote it; also the two-stream form of earlier checkpoints,
+        ``{"speech": n, "sound": m, "items": i, "skipped": {...}}``."""
+        if "taken" in saved:
+            return cls(dict(saved["taken"]), saved["items"], dict(saved["skipped"]))
+        taken = {k: v for k, v in saved.items() if k not in ("items", "skipped")}
+        return cls(taken, saved["items"], dict(saved["skipped"]))
 
     def snapshot(self, skip: SkipCounter) -> dict:
         return {**asdict(self), "skipped": dict(skip.by_reason)}
@@ -177,10 +185,11 @@ def shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
         yield from wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(src)
 
 
-def count(src: Iterator, cursor: StreamCursor, role: str) -> Iterator:
-    """Count the samples taken from a stream into ``cursor`` (the resumable position)."""
+def count(src: Iterator, cursor: StreamCursor, kind: str) -> Iterator:
+    """Count the samples taken from stream ``kind`` into ``cursor`` (the resumable position)."""
+    cursor.taken.setdefault(kind, 0)
     for sample in src:
-        setattr(cursor, role, getattr(cursor, role) + 1)
+        cursor.taken[kind] += 1
         yield sample
 
 
@@ -208,8 +217,8 @@ def fast_forward(
     guards judge no stream meanwhile: nothing is read or decoded."""
     for guard in guards:
         guard.watching = False
-    for role, stream in raw.items():
-        for _ in range(getattr(done, role) - getattr(cursor, role)):
+    for kind, stream in raw.items():
+        for _ in range(done.taken.get(kind, 0) - cursor.taken.get(kind, 0)):
             if next(stream, None) is None:
                 break
     cursor.items = done.items
@@ -274,8 +283,8 @@ class ItemDraws:
     """
 
     def __init__(self, cfg: LoaderConfig, seed: int):
-        self.cfg, self.seed = cfg, seed
-        self.last = {"speech": None, "sound": None}  # donors for negative-audio splicing
+        self.cfg, self.seed, self.types = cfg, seed, cfg.types
+        self.last = dict.fromkeys(self.types)  # donors for negative-audio splicing, per type
 
     def _audio(self, out: dict, role: str, item: dict, rng: np.random.Generator):
         # edits the decoded int16 clip in place: it already sits in the batch's audio buffer
@@ -303,20 +312,25 @@ class ItemDraws:
         out[f"{role}_pixels"], draw = cut_train_crop(image, rng, self.cfg.augment)
         out[f"{role}_flip"], out[f"{role}_jitter"] = draw.flip, draw.jitter
 
-    def __call__(self, index: int, speech, sound) -> dict:
+    def __call__(self, index: int, samples: dict[str, dict]) -> dict:
+        """The draws of item ``index`` from one decoded sample per type: per type in config order
+        its audio draws and image draws, then the mixture's ratios and level (``draw_levels``)."""
         rng = np.random.default_rng([self.seed, index])
-        out = {"speech_key": speech["key"], "sound_key": sound["key"]}
-        for role, item in (("speech", speech), ("sound", sound)):
-            self._audio(out, role, item, rng)
-            self._image(out, role, item["image"], rng)
-        out["snr_db"], out["level_db"] = draw_levels(rng, self.cfg.mix)
+        out = {f"{kind}_key": samples[kind]["key"] for kind in self.types}
+        for kind in self.types:
+            self._audio(out, kind, samples[kind], rng)
+            self._image(out, kind, samples[kind]["image"], rng)
+        out["snr_db"], out["level_db"] = draw_levels(rng, self.cfg.mix, len(self.types) - 1)
         return out
 
 
-def draw_items(speech: Iterator[dict], sound: Iterator[dict], draws: ItemDraws, cursor: StreamCursor) -> Iterator[dict]:
-    """Pair each speech sample with the next sound sample and make the item's draws."""
-    for sp in speech:
-        item = draws(cursor.items, sp, next(sound))
+def draw_items(streams: dict[str, Iterator[dict]], pace: str, draws: ItemDraws, cursor: StreamCursor) -> Iterator[dict]:
+    """One item per sample of the ``pace`` stream, with the next sample of every other stream,
+    and the item's draws."""
+    others = [kind for kind in streams if kind != pace]
+    for first in streams[pace]:
+        samples = {pace: first, **{kind: next(streams[kind]) for kind in others}}
+        item = draws(cursor.items, samples)
         cursor.items += 1
         yield item
 
@@ -325,43 +339,49 @@ class BatchAssembly:
     """The batch a worker is filling: its arena, into whose audio rows ``decode`` writes the clips
     (row ``len(items)``: the item being decoded), and the items drawn so far."""
 
-    def __init__(self, pool: ArenaPool, clip_samples: int):
-        self.pool, self.clip_samples = pool, clip_samples
+    def __init__(self, pool: ArenaPool, clip_samples: int, types: tuple[str, ...]):
+        self.pool, self.clip_samples, self.types = pool, clip_samples, types
         self.arena: Arena | None = None
         self.audio: dict[str, np.ndarray] = {}
         self.items: list[dict] = []
 
     def start(self, size: int):
-        self.arena = self.pool.take(Arena.HEADER + len(ROLES) * (size * self.clip_samples * 2 + 64))
+        self.arena = self.pool.take(Arena.HEADER + len(self.types) * (size * self.clip_samples * 2 + 64))
         # numpy views, made once per batch: indexing a tensor per clip costs more than numpy's
         self.audio = {
-            role: self.arena.place(f"{role}_audio", torch.int16, (size, self.clip_samples)).numpy() for role in ROLES
+            kind: self.arena.place(f"{kind}_audio", torch.int16, (size, self.clip_samples)).numpy()
+            for kind in self.types
         }
         self.items = []
 
-    def next_row(self, role: str) -> np.ndarray:
-        return self.audio[role][len(self.items)]
+    def next_row(self, kind: str) -> np.ndarray:
+        return self.audio[kind][len(self.items)]
 
 
-def assemble_batches(items: Iterator[dict], sizes: list[int], batch: BatchAssembly) -> Iterator[dict]:
-    """One worker batch per entry of ``sizes``. A stream that ran out early (finite mode, after
-    skipped samples) gives empty batches: a missing one would leave this rank's peers waiting."""
-    for size in sizes:
+def assemble_batches(
+    items: Iterator[dict], sizes: list[int], batch: BatchAssembly, mixtures: list[tuple[str, ...]], pace: str
+) -> Iterator[dict]:
+    """One worker batch per entry of ``sizes``, with the types of its mixture (``mixtures``, one
+    per batch) as ``mix_types``. A stream that ran out early (finite mode, after skipped samples)
+    gives empty batches, ``mix_types`` only: a missing one would leave this rank's peers waiting."""
+    for size, mix_types in zip(sizes, mixtures, strict=True):
         batch.start(size)
         for item in itertools.islice(items, size):
             batch.items.append(item)
         if batch.items:
-            yield collate(batch.items, batch.arena, batch.pool)
+            out = collate(batch.items, batch.arena, batch.pool)
         else:
-            log.warning("speech ran out early after skipped samples; yielding an empty batch")
+            log.warning("%s ran out early after skipped samples; yielding an empty batch", pace)
             batch.arena.buffer[0] = 1  # unused: back to the pool
-            yield {}
+            out = {}
+        out["mix_types"] = mix_types
+        yield out
 
 
 def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
     """Stack per-item draws into a worker batch.
 
-    ``arena`` already holds each role's int16 ``[size, L]`` clips (decoded in place; rows past
+    ``arena`` already holds each type's int16 ``[size, L]`` clips (decoded in place; rows past
     the items are unused). Image crops (``*_pixels``, uint8 ``[h, w, 3]`` of varying sizes)
     are packed back to back after them, with their ``[B, 2]`` shapes under ``*_pixels_hw``.
     Small fields stay numpy: they travel pickled inline, where every torch tensor would get a
@@ -371,7 +391,7 @@ def collate(items: list[dict], arena: Arena, pool: ArenaPool) -> dict:
     pixels = {}
     for name in items[0]:
         values = [it[name] for it in items]
-        if name in STRING_FIELDS:
+        if name.endswith("_key"):  # the sample keys, a list of str per type
             batch[name] = values
         elif name.endswith("_pixels"):
             pixels[name] = values
