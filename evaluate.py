@@ -74,6 +74,7 @@ def _command(ctx: typer.Context, name: str, sets: dict, **options) -> None:
 
     try:
         run, data, opts = ctx.obj.eval_run(), DataPaths(**sets), TableOptions(**options)
+        data.retrieval_paths()  # (a bad --set is one line before the model loads)
         _name_heads(run, data, opts)
         _run(run, name, data, opts)
     except CheckpointError as exc:
@@ -183,6 +184,26 @@ Strict = Annotated[bool, typer.Option(help="Fail on the first item with a missin
 Pairing = Annotated[str, typer.Option(help="cross (sound of one object, name of the other), same, or both.")]
 Window = Annotated[str, typer.Option(help="Speech-head frames: advanced (object words ±0.2 s) or basic (all).")]
 Ablation = Annotated[Optional[list[str]], typer.Option(help="LABEL=CHECKPOINT of an ablated model (repeatable).")]
+MoreSets = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        help="TYPE=DIR: a retrieval set of a further audio type (prep shards, e.g. music=shards/music/eval; "
+        "repeatable). Table 6 then adds every pair of the types the model's heads answer (heads named by "
+        "model.head_types).",
+    ),
+]
+
+
+def _more_sets(specs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
+    """``--set TYPE=DIR`` options as (type, folder) pairs; a malformed one is one line, exit 2."""
+    out = []
+    for spec in specs or ():
+        audio_type, sep, path = spec.partition("=")
+        if not sep or not audio_type or not path:
+            fail(f"--set takes TYPE=DIR (e.g. music=shards/music/eval), got {spec!r}")
+        out.append((audio_type, path))
+    return tuple(out)
 
 
 @app.command()
@@ -262,12 +283,14 @@ def table6(
     pairs: Pairs = 1000,
     pair_seed: PairSeed = 0,
     offscreen_snr_db: OffSnr = 0.0,
+    more_set: MoreSets = None,
 ) -> None:
-    """Table 6: retrieval with the opposite head (clean and mixed), plus Pred.Dis / Act.Dis."""
+    """Table 6: retrieval with the opposite head (clean and mixed), plus Pred.Dis / Act.Dis; with
+    --set, the same for every pair of audio types."""
     _command(
         ctx,
         "table6",
-        {"places": places, "audioset": audioset},
+        {"places": places, "audioset": audioset, "more_sets": _more_sets(more_set)},
         pairs=pairs,
         pair_seed=pair_seed,
         offscreen_snr_db=offscreen_snr_db,
@@ -308,6 +331,7 @@ def run_all(
     offscreen_snr_db: OffSnr = 0.0,
     ablation: Ablation = None,
     strict: Strict = False,
+    more_set: MoreSets = None,
 ) -> None:
     """Every experiment the given test sets allow (Table 7 only with --ablation); the others are
     reported as skipped."""
@@ -315,7 +339,7 @@ def run_all(
     from model.checkpoint import CheckpointError
 
     run = ctx.obj.eval_run()
-    data = DataPaths(is3, ade_speech, ade_sound, places, audioset)
+    data = DataPaths(is3, ade_speech, ade_sound, places, audioset, _more_sets(more_set))
     opts = TableOptions(
         strict=strict,
         offscreen_snr_db=offscreen_snr_db,
@@ -330,6 +354,7 @@ def run_all(
     if not planned:
         fail("no test set given: pass --is3, --ade-speech/--ade-sound, --places/--audioset")
     try:
+        data.retrieval_paths()  # (a bad --set is one line before the model loads)
         _name_heads(run, data, opts)
     except CheckpointError as exc:
         _checkpoint_failure(exc)

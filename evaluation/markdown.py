@@ -188,13 +188,33 @@ def table6(s: dict) -> str:
     if d:
         table += f"\n\nPred.Dis {pct(d.get('pred_dis'))}, Act.Dis {pct(d.get('act_dis'))}"
         wins, sound = d.get("win_share"), s.get("heads", {}).get("sound_head", 0)
-        if wins:
+        rows = d.get("heads", [0, 1])  # (a model with more heads: the rows are its speech and sound heads)
+        if wins and sound in rows:
+            row = rows.index(sound)
             table += (
                 f"\n\nClean matched pairs on which the sound head scores above the speech head (those L_cor's "
-                f"max over heads trains through the sound head): speech {pct(wins[sound][0])}, "
-                f"sound {pct(wins[sound][1])}"
+                f"max over heads trains through the sound head): speech {pct(wins[row][0])}, "
+                f"sound {pct(wins[row][1])}"
             )
+    for name, pair in sorted(r.get("pairs", {}).items()):
+        table += "\n\n" + _table6_pair(s["label"], name, pair)
     return table
+
+
+def _table6_pair(label: str, name: str, pair: dict) -> str:
+    """Table 6 for one pair of audio types: each type's set with the other type's head."""
+    header, row = ["Method"], [label]
+    for cond in ("clean", "mixed"):
+        for set_name, heads in pair.get(cond, {}).items():
+            for head, recalls in heads.items():
+                header += [f"{cond.title()} {set_name} {head.replace('_', ' ')} I→A", "A→I"]
+                row += _recall_cells(recalls)
+    d = pair.get("disentanglement", {})
+    return (
+        f"Types {name} (heads {pair['heads'][0]}, {pair['heads'][1]}):\n\n"
+        + grid(header, [row])
+        + f"\n\nPred.Dis {pct(d.get('pred_dis'))}, Act.Dis {pct(d.get('act_dis'))}"
+    )
 
 
 def table7(s: dict) -> str:

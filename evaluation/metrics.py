@@ -266,14 +266,16 @@ def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict[str, dict[int, float]
 
 
 # ---------------------------------------------------------------------------------------------
-# disentanglement (DenseAV, two heads)
+# disentanglement (DenseAV, two heads; one pair of heads and audio types of a K-head model)
 
 
 def disentanglement(speech_scores: np.ndarray, sound_scores: np.ndarray) -> dict:
     """Pred.Dis and Act.Dis from matched-pair scores per head.
 
     ``speech_scores`` [Ns, 2] and ``sound_scores`` [Na, 2]: each head's score for every matched
-    pair of the speech and the sound set. Each head's scores are min-max normalized over both sets
+    pair of the speech and the sound set. (Any pair of audio types t, u of a K-head model is scored
+    the same way: t's set in place of speech, u's in place of sound, the columns heads h(t), h(u);
+    ``evaluation.retrieval.table6_pair``.) Each head's scores are min-max normalized over both sets
     together; AP[k, d] is the AP of head k's score as a detector of audio type d
     (d = 0 speech, 1 sound); Act[k, d] = 1 - mean of head k's normalized score over type d.
     Pred.Dis (Act.Dis) is the better of the two head-to-type assignments of the mean AP (Act).

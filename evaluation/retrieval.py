@@ -11,10 +11,18 @@ other set by ``pipeline.data.mixing.OffscreenMixer``.
 A model with one head (ImageBind, CAV-MAE, DenseAV's one-head files) has the total only: its rows
 hold no head entry (the total would be that head's figure again), and the head-specific results
 (Table 6, Pred.Dis / Act.Dis, Table 7's sound-head row) record ``not_applicable`` (``ONE_HEAD``).
+
+Typed streams (K >= 2 heads named by ``ModelConfig.head_types``): a retrieval set of a further
+audio type is named by its type (``music``); each head's result key is ``<type>_head``. Table 6 then
+adds, for every pair of the sets' types that the model's heads answer, the same experiment on that
+pair (``pairs``: each set retrieved with the other type's head, clean and with the other set's
+clips mixed in, and Pred.Dis / Act.Dis of the two heads on the two sets).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +35,21 @@ from pipeline.progress import progress_bar
 from pipeline.testsets.retrieval import RetrievalSet
 
 SET_TYPES = {"places": "speech", "audioset": "sound"}
+SET_OTHER = {"places": "audioset", "audioset": "places"}  # the paper's off-screen source of each set
+
+
+def set_type(name: str) -> str:
+    """The audio type of a retrieval set: Places speech, AudioSet sound; any other set is named by its type."""
+    return SET_TYPES.get(name, name)
+
+
+def head_key(audio_type: str) -> str:
+    """A head's result key: ``sound_head``, ``speech_head``, ``music_head``; ``head_<k>`` for a head
+    that answers no named type (``ModelConfig``'s ``head<k>``)."""
+    unnamed = re.fullmatch(r"head(\d+)", audio_type)
+    return f"head_{unnamed.group(1)}" if unnamed else f"{audio_type}_head"
+
+
 KS = (1, 5, 10)
 ONE_HEAD = "not applicable: the model has one head"
 
@@ -64,28 +87,33 @@ class RetrievalSession:
             self._images[name] = torch.cat(feats)
         return self._images[name]
 
-    def _mixer(self, name: str) -> OffscreenMixer:
-        other = "audioset" if name == "places" else "places"
+    def _mixer(self, name: str, other: str) -> OffscreenMixer:
         self.require(other)
         items = self.sets[other].items
         return OffscreenMixer(
             ClipSource(lambda i: items[i].clip(), len(items)),
-            target_type=SET_TYPES[name],
+            # (the mixer knows speech and sound: any other target type mixes as a sound does)
+            target_type="speech" if set_type(name) == "speech" else "sound",
             seed=self.seed,
             snr_db=self.offscreen_snr_db,
         )
 
-    def scores(self, name: str, mixed: bool = False) -> np.ndarray:
-        """Per-head score matrices ``[K, N audio, N images]`` of one set, clean or mixed."""
+    def scores(self, name: str, mixed: bool | str = False) -> np.ndarray:
+        """Per-head score matrices ``[K, N audio, N images]`` of one set, clean or mixed: ``True``
+        mixes in the clips of the paper's other set (Places <-> AudioSet), a set's name its clips."""
         self.require(name)
-        key = (name, mixed)
+        if mixed is True:
+            mixed = "audioset" if name == "places" else "places"
+        key = (name, mixed or None)
         if key in self._scores:
             return self._scores[key]
         rset = self.sets[name]
         v = self._image_features(name)
-        mixer = self._mixer(name) if mixed else None
+        mixer = self._mixer(name, mixed) if mixed else None
         feats, masks = [], []
-        label = f"encoding {name} audio" + (" (+ off-screen)" if mixed else "")
+        label = f"encoding {name} audio"
+        if mixed:
+            label += " (+ off-screen)" if mixed == SET_OTHER.get(name) else f" (+ off-screen {mixed})"
 
         def load(i):
             clip = rset.items[i].clip()
@@ -103,15 +131,13 @@ class RetrievalSession:
         return self._scores[key]
 
     def head_names(self) -> list[str]:
-        """The result key of each head; none for a one-head model, whose only head is the total."""
+        """The result key of each head (``head_key`` of its type); none for a one-head model, whose
+        only head is the total."""
         if self.runner.num_heads == 1:
             return []
-        names = [f"head_{k}" for k in range(self.runner.num_heads)]
-        names[self.runner.sound_head] = "sound_head"
-        names[self.runner.speech_head] = "speech_head"
-        return names
+        return [head_key(t) for t in self.runner.head_types]
 
-    def recalls(self, name: str, mixed: bool = False) -> dict:
+    def recalls(self, name: str, mixed: bool | str = False) -> dict:
         """R@1/5/10 both directions for ``total`` (sum over heads) and every head (a one-head
         model: the total only)."""
         s = self.scores(name, mixed)
@@ -159,21 +185,40 @@ def run_table5(session: RetrievalSession) -> dict:
 def _recall_table(session: RetrievalSession, mixed: bool) -> dict:
     if not session.sets:
         raise ValueError("give at least one retrieval set (--places, --audioset)")
-    if mixed:
+    names = list(session.sets)
+    if mixed:  # (the paper's two sets, each mixed with the other's clips)
         session.require("places", "audioset")
-    results = {name: session.recalls(name, mixed) for name in session.sets}
+        names = [name for name in names if name in SET_OTHER]
+    results = {name: session.recalls(name, mixed) for name in names}
     return {"results": results, "counts": session.counts(), "settings": session.settings(mixed)}
+
+
+def matched_scores(session: RetrievalSession, name: str) -> np.ndarray:
+    """``[N, K]``: each head's score of every matched (clip, image) pair of a set, clean."""
+    return np.stack([np.diag(m) for m in session.scores(name)], axis=1)
 
 
 def disentanglement(session: RetrievalSession) -> dict:
     """Pred.Dis / Act.Dis from the matched pairs' per-head scores (DenseAV: Places = speech,
-    AudioSet = sound)."""
+    AudioSet = sound). A model with more heads is scored on its speech and sound heads (in head
+    order), as a two-head model on its two."""
     session.require("places", "audioset")
-    if session.runner.num_heads != 2:
-        raise ValueError(f"Pred.Dis / Act.Dis are defined for two heads, the model has {session.runner.num_heads}")
-    speech = np.stack([np.diag(m) for m in session.scores("places")], axis=1)
-    sound = np.stack([np.diag(m) for m in session.scores("audioset")], axis=1)
-    return metrics.disentanglement(speech, sound)
+    k, types = session.runner.num_heads, session.runner.head_types
+    if k == 1:
+        raise ValueError("Pred.Dis / Act.Dis are defined for two heads or more, the model has 1")
+    if k == 2:
+        heads = [0, 1]
+    elif "speech" in types and "sound" in types:
+        heads = sorted([types.index("speech"), types.index("sound")])
+    else:
+        raise ValueError(
+            f"Pred.Dis / Act.Dis on Places and AudioSet need a speech and a sound head; the heads answer {types}"
+        )
+    speech, sound = (matched_scores(session, name)[:, heads] for name in ("places", "audioset"))
+    out = metrics.disentanglement(speech, sound)
+    if k > 2:  # which heads the matrices' rows are (two heads: 0 and 1, as always)
+        out["heads"] = heads
+    return out
 
 
 def pred_dis_assignment(session: RetrievalSession) -> dict:
@@ -205,6 +250,7 @@ def run_table6(session: RetrievalSession) -> dict:
     session.require("places", "audioset")
     if session.runner.num_heads == 1:
         return {"not_applicable": ONE_HEAD, "results": {}, "counts": session.counts(), "settings": {}}
+    _require_heads(session, "speech", "sound")
     results = {}
     for cond, mixed in (("clean", False), ("mixed", True)):
         results[cond] = {
@@ -212,7 +258,41 @@ def run_table6(session: RetrievalSession) -> dict:
             "audioset": {"speech_head": session.recalls("audioset", mixed)["speech_head"]},
         }
     results["disentanglement"] = disentanglement(session)
+    if len({set_type(name) for name in session.sets}) > 2:  # sets of further types: every pair of them
+        results["pairs"] = {
+            f"{set_type(first)}/{set_type(second)}": table6_pair(session, first, second)
+            for first, second in type_pairs(session)
+        }
     return {"results": results, "counts": session.counts(), "settings": session.settings(True)}
+
+
+def type_pairs(session: RetrievalSession) -> list[tuple[str, str]]:
+    """Every pair of the session's sets whose audio types the model's heads answer, as set names,
+    ordered by type (``music``/``sound``, ``music``/``speech``, ``sound``/``speech``)."""
+    answered = set(session.runner.head_types)
+    typed = sorted((set_type(name), name) for name in session.sets if set_type(name) in answered)
+    return [(first, second) for (_, first), (_, second) in itertools.combinations(typed, 2)]
+
+
+def table6_pair(session: RetrievalSession, first: str, second: str) -> dict:
+    """Table 6 for one pair of types (t, u) with heads h(t), h(u): set t retrieved with the head
+    of u and set u with the head of t, clean and with the other set's clips mixed in as off-screen
+    audio; and Pred.Dis / Act.Dis of the heads (h(t), h(u)) on the matched pairs of the two sets
+    (``ap_matrix`` rows: those heads, columns: (t, u))."""
+    types = session.runner.head_types
+    t, u = set_type(first), set_type(second)
+    ht, hu = types.index(t), types.index(u)
+    out: dict = {"types": [t, u], "heads": [ht, hu]}
+    for cond, mixed in (("clean", False), ("mixed", True)):
+        out[cond] = {
+            first: {head_key(u): metrics.recall_at_k(session.scores(first, mixed and second)[hu], KS)},
+            second: {head_key(t): metrics.recall_at_k(session.scores(second, mixed and first)[ht], KS)},
+        }
+    heads = [ht, hu]
+    out["disentanglement"] = metrics.disentanglement(
+        matched_scores(session, first)[:, heads], matched_scores(session, second)[:, heads]
+    )
+    return out
 
 
 def table7_row(session: RetrievalSession, label: str) -> dict:
@@ -221,8 +301,18 @@ def table7_row(session: RetrievalSession, label: str) -> dict:
     session.require("places", "audioset")
     if session.runner.num_heads == 1:
         return {"label": label, "not_applicable": ONE_HEAD}
+    _require_heads(session, "sound")
     return {
         "label": label,
         "audioset_sound_head": session.recalls("audioset")["sound_head"],
         "places_sound_head": session.recalls("places")["sound_head"],
     }
+
+
+def _require_heads(session: RetrievalSession, *types: str) -> None:
+    """A ``ValueError`` (one line) where no head of the model answers one of ``types``."""
+    missing = [t for t in types if t not in session.runner.head_types]
+    if missing:
+        raise ValueError(
+            f"this table needs a {' and a '.join(missing)} head; the model's heads answer {session.runner.head_types}"
+        )

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from model import similarity
 from model.checkpoint import check_finite
+from model.config import head_types_of
 from pipeline import format as fmt
 from pipeline.data.mixing import OffscreenMixer, valid_mask
 from pipeline.data.transform import eval_image, to_tensor
@@ -76,8 +77,19 @@ class ModelRunner:
         cfg = model.config
         self.image_size = int(cfg.image_size)
         self.num_heads = int(cfg.num_heads)
-        self.sound_head = int(cfg.sound_head)
-        self.speech_head = int(cfg.speech_head)
+        # None where no head answers the type (a typed-streams model without sound or speech)
+        self.sound_head = None if cfg.sound_head is None else int(cfg.sound_head)
+        self.speech_head = None if cfg.speech_head is None else int(cfg.speech_head)
+        self._head_types = head_types_of(cfg)
+
+    @property
+    def head_types(self) -> list[str]:
+        """The audio type each head answers (``ModelConfig.head_types``), with the sound and speech
+        heads where ``sound_head`` / ``speech_head`` now say (``--heads pred-dis`` renames them)."""
+        names = list(self._head_types)
+        if self.num_heads == 2 and self.sound_head is not None and self.speech_head is not None:
+            names[self.sound_head], names[self.speech_head] = "sound", "speech"
+        return names
 
     # ------------------------------------------------------------------ encoding
 

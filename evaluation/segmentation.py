@@ -7,7 +7,8 @@ Protocol (reference §5): the matched pair's heatmap, heads aggregated by elemen
 frames ±0.2 s), normalized (global min-max over the set or per image, an option written into every
 result), bilinearly upsampled to the 224 x 224 centre crop of the mask, then class-pooled mAP/mIoU.
 Heatmaps are kept at feature resolution until a class is scored, so memory stays proportional to
-the number of items times h x w.
+the number of items times h x w. Table 1 also keeps each pair's own AP per head
+(``item_average_precisions``, the section's ``per_item``), by which examples can be chosen.
 
 A model with one head (ImageBind, CAV-MAE, DenseAV's one-head files) has no specialized head: its
 Tables 2 and 4 hold the totals only (``head`` would repeat them) and its Table 1 has no
@@ -136,6 +137,22 @@ def localization_extras(
     return extras, med
 
 
+def item_average_precisions(
+    norm: np.ndarray, mask_ids: Sequence[str], masks: MaskStore, size: int, chunk: int = 256
+) -> list[float | None]:
+    """Each item's own pixel AP: its map (upsampled as the metrics see it) against its own mask
+    (``metrics.binary_average_precision``; None for a mask without an object pixel). An AP is
+    unchanged by the set's min-max normalization, so it is the item's alone. The table's mAP
+    pools the pixels of each class instead, so it is not the mean of these."""
+    out: list[float | None] = []
+    for idx in batches(len(mask_ids), chunk):
+        idx = list(idx)
+        for heat, mask in zip(upsample(norm[idx], size), masks.get([mask_ids[i] for i in idx])):
+            ap = metrics.binary_average_precision(heat, mask)
+            out.append(round(ap, 6) if np.isfinite(ap) else None)
+    return out
+
+
 def _choose_overlays(keys: Sequence[str], settings: SegSettings) -> list[int]:
     """Items to draw: those named by ``overlay_keys`` (keys of other sets are ignored here; the
     run reports the keys no set knew) plus ``overlays`` random others."""
@@ -214,6 +231,7 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         raise ValueError(f"speech window must be one of {SPEECH_WINDOWS}, got {t1.speech_window!r}")
     masks = MaskStore(settings.mask_size)
     results, counts, skipped = {}, {}, [s.as_dict() for s in dataset.skipped]
+    per_item: dict[str, dict] = {}
     variants = [
         Variant("sound", runner.sound_head),
         Variant("speech", runner.speech_head, word_window=t1.speech_window == "advanced"),
@@ -273,6 +291,12 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
         counts[f"{pairing}_pairs"] = len(pairs)
         keys = [p.key for p in pairs]
         known_keys.update(keys)
+        # each pair's AP of the sound head on the sounding object and of the speech head on the
+        # named one, so that an example can be picked by a rule (the demo takes the median pair)
+        per_item[pairing] = {"keys": keys} | {
+            f"{v.name}_AP": item_average_precisions(norms[v.name], sets[v.name].mask_ids, masks, settings.mask_size)
+            for v in variants
+        }
         if settings.save_heatmaps is not None:
             report.save_heatmaps(
                 Path(settings.save_heatmaps) / f"table1_{pairing}.npz",
@@ -308,6 +332,7 @@ def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, 
     return {
         "results": results,
         "counts": counts,
+        "per_item": per_item,
         "skipped": skipped,
         "settings": {
             "speech_window": t1.speech_window,

@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Callable
 
 from evaluation import markdown, report
-from evaluation.retrieval import RetrievalSession, pred_dis_assignment, run_table3, run_table5, run_table6, table7_row
+from evaluation.retrieval import (
+    SET_TYPES,
+    RetrievalSession,
+    pred_dis_assignment,
+    run_table3,
+    run_table5,
+    run_table6,
+    table7_row,
+)
 from evaluation.runner import LoadedModel, ModelRunner, load_model, pick_device
 from evaluation.segmentation import SegSettings, Table1Settings, run_table1, run_table2, run_table4
 from model.checkpoint import CheckpointError
+from pipeline.format import AUDIO_TYPE_RE
 from pipeline.testsets.ade20k import PromptedSet, read_ade20k_prompted
 from pipeline.testsets.is3 import read_is3
 from pipeline.testsets.retrieval import read_retrieval_set
@@ -31,9 +40,24 @@ class DataPaths:
     ade_sound: Path | None = None
     places: Path | None = None
     audioset: Path | None = None
+    # retrieval sets of further audio types, (type, shard folder): Table 6 adds each pair of types
+    more_sets: tuple[tuple[str, str], ...] = ()
 
     def given(self) -> set[str]:
-        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+        return {f.name for f in fields(self) if getattr(self, f.name) not in (None, ())}
+
+    def retrieval_paths(self) -> dict[str, str]:
+        """The retrieval sets given, by name: ``places``, ``audioset``, then each further type."""
+        paths = {name: path for name, path in (("places", self.places), ("audioset", self.audioset)) if path}
+        for audio_type, path in self.more_sets:
+            if audio_type in paths or audio_type in SET_TYPES.values():
+                raise ValueError(
+                    f"--set {audio_type}=...: give speech and sound as --places / --audioset, each further type once"
+                )
+            if not AUDIO_TYPE_RE.fullmatch(audio_type):
+                raise ValueError(f"--set {audio_type}=...: {audio_type!r} is not an audio type name ([a-z][a-z0-9_]*)")
+            paths[audio_type] = path
+        return paths
 
 
 @dataclass(frozen=True)
@@ -109,12 +133,11 @@ class EvalRun:
 
     def retrieval_session(self, data: DataPaths, opts: TableOptions, offscreen_snr_db: float) -> RetrievalSession:
         """One session per set choice and mixing level: tables that share it compute each score once."""
-        key = (data.places, data.audioset, opts.pairs, opts.pair_seed, offscreen_snr_db)
+        key = (data.places, data.audioset, data.more_sets, opts.pairs, opts.pair_seed, offscreen_snr_db)
         if key not in self._sessions:
             sets = {
                 name: read_retrieval_set(path, opts.pairs, opts.pair_seed)
-                for name, path in (("places", data.places), ("audioset", data.audioset))
-                if path
+                for name, path in data.retrieval_paths().items()
             }
             self._sessions[key] = self.session_for(self.runner(), sets, offscreen_snr_db)
         return self._sessions[key]
@@ -321,6 +344,8 @@ def section(run: EvalRun, table: Table, body: dict, data: DataPaths, started: fl
     _, loaded = run.model()
     normalization = run.normalization if table.heatmaps else "n/a (retrieval uses raw scores)"
     paths = {name: str(getattr(data, name)) for name in table.needs if getattr(data, name) is not None}
+    if table.needs == RETRIEVAL:  # (the sets of further types, by type)
+        paths.update({audio_type: str(path) for audio_type, path in data.more_sets})
     heads = run._heads if run._heads is not None else assign_heads(run.runner(), "config", lambda: None)
     # num_heads: a one-head model (a baseline) has no specialized head; `evaluate.py compare` prints N/A there
     return {

@@ -61,13 +61,11 @@ class Grounder:
         }
 
     def _names(self) -> list[str]:
-        """Head names from the model's config (``model.loading.load_any`` applies a ``speech_head``)."""
-        k, sound, speech = self.runner.num_heads, self.runner.sound_head, self.runner.speech_head
-        if k == 1:
+        """Head names: the audio type each head answers, from the model's config (``head_types``;
+        ``model.loading.load_any`` applies a ``speech_head``); ``head<k>`` where a head has none."""
+        if self.runner.num_heads == 1:
             return ["audio"]
-        names = [f"head{i}" for i in range(k)]
-        names[sound], names[speech] = "sound", "speech"
-        return names
+        return self.runner.head_types
 
     @classmethod
     def from_pretrained(

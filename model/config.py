@@ -11,6 +11,10 @@ Two presets:
 
 A checkpoint stores this config with the exact backbone configs filled in, so loading it rebuilds the
 architecture without any download (see ``model.checkpoint``).
+
+The heads are named by audio type (``head_types``: head k answers type ``head_types[k]``, the
+typed streams); ``resolve_heads`` derives it from ``num_heads`` / ``sound_head`` /
+``speech_head`` for configs that name only those (every config written before it), and them from it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.fields import check_fields, checked
+from pipeline.format import AUDIO_TYPE_RE
 
 from .similarity import SCORE_BACKENDS
 
@@ -106,6 +111,84 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 CHECKPOINTING = ("off", "front_end", "audio", "all")
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 PRESETS = ("paper", "tiny")  # the names ModelConfig.preset knows
+DEFAULT_TYPES = ("sound", "speech")  # the types of a batch or objective that names none (K = 2)
+MIXTURE = "mix"  # the batch keys of the mixture (mix_audio, mix_mask): no type may take the name
+HEAD_FIELDS = ("head_types", "num_heads", "sound_head", "speech_head")  # each derived from the others
+ONE_HEAD = "audio"  # the name of a one-head model's head, which answers every audio type
+
+
+def resolve_heads(
+    head_types: list[str] | None, num_heads: int | None, sound_head: int | None, speech_head: int | None
+) -> tuple[list[str], int, int | None, int | None]:
+    """``(head_types, num_heads, sound_head, speech_head)`` with what was left out (None) derived
+    from what was given, or ``ValueError`` where they disagree.
+
+    Without ``head_types`` the heads are today's two-head configuration: K = num_heads (2), the
+    sound head N = sound_head (0), the speech head N' = speech_head (1), any further head named
+    ``head<k>``. With ``head_types``, K is its length and sound_head / speech_head are the indices
+    of ``sound`` / ``speech`` (None where the model has no such head). A one-head model's only
+    head (``ONE_HEAD`` unless named) answers every type: sound_head = speech_head = 0.
+    """
+    if head_types is None:
+        k = 2 if num_heads is None else num_heads
+        sound = 0 if sound_head is None else sound_head
+        speech = (1 if k > 1 else 0) if speech_head is None else speech_head
+        for name, head in (("sound_head", sound), ("speech_head", speech)):
+            if not 0 <= head < k:
+                raise ValueError(f"{name}={head} is outside 0..{k - 1}")
+        if k == 1:
+            return [ONE_HEAD], 1, 0, 0
+        if sound == speech:
+            raise ValueError("sound_head and speech_head must differ when there are several heads")
+        names = [f"head{i}" for i in range(k)]
+        names[sound], names[speech] = "sound", "speech"
+        return names, k, sound, speech
+    names = [str(t) for t in head_types]  # (OmegaConf and JSON lists as plain strings)
+    if not names:
+        raise ValueError("head_types must name at least one head")
+    for name in names:
+        if not AUDIO_TYPE_RE.fullmatch(name) or name == MIXTURE:
+            raise ValueError(
+                f"head_types: {name!r} is not an audio type name (a lower-case letter, then letters, digits or _; "
+                f"not {MIXTURE!r}, the mixture's name)"
+            )
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if repeated:
+        raise ValueError(f"head_types names {repeated} more than once: each head answers its own type")
+    k = len(names)
+    if num_heads is not None and num_heads != k:
+        raise ValueError(f"num_heads={num_heads} but head_types {names} names {k} heads; leave num_heads out")
+    if k == 1:
+        for name, head in (("sound_head", sound_head), ("speech_head", speech_head)):
+            if head not in (None, 0):
+                raise ValueError(f"{name}={head} is outside 0..0")
+        return names, 1, 0, 0
+    resolved = []
+    for audio_type, head in (("sound", sound_head), ("speech", speech_head)):
+        own = names.index(audio_type) if audio_type in names else None
+        if head is not None and head != own:
+            where = f"on head {own}" if own is not None else "on no head"
+            raise ValueError(f"{audio_type}_head={head} but head_types {names} puts {audio_type!r} {where}")
+        resolved.append(own)
+    return names, k, resolved[0], resolved[1]
+
+
+def head_index(head_types: list[str], audio_type: str) -> int:
+    """The head that answers ``audio_type``; a one-head model's only head answers every type."""
+    if len(head_types) == 1:
+        return 0
+    if audio_type not in head_types:
+        raise ValueError(f"no head answers the audio type {audio_type!r}: the heads answer {list(head_types)}")
+    return list(head_types).index(audio_type)
+
+
+def head_types_of(config: Any) -> list[str]:
+    """The audio type of each head of any model's config: ``ModelConfig.head_types``, else derived
+    from ``num_heads`` / ``sound_head`` / ``speech_head`` (DenseAV's and the baselines' configs)."""
+    names = getattr(config, "head_types", None)
+    if names:
+        return list(names)
+    return resolve_heads(None, int(config.num_heads), int(config.sound_head), int(config.speech_head))[0]
 
 
 @dataclass
@@ -121,11 +204,16 @@ class ModelConfig:
     image_backbone: dict[str, Any] = field(default_factory=lambda: dict(DINO_VITS8))
     audio_backbone: dict[str, Any] = field(default_factory=lambda: dict(HUBERT_LARGE))
     image_size: int = checked(224, ge=1)  # input resolution the loader should produce
-    # Shared feature space: C channels per head, K heads.
+    # Shared feature space: C channels per head, K heads. Head k answers the audio type
+    # head_types[k] (its L_dis term, Eq. 9); the training data's stream types must be these.
+    # Left out (None), each is derived from the others (resolve_heads): head_types from num_heads,
+    # sound_head and speech_head (today's two-head configs: ["sound", "speech"]); num_heads,
+    # sound_head and speech_head from head_types (the index of "sound"/"speech", None without one).
     code_dim: int = checked(192, ge=1)
-    num_heads: int = checked(2, ge=1)
-    sound_head: int = checked(0, ge=0)  # < num_heads
-    speech_head: int = checked(1, ge=0)  # < num_heads, and not the sound head when there are several
+    num_heads: int | None = checked(None, ge=1)  # == len(head_types); 2 when nothing names the heads
+    sound_head: int | None = checked(None, ge=0)  # < num_heads (the paper's N)
+    speech_head: int | None = checked(None, ge=0)  # < num_heads, not the sound head when there are several (N')
+    head_types: list[str] | None = None
     # LoRA on the image backbone's attention projections (DenseAV: alpha 32, dropout 0.1).
     lora_rank: int = checked(8, ge=0)
     lora_alpha: float = checked(32.0, gt=0)
@@ -184,12 +272,9 @@ class ModelConfig:
         if isinstance(self.gradient_checkpointing, bool):
             self.gradient_checkpointing = "all" if self.gradient_checkpointing else "off"
         check_fields(self)  # each field on its own (the declarations above); then the fields together
-        for name in ("sound_head", "speech_head"):
-            head = getattr(self, name)
-            if not 0 <= head < self.num_heads:
-                raise ValueError(f"{name}={head} is outside 0..{self.num_heads - 1}")
-        if self.num_heads > 1 and self.sound_head == self.speech_head:
-            raise ValueError("sound_head and speech_head must differ when there are several heads")
+        self.head_types, self.num_heads, self.sound_head, self.speech_head = resolve_heads(
+            self.head_types, self.num_heads, self.sound_head, self.speech_head
+        )
         if self.audio_self_attention and (self.code_dim * self.num_heads) % self.audio_attention_heads:
             raise ValueError(
                 f"audio_attention_heads={self.audio_attention_heads} must divide "
@@ -209,6 +294,26 @@ class ModelConfig:
     def channels(self) -> int:
         """Aligner output channels, C * K."""
         return self.code_dim * self.num_heads
+
+    def head_of(self, audio_type: str) -> int:
+        """The head that answers ``audio_type`` (``head_types.index``); a one-head model's only head
+        answers every type."""
+        return head_index(self.head_types, audio_type)
+
+    def name_head(self, audio_type: str, head: int) -> None:
+        """Make ``head`` the one that answers ``audio_type``, swapping names with the head that
+        answered it (a DenseAV-style model's heads named after the fact, ``model.loading``)."""
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"{audio_type}_head {head} is outside 0..{self.num_heads - 1}")
+        if self.num_heads == 1:
+            return
+        names = list(self.head_types)
+        if audio_type in names:
+            other = names.index(audio_type)
+            names[other], names[head] = names[head], audio_type
+        else:
+            names[head] = audio_type
+        self.head_types, self.num_heads, self.sound_head, self.speech_head = resolve_heads(names, None, None, None)
 
     # ------------------------------------------------------------------ presets and serialization
 

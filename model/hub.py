@@ -331,6 +331,7 @@ def _model_section(info: dict[str, Any]) -> str:
     image, audio = model.get("image_backbone", {}), model.get("audio_backbone", {})
     rows = [
         ("heads (K)", model.get("num_heads")),
+        ("audio type of each head (head_types)", ", ".join(model.get("head_types") or []) or None),
         ("sound head, speech head", f"{model.get('sound_head')}, {model.get('speech_head')}"),
         ("channels per head (C)", model.get("code_dim")),
         (

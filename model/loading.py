@@ -103,6 +103,9 @@ def _load_local(path: Path, speech_head: int | None, num_heads: int | None) -> L
 def _set_heads(config, speech_head: int) -> None:
     if not 0 <= speech_head < config.num_heads:
         raise ValueError(f"speech_head {speech_head} is outside 0..{config.num_heads - 1}")
+    if hasattr(config, "name_head"):  # ModelConfig: the speech head swaps type names with the old one
+        config.name_head("speech", speech_head)
+        return
     if config.num_heads > 1:
         config.sound_head = next(k for k in range(config.num_heads) if k != speech_head)
     config.speech_head = speech_head

@@ -13,8 +13,18 @@ import torch
 from torch import nn
 
 from .aligners import AudioAligner, ImageAligner
-from .config import STAGES, ModelConfig
+from .config import DEFAULT_TYPES, MIXTURE, STAGES, ModelConfig
 from .encoders import AudioEncoder, ImageEncoder
+
+
+def batch_types(batch: dict) -> tuple[str, ...]:
+    """The audio types of a training batch (``batch["types"]``, else ``DEFAULT_TYPES``), sorted.
+
+    Sorted, so that the features and the objective's random draws do not depend on the order in
+    which a config lists the types; for K = 2 this is the order the two-stream path always had
+    (sound, then speech).
+    """
+    return tuple(sorted(batch.get("types") or DEFAULT_TYPES))
 
 
 class AVModel(nn.Module):
@@ -37,6 +47,7 @@ class AVModel(nn.Module):
         )
         # theta of w = clamp(exp(theta), min, max)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
+        self.frozen: frozenset[str] = frozenset()  # backbones frozen in every stage (``freeze``)
         self.stage = "warmup"
         self.set_stage("warmup")
 
@@ -83,26 +94,26 @@ class AVModel(nn.Module):
     def forward(self, batch: dict, include_mix: bool = True) -> dict:
         """Encode a training batch (keys of ``docs/architecture.md``) into the objective's features.
 
-        Returns ``sound_audio``/``speech_audio``/``mix_audio`` ``[B, C, K, F, T]`` with their frame
-        masks under ``sound_mask``/``speech_mask``/``mix_mask`` ``[B, T]``, ``sound_image``/
-        ``speech_image`` ``[B, C, K, h, w]``; where the batch has them, ``sound_splice``/
-        ``speech_splice`` as frame masks ``[B, T]`` and ``sound_image_foreign``/
-        ``speech_image_foreign`` (from ``make_mosaic``) as the foreign share of each feature cell
-        ``[B, h, w]``. ``include_mix=False`` skips the mixture (the warm-up uses L_cor only).
+        For every audio type ``t`` of ``batch["types"]`` (``sound`` and ``speech`` when the batch
+        names none): ``t_audio`` ``[B, C, K, F, T]`` with its frame mask ``t_mask`` ``[B, T]`` and
+        ``t_image`` ``[B, C, K, h, w]``; where the batch has them, ``t_splice`` as a frame mask
+        ``[B, T]`` and ``t_image_foreign`` (from ``make_mosaic``) as the foreign share of each feature
+        cell ``[B, h, w]``; and the mixture's ``mix_audio`` / ``mix_mask``. ``include_mix=False``
+        skips the mixture (the warm-up uses L_cor only).
         """
         feats: dict[str, torch.Tensor] = {}
-        kinds = ("sound", "speech", "mix") if include_mix else ("sound", "speech")
+        types = batch_types(batch)
+        kinds = (*types, MIXTURE) if include_mix else types
         # One backbone call per modality for all streams: every layer is per-sample, so this is
-        # the same computation with a third of the kernel launches and weight casts.
+        # the same computation with a fraction of the kernel launches and weight casts.
         audio, frame_mask = self.encode_audio(
             torch.cat([batch[f"{k}_audio"] for k in kinds]), torch.cat([batch[f"{k}_mask"] for k in kinds])
         )
         for kind, a, m in zip(kinds, audio.chunk(len(kinds)), frame_mask.chunk(len(kinds))):
             feats[f"{kind}_audio"], feats[f"{kind}_mask"] = a, m
-        images = self.encode_image(torch.cat([batch["sound_image"], batch["speech_image"]]))
-        feats["sound_image"], feats["speech_image"] = images.chunk(2)
-        for kind in ("sound", "speech"):
-            v = feats[f"{kind}_image"]
+        images = self.encode_image(torch.cat([batch[f"{t}_image"] for t in types]))
+        for kind, v in zip(types, images.chunk(len(types))):
+            feats[f"{kind}_image"] = v
             if f"{kind}_splice" in batch:
                 feats[f"{kind}_splice"] = self.frame_mask_from_samples(batch[f"{kind}_splice"])
             foreign = batch.get(f"{kind}_image_foreign")
@@ -119,7 +130,8 @@ class AVModel(nn.Module):
 
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
         """Parameters trained in ``stage``: ``warmup`` = aligners + temperature; ``full`` = those +
-        the image LoRA adapters + all of HuBERT. The ViT's own weights never train.
+        the image LoRA adapters + all of HuBERT, less the backbones ``freeze`` named. The ViT's own
+        weights never train.
 
         HuBERT's SpecAugment embedding is left out when SpecAugment is off: it would get no
         gradient, which DistributedDataParallel rejects; so is its conv front end under
@@ -128,8 +140,9 @@ class AVModel(nn.Module):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         params = [*self.image_aligner.parameters(), *self.audio_aligner.parameters(), self.log_logit_scale]
-        if stage == "full":
+        if stage == "full" and "image" not in self.frozen:
             params += self.image_encoder.lora_parameters()
+        if stage == "full" and "audio" not in self.frozen:
             for name, p in self.audio_encoder.backbone.named_parameters():
                 if name == "masked_spec_embed" and not self.config.audio_spec_augment:
                     continue
@@ -137,6 +150,16 @@ class AVModel(nn.Module):
                     continue
                 params.append(p)
         return params
+
+    def freeze(self, parts) -> "AVModel":
+        """Keep the backbones named in ``parts`` (``audio``: HuBERT; ``image``: the ViT's LoRA
+        adapters) frozen in the full stage too, and in eval mode as in the warm-up (fine-tuning on a
+        small corpus: ``training.config``'s ``freeze``)."""
+        unknown = sorted(set(parts) - {"audio", "image"})
+        if unknown:
+            raise ValueError(f"freeze: unknown backbones {unknown}; name audio and/or image")
+        self.frozen = frozenset(parts)
+        return self.set_stage(self.stage)
 
     def set_stage(self, stage: str) -> "AVModel":
         trainable = {id(p) for p in self.stage_parameters(stage)}
@@ -148,8 +171,10 @@ class AVModel(nn.Module):
 
     def train(self, mode: bool = True) -> "AVModel":
         super().train(mode)
-        if self.stage == "warmup":
-            # Frozen backbones run deterministically (no dropout) while only the aligners learn.
+        # Frozen backbones run deterministically (no dropout) while only the aligners learn.
+        frozen = {"image", "audio"} if self.stage == "warmup" else self.frozen
+        if "image" in frozen:
             self.image_encoder.eval()
+        if "audio" in frozen:
             self.audio_encoder.eval()
         return self

@@ -129,7 +129,7 @@ def test_offline_with_nothing_cached_names_the_repo_and_what_to_do(hub_cache):
     assert f"{REPO}@no-such-branch" in one_line(exc)
 
 
-@pytest.mark.parametrize("spec", ["runs/demo/final/", "no/such/dir", "denseav/denseav_2head.ckpt", "x@"])
+@pytest.mark.parametrize("spec", ["runs/no-such-run/final/", "no/such/dir", "denseav/denseav_2head.ckpt", "x@"])
 def test_neither_a_path_nor_a_repo_id_is_one_line(hub_cache, spec):
     assert parse_repo_spec(spec) is None
     with pytest.raises(HubError) as exc:

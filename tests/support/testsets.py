@@ -46,7 +46,7 @@ def is3_stems() -> list[str]:
 IS3_SOUND_HZ = (300.0, 500.0)  # sound of the left / right object
 IS3_SPEECH_HZ = (180.0, 220.0)  # "speech" naming the left / right object
 ADE_BASE_HZ = 700.0  # ADE prompts: 700, 750, 800 Hz
-RETRIEVAL_BASE_HZ = {"speech": 2000.0, "sound": 4000.0}  # pair i: base + 20 i Hz
+RETRIEVAL_BASE_HZ = {"speech": 2000.0, "sound": 4000.0, "music": 6000.0}  # pair i: base + 20 i Hz
 
 
 def _noisy(rng: np.random.Generator, h: int, w: int, rgb) -> np.ndarray:
