@@ -29,7 +29,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from model.config import PRESETS, ModelConfig
+from model.config import HEAD_FIELDS, PRESETS, ModelConfig
 from model.loss import LossWeights
 from pipeline.data.config import LoaderConfig
 from pipeline.fields import FieldError, check_fields, checked
@@ -74,6 +74,9 @@ class OptimConfig:
     weight_decay: float = checked(0.0, ge=0)
     lr_warmup_steps: int = checked(1000, ge=0)  # linear from 0, then constant
     grad_clip: float = checked(10.0, gt=0)  # the largest gradient norm
+    # the backbones' (HuBERT's, the LoRA adapters') lr relative to lr: below 1, a fine-tuning run
+    # (init_from) moves the pretrained features less than the aligners; 1 keeps one parameter group
+    backbone_lr_scale: float = checked(1.0, gt=0)
 
 
 @dataclass
@@ -99,6 +102,16 @@ class TrainConfig:
     # DenseAV image mixup: a 2x2 mosaic replaces an image with this probability
     mosaic_prob: float = checked(0.1, ge=0, le=1)
     audio_init: str = ""  # safetensors of HuBERT backbone weights to start from (e.g. pretrain_audio.py's)
+    # Fine-tuning (training/finetune.py): the model to start from instead of the seeded init -- a
+    # run's final/ or checkpoints/step_N/, a model.safetensors, a DenseAV .ckpt/.safetensors or a Hub
+    # repo id; loaded once before step 0 (never over --resume's weights), architecture as the run's
+    init_from: str = ""
+    # the speech head of init_from's two-head model; null: the checkpoint's own record, or for a DenseAV
+    # file (which records none) the head its activations on probe clips pick (eSpeak NG speech vs sounds)
+    init_speech_head: Optional[int] = checked(None, ge=0)
+    # backbones that stay frozen in the full stage too: "audio" (HuBERT), "image" (the ViT's LoRA
+    # adapters); on a small corpus this fine-tunes the aligners without overfitting the backbones
+    freeze: list[str] = checked(factory=list, choices=("audio", "image"))
     seed: int = checked(0, ge=0)
     out_dir: str = "runs/default"
     log_every: int = checked(10, ge=1)
@@ -174,6 +187,10 @@ def model_from_tree(spec: Any) -> ModelConfig:
     else:
         base = ModelConfig()
     node = OmegaConf.structured(base)
+    if any(name in spec for name in HEAD_FIELDS):
+        # the base's heads were derived from its own fields: re-derive them from what the block sets
+        for name in HEAD_FIELDS:
+            node[name] = None
     _apply(node, spec, ModelConfig, "model.")
     _check(node, ModelConfig, "model.")
     try:
@@ -194,7 +211,37 @@ def _build(tree: dict) -> TrainConfig:
     _check(node, TrainConfig, "")
     cfg = OmegaConf.to_object(node)
     cfg.model = model
+    _check_together(cfg)
+    check_stream_types(cfg)
     return cfg
+
+
+def check_stream_types(cfg: TrainConfig) -> None:
+    """Each head answers one of the data's audio types (L_dis, Eq. 9): ``model.head_types`` must
+    name the data's streams (``data.streams``, or speech and sound), in any order. A one-head
+    model's head answers every type."""
+    heads, streams = list(cfg.model.head_types), list(cfg.data.types)
+    if cfg.model.num_heads > 1 and sorted(heads) != sorted(streams):
+        raise ConfigError(
+            f"model.head_types {heads} must name the data's stream types {streams}, one head each: "
+            f"set model.head_types to {streams} (in any order), or give data.streams the heads' types",
+            "model.head_types",
+        )
+
+
+def _check_together(cfg: TrainConfig) -> None:
+    """Fields that are each valid but not together."""
+    if cfg.init_from and cfg.audio_init:
+        raise ConfigError(
+            f"init_from {cfg.init_from} holds the whole model, audio backbone included: drop "
+            f"audio_init={cfg.audio_init} (on the command line: 'audio_init=\"\"')",
+            "audio_init",
+        )
+    if cfg.init_speech_head is not None and not cfg.init_from:
+        raise ConfigError(
+            f"init_speech_head={cfg.init_speech_head} names a head of init_from's model, and init_from is not set",
+            "init_speech_head",
+        )
 
 
 def _apply(node, data: Any, cls: type, prefix: str) -> None:

@@ -51,9 +51,10 @@ from pipeline.atomic import write_json
 from pipeline.data.loader import TrainLoader
 from pipeline.progress import progress_bar
 from training.config import ConfigError, TrainConfig, config_tree, flat_scalars
+from training.finetune import param_groups, read_record, start_from, write_record
 from training.meter import Meter
 from training.state import checkpoint_dirs, load_audio_backbone, load_training_state, save_training_state
-from training.step import configure_backends, lr_at, pad_batch, step_loss
+from training.step import batch_items, configure_backends, lr_at, pad_batch, step_loss
 
 
 class TrainingStopped(RuntimeError):
@@ -88,7 +89,7 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
             model.set_stage(stage)
             lr = lr_at(step, cfg.optim)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # (optim.backbone_lr_scale: training/finetune.py)
             start = time.perf_counter()
             total, parts, finite, data_s, n_items = _accumulate(
                 cfg, net, model, optimizer, stream, state, stage, step, accelerator
@@ -133,8 +134,10 @@ def train(cfg: TrainConfig, resume: bool = False, validate: Callable | None = No
     save_training_state(out, step, state, loader.state(), model, optimizer, accelerator, cfg.keep_checkpoints)
     skipped = _run_skips(loader, accelerator)
     if accelerator.is_main_process:
-        save_checkpoint(model, out / "final")
+        init_record = read_record(out)  # the checkpoint a fine-tuning run started from (init_from)
+        save_checkpoint(model, out / "final", meta={"init_from": init_record} if init_record else None)
         summary = {
+            **({"init_from": init_record} if init_record else {}),
             "step": step,
             "bad_steps_total": state["bad_steps_total"],
             **meter.summary(),
@@ -168,7 +171,7 @@ def _accumulate(cfg, net, model, optimizer, stream, state, stage, step, accelera
         state["micro_step"] += 1
         data_s += time.perf_counter() - t0
         batch, batch["valid"] = pad_batch(
-            batch, _padded_size(cfg, batch, accelerator), cfg.model.image_size, cfg.data.clip_samples
+            batch, _padded_size(cfg, batch, accelerator), cfg.model.image_size, cfg.data.clip_samples, cfg.data.types
         )
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(net):
@@ -187,7 +190,7 @@ def _padded_size(cfg: TrainConfig, batch: dict, accelerator: Accelerator) -> int
     """Items every process's micro-batch is padded to. One process needs no padding; several pad
     to the configured batch size (finite epochs end with shorter batches), which every process
     knows without a gather of the sizes and the host sync it costs."""
-    n = len(batch.get("speech_key", []))
+    n = batch_items(batch)
     if accelerator.num_processes == 1:
         return max(n, 1)
     if n > cfg.data.batch_size:
@@ -259,11 +262,20 @@ def _model_and_optimizer(cfg: TrainConfig, accelerator: Accelerator, resume: boo
     model = build_model(cfg.model)
     if cfg.audio_init and not resume:
         load_audio_backbone(model, cfg.audio_init)
+    if not resume:  # a resumed run has its own weights, init_from's record already
+        init_record = start_from(model, cfg, accelerator.is_main_process) if cfg.init_from else None
+        if accelerator.is_main_process:
+            write_record(Path(cfg.out_dir), init_record)
+    model.freeze(cfg.freeze)
     compile_encoders(model)  # (off unless model.compile_encoders names a mode)
     model.set_stage("full")  # the optimizer holds every parameter that will ever train...
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
-        trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+        param_groups(model, trainable, cfg.optim),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
     )
     model.set_stage(stage)  # ...DDP those of the first step's stage (_stage_net)
     net, optimizer = accelerator.prepare(model, optimizer)
