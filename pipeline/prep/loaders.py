@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.prep import audioset, places
+from pipeline.prep import audioset, generic, places
 from pipeline.prep.media import describe_loader
 from pipeline.prep.synthetic import samples
 from pipeline.shard_dir import ShardDirError
 
 LOADERS: dict[str, Callable] = {
     describe_loader(fn)["name"]: fn
-    for fn in (places.load_item, audioset.load_from_dir, audioset.load_downloaded, samples.load_pair)
+    for fn in (places.load_item, audioset.load_from_dir, audioset.load_downloaded, generic.load_item, samples.load_pair)
 }
 
 

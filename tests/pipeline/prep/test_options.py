@@ -22,7 +22,7 @@ def flags(command) -> list[str]:
 
 
 def test_every_corpus_command_takes_the_shared_flags_once():
-    for command in ("places", "audioset"):
+    for command in ("places", "audioset", "manifest", "videos"):
         got = flags(command)
         for flag in SHARED_FLAGS:
             assert got.count(flag) == 1, (command, flag)
