@@ -37,13 +37,21 @@ def synthetic(
         int | None, typer.Option(min=1, help="Images per ADE20K-layout set (overrides the preset).")
     ] = None,
     shard_size: Annotated[int | None, typer.Option(min=1, help="Samples per shard (overrides the preset).")] = None,
+    music: Annotated[
+        bool,
+        typer.Option(
+            "--music",
+            help="Also generate a third audio type, music (each class a melody on its own instrument): "
+            "shard sets music/train and music/val.",
+        ),
+    ] = False,
     workers: Annotated[
         int, typer.Option("--workers", "-w", min=0, help="Worker processes (0 = in this process).")
     ] = _default_workers(),
     overwrite: Annotated[bool, typer.Option(help="Replace a world generated with another seed or size.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Generate shards (speech/sound, train/val), an Extended-IS3 tree and DenseAV ADE20K-layout
+    """Generate shards (speech/sound, and music with --music; train/val), an Extended-IS3 tree and DenseAV ADE20K-layout
     sets of a small world of ten object classes, each with its own shape, colour, sound and name.
 
     A rerun with the same options resumes; world.json is written last.
@@ -55,6 +63,8 @@ def synthetic(
         ).items()
         if v is not None
     }
+    if music:
+        overrides["music"] = True
     try:
         cfg = world_config(size, **overrides)
     except ValueError as exc:

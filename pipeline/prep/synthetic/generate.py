@@ -2,6 +2,7 @@
 
     <out>/speech/train/   <out>/sound/train/    speech and sound shards (training)
     <out>/speech/val/     <out>/sound/val/      held-out retrieval shard sets
+    <out>/music/train/    <out>/music/val/      music shards, only in a world with music (``cfg.music``)
     <out>/is3/                                  Extended-IS3 tree (two objects per image)
     <out>/ade20k/ADE20KSpeechPrompted/          DenseAV ADE20K layout, speech prompts
     <out>/ade20k/ADE20KSoundPrompted/           DenseAV ADE20K layout, sound prompts
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.prep.synthetic import speech, writers
+from pipeline.prep.synthetic import music, speech, writers
 from pipeline.prep.synthetic.world import (
     CLASSES,
     GENERATOR_VERSION,
@@ -34,6 +35,7 @@ from pipeline.prep.synthetic.world import (
 WORLD_FILE = "world.json"
 PENDING_FILE = "world.pending.json"  # the header of a generation in progress
 SHARD_SETS = ("speech/train", "sound/train", "speech/val", "sound/val")
+MUSIC_SETS = ("music/train", "music/val")  # after the others: a world without music keeps its order
 TREES = ("is3", "ade20k")
 
 
@@ -61,10 +63,10 @@ def _check_root(out: Path, header: dict, overwrite: bool) -> None:
                 return
             raise WorldExists(
                 f"{out} holds another generated world ({path.name}: seed {found.get('seed')}, generator "
-                f"version {found.get('generator_version')}, other sizes?); choose another --out or pass "
+                f"version {found.get('generator_version')}, other sizes or --music?); choose another --out or pass "
                 f"--overwrite to replace it"
             )
-    clashes = [p for p in (*SHARD_SETS, *TREES) if (out / p).exists()]
+    clashes = [p for p in (*SHARD_SETS, *MUSIC_SETS, *TREES) if (out / p).exists()]
     if clashes:
         raise WorldExists(
             f"{out} already holds {', '.join(clashes)} but no {WORLD_FILE}: not a world this generator wrote; "
@@ -74,7 +76,7 @@ def _check_root(out: Path, header: dict, overwrite: bool) -> None:
 
 def remove_world(out: Path) -> None:
     """Delete what the generator writes under ``out`` (and nothing else)."""
-    for sub in ("speech", "sound", *TREES):
+    for sub in ("speech", "sound", "music", *TREES):
         if (out / sub).is_dir():
             shutil.rmtree(out / sub)
     for name in (WORLD_FILE, PENDING_FILE):
@@ -95,6 +97,18 @@ def describe_classes(cfg: WorldConfig) -> list[dict]:
         for c in CLASSES
         if c.name in cfg.classes
     ]
+
+
+def describe_music(cfg: WorldConfig) -> dict:
+    """Each class's instrument and melody (MIDI notes before the per-clip transposition)."""
+    melodies = {name: music.MELODIES[name] for name in cfg.classes}
+    return {
+        "synthesis": "additive and FM, offline (pipeline.prep.synthetic.music)",
+        "classes": {
+            name: {"instrument": m.instrument, "notes": [m.tonic_midi + s for s in m.steps], "beats": list(m.beats)}
+            for name, m in melodies.items()
+        },
+    }
 
 
 def generate_world(
@@ -127,7 +141,7 @@ def generate_world(
         )
         ade["path"] = str(Path(ade["path"]).relative_to(out))
         sets[f"ade20k/{kind}"] = {"format": "denseav-ade20k-prompted", **ade}
-    for name in SHARD_SETS:
+    for name in SHARD_SETS + (MUSIC_SETS if cfg.music else ()):
         plan = plan_pairs(cfg, seed, name)
         summary = writers.write_shard_set(plan, cfg, out / name, workers, progress)
         if summary.failed:
@@ -151,6 +165,8 @@ def generate_world(
             "rate_wpm": list(cfg.rate_wpm),
         },
     }
+    if cfg.music:
+        world["music"] = describe_music(cfg)
     write_json(out / WORLD_FILE, world)  # last: the world is complete
     (out / PENDING_FILE).unlink(missing_ok=True)
     world["wall_seconds"] = round(time.perf_counter() - started, 1)

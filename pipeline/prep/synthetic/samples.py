@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.prep.media import Media, registered_key, registered_loader
-from pipeline.prep.synthetic import images, sounds, speech
+from pipeline.prep.synthetic import images, music, sounds, speech
 from pipeline.prep.synthetic.world import SOURCE, WorldConfig, object_class
 
 IMAGE_STREAM, AUDIO_STREAM = 0, 1
@@ -35,7 +35,7 @@ def _config(cfg: dict | WorldConfig) -> WorldConfig:
 
 @registered_loader("synthetic")
 def load_pair(cfg: dict | WorldConfig, item: dict) -> Media:
-    """A single-object image with its class's sound or spoken name, for the shard builder.
+    """A single-object image with its class's sound, spoken name or melody, for the shard builder.
 
     ``cfg`` is a ``WorldConfig`` or its ``to_dict()`` (JSON, so the builder can record the
     loader in dataset.json and ``prep retry`` can rebuild it).
@@ -60,6 +60,14 @@ def load_pair(cfg: dict | WorldConfig, item: dict) -> Media:
         meta["labels"] = [{"mid": f"/synthetic/{cls.name}", "name": cls.name}]
         meta["timbre"] = cls.timbre
         return Media(audio, sounds.SR, scene.image, meta)
+    if item["audio_type"] == "music":
+        played = music.render_music(cls, cfg, r_audio)
+        # labelled like a sound clip (the class as its label); the instrument and the notes' times
+        # play the part of a sound's timbre and of speech's words
+        meta["labels"] = [{"mid": f"/synthetic/{cls.name}", "name": cls.name}]
+        meta["instrument"] = played.instrument
+        meta["notes"] = played.notes
+        return Media(played.audio, music.SR, scene.image, meta)
     said = speech.render_speech(cls, cfg, r_audio)
     meta.update(
         caption=said.text,

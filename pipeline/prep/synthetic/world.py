@@ -1,8 +1,9 @@
 """What the generated world holds: its object classes, its sizes, and the plan of every item.
 
-Each class is one shape with its own colour and texture family, one timbre family, and one
-spoken name, chosen so that a small model can tell the classes apart on a CPU in minutes while
-the formats, readers, loader, trainer and evaluator are the real ones.
+Each class is one shape with its own colour and texture family, one timbre family, one
+spoken name and (in a world with music) one melody on one instrument, chosen so that a small
+model can tell the classes apart on a CPU in minutes while the formats, readers, loader, trainer
+and evaluator are the real ones.
 
 Every generated item carries its own integer ``seed``; the renderers draw everything from
 ``rng(seed)``, so an item renders the same wherever and in whatever order it is rendered.
@@ -79,6 +80,9 @@ class WorldConfig:
     templates: int = 5  # training sentences draw from the first N templates (1: "a picture of a(n) X" only)
     voices: int = 8  # training and evaluation speech draw from the first N voices
     classes: tuple[str, ...] = CLASS_NAMES
+    # a third audio type, music (pipeline.prep.synthetic.music): shard sets music/train and music/val
+    # of `train` and `val` items, beside speech and sound; off by default (`prep synthetic --music`)
+    music: bool = False
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "is3_images", "ade_images", "shard_size", "image_size"):
@@ -106,9 +110,21 @@ class WorldConfig:
         self.onset_seconds = tuple(self.onset_seconds)
         self.rate_wpm = tuple(self.rate_wpm)
         self.classes = tuple(self.classes)
+        if not isinstance(self.music, bool):
+            raise ValueError(f"WorldConfig.music must be true or false, got {self.music!r}")
+
+    @property
+    def audio_types(self) -> tuple[str, ...]:
+        """The audio types of the world's shard sets, in the order they are generated."""
+        return ("speech", "sound", "music") if self.music else ("speech", "sound")
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        out = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        # A world without music records its config as before music existed, so its world.json and
+        # its shards' dataset.json stay byte-identical (and a root generated then still resumes).
+        if not self.music:
+            del out["music"]
+        return out
 
 
 SIZES: dict[str, WorldConfig] = {
@@ -141,6 +157,8 @@ STREAMS = {
     "is3": 5,
     "ade20k/speech": 6,
     "ade20k/sound": 7,
+    "music/train": 8,
+    "music/val": 9,
 }
 
 
