@@ -64,6 +64,11 @@ def run(
     ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     progress: bool = typer.Option(True, help="progress bars for videos"),
+    scale: str = typer.Option(
+        "shared",
+        help="colours of the overlays and the MP4: shared (the heads on one min..max, the total on its own) "
+        "or per-map (each map its own min..max)",
+    ),
 ) -> None:
     """Ground an image (or video) against audio with a trained model."""
     if ctx.invoked_subcommand is not None:
@@ -73,9 +78,12 @@ def run(
     _check_writable(out)
     from ground.api import Grounder  # torch loads here, so `ground --help` stays instant
     from ground.inputs import GroundInputError
+    from ground.render import SCALES
     from model.checkpoint import CheckpointError
     from pipeline.ffmpeg import FFmpegError
 
+    if scale not in SCALES:
+        fail(f"--scale {scale!r}: give one of {', '.join(SCALES)}")
     try:
         grounder = Grounder.from_checkpoint(checkpoint, device=device, speech_head=speech_head, num_heads=num_heads)
     except GroundInputError as exc:
@@ -83,7 +91,7 @@ def run(
     except (CheckpointError, ValueError, OSError) as exc:
         fail(f"cannot load --checkpoint {checkpoint}: {exc}")
     try:
-        written = _ground_all(grounder, image, audio or [], out, separate, video, every_frame, spans, progress)
+        written = _ground_all(grounder, image, audio or [], out, separate, video, every_frame, spans, progress, scale)
     except GroundInputError as exc:
         fail(str(exc))
     except CheckpointError as exc:  # the model's features are not finite (model.checkpoint.NonFiniteOutput)
@@ -140,19 +148,19 @@ def _check_writable(out: Path) -> None:
         fail(f"--out {out} cannot be written ({folder}: {exc.strerror or exc}); give --out a folder you can write")
 
 
-def _ground_all(grounder, image, audio, out, separate, video, every_frame, window, progress) -> list[Path]:
+def _ground_all(grounder, image, audio, out, separate, video, every_frame, window, progress, scale) -> list[Path]:
     from ground import inputs
 
     if video is not None:
         result = _ground_video(grounder, video, every_frame, window, progress)
-        return [_write(result, out, {"video": str(video), "every_frame": every_frame}, progress)]
+        return [_write(result, out, {"video": str(video), "every_frame": every_frame}, progress, scale)]
     picture, v = grounder.encode_image(image)
     if separate:
         written = []
         for path, name in zip(audio, _folder_names(audio)):
             clip, notes, a, frame_mask = grounder.encode_audio(path)
             result = grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
-            written.append(_write(result, out / name, {"image": str(image), "audio": [str(path)]}, progress))
+            written.append(_write(result, out / name, {"image": str(image), "audio": [str(path)]}, progress, scale))
         return written
     clips = [inputs.load_audio(p) for p in audio]
     notes = {str(p): n for p, (_, n) in zip(audio, clips)}
@@ -161,7 +169,7 @@ def _ground_all(grounder, image, audio, out, separate, video, every_frame, windo
     if len(clips) > 1:
         notes["mixed"] = "equal active RMS, summed, peak-limited"
     result = grounder.assemble(picture, [v], clip, notes, a, frame_mask, window)
-    return [_write(result, out, {"image": str(image), "audio": [str(p) for p in audio]}, progress)]
+    return [_write(result, out, {"image": str(image), "audio": [str(p) for p in audio]}, progress, scale)]
 
 
 def _folder_names(paths: list[Path]) -> list[str]:
@@ -203,20 +211,22 @@ def _ground_video(grounder, video: Path, every_frame: bool, window, progress):
     return grounder.assemble(middle, features, clip, notes, a, frame_mask, window, frames=frames)
 
 
-def _write(result, folder: Path, given: dict, progress: bool) -> Path:
+def _write(result, folder: Path, given: dict, progress: bool, scale: str = "shared") -> Path:
     from ground import render
     from pipeline.atomic import write_json
     from pipeline.progress import progress_bar
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        panels = [render.overlay(result.image, result.mean_maps[name], name) for name in result.heads]
+        panels = render.overlays(result, scale)
         for name, panel in zip(result.heads, panels):
             panel.save(folder / f"overlay_{name}.png")
         render.sheet(panels).save(folder / "overlays.png")
         with progress_bar(len(result.times), "heatmap video", enabled=progress and result.frames is not None) as bar:
-            render.video(folder / "heatmaps.mp4", result, result.heads, progress=bar.update)
-        summary = {"inputs": given, **result.summary()}
+            render.video(folder / "heatmaps.mp4", result, result.heads, progress=bar.update, scale=scale)
+        ranges = render.colour_ranges({name: result.mean_maps[name] for name in result.heads}, scale)
+        colours = {"scale": scale, "overlay_ranges": {name: list(r) for name, r in ranges.items()}}
+        summary = {"inputs": given, "colours": colours, **result.summary()}
         write_json(folder / "result.json", summary, indent=2, sort_keys=False)
     except OSError as exc:  # the probe passed, but the disk filled up or the folder changed since
         fail(

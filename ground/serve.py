@@ -147,7 +147,7 @@ def run_page(grounder, image, video, recorded, uploads):
     import gradio as gr
 
     from ground.inputs import GroundInputError
-    from ground.render import overlay
+    from ground.render import overlays as draw_overlays
     from model.checkpoint import CheckpointError
     from pipeline.format import SAMPLE_RATE
 
@@ -165,7 +165,7 @@ def run_page(grounder, image, video, recorded, uploads):
         raise gr.Error(
             f"grounding failed ({type(err).__name__}); the server's log has the details", print_exception=False
         ) from None
-    overlays = [overlay(result.image, result.mean_maps[h], h) for h in result.heads]
+    overlays = draw_overlays(result)  # the heads on one colour scale, the total on its own (as `ground`)
     summary = result.summary()
     return (*overlays, _curve(result), _headline(summary), summary)
 

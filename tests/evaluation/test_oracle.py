@@ -40,6 +40,10 @@ def test_table1_routes_heads_to_their_objects(tmp_path, runner):
         assert body["results"]["cross"]["opposite_head"][head]["mAP"] < 0.6
         assert body["results"]["same"]["opposite_head"][head]["mAP"] == pytest.approx(1.0)
     assert body["counts"] == {"cross_pairs": 6, "same_pairs": 6}
+    # each pair's own AP, in the pairs' order: the oracle's maps are its masks
+    cross = body["per_item"]["cross"]
+    assert cross["keys"] == [p.key for p in ds.pairs("cross")[0]]
+    assert cross["sound_AP"] == pytest.approx([1.0] * 6, abs=1e-4) == cross["speech_AP"]
     # the archive holds what the metrics used: the speech head's maps hit the *named* object
     archive = np.load(tmp_path / "hm" / "table1_cross.npz")
     assert archive["sound_heatmaps"].shape == (6, 224, 224)
@@ -56,6 +60,7 @@ def test_table1_swapped_heads_would_fail(tmp_path, runner):
     runner.sound_head, runner.speech_head = 1, 0
     body = run_table1(runner, ds, SegSettings(progress=False), Table1Settings(pairings=("cross",)))
     assert body["results"]["cross"]["sound"]["mAP"] < 0.6
+    assert max(body["per_item"]["cross"]["sound_AP"]) < 0.6  # and so does each pair's own AP
 
 
 def test_ade_tables_geometry_and_mixing(tmp_path, runner):

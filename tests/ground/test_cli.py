@@ -52,6 +52,8 @@ def test_an_image_and_a_mixture_of_two_files(tiny_checkpoint, files, tmp_path):
     summary = check_folder(tmp_path, (200, 120), 2.5)  # the mixture lasts as long as its longest part
     assert summary["inputs"]["audio"] == [str(files["speech"]), str(files["sound"])]
     assert summary["model"]["audio"]["mixed"].startswith("equal active RMS")
+    ranges = summary["colours"]["overlay_ranges"]  # the default: the heads on one scale, the total on its own
+    assert summary["colours"]["scale"] == "shared" and ranges["sound"] == ranges["speech"] != ranges["total"]
     assert f"wrote {tmp_path}/overlays.png" in result.output
 
 
@@ -129,6 +131,7 @@ def hostile_cases(files):
             "--every-frame needs --video",
         ),
         "speech head out of range": (["--image", image, "--audio", speech, "--speech-head", "5"], "outside 0..1"),
+        "scale not a rule": (["--image", image, "--audio", speech, "--scale", "log"], "give one of shared, per-map"),
     }
 
 
@@ -149,6 +152,7 @@ CASES = [
     "video and audio",
     "every frame without video",
     "speech head out of range",
+    "scale not a rule",
 ]
 
 
