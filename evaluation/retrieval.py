@@ -250,7 +250,7 @@ def run_table6(session: RetrievalSession) -> dict:
     session.require("places", "audioset")
     if session.runner.num_heads == 1:
         return {"not_applicable": ONE_HEAD, "results": {}, "counts": session.counts(), "settings": {}}
-    _require_heads(session, "speech", "sound")
+    session.runner.require_heads("speech", "sound")
     results = {}
     for cond, mixed in (("clean", False), ("mixed", True)):
         results[cond] = {
@@ -301,18 +301,9 @@ def table7_row(session: RetrievalSession, label: str) -> dict:
     session.require("places", "audioset")
     if session.runner.num_heads == 1:
         return {"label": label, "not_applicable": ONE_HEAD}
-    _require_heads(session, "sound")
+    session.runner.require_heads("sound")
     return {
         "label": label,
         "audioset_sound_head": session.recalls("audioset")["sound_head"],
         "places_sound_head": session.recalls("places")["sound_head"],
     }
-
-
-def _require_heads(session: RetrievalSession, *types: str) -> None:
-    """A ``ValueError`` (one line) where no head of the model answers one of ``types``."""
-    missing = [t for t in types if t not in session.runner.head_types]
-    if missing:
-        raise ValueError(
-            f"this table needs a {' and a '.join(missing)} head; the model's heads answer {session.runner.head_types}"
-        )

@@ -91,6 +91,16 @@ class ModelRunner:
             names[self.sound_head], names[self.speech_head] = "sound", "speech"
         return names
 
+    def require_heads(self, *types: str, needed_by: str = "this table") -> None:
+        """A ``ValueError`` (one line) where no head of the model answers one of ``types`` (a
+        typed-heads model without a sound or a speech head); a one-head model's only head answers
+        every type."""
+        missing = [t for t in types if self.num_heads > 1 and t not in self.head_types]
+        if missing:
+            raise ValueError(
+                f"{needed_by} needs a {' and a '.join(missing)} head; the model's heads answer {self.head_types}"
+            )
+
     # ------------------------------------------------------------------ encoding
 
     def image_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:

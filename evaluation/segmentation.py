@@ -12,7 +12,10 @@ the number of items times h x w. Table 1 also keeps each pair's own AP per head
 
 A model with one head (ImageBind, CAV-MAE, DenseAV's one-head files) has no specialized head: its
 Tables 2 and 4 hold the totals only (``head`` would repeat them) and its Table 1 has no
-``opposite_head``; Table 1's two columns are its one head, as the paper's baseline rows.
+``opposite_head``; Table 1's two columns are its one head, as the paper's baseline rows. A model
+whose heads answer other types (``model.head_types`` without ``sound`` or ``speech``) has no head
+for a column: the table is one ``ValueError`` line naming the model's head types, before any item
+is read, as Tables 6 and 7 are.
 """
 
 from __future__ import annotations
@@ -229,6 +232,7 @@ class Table1Settings:
 def run_table1(runner: ModelRunner, dataset: IS3Dataset, settings: SegSettings, t1: Table1Settings) -> dict:
     if t1.speech_window not in SPEECH_WINDOWS:
         raise ValueError(f"speech window must be one of {SPEECH_WINDOWS}, got {t1.speech_window!r}")
+    runner.require_heads("sound", "speech", needed_by="Table 1")
     masks = MaskStore(settings.mask_size)
     results, counts, skipped = {}, {}, [s.as_dict() for s in dataset.skipped]
     per_item: dict[str, dict] = {}
@@ -466,6 +470,10 @@ def _prompted_tables(
         raise ValueError("give at least one of the ADE20K speech- and sound-prompted sets")
     if mixed and (speech is None or sound is None):
         raise ValueError("Table 4 mixes each set with clips of the other: give both ADE20K sets")
+    # each prompted set's specialized head ("head" beside "total")
+    runner.require_heads(
+        *(ds.kind for ds in (sound, speech) if ds is not None), needed_by="Table 4" if mixed else "Table 2"
+    )
     results, counts, skipped = {}, {}, []
     known_keys: set[str] = set()
     for ds, other in ((sound, speech), (speech, sound)):

@@ -11,6 +11,12 @@ as ``1e-4`` included), the declarations are checked, and ``OmegaConf.to_object``
 plain dataclasses, so code that reads ``cfg.x`` gets plain Python values. Unknown keys are refused
 (a typo must not be silently ignored). Every problem is one ``ConfigError`` line that names the
 key, the value, what is accepted and where the value came from (the file or the override).
+
+A config file may start from another: ``extends: <path, relative to this file>`` reads that file
+first (its own ``extends`` too: a chain) and merges this file's keys over it (``OmegaConf.merge``:
+mappings key by key at any depth, every other value, lists included, replaced; an empty section
+sets nothing, as in one file; ``model: NAME`` replaces the base's whole model block, as the
+override ``model=NAME`` does). A missing base or a cycle is one ``ConfigError`` naming the file.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from model.config import HEAD_FIELDS, PRESETS, ModelConfig
 from model.loss import LossWeights
 from pipeline.data.config import LoaderConfig
 from pipeline.fields import FieldError, check_fields, checked
+
+EXTENDS = "extends"  # a config file's base file (``_read_yaml``)
 
 # what a command without --config is told to pass
 CONFIG_FILES = (
@@ -138,7 +146,7 @@ def load_config(path: Optional[Path], overrides: list[str]) -> TrainConfig:
 
     ``model: NAME`` (or the override ``model=NAME``) is a preset of ``ModelConfig.preset``;
     ``model: {preset: NAME, ...}`` deep-merges the other keys over it. Raises ``ConfigError``."""
-    tree = _read_yaml(Path(path)) if path else {}
+    tree, files = _read_yaml(Path(path)) if path else ({}, [])
     origins: dict[str, str] = {}
     for item in overrides:
         key, value = _parse_override(item)
@@ -147,7 +155,7 @@ def load_config(path: Optional[Path], overrides: list[str]) -> TrainConfig:
     try:
         return _build(tree)
     except ConfigError as exn:
-        where = _origin(exn.key, origins, path)
+        where = _origin(exn.key, origins, files)
         raise ConfigError(f"{exn} ({where})" if where else str(exn), exn.key) from None
 
 
@@ -331,9 +339,40 @@ def _refuse_interpolations(tree: Any, key: str) -> None:
         raise ConfigError(f"{key} must be a literal value, got the interpolation {tree!r}", key)
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, list[tuple[Path, set[str]]]]:
+    """The config file at ``path`` with its ``extends`` chain merged (module docstring), and each
+    file of the chain with the keys it sets, this file first (where a value came from)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; pass {CONFIG_FILES}", "config")
+    tree = _read_one(path)
+    keys = _leaf_keys(tree)
+    if EXTENDS not in tree:
+        return tree, [(path, keys)]
+    spec = tree.pop(EXTENDS)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(
+            f"{path}: extends must be the path of the config file this one starts from (relative to "
+            f"{path.parent}), got {spec!r}",
+            "config",
+        )
+    base = path.parent / spec  # (an absolute spec stays itself)
+    seen = (*chain, path)
+    resolved = [p.resolve() for p in seen]
+    if base.resolve() in resolved:
+        cycle = " -> ".join(str(p) for p in (*seen[resolved.index(base.resolve()) :], base))
+        raise ConfigError(
+            f"{path}: extends {spec} makes a cycle ({cycle}); one of these files must not extend", "config"
+        )
+    if not base.is_file():
+        raise ConfigError(
+            f"{path}: extends {spec}, and there is no such config file ({base}); give a path relative to {path.parent}",
+            "config",
+        )
+    under, files = _read_yaml(base, seen)
+    return _merge_over(under, tree), [(path, keys - {EXTENDS}), *files]
+
+
+def _read_one(path: Path) -> dict:
     try:
         # OmegaConf's YAML reader: YAML 1.2 numbers (1e-4 is a float), duplicate keys refused
         tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -342,6 +381,41 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {tree!r}", "config")
     return tree
+
+
+def _merge_over(base: dict, over: dict) -> dict:
+    """``over``'s keys merged over ``base`` (``extends``)."""
+    base, over = dict(base), _without_empty_sections(base, over)
+    if isinstance(base.get("model"), str) and isinstance(over.get("model"), dict):
+        base["model"] = {"preset": base["model"]}  # model: tiny, then model: {code_dim: 8}: the preset kept
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(over))
+        return OmegaConf.to_container(merged, resolve=False)
+    except OmegaConfBaseException as exn:
+        raise ConfigError(f"config files do not merge: {' '.join(str(exn).split())}", "config") from None
+
+
+def _without_empty_sections(base: dict, over: dict) -> dict:
+    """``over`` less the keys it leaves empty (null) where ``base`` has a mapping: an empty section
+    sets nothing (``_apply``), so it must not erase the base's either."""
+    out = {}
+    for key, value in over.items():
+        below = base.get(key)
+        if value is None and isinstance(below, dict):
+            continue
+        both = isinstance(value, dict) and isinstance(below, dict)
+        out[key] = _without_empty_sections(below, value) if both else value
+    return out
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted keys a config tree sets (a mapping's keys and the keys under them)."""
+    keys = set()
+    for key, value in tree.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= _leaf_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -375,13 +449,17 @@ def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
     node[leaf] = value
 
 
-def _origin(key: str, origins: dict[str, str], path: Optional[Path]) -> str:
+def _origin(key: str, origins: dict[str, str], files: list[tuple[Path, set[str]]]) -> str:
     """Where the value behind an error came from: the override that set it (or a section above
-    it, or a key below it), else the file."""
+    it, or a key below it), else the file of the ``extends`` chain that set it (this file first),
+    else the file given."""
     for set_key, item in reversed(origins.items()):
         if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
             return f"from the override {item!r}"
-    return f"in {path}" if path else ""
+    for path, keys in files:
+        if key in keys:
+            return f"in {path}"
+    return f"in {files[0][0]}" if files else ""
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

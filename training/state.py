@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import save_checkpoint
 from pipeline.atomic import replace_dir, write_json
+from training.config import ConfigError
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -66,7 +67,9 @@ def load_training_state(ckpt: Path, model, optimizer, accelerator: Accelerator) 
         raise RuntimeError(
             f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    _check_param_groups(ckpt, saved["param_groups"], optimizer.param_groups)
+    optimizer.load_state_dict(saved)
     rank = accelerator.process_index
     if (rng_file := ckpt / f"rng_{rank}.safetensors").exists():
         rng = load_file(str(rng_file))
@@ -76,6 +79,22 @@ def load_training_state(ckpt: Path, model, optimizer, accelerator: Accelerator) 
     loader_file = ckpt / f"loader_{rank}.json"
     loader_state = json.loads(loader_file.read_text()) if loader_file.exists() else None
     return json.loads((ckpt / "trainer_state.json").read_text()), loader_state
+
+
+def _check_param_groups(ckpt: Path, saved: list[dict], built: list[dict]) -> None:
+    """The optimizer's parameter groups must be the checkpoint's: ``optim.backbone_lr_scale`` makes
+    one group (1) or two (aligners and temperature; backbones with their ``lr_scale``). Loading
+    refuses another number of groups, and over the same number would restore the saved
+    ``lr_scale`` in place of the config's; either way the run would not be the one configured."""
+    if [g.get("lr_scale") for g in saved] == [g.get("lr_scale") for g in built]:
+        return
+    then, now = (f"{float(groups[-1].get('lr_scale', 1.0)):g}" for groups in (saved, built))
+    raise ConfigError(
+        f"--resume: {ckpt} was trained with optim.backbone_lr_scale={then}, this run sets {now}; a resumed run "
+        f"keeps its optimizer's parameter groups: resume with optim.backbone_lr_scale={then}, or start a new run "
+        f"from its weights with init_from={ckpt} optim.backbone_lr_scale={now} (another out_dir, no --resume)",
+        "optim.backbone_lr_scale",
+    )
 
 
 def load_audio_backbone(model, path: str) -> None:

@@ -11,6 +11,7 @@ import evaluate
 from evaluation import markdown, metrics
 from evaluation.retrieval import RetrievalSession, run_table3, run_table6
 from evaluation.runner import ModelRunner
+from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.factory import build_model
 from pipeline.testsets.retrieval import read_retrieval_set
@@ -83,3 +84,27 @@ def test_a_bad_set_option_is_one_line(tmp_path, spec, line):
     args = ["--preset", "tiny", "--out", str(tmp_path), "table6", "--places", "p", "--audioset", "a", "--set", spec]
     result = CliRunner().invoke(evaluate.app, args)
     assert result.exit_code == 2 and result.output.strip().splitlines() == [line], result.output
+
+
+@pytest.mark.parametrize(
+    "table, sets, line",
+    [
+        ("table1", ["--is3", "is3"], "Table 1 needs a sound head"),
+        ("table2", ["--ade-sound", "ADE20KSoundPrompted"], "Table 2 needs a sound head"),
+        (
+            "table4",
+            ["--ade-speech", "ADE20KSpeechPrompted", "--ade-sound", "ADE20KSoundPrompted"],
+            "Table 4 needs a sound head",
+        ),
+    ],
+)
+def test_a_segmentation_table_without_a_head_for_its_type_is_one_line(tmp_path_factory, data, table, sets, line):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("tiny", image_size=64, head_types=["music", "speech"]))
+    checkpoint = save_checkpoint(model, tmp_path_factory.mktemp("music_speech") / "final")
+    out = tmp_path_factory.mktemp("out")
+    paths = [str(data / s) if not s.startswith("--") else s for s in sets]
+    result = CliRunner().invoke(evaluate.app, ["--checkpoint", str(checkpoint), "--out", str(out), table, *paths])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output + repr(result.exception)
+    assert result.output.strip().splitlines() == [f"error: {line}; the model's heads answer ['music', 'speech']"]
+    assert not (out / "results.json").exists()

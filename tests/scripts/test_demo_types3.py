@@ -1,38 +1,43 @@
-"""`scripts/demo.sh --types 3`: its config is the demo's with three typed streams and three heads, and
-its arguments are checked before any work starts."""
+"""`scripts/demo.sh --types 3`: its config extends the demo's with three typed streams and three
+heads, and its arguments are checked before any work starts."""
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from training.config import load_config
+from training.config import config_tree, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def test_the_three_type_config_is_the_demo_config_with_a_music_stream_and_head():
-    demo = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
-    three = yaml.safe_load((ROOT / "configs/demo_types3.yaml").read_text())
-    # the same run but for its streams, its heads and where it goes
-    streams = three["data"].pop("streams")
-    assert streams == {t: f"shards/synthetic_types3/{t}/train" for t in ("speech", "sound", "music")}
-    assert three["model"].pop("head_types") == ["sound", "speech", "music"]
+def test_the_three_type_config_extends_the_demo_config_and_loads_as_its_full_copy_did(tmp_path):
+    # configs/demo_types3.yaml over demo.yaml as both stood when it was a full copy of it: what the
+    # full copy loaded to, whatever demo.yaml becomes later
+    shutil.copy(FIXTURES / "demo_before_extends.yaml", tmp_path / "demo.yaml")
+    shutil.copy(ROOT / "configs/demo_types3.yaml", tmp_path / "demo_types3.yaml")
+    full_copy = load_config(FIXTURES / "demo_types3_before_extends.yaml", [])
+    assert load_config(tmp_path / "demo_types3.yaml", []) == full_copy
+
+    # the live pair: the same run but for its streams, its heads and where it goes
+    demo = config_tree(load_config(ROOT / "configs/demo.yaml", []))
+    three = config_tree(load_config(ROOT / "configs/demo_types3.yaml", []))
+    streams = {t: f"shards/synthetic_types3/{t}/train" for t in ("speech", "sound", "music")}
+    assert three["data"].pop("streams") == streams
+    assert (demo["data"].pop("streams"), three["data"].pop("speech"), three["data"].pop("sound")) == ({}, "", "")
     assert {t: demo["data"].pop(t) for t in ("speech", "sound")} == {
         "speech": "shards/synthetic/speech/train",
         "sound": "shards/synthetic/sound/train",
     }
+    heads = ("head_types", "num_heads", "sound_head", "speech_head")
+    assert [three["model"].pop(k) for k in heads] == [["sound", "speech", "music"], 3, 0, 1]
+    assert [demo["model"].pop(k) for k in heads] == [["sound", "speech"], 2, 0, 1]
     assert (demo.pop("out_dir"), three.pop("out_dir")) == ("runs/demo", "runs/types3/demo")
     assert three == demo
     cfg = load_config(ROOT / "configs/demo_types3.yaml", ["data.streams.music=/elsewhere/music/train"])
-    assert (cfg.model.head_types, cfg.model.num_heads, cfg.model.sound_head, cfg.model.speech_head) == (
-        ["sound", "speech", "music"],
-        3,
-        0,
-        1,
-    )
     assert list(cfg.data.streams) == ["speech", "sound", "music"]
     assert cfg.data.streams["music"] == "/elsewhere/music/train"
 

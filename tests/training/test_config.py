@@ -190,6 +190,72 @@ def test_every_shipped_config_loads_and_reads_back(tmp_path):
         assert load_config(tmp_path / "config.yaml", []) == cfg, path.name
 
 
+# ------------------------------------------------------------------ extends
+
+
+def test_a_config_extends_a_chain_of_files_merged_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model: tiny\nlog_with: wandb\nsteps: 7\n"
+        "data: {speech: s, sound: a, batch_size: 4, mix: {snr_db: [0, 5], level_db: [-30, -20]}}\n"
+    )
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\ndata: {mix: {snr_db: [1, 2]}}\nsteps: 8\n")
+    (tmp_path / "sub").mkdir()
+    top = tmp_path / "sub" / "top.yaml"  # the base's path is relative to the file that names it
+    top.write_text("extends: ../mid.yaml\nmodel: {code_dim: 8}\ndata:\nlog_with: [none]\nout_dir: x\n")
+    cfg = load_config(top, [])
+    assert cfg.model == ModelConfig.preset("tiny", code_dim=8)  # a mapping over the base's preset name
+    assert (cfg.data.speech, cfg.data.batch_size, cfg.data.mix.snr_db, cfg.data.mix.level_db) == (
+        "s",
+        4,
+        (1, 2),
+        (-30, -20),
+    )
+    assert (cfg.steps, cfg.log_with, cfg.out_dir) == (8, ["none"], "x")  # an empty data: sets nothing
+    assert config_tree(cfg) == config_tree(
+        load_config(tmp_path / "mid.yaml", ["model.code_dim=8", "log_with=none", "out_dir=x"])
+    )
+    # model: NAME replaces the base's whole block, as the override model=NAME does
+    top.write_text("extends: ../mid.yaml\nmodel: tiny\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\nmodel: {preset: tiny, code_dim: 8}\n")
+    assert load_config(top, []).model == ModelConfig.preset("tiny")
+    # a bad value names the file of the chain that set it
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\noptim: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=r"^optim\.lr must be > 0, got -1\.0 \(in \S+/sub/\.\./mid\.yaml\)$"):
+        load_config(top, [])
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (
+            {"a.yaml": "extends: nothere.yaml\n"},
+            "{a}: extends nothere.yaml, and there is no such config file ({d}/nothere.yaml); "
+            "give a path relative to {d}",
+        ),
+        (
+            {"a.yaml": "extends: a.yaml\n"},
+            "{a}: extends a.yaml makes a cycle ({a} -> {a}); one of these files must not extend",
+        ),
+        (
+            {"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\nsteps: 2\n"},
+            "{b}: extends a.yaml makes a cycle ({a} -> {b} -> {a}); one of these files must not extend",
+        ),
+        (
+            {"a.yaml": "extends: [b.yaml]\n"},
+            "{a}: extends must be the path of the config file this one starts from (relative to {d}), got ['b.yaml']",
+        ),
+    ],
+)
+def test_extends_refuses_a_missing_base_a_cycle_and_a_non_path_in_one_line(tmp_path, files, message):
+    import train
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    line = _one_error_line(RUN.invoke(train.app, ["--config", str(tmp_path / "a.yaml")]))
+    paths = {"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml", "d": tmp_path}
+    assert line == "error: " + message.format(**paths)
+
+
 def test_the_commands_say_a_config_error_in_one_line_before_loading_a_backbone(tmp_path):
     import evaluate
     import pretrain_audio

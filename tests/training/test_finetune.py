@@ -91,6 +91,20 @@ def test_finetune_from_a_run_starts_from_its_weights_and_resumes_as_its_own_run(
     assert all(torch.equal(resumed[k], final[k]) for k in final)
     assert json.loads((out / "summary.json").read_text())["init_from"] == record
 
+    # the optimizer's groups are the checkpoint's: another optim.backbone_lr_scale is one line, before any step
+    ckpt = out / "checkpoints" / "step_00000001"
+    for scale, groups in ((1, "1"), (0.25, "0.25")):
+        args = _overrides(shards, out, steps=2, **{**overrides, "optim.backbone_lr_scale": scale})
+        result = CliRunner().invoke(app, ["--config", str(TINY), *args, "--resume"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output + repr(result.exception)
+        assert result.output.strip().splitlines()[-1] == (
+            f"error: --resume: {ckpt} was trained with optim.backbone_lr_scale=0.5, this run sets {groups}; a "
+            "resumed run keeps its optimizer's parameter groups: resume with optim.backbone_lr_scale=0.5, or start "
+            f"a new run from its weights with init_from={ckpt} optim.backbone_lr_scale={groups} (another out_dir, "
+            "no --resume)"
+        )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
+
 
 def _denseav_file(tmp_path: Path) -> Path:
     """A tiny two-head DenseAV .ckpt (the key manifest of tests/model/test_denseav.py) whose aligners'
