@@ -389,6 +389,66 @@ def test_resume_is_exact_and_skips_are_counted_over_the_run_with_invalid_samples
     assert logged[-1][1] == sum(skipped.values()) and logged == _scalars(tmp_path / "straight", "data/skipped_samples")
 
 
+def test_resume_with_another_model_or_optimizer_config_stops_with_one_line(shards, tmp_path):
+    from typer.testing import CliRunner
+
+    from train import app
+
+    out = tmp_path / "run"
+    base = {"steps": 1, "warmup_steps": 0, "ckpt_every": 0, "log_with": "none", "data.num_workers": 0}
+    train(_cfg(shards, out, **base))
+    ckpt, config = out / "checkpoints" / "step_00000001", (out / "config.yaml").read_text()
+
+    def resume(**changed):
+        args = ["--config", str(ROOT / "configs" / "tiny.yaml"), *_overrides(shards, out, **{**base, **changed})]
+        result = CliRunner().invoke(app, [*args, "steps=2", "--resume"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output + repr(result.exception)
+        return result.output.strip().splitlines()[-1]
+
+    use = f"resume with its config (--config {out / 'config.yaml'}) or with"
+    new_run = "(another out_dir, no --resume)"
+    # the architecture: every field that differs, both values, the overrides that match
+    assert resume(**{"model.code_dim": 16, "model.lora_rank": 2}) == (
+        f"error: --resume: {ckpt} was trained with model.code_dim=32, this run sets 16; model.lora_rank=8, this run "
+        f"sets 2; a resumed run keeps its checkpoint's model: {use} model.code_dim=32 model.lora_rank=8, or train "
+        f"this model as a new run {new_run}"
+    )
+    # heads in another order have the same shapes (they loaded and swapped what each head learned):
+    # init_from matches them by audio type
+    assert resume(**{"model.head_types": "[speech,sound]"}) == (
+        f"error: --resume: {ckpt} was trained with model.head_types=[sound,speech], this run sets [speech,sound]; a "
+        f"resumed run keeps its checkpoint's model: {use} model.head_types=[sound,speech], or start a new run from "
+        f"its weights with init_from={ckpt} {new_run}"
+    )
+    # other trained parameters: torch's optimizer refused the saved state with a traceback
+    assert resume(freeze="[image]") == (
+        f"error: --resume: {ckpt}'s optimizer holds 105 parameter tensors, this run trains 93 (freeze=[image]): its "
+        f"run froze other backbones; a resumed run keeps its optimizer: {use} the freeze its run set, or start a new "
+        f"run from its weights with init_from={ckpt} {new_run}"
+    )
+    # Adam's saved groups restored these over the config's, without a word
+    settings = {"optim.betas": "[0.8,0.99]", "optim.eps": 1e-6, "optim.weight_decay": 0.01}
+    assert resume(**settings) == (
+        f"error: --resume: {ckpt} was trained with optim.betas=[0.9,0.999], this run sets [0.8,0.99]; optim.eps=1e-07, "
+        "this run sets 1e-06; optim.weight_decay=0, this run sets 0.01; a resumed run keeps its optimizer's settings: "
+        "resume with optim.betas=[0.9,0.999] optim.eps=1e-07 optim.weight_decay=0, or start a new run from its weights "
+        f"with init_from={ckpt} optim.betas=[0.8,0.99] optim.eps=1e-06 optim.weight_decay=0.01 {new_run}"
+    )
+    # weights that do not fit although the configs agree: the first tensors that do not
+    weights = ckpt / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    state["renamed.log_logit_scale"] = state.pop("log_logit_scale")
+    save_file(state, str(weights))
+    assert resume() == (
+        f"error: --resume: {weights} does not fit this run's model although its config.json describes the same "
+        "architecture (1 missing: log_logit_scale; 1 unexpected: renamed.log_logit_scale); it was written with "
+        "another version of this code or of transformers/peft: resume with the versions that wrote it, or train a "
+        f"new run {new_run}"
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [ckpt.name]
+    assert (out / "config.yaml").read_text() == config, "a refused resume leaves the run as it was"
+
+
 def test_loader_workers_exit_when_the_trainer_is_killed(shards, tmp_path):
     proc = subprocess.Popen(
         [
