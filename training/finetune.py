@@ -86,7 +86,8 @@ def start_from(model: AVModel, cfg: TrainConfig, main: bool = True) -> dict[str,
     except TransferError as exc:
         raise ConfigError(f"init_from {spec}: {exc}", "init_from") from None
     record: dict[str, Any] = {
-        "path": spec,
+        # "spec", not "path": gradio's client reads any {"path": ...} in ground serve's result as a file to download
+        "spec": spec,
         "kind": kind,
         "resolved": desc.get("checkpoint") or desc.get("file"),
         # run head -> checkpoint head, by the audio type each answers

@@ -74,7 +74,7 @@ def test_finetune_from_a_run_starts_from_its_weights_and_resumes_as_its_own_run(
 
     record = json.loads((out / "summary.json").read_text())["init_from"]
     digest = hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()
-    assert (record["path"], record["kind"], record["sha256"], record["heads"]) == (
+    assert (record["spec"], record["kind"], record["sha256"], record["heads"]) == (
         str(init),
         "project",
         digest,
