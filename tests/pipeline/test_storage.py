@@ -85,12 +85,26 @@ def test_wrong_credentials_are_one_line_without_the_secret(s3_env, monkeypatch):
         list_shards(s3_env)
 
 
+def _socket_buffers() -> int:
+    """The most a loopback connection's two ends can buffer (tcp_rmem's and tcp_wmem's maximum)."""
+    total = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            total += int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        except (OSError, ValueError, IndexError):
+            total += 8 * 2**20
+    return total
+
+
 def test_a_read_survives_a_server_crash_and_restart(s3_server, s3_env, monkeypatch):
     monkeypatch.setattr(storage, "READ_CHUNK", 256 * 2**10)
     monkeypatch.setattr(storage, "READ_AHEAD", 1)  # the reader stays close behind the consumer
     monkeypatch.setattr(storage, "BACKOFF_S", 0.25)
     loc = storage.location(s3_env) / "big.bin"
-    data = os.urandom(8 * 2**20)
+    # larger than what the kernel may already hold in flight when the server dies (the client's
+    # receive and the server's send buffers, up to tcp_rmem + tcp_wmem): else the whole rest of the
+    # body can arrive without a failed request, and the read needs no retry
+    data = os.urandom(_socket_buffers() + 8 * 2**20)
     storage.write_bytes(loc, data)
     before = storage.read_retries()
     with storage.open_read(loc) as f:
