@@ -7,7 +7,7 @@
 #   4. evaluate every table of the paper with evaluate.py,
 #   5. print the tables and check that both heads learned to localize their audio type.
 #
-#   bash scripts/demo.sh              # the method (2 cores, after installation: ~13 min idle, ~40 min beside busy jobs)
+#   bash scripts/demo.sh              # the method (2 cores, after installation: 13-14 min idle, ~40 min beside busy jobs)
 #   bash scripts/demo.sh --ablation   # then: the loss ablation with one seed (L_cor only, L_dis only; Tables
 #                                     # 1, 6, 7 side by side), reusing the first command's model (~13 min);
 #                                     # scripts/ablation.sh runs it over several seeds
