@@ -88,6 +88,10 @@ class DenseAVFormatError(CheckpointError):
         ValueError.__init__(self, message)
 
 
+class HeadCountUnknown(DenseAVFormatError):
+    """The file does not say how many heads its model has (a caller may supply ``num_heads``)."""
+
+
 def is_denseav(path: Path) -> bool:
     """Whether ``path`` looks like a DenseAV file or Hugging Face folder rather than this project's
     checkpoint directory."""
@@ -325,7 +329,7 @@ def _num_heads(path: Path, hparams: dict[str, Any], num_heads: int | None, code_
     elif "language" in name or "sound" in name:
         heads, source = 1, "the file name"
     else:
-        raise DenseAVFormatError(
+        raise HeadCountUnknown(
             f"{path}: the file does not say how many heads the model has, and its weights cannot tell (DenseAV's "
             f"heads split the aligners' {code_dim} output channels; no weight has a head axis); {NUM_HEADS_HELP}"
         )

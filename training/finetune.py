@@ -36,6 +36,7 @@ import torch
 
 from model.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_FILE, frozen_config
 from model.config import head_types_of
+from model.denseav_convert import HeadCountUnknown
 from model.loading import Loaded, load_any
 from model.network import AVModel
 from model.transfer import TransferError, architecture, architecture_differences, transfer_weights
@@ -138,10 +139,7 @@ def param_groups(model: AVModel, trainable: list[torch.nn.Parameter], optim: Opt
 def _load(where: Path | str, speech_head: int | None, num_heads: int) -> Loaded:
     try:
         return load_any(where, speech_head=speech_head)
-    except ValueError as exc:
-        # a DenseAV file that does not say how many heads it has: the run's model says
-        if "does not say how many heads" not in str(exc):
-            raise
+    except HeadCountUnknown:  # a DenseAV file that does not say how many heads it has: the run's model says
         return load_any(where, speech_head=speech_head, num_heads=num_heads)
 
 
